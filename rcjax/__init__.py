@@ -1,0 +1,29 @@
+"""rcjax: zero-shot weight transfer between networks of different widths (row-column mean-field ansatz).
+
+>>> import jax, jax.numpy as jnp, rcjax
+>>> model = rcjax.nn.MLP(features=(8, 8), out_features=3, param='mf')
+>>> params = model.init(jax.random.key(0), jnp.ones((1, 4)))['params']
+>>> big = rcjax.grow(params, jax.random.key(1), factor=4)
+>>> rcjax.sizes(big)['hidden_0']
+32
+"""
+
+from rcjax import nn
+from rcjax.parametrization import (
+    adamw,
+    init_scale,
+    leaf_class,
+    lr_multiplier,
+    multiplier,
+    sample,
+    scale_by_parametrization,
+    sgd,
+)
+from rcjax.rc import RC, boxes, is_rc, sizes, unbox, width_axes
+from rcjax.transfer import apply_maps, grow, index_maps, inverse_maps, shrink, transfer
+
+__all__ = [
+    "RC", "adamw", "apply_maps", "boxes", "grow", "index_maps", "init_scale", "inverse_maps", "is_rc",
+    "leaf_class", "lr_multiplier", "multiplier", "nn", "sample", "scale_by_parametrization", "sgd",
+    "shrink", "sizes", "transfer", "unbox", "width_axes",
+]

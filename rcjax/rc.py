@@ -1,0 +1,181 @@
+"""The RC leaf: an array that knows the logical name of each axis, its fan-in and its width axes.
+
+A pytree of `RC` boxes is all rcjax needs: transfer, the parametrization and sharding all read the
+structure from the boxes. `RC` is a Flax `AxisMetadata` box, so Flax boxes and unboxes it on its own and
+`flax.linen.get_partition_spec` returns the logical axis names.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+from flax import struct
+from flax.linen import meta
+
+PARAMS = ("sp", "ntk", "mup", "mf")
+
+
+class RC(struct.PyTreeNode, meta.AxisMetadata):
+  """A parameter (or optimizer-moment) array with row-column structure.
+
+  Attributes:
+    value: the array.
+    axes: a logical name per dimension, e.g. `('embed', 'mlp')`.
+    fan_in: the dimensions contracted in the forward pass, e.g. `(0,)`.
+    base: per dimension, the base size of a width axis, or `None` for a fixed axis. A dimension is a
+      width axis iff its base is not None.
+    param: the parametrization, one of `'sp' | 'ntk' | 'mup' | 'mf'`.
+    init: the init distribution spec (see `rcjax.parametrization.sample`) used for fresh neurons.
+
+  >>> import jax.numpy as jnp
+  >>> w = RC(jnp.zeros((3, 4)), axes=('input', 'hidden'), fan_in=(0,), base=(None, 4), param='mup')
+  >>> w
+  RC(float32[3, 4], axes=('input', 'hidden*'), fan_in=(0,), base=(None, 4), param='mup', init='normal')
+  >>> w.width_dims
+  (1,)
+  """
+
+  value: Any
+  axes: tuple[str, ...] = struct.field(pytree_node=False)
+  fan_in: tuple[int, ...] = struct.field(pytree_node=False, default=())
+  base: tuple[int | None, ...] | None = struct.field(pytree_node=False, default=None)
+  param: str = struct.field(pytree_node=False, default="sp")
+  init: str = struct.field(pytree_node=False, default="normal")
+
+  def __post_init__(self):
+    # Normalise the metadata so two boxes describing the same leaf compare (and hash) equal.
+    axes = tuple(self.axes)
+    base = (None,) * len(axes) if self.base is None else tuple(
+        None if b is None else int(b) for b in self.base)
+    object.__setattr__(self, "axes", axes)
+    object.__setattr__(self, "base", base)
+    object.__setattr__(self, "fan_in", tuple(sorted(int(d) + len(axes) * (int(d) < 0) for d in self.fan_in)))
+    if len(base) != len(axes):
+      raise ValueError(f"RC: base {base} has {len(base)} entries for {len(axes)} axes {axes}")
+    if self.param not in PARAMS:
+      raise ValueError(f"RC: unknown parametrization {self.param!r}; expected one of {PARAMS}")
+    if any(not 0 <= d < len(axes) for d in self.fan_in):
+      raise ValueError(f"RC: fan_in {self.fan_in} out of range for axes {axes}")
+
+  # --- flax AxisMetadata protocol -------------------------------------------------------------
+  def unbox(self) -> Any:
+    return self.value
+
+  def replace_boxed(self, val: Any) -> "RC":
+    return self.replace(value=val)
+
+  def add_axis(self, index: int, params: dict[Any, Any]) -> "RC":
+    name = params.get(meta.PARTITION_NAME, "layers")
+    axes, base = list(self.axes), list(self.base)
+    axes.insert(index, name)
+    base.insert(index, None)
+    fan_in = tuple(d + (d >= index) for d in self.fan_in)
+    return self.replace(axes=tuple(axes), base=tuple(base), fan_in=fan_in)
+
+  def remove_axis(self, index: int, params: dict[Any, Any]) -> "RC":
+    axes, base = list(self.axes), list(self.base)
+    axes.pop(index)
+    base.pop(index)
+    fan_in = tuple(d - (d > index) for d in self.fan_in if d != index)
+    return self.replace(axes=tuple(axes), base=tuple(base), fan_in=fan_in)
+
+  def get_partition_spec(self) -> jax.sharding.PartitionSpec:
+    """The logical partition spec: one logical axis name per dimension."""
+    return jax.sharding.PartitionSpec(*self.axes)
+
+  # --- structure ------------------------------------------------------------------------------
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(np.shape(self.value))
+
+  @property
+  def width_dims(self) -> tuple[int, ...]:
+    """Dimensions that are width axes (their base is not None)."""
+    return tuple(d for d, b in enumerate(self.base) if b is not None)
+
+  def __repr__(self) -> str:
+    dtype = getattr(self.value, "dtype", None)
+    dtype = np.dtype(dtype).name if dtype is not None else type(self.value).__name__
+    shape = ", ".join(str(s) for s in self.shape)
+    axes = tuple(a + ("*" if b is not None else "") for a, b in zip(self.axes, self.base))
+    return (f"RC({dtype}[{shape}], axes={axes!r}, fan_in={self.fan_in}, base={self.base}, "
+            f"param={self.param!r}, init={self.init!r})").replace("\"", "'")
+
+
+def is_rc(x: Any) -> bool:
+  return isinstance(x, RC)
+
+
+def leaves_with_paths(tree: Any) -> list[tuple[str, RC]]:
+  """`(path, box)` for every RC leaf, path as `jax.tree_util.keystr` (e.g. `['params']['Dense_0']['kernel']`)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)
+  return [(jax.tree_util.keystr(p), x) for p, x in flat if is_rc(x)]
+
+
+def path_hash(path: str) -> int:
+  """A stable 31-bit hash of a leaf path or axis name (Python's `hash` is salted per process)."""
+  return zlib.crc32(path.encode()) & 0x7FFFFFFF
+
+
+def _iter_axes(tree: Any) -> Iterator[tuple[str, str, int, bool]]:
+  for path, box in leaves_with_paths(tree):
+    for d, (name, b) in enumerate(zip(box.axes, box.base)):
+      yield path, name, box.shape[d], b is not None
+
+
+def sizes(params: Any) -> dict[str, int]:
+  """The current size of every logical axis name in a pytree of RC leaves.
+
+  Raises `ValueError` if the tree holds no RC leaves, if two leaves disagree on an axis size, or if an
+  axis is a width axis in one leaf and fixed in another (naming both leaf paths).
+
+  >>> import jax.numpy as jnp
+  >>> p = {'w': RC(jnp.zeros((3, 4)), axes=('input', 'hidden'), fan_in=(0,), base=(None, 4)),
+  ...      'b': RC(jnp.zeros((4,)), axes=('hidden',), base=(4,))}
+  >>> sizes(p)
+  {'input': 3, 'hidden': 4}
+  """
+  seen: dict[str, tuple[int, bool, str]] = {}
+  for path, name, size, width in _iter_axes(params):
+    if name not in seen:
+      seen[name] = (size, width, path)
+      continue
+    size0, width0, path0 = seen[name]
+    if size != size0:
+      raise ValueError(f"axis {name!r} has size {size0} at {path0} but {size} at {path}")
+    if width != width0:
+      kind = lambda w: "a width axis" if w else "a fixed axis"
+      raise ValueError(f"axis {name!r} is {kind(width0)} at {path0} but {kind(width)} at {path}")
+  if not seen:
+    raise ValueError("no RC leaves in this pytree: build params with rcjax.nn or wrap arrays in rcjax.RC")
+  return {name: s for name, (s, _, _) in seen.items()}
+
+
+def width_axes(params: Any) -> dict[str, int]:
+  """Like `sizes`, restricted to width axes (base not None)."""
+  all_sizes = sizes(params)
+  widths = {name for _, name, _, w in _iter_axes(params) if w}
+  return {k: v for k, v in all_sizes.items() if k in widths}
+
+
+def unbox(params: Any) -> Any:
+  """Plain arrays: every RC box replaced by its value (other leaves unchanged)."""
+  return jax.tree.map(lambda x: x.value if is_rc(x) else x, params, is_leaf=is_rc)
+
+
+def boxes(values: Any, template: Any) -> Any:
+  """Box plain arrays like `template` (a pytree of RC leaves of the same structure), e.g. after a restore.
+
+  Shapes may differ from the template's (a grown model restored from disk); the metadata is copied.
+  """
+  def box(t, v):
+    if not is_rc(t):
+      return v
+    if np.ndim(v) != len(t.axes):
+      raise ValueError(f"boxes: value of shape {np.shape(v)} does not fit {t!r}")
+    return t.replace(value=v)
+
+  return jax.tree.map(box, template, values, is_leaf=is_rc)

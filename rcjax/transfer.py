@@ -1,0 +1,381 @@
+"""Transfer between widths: sample neurons from the trained network's empirical measure.
+
+For every width axis an index map `pi: [N'] -> [N]` picks, for each target neuron, the source neuron it
+copies; every leaf is gathered along every width axis with that axis's map (leaves sharing an axis name
+share its map). What the function sees is the effective weight `multiplier(N) * W`, so entries along a
+grown fan-in axis are rescaled: by `multiplier(N) / multiplier(N') * N / N'` (uniform), or per source
+neuron by `multiplier(N) / multiplier(N') / count(i)` with `exact=True`, which preserves the function for
+any ratio N'/N >= 1.
+
+Optimizer states that mirror params transfer with the same maps. If the large network is the small one
+with duplicated neurons, its gradients are `multiplier(N') / multiplier(N) / count(j)` times the small
+gradients along each width fan-out axis; first moments (momentum, Adam `mu`) scale by that factor and
+second moments (Adam `nu`) by its square. Then one training step commutes with growth whenever the
+per-leaf learning rates satisfy, for every leaf class,
+    SGD:  lr'/lr = (multiplier(N)/multiplier(N'))**2 * count_out / count_in
+    Adam: lr'/lr = multiplier(N)/multiplier(N') / count_in        (eps = 0, no weight decay)
+With integer factors k this holds for mean-field and muP, under SGD (with or without momentum) and
+under Adam; it fails for SP and NTK, whose learning dynamics are not width-consistent (e.g. SP input
+weights would need lr'/lr = k). tests/test_optimizer_transfer.py checks all eight pairs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rcjax import parametrization as pz
+from rcjax.rc import RC, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
+
+SAMPLERS = ("stratified", "iid", "stride")
+# Optimizer-state fields holding gradient statistics: power 1 (linear in the gradient) or 2 (squared).
+MOMENT_FIELDS = {"mu": 1, "trace": 1, "momentum": 1, "acc_grads": 1, "ema": 1, "grad_acc": 1, "nu": 2}
+
+
+# --- index maps ---------------------------------------------------------------------------------
+
+def _check_key(key: Any) -> None:
+  ok = isinstance(key, jax.Array) and (
+      jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+      or (key.dtype == jnp.uint32 and key.shape == (2,)))
+  if not ok:
+    raise TypeError(f"key must be a jax.random key (jax.random.key(0)), got {type(key).__name__}")
+
+
+def _check_sampler(sampler: str) -> None:
+  if sampler not in SAMPLERS:
+    raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+
+
+def _one_map(key: jax.Array, n_old: int, n_new: int, sampler: str) -> jax.Array:
+  if sampler == "stride":
+    return (jnp.arange(n_new, dtype=jnp.int32) * n_old) // n_new
+  if sampler == "iid":
+    return jnp.sort(jax.random.randint(key, (n_new,), 0, n_old, dtype=jnp.int32))
+  if n_new < n_old:  # stratified pruning: a uniform subset without replacement
+    return jnp.sort(jax.random.permutation(key, n_old)[:n_new]).astype(jnp.int32)
+  q, r = divmod(n_new, n_old)  # every neuron q times, r more drawn without replacement
+  extra = jnp.zeros((n_old,), jnp.int32).at[jax.random.permutation(key, n_old)[:r]].set(1)
+  return jnp.repeat(jnp.arange(n_old, dtype=jnp.int32), q + extra, total_repeat_length=n_new)
+
+
+def _maps(key, old: tuple, new: tuple, sampler: str) -> dict[str, jax.Array]:
+  old = dict(old)
+  return {name: _one_map(jax.random.fold_in(key, path_hash("axis/" + name)), old[name], n, sampler)
+          for name, n in new}
+
+
+def index_maps(key: jax.Array, old_sizes: Mapping[str, int], new_sizes: Mapping[str, int],
+               sampler: str = "stratified") -> dict[str, jax.Array]:
+  """Sorted index maps `{axis: int32[new]}` sampling new neurons from old ones.
+
+  Samplers: 'stratified' (default; growth: every neuron floor(N'/N) times plus a uniform sample without
+  replacement for the remainder; pruning: a uniform subset), 'iid' (N' draws with replacement) and
+  'stride' (deterministic, evenly spaced: `i * N // N'`). Each axis's key is folded in from its name, so
+  a map does not depend on which other axes are mapped.
+
+  >>> m = index_maps(jax.random.key(0), {'hidden': 3}, {'hidden': 6})
+  >>> m['hidden'].tolist()
+  [0, 0, 1, 1, 2, 2]
+  """
+  _check_key(key)
+  _check_sampler(sampler)
+  for name, n in new_sizes.items():
+    if name not in old_sizes:
+      raise ValueError(f"index_maps: axis {name!r} missing from old_sizes {dict(old_sizes)}")
+    _check_size(name, n)
+    _check_size(name, old_sizes[name])
+  new = tuple(sorted((k, int(v)) for k, v in new_sizes.items()))
+  old = tuple(sorted((k, int(old_sizes[k])) for k, _ in new))
+  return _maps_jit(key, old, new, sampler)
+
+
+_maps_jit = jax.jit(_maps, static_argnums=(1, 2, 3))
+
+
+def inverse_maps(maps: Mapping[str, jax.Array], old_sizes: Mapping[str, int]) -> dict[str, jax.Array]:
+  """For growth maps that hit every old neuron, maps back: `inv[i]` is the first new neuron copying `i`.
+
+  `apply_maps(apply_maps(p, maps), inverse_maps(maps, sizes(p))) == p` (up to float rounding of the
+  fan-in rescaling, exact for power-of-two ratios). Raises ValueError if a map misses an old neuron.
+  """
+  out = {}
+  for name, m in maps.items():
+    m = np.asarray(m)
+    n_old = int(old_sizes[name])
+    inv = np.searchsorted(m, np.arange(n_old), side="left")
+    if np.any(inv >= len(m)) or np.any(m[np.minimum(inv, len(m) - 1)] != np.arange(n_old)):
+      raise ValueError(f"inverse_maps: the map of axis {name!r} is not sorted or misses some of its "
+                       f"{n_old} old neurons (pruning or iid maps have no inverse)")
+    out[name] = jnp.asarray(inv, jnp.int32)
+  return out
+
+
+# --- applying maps to a pytree ------------------------------------------------------------------
+
+def _moment_power(path: tuple, default: int) -> int:
+  power = default
+  for k in path:
+    name = getattr(k, "name", None)
+    if name in MOMENT_FIELDS:
+      power = MOMENT_FIELDS[name]
+  return power
+
+
+def _broadcast(vec: jax.Array, d: int, ndim: int) -> jax.Array:
+  return vec.reshape((-1,) + (1,) * (ndim - d - 1))
+
+
+def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float):
+  mapped = [d for d in box.width_dims if box.axes[d] in maps]
+  if not mapped:
+    return box
+  x, old_shape = box.value, box.shape
+  for d in mapped:
+    x = jnp.take(x, maps[box.axes[d]], axis=d, unique_indices=False, indices_are_sorted=True)
+  new_shape = x.shape
+  ndim = len(new_shape)
+
+  # Rescaling: params (power 0) along fan-in; gradient statistics (power p) along width fan-out.
+  if power == 0:
+    scalar = pz.multiplier(box) / pz.multiplier(box, new_shape)
+    side = [d for d in mapped if d in box.fan_in]
+  else:
+    scalar = pz.multiplier(box, new_shape) / pz.multiplier(box)
+    side = [d for d in mapped if d not in box.fan_in]
+  factor = None
+  for d in side:
+    if exact:
+      name = box.axes[d]
+      vec = _broadcast(1.0 / counts[name][maps[name]].astype(jnp.float32), d, ndim)
+      factor = vec if factor is None else factor * vec
+    else:
+      scalar *= old_shape[d] / new_shape[d]
+  scalar = scalar ** max(power, 1)
+  if factor is not None:
+    factor = (factor ** power if power > 1 else factor) * scalar
+  elif scalar != 1.0:
+    factor = scalar
+  if factor is not None:
+    x = (x.astype(jnp.float32) * factor).astype(box.value.dtype)
+
+  leaf_key = jax.random.fold_in(key, path_hash("leaf/" + path))
+  if r2 > 0 and power == 0:
+    x32 = x.astype(jnp.float32)
+    rms = jnp.sqrt(jnp.mean(jnp.square(x32)))
+    noise = jax.random.normal(jax.random.fold_in(leaf_key, 1), new_shape, jnp.float32)
+    x = (x32 + r2 * rms * noise).astype(x.dtype)
+  if fresh:
+    mask = None
+    for d in mapped:
+      m = _broadcast(fresh[box.axes[d]], d, ndim)
+      mask = m if mask is None else (mask | m)
+    if power == 0:
+      new_box = box.replace(value=jax.ShapeDtypeStruct(new_shape, x.dtype))
+      draw = pz.sample(box.init, jax.random.fold_in(leaf_key, 0), new_shape,
+                       pz.init_scale(new_box), x.dtype)
+    elif power == 1:
+      draw = jnp.zeros((), x.dtype)
+    else:  # no history for a fresh neuron: give it the leaf's typical second moment
+      draw = jnp.mean(x.astype(jnp.float32)).astype(x.dtype)
+    x = jnp.where(mask, draw, x)
+  return box.replace(value=x)
+
+
+def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None):
+  old = width_axes(tree)
+  counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items()} if exact else {})
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)
+  out = []
+  for path, leaf in flat:
+    if is_rc(leaf):
+      power = moment if moment is not None else _moment_power(path, 0)
+      leaf = _map_leaf(leaf, jax.tree_util.keystr(path), power, maps, counts, fresh, key, exact, r2)
+    out.append(leaf)
+  return jax.tree.unflatten(treedef, out)
+
+
+@functools.partial(jax.jit, static_argnames=("exact", "moment"))
+def _apply_maps_jit(tree, maps, *, exact, moment):
+  return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment)
+
+
+def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
+               moment: int | None = None) -> Any:
+  """Gather every RC leaf of `tree` along its mapped width axes and rescale it (deterministic).
+
+  Args:
+    tree: params, an optax state mirroring boxed params, or any pytree holding both.
+    maps: `{axis: int32[new]}` from `index_maps` (axes not in `maps` are left alone).
+    exact: count-corrected fan-in weights (function-preserving when every old neuron is mapped to).
+    moment: what the RC leaves hold: 0 params, 1 gradient-like (momentum, Adam mu), 2 squared
+      gradients (Adam nu). None reads it from optax state field names (`mu`, `trace`: 1; `nu`: 2) and
+      treats everything else as params.
+
+  Returns:
+    A pytree of the same structure with leaves at the new sizes.
+  """
+  old = tree_sizes(tree)
+  for name, m in maps.items():
+    if name not in old:
+      continue
+    if not (isinstance(m, (jax.Array, np.ndarray)) and m.ndim == 1 and jnp.issubdtype(m.dtype, jnp.integer)):
+      raise TypeError(f"apply_maps: map of axis {name!r} must be a 1-D integer array")
+  maps = {k: jnp.asarray(v) for k, v in maps.items() if k in width_axes(tree)}
+  if moment not in (None, 0, 1, 2):
+    raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
+  return _apply_maps_jit(tree, maps, exact=exact, moment=moment)
+
+
+# --- grow / shrink / transfer -------------------------------------------------------------------
+
+def _check_size(name: str, n: Any) -> None:
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+    raise TypeError(f"size of axis {name!r} must be an int, got {n!r}")
+  if n <= 0:
+    raise ValueError(f"size of axis {name!r} must be positive, got {n}")
+
+
+def _fixed_axis_path(tree, name: str) -> str:
+  for path, box in leaves_with_paths(tree):
+    if name in box.axes:
+      return path
+  return "?"
+
+
+def _check_finite(tree) -> None:
+  for path, box in leaves_with_paths(tree):
+    v = box.value
+    if isinstance(v, jax.core.Tracer):
+      raise TypeError("check_finite=True needs concrete arrays: call grow/transfer outside jax.jit")
+    if jnp.issubdtype(v.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(v))):
+      raise ValueError(f"non-finite values (NaN or inf) in leaf {path}")
+
+
+def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
+  widths = width_axes(params)
+  all_sizes = tree_sizes(params)
+  if factor is not None:
+    if isinstance(factor, bool) or not isinstance(factor, (int, float, np.number)) or not math.isfinite(factor):
+      raise TypeError(f"factor must be a finite number, got {factor!r}")
+    if factor <= 0:
+      raise ValueError(f"factor must be positive, got {factor}")
+  target = {}
+  if factor is not None or sizes is None:
+    factor = {"grow": 2, "shrink": 0.5, "transfer": 1}[direction] if factor is None else factor
+    target = {k: max(1, int(round(n * factor))) for k, n in widths.items()}
+  if sizes is not None:
+    if not isinstance(sizes, Mapping):
+      raise TypeError(f"sizes must be a dict {{axis: size}}, got {type(sizes).__name__}")
+    for name, n in sizes.items():
+      if name not in all_sizes:
+        raise ValueError(f"unknown axis {name!r}; this pytree has axes {sorted(all_sizes)} "
+                         f"(width axes: {sorted(widths)})")
+      _check_size(name, n)
+      if name not in widths:
+        if n != all_sizes[name]:
+          raise ValueError(f"axis {name!r} is a fixed (non-width) axis at {_fixed_axis_path(params, name)} "
+                           f"and cannot change size from {all_sizes[name]} to {n}")
+        continue
+      target[name] = int(n)
+  for name, n in target.items():
+    if direction == "grow" and n < widths[name]:
+      raise ValueError(f"grow asked to shrink axis {name!r} from {widths[name]} to {n} "
+                       "(use rcjax.shrink or rcjax.transfer)")
+    if direction == "shrink" and n > widths[name]:
+      raise ValueError(f"shrink asked to grow axis {name!r} from {widths[name]} to {n} "
+                       "(use rcjax.grow or rcjax.transfer)")
+  return target
+
+
+@functools.partial(jax.jit, static_argnames=("old", "new", "sampler", "r1", "r2", "exact", "moment"))
+def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment):
+  maps = _maps(key, old, new, sampler)
+  fresh = None
+  if r1 > 0:
+    fresh = {name: jax.random.bernoulli(jax.random.fold_in(key, path_hash("fresh/" + name)), r1, (n,))
+             for name, n in new}
+  return _apply(tree, maps, fresh, key, exact, r2, moment)
+
+
+def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: str = "stratified",
+             random_rate: float = 0.0, norm_rate: float = 0.0, exact: bool = False,
+             check_finite: bool = False, moment: int | None = None, _direction: str = "transfer") -> Any:
+  """Transfer a pytree of RC leaves to new sizes of its width axes (grow or shrink, per axis).
+
+  Args:
+    params: params, an optax state mirroring boxed params, or a tuple of both.
+    key: a `jax.random` key; the same key gives bitwise the same result (and the same maps and fresh
+      neurons for params and for the optimizer state transferred with it).
+    sizes: `{axis: new size}` for width axes; axes not named keep their size and are not resampled.
+    sampler: 'stratified' | 'iid' | 'stride' (see `index_maps`).
+    random_rate: r1 in [0, 1]: each target neuron is, with probability r1, a fresh neuron drawn from
+      the init distribution at the target width (r1 = 1 is training from scratch). Optimizer moments of
+      fresh neurons start at 0 (first moments) or at the leaf mean (second moments).
+    norm_rate: r2 >= 0: Gaussian noise of std r2 * RMS(leaf) on transferred parameter entries.
+    exact: count-corrected fan-in weights, function-preserving for any ratio N'/N >= 1.
+    check_finite: raise if a leaf holds NaN or inf (needs concrete arrays).
+    moment: see `apply_maps`.
+
+  Returns:
+    The transferred pytree.
+  """
+  _check_key(key)
+  _check_sampler(sampler)
+  old = width_axes(params)
+  target = _target_sizes(params, None, sizes, _direction) if _direction == "transfer" else dict(sizes)
+  for name, value, lo, hi in (("random_rate", random_rate, 0.0, 1.0), ("norm_rate", norm_rate, 0.0, math.inf)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+      raise TypeError(f"{name} must be a number, got {value!r}")
+    if not (lo <= value <= hi) or math.isnan(value) or (name == "norm_rate" and math.isinf(value)):
+      raise ValueError(f"{name} must be in [{lo}, {hi}{']' if hi < math.inf else ')'}, got {value}")
+  if exact:
+    if sampler == "iid":
+      raise ValueError("exact=True needs sampler 'stratified' or 'stride' (iid maps can miss neurons)")
+    shrunk = [k for k, n in target.items() if n < old[k]]
+    if shrunk:
+      raise ValueError(f"exact=True needs new sizes >= old sizes, but axis {shrunk[0]!r} shrinks "
+                       f"from {old[shrunk[0]]} to {target[shrunk[0]]}")
+  if check_finite:
+    _check_finite(params)
+  new = tuple(sorted(target.items()))
+  return _transfer_jit(params, key, old=tuple(sorted((k, old[k]) for k, _ in new)), new=new,
+                       sampler=sampler, r1=float(random_rate), r2=float(norm_rate), exact=bool(exact),
+                       moment=moment)
+
+
+def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,
+         sampler: str = "stratified", random_rate: float = 0.0, norm_rate: float = 0.0,
+         exact: bool = False, check_finite: bool = False, moment: int | None = None) -> Any:
+  """Grow every width axis by `factor` (default 2), or the axes named in `sizes`.
+
+  Pure and jit-compiled (sizes static). With the default sampler and an integer factor the grown model
+  computes the same function under every parametrization; `exact=True` makes any ratio exact.
+
+  >>> import jax.numpy as jnp
+  >>> from rcjax import RC
+  >>> p = {'w': RC(jnp.ones((2, 3)), axes=('input', 'hidden'), fan_in=(0,), base=(None, 3), param='mf')}
+  >>> grow(p, jax.random.key(0), factor=2)['w'].shape
+  (2, 6)
+  """
+  target = _target_sizes(params, factor, sizes, "grow")
+  return transfer(params, key, target, sampler=sampler, random_rate=random_rate, norm_rate=norm_rate,
+                  exact=exact, check_finite=check_finite, moment=moment, _direction="grow")
+
+
+def shrink(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,
+           sampler: str = "stratified", random_rate: float = 0.0, norm_rate: float = 0.0,
+           check_finite: bool = False, moment: int | None = None) -> Any:
+  """Shrink (prune) every width axis by `factor` (default 0.5), or the axes named in `sizes`.
+
+  Neurons are kept as a uniform subset ('stratified'), evenly spaced ('stride') or drawn with
+  replacement ('iid'); fan-in entries are rescaled by N/N' as the parametrization requires.
+  """
+  target = _target_sizes(params, factor, sizes, "shrink")
+  return transfer(params, key, target, sampler=sampler, random_rate=random_rate, norm_rate=norm_rate,
+                  check_finite=check_finite, moment=moment, _direction="shrink")

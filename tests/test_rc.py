@@ -1,0 +1,119 @@
+"""The RC box and the tree helpers."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rcjax
+from rcjax import RC
+
+
+def mlp_params(param="mup", width=8, key=0):
+  model = rcjax.nn.MLP(features=(width, width), out_features=3, param=param)
+  return model, model.init(jax.random.key(key), jnp.ones((2, 5)))["params"]
+
+
+def test_box_metadata_and_repr():
+  _, p = mlp_params()
+  k = p["Dense_1"]["kernel"]
+  assert k.axes == ("hidden_0", "hidden_1") and k.fan_in == (0,) and k.base == (8, 8)
+  assert k.width_dims == (0, 1) and k.param == "mup"
+  assert repr(k) == ("RC(float32[8, 8], axes=('hidden_0*', 'hidden_1*'), fan_in=(0,), base=(8, 8), "
+                     "param='mup', init='normal')")
+  assert rcjax.leaf_class(p["Dense_0"]["kernel"]) == "input"
+  assert rcjax.leaf_class(k) == "hidden"
+  assert rcjax.leaf_class(p["Dense_2"]["kernel"]) == "output"
+  assert rcjax.leaf_class(p["Dense_2"]["bias"]) == "vector"
+
+
+def test_partition_spec_and_logical_sharding():
+  _, p = mlp_params()
+  specs = nn.get_partition_spec(p)
+  assert specs["Dense_1"]["kernel"] == jax.sharding.PartitionSpec("hidden_0", "hidden_1")
+  rules = (("hidden_0", "x"), ("hidden_1", None), ("input", None), ("classes", None))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(8), ("x",))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  assert shardings["Dense_1"]["kernel"].spec == jax.sharding.PartitionSpec("x", None)
+
+
+def test_sizes_unbox_boxes_roundtrip():
+  _, p = mlp_params(width=8)
+  assert rcjax.sizes(p) == {"input": 5, "hidden_0": 8, "hidden_1": 8, "classes": 3}
+  assert rcjax.width_axes(p) == {"hidden_0": 8, "hidden_1": 8}
+  plain = rcjax.unbox(p)
+  assert isinstance(plain["Dense_0"]["kernel"], jax.Array)
+  back = rcjax.boxes(plain, p)
+  assert jax.tree.structure(back, is_leaf=rcjax.is_rc) == jax.tree.structure(p, is_leaf=rcjax.is_rc)
+  np.testing.assert_array_equal(back["Dense_1"]["kernel"].value, p["Dense_1"]["kernel"].value)
+
+
+def test_box_survives_jit_grad_and_optax():
+  model, p = mlp_params()
+  x = jnp.ones((2, 5))
+
+  @jax.jit
+  def loss(p):
+    return jnp.mean(model.apply({"params": p}, x) ** 2)
+
+  g = jax.grad(loss)(p)
+  assert rcjax.is_rc(g["Dense_1"]["kernel"]) and g["Dense_1"]["kernel"].axes == ("hidden_0", "hidden_1")
+  opt = optax.adam(1e-3)
+  s = opt.init(p)
+  u, s = opt.update(g, s, p)
+  p2 = optax.apply_updates(p, u)
+  assert rcjax.is_rc(p2["Dense_1"]["kernel"]) and rcjax.is_rc(s[0].mu["Dense_1"]["kernel"])
+
+
+def test_layer_applies_to_plain_arrays_too():
+  model, p = mlp_params()
+  x = jnp.ones((2, 5))
+  np.testing.assert_allclose(model.apply({"params": p}, x), model.apply({"params": rcjax.unbox(p)}, x))
+
+
+def test_scan_adds_a_fixed_layers_axis():
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+      return rcjax.nn.Dense(6, axes=("embed", "embed"), base=(6, 6), param="mup")(x), None
+
+  class Model(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = rcjax.nn.Dense(6, axes=("input", "embed"), base=(None, 6), param="mup")(x)
+      scan = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=3,
+                     metadata_params={nn.PARTITION_NAME: "layers"})
+      return scan()(x, None)[0]
+
+  m = Model()
+  x = jnp.ones((2, 4))
+  p = m.init(jax.random.key(0), x)["params"]
+  k = p["ScanBlock_0"]["Dense_0"]["kernel"]
+  assert k.axes == ("layers", "embed", "embed") and k.fan_in == (1,) and k.base == (None, 6, 6)
+  big = rcjax.grow(p, jax.random.key(1), factor=2)
+  assert big["ScanBlock_0"]["Dense_0"]["kernel"].shape == (3, 12, 12)
+  # The output lives on the grown 'embed' axis: each neuron is duplicated (integer factor, sorted map).
+  np.testing.assert_allclose(m.apply({"params": big}, x)[:, ::2], m.apply({"params": p}, x), rtol=1e-5, atol=1e-6)
+
+
+def test_sizes_errors_name_paths():
+  a = RC(jnp.zeros((3, 4)), axes=("input", "hidden"), fan_in=(0,), base=(None, 4))
+  b = RC(jnp.zeros((5,)), axes=("hidden",), base=(5,))
+  with pytest.raises(ValueError, match=r"axis 'hidden' has size 4 at \['a'\] but 5 at \['b'\]"):
+    rcjax.sizes({"a": a, "b": b})
+  c = RC(jnp.zeros((4,)), axes=("hidden",), base=(None,))
+  with pytest.raises(ValueError, match="width axis.*fixed axis"):
+    rcjax.sizes({"a": a, "c": c})
+  with pytest.raises(ValueError, match="no RC leaves"):
+    rcjax.sizes({"w": jnp.zeros(3)})
+
+
+def test_box_rejects_bad_metadata():
+  with pytest.raises(ValueError, match="unknown parametrization"):
+    RC(jnp.zeros(3), axes=("a",), param="muP")
+  with pytest.raises(ValueError, match="base"):
+    RC(jnp.zeros((3, 4)), axes=("a", "b"), base=(3,))
+  with pytest.raises(ValueError, match="fan_in"):
+    RC(jnp.zeros(3), axes=("a",), fan_in=(1,))

@@ -1,0 +1,246 @@
+"""grow / shrink / transfer: function preservation, agreement with a numpy reference, determinism."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import rcjax
+from reference import apply_maps_np
+
+PARAMS = ("sp", "ntk", "mup", "mf")
+X = jax.random.normal(jax.random.key(42), (16, 7))
+
+
+def mlp(param, width=10, bias_init="normal", depth=2, activation=jnp.tanh):
+  model = rcjax.nn.MLP(features=(width,) * depth, out_features=3, param=param, bias_init=bias_init,
+                       activation=activation)
+  return model, model.init(jax.random.key(0), X)["params"]
+
+
+def out(model, p, x=X):
+  return model.apply({"params": p}, x)
+
+
+@pytest.mark.parametrize("param", PARAMS)
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_integer_growth_preserves_function(param, factor):
+  model, p = mlp(param)
+  big = rcjax.grow(p, jax.random.key(1), factor=factor)
+  assert rcjax.width_axes(big) == {"hidden_0": 10 * factor, "hidden_1": 10 * factor}
+  np.testing.assert_allclose(out(model, big), out(model, p), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("param", PARAMS)
+@pytest.mark.parametrize("old,new", [(10, 100), (10, 26), (7, 8), (10, 10)])
+def test_exact_growth_preserves_function_at_any_ratio(param, old, new):
+  model, p = mlp(param, width=old, activation=jax.nn.relu)
+  big = rcjax.grow(p, jax.random.key(3), sizes={"hidden_0": new, "hidden_1": new}, exact=True)
+  np.testing.assert_allclose(out(model, big), out(model, p), rtol=1e-5, atol=1e-6)
+
+
+def test_100_to_1000_and_257_exact():
+  model, p = mlp("sp", width=100, depth=1)
+  for new in (257, 1000):
+    big = rcjax.grow(p, jax.random.key(0), sizes={"hidden_0": new}, exact=True)
+    np.testing.assert_allclose(out(model, big), out(model, p), rtol=1e-5, atol=1e-5)
+
+
+def test_non_exact_non_integer_growth_changes_function():
+  # The count correction is what makes non-integer ratios exact under SP: without it they are not.
+  model, p = mlp("sp", width=10)
+  big = rcjax.grow(p, jax.random.key(3), sizes={"hidden_0": 26, "hidden_1": 26})
+  assert np.max(np.abs(out(model, big) - out(model, p))) > 1e-3
+
+
+@pytest.mark.parametrize("param", PARAMS)
+def test_cnn_growth_preserves_function(param):
+  import flax.linen as nn
+
+  class CNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(rcjax.nn.Conv(6, axes=("rgb", "c1"), base=(None, 6), param=param, bias_init="normal")(x))
+      x = nn.relu(rcjax.nn.Conv(5, axes=("c1", "c2"), base=(6, 5), param=param, strides=(2, 2))(x))
+      x = x.mean(axis=(1, 2))
+      return rcjax.nn.Dense(4, axes=("c2", "classes"), base=(5, None), param=param)(x)
+
+  model = CNN()
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  p = model.init(jax.random.key(1), x)["params"]
+  assert p["Conv_0"]["kernel"].axes == ("kernel_h", "kernel_w", "rgb", "c1")
+  for kw in ({"factor": 3}, {"sizes": {"c1": 13, "c2": 11}, "exact": True}):
+    big = rcjax.grow(p, jax.random.key(2), **kw)
+    np.testing.assert_allclose(model.apply({"params": big}, x), model.apply({"params": p}, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("param", PARAMS)
+@pytest.mark.parametrize("sampler,exact", [("stratified", False), ("stratified", True), ("iid", False),
+                                           ("stride", False), ("stride", True)])  # exact rejects iid
+def test_matches_numpy_reference(param, sampler, exact):
+  _, p = mlp(param, width=6)
+  old = rcjax.sizes(p)
+  maps = rcjax.index_maps(jax.random.key(5), old, {"hidden_0": 15, "hidden_1": 9}, sampler)
+  for m in maps.values():
+    assert m.dtype == jnp.int32 and bool(jnp.all(m[1:] >= m[:-1]))  # sorted
+  got = rcjax.apply_maps(p, maps, exact=exact)
+  want = apply_maps_np(p, maps, exact=exact)
+  for path, box in rcjax.rc.leaves_with_paths(got):
+    np.testing.assert_allclose(np.asarray(box.value), want[path], rtol=1e-6, atol=1e-7, err_msg=path)
+  # grow(key) is index_maps(key) + apply_maps when r1 = r2 = 0.
+  grown = rcjax.transfer(p, jax.random.key(5), {"hidden_0": 15, "hidden_1": 9}, sampler=sampler, exact=exact)
+  chex.assert_trees_all_equal(rcjax.unbox(grown), rcjax.unbox(got))
+
+
+def test_stratified_map_counts():
+  m = rcjax.index_maps(jax.random.key(0), {"h": 100}, {"h": 257})["h"]
+  counts = np.bincount(np.asarray(m), minlength=100)
+  assert sorted(set(counts.tolist())) == [2, 3] and counts.sum() == 257 and (counts == 3).sum() == 57
+  m = rcjax.index_maps(jax.random.key(0), {"h": 100}, {"h": 30})["h"]
+  assert len(set(np.asarray(m).tolist())) == 30  # a subset without replacement
+  assert rcjax.index_maps(jax.random.key(0), {"h": 10}, {"h": 4}, "stride")["h"].tolist() == [0, 2, 5, 7]
+
+
+def test_iid_growth_preserves_function_in_expectation():
+  model, p = mlp("mf", width=12, depth=1, activation=jnp.tanh)
+  small = out(model, p)
+  sizes = {"hidden_0": 30}
+  draws = jnp.stack([out(model, rcjax.grow(p, jax.random.key(100 + i), sizes=sizes, sampler="iid"))
+                     for i in range(64)])
+  err_single = jnp.sqrt(jnp.mean((draws - small) ** 2, axis=(1, 2)))   # per draw
+  err_mean = float(jnp.sqrt(jnp.mean((draws.mean(0) - small) ** 2)))
+  assert float(err_single.min()) > 0  # single iid draws are not exact ...
+  assert err_mean < 0.25 * float(jnp.median(err_single))  # ... but their mean is close (~1/sqrt(64))
+
+
+@pytest.mark.parametrize("param", PARAMS)
+@pytest.mark.parametrize("factor", [2, 4])
+def test_shrink_inverts_grow_bitwise(param, factor):
+  # Bitwise when the fan-in rescale factors are powers of two (NTK rescales by sqrt(N/N')).
+  if param == "ntk" and factor == 2:
+    factor = 16
+  _, p = mlp(param, width=8)
+  old = rcjax.width_axes(p)
+  maps = rcjax.index_maps(jax.random.key(7), old, {k: v * factor for k, v in old.items()})
+  big = rcjax.apply_maps(p, maps)
+  back = rcjax.apply_maps(big, rcjax.inverse_maps(maps, old))
+  chex.assert_trees_all_equal(rcjax.unbox(back), rcjax.unbox(p))
+
+
+@pytest.mark.parametrize("param", PARAMS)
+def test_shrink_inverts_grow_at_non_integer_ratio(param):
+  _, p = mlp(param, width=10)
+  old = rcjax.width_axes(p)
+  maps = rcjax.index_maps(jax.random.key(7), old, {"hidden_0": 37, "hidden_1": 23})
+  back = rcjax.apply_maps(rcjax.apply_maps(p, maps), rcjax.inverse_maps(maps, old))
+  chex.assert_trees_all_close(rcjax.unbox(back), rcjax.unbox(p), rtol=1e-6, atol=0)
+
+
+def test_shrink_prunes_and_rescales():
+  model, p = mlp("sp", width=12)
+  small = rcjax.shrink(p, jax.random.key(0), factor=0.5)
+  assert rcjax.width_axes(small) == {"hidden_0": 6, "hidden_1": 6}
+  small = rcjax.shrink(p, jax.random.key(0), sizes={"hidden_1": 4}, sampler="stride")
+  assert rcjax.width_axes(small) == {"hidden_0": 12, "hidden_1": 4}
+  # Output weights of kept neurons are scaled by N/N' = 3 under SP.
+  np.testing.assert_allclose(small["Dense_2"]["kernel"].value,
+                             3 * p["Dense_2"]["kernel"].value[np.array([0, 3, 6, 9])], rtol=1e-6)
+
+
+def test_same_key_same_result_and_different_keys_differ():
+  _, p = mlp("mup", width=10)
+  kw = dict(sizes={"hidden_0": 23, "hidden_1": 17}, random_rate=0.3, norm_rate=0.1)
+  a = rcjax.grow(p, jax.random.key(9), **kw)
+  b = rcjax.grow(p, jax.random.key(9), **kw)
+  c = rcjax.grow(p, jax.random.key(10), **kw)
+  chex.assert_trees_all_equal(rcjax.unbox(a), rcjax.unbox(b))
+  assert not np.array_equal(a["Dense_1"]["kernel"].value, c["Dense_1"]["kernel"].value)
+
+
+def test_leaf_keys_come_from_paths_not_traversal_order():
+  _, p = mlp("mup", width=10)
+  kw = dict(factor=2, random_rate=0.5, norm_rate=0.1)
+  a = rcjax.grow(p, jax.random.key(9), **kw)
+  # Removing an unrelated leaf changes the traversal order but not the other leaves' draws.
+  p2 = {k: v for k, v in p.items() if k != "Dense_0"}
+  p2["Dense_0"] = {"kernel": p["Dense_0"]["kernel"]}
+  b = rcjax.grow(p2, jax.random.key(9), **kw)
+  np.testing.assert_array_equal(a["Dense_1"]["kernel"].value, b["Dense_1"]["kernel"].value)
+  np.testing.assert_array_equal(a["Dense_0"]["kernel"].value, b["Dense_0"]["kernel"].value)
+
+
+def test_jit_and_no_jit_agree():
+  _, p = mlp("mf", width=10)
+  kw = dict(sizes={"hidden_0": 23, "hidden_1": 17}, random_rate=0.3, norm_rate=0.1)
+  a = rcjax.grow(p, jax.random.key(3), **kw)
+  b = jax.jit(lambda p, k: rcjax.grow(p, k, **kw))(p, jax.random.key(3))
+  with jax.disable_jit():
+    c = rcjax.grow(p, jax.random.key(3), **kw)
+  # Equal up to float reassociation (XLA fuses the noise RMS reduction differently op by op).
+  chex.assert_trees_all_close(rcjax.unbox(a), rcjax.unbox(b), rtol=1e-6, atol=1e-6)
+  chex.assert_trees_all_close(rcjax.unbox(a), rcjax.unbox(c), rtol=1e-6, atol=1e-6)
+
+
+def test_one_device_and_eight_device_mesh_agree():
+  _, p = mlp("mup", width=16)
+  mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("a", "b"))
+
+  def shard(box):
+    spec = [None] * box.value.ndim
+    for d in box.width_dims:
+      spec[d] = "a" if box.axes[d] == "hidden_0" else "b"
+    return box.replace(value=jax.device_put(box.value, NamedSharding(mesh, P(*spec))))
+
+  ps = jax.tree.map(shard, p, is_leaf=rcjax.is_rc)
+  assert len(ps["Dense_1"]["kernel"].value.sharding.device_set) == 8
+  kw = dict(sizes={"hidden_0": 40, "hidden_1": 24}, random_rate=0.25, norm_rate=0.05)
+  a = rcjax.grow(p, jax.random.key(4), **kw)
+  b = rcjax.grow(ps, jax.random.key(4), **kw)
+  chex.assert_trees_all_close(rcjax.unbox(a), rcjax.unbox(b), rtol=1e-6, atol=1e-7)
+
+
+def test_random_rate_one_is_a_fresh_init():
+  model = rcjax.nn.MLP(features=(64, 64), out_features=3, param="mup", kernel_init="normal:1,3")
+  p = model.init(jax.random.key(0), X)["params"]
+  # Make the source obviously "trained": far from the init distribution.
+  p = jax.tree.map(lambda b: b.replace(value=b.value * 5 + 2), p, is_leaf=rcjax.is_rc)
+  fresh = model.clone(features=(256, 256)).init(jax.random.key(1), X)["params"]
+  big = rcjax.grow(p, jax.random.key(2), factor=4, random_rate=1.0)
+  for layer in ("Dense_0", "Dense_1", "Dense_2"):
+    got, want = big[layer]["kernel"].value, fresh[layer]["kernel"].value
+    n = got.size
+    assert abs(float(got.mean() - want.mean())) < 5 * float(want.std()) / np.sqrt(n) + 1e-6, layer
+    assert abs(float(got.std() / want.std()) - 1) < 0.05, layer
+  # Biases touch a width axis, so they are fresh too (init 'zeros').
+  assert float(jnp.abs(big["Dense_0"]["bias"].value).max()) == 0.0
+
+
+def test_random_rate_fraction_of_fresh_neurons():
+  _, p = mlp("mf", width=200, depth=1)
+  p = jax.tree.map(lambda b: b.replace(value=b.value + 100.0), p, is_leaf=rcjax.is_rc)  # trained = far from init
+  big = rcjax.grow(p, jax.random.key(0), factor=5, random_rate=0.3)
+  fresh = np.abs(np.asarray(big["Dense_1"]["kernel"].value[:, 0])) < 50  # per hidden neuron (rows)
+  assert abs(fresh.mean() - 0.3) < 0.05
+
+
+@pytest.mark.parametrize("r2", [0.01, 0.1, 0.5])
+def test_norm_rate_noise_size(r2):
+  _, p = mlp("mup", width=64)
+  clean = rcjax.grow(p, jax.random.key(0), factor=2)
+  noisy = rcjax.grow(p, jax.random.key(0), factor=2, norm_rate=r2)
+  for layer in ("Dense_0", "Dense_1", "Dense_2"):
+    w, n = clean[layer]["kernel"].value, noisy[layer]["kernel"].value - clean[layer]["kernel"].value
+    ratio = float(jnp.linalg.norm(n) / jnp.linalg.norm(w))
+    assert abs(ratio / r2 - 1) < 0.1, (layer, ratio)
+
+
+def test_grow_works_on_optimizer_state_with_the_same_maps():
+  import optax
+  _, p = mlp("mf", width=10)
+  s = optax.adam(1e-3).init(p)
+  big_p, big_s = rcjax.grow((p, s), jax.random.key(0), factor=2, random_rate=0.5)
+  assert big_s[0].mu["Dense_1"]["kernel"].shape == (20, 20)
+  assert int(big_s[0].count) == 0
