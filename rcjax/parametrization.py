@@ -18,14 +18,16 @@ width sizes on each side, the table is
 | ntk   | weights      | 1             | 1/sqrt(n_in)| 1             | 1        |
 | mup   | input, fixed | 1/sqrt(n_in)  | 1           | m_out         | 1        |
 | mup   | hidden       | 1/sqrt(n_in)  | 1           | m_out / m_in  | 1/m_in   |
-| mup   | output       | 1/sqrt(n_in)  | 1/m_in      | m_in          | 1        |
+| mup   | output       | sqrt(m_in/n_in)| 1/m_in     | m_in          | 1        |
 | mf    | input, fixed | 1             | 1/sqrt(n_in)| N_out         | 1        |
 | mf    | hidden       | 1             | 1/n_in      | n_in * N_out  | 1        |
 | mf    | output       | 1             | 1/n_in      | n_in          | 1        |
 | all   | vector       | 1             | 1           | mup: m_out, mf: N_out, else 1 | 1 |
 
 The init std multiplies a draw from the leaf's init distribution (`sample`). muP follows Yang & Hu
-(Tensor Programs IV/V, and the `mup` package's MuReadout / MuSGD / MuAdam); at base width every muP
+(Tensor Programs V, Table 3, moved to a 1/m_in readout multiplier as in the `mup` package's MuReadout
+with its sqrt(m) init rescaling, MuSGD and MuAdam: the effective readout weight has std ~ 1/n_in and SGD
+learning rate ~ 1/n_in, the input weights and biases SGD learning rate ~ n_out); at base width every muP
 multiplier is 1, so muP equals SP exactly. Mean-field (Mei-Montanari-Nguyen, Nguyen-Pham) averages over
 width fan-in, `h_out = (1/N) sum_i W[i, :] phi(h_in[i])`, and its SGD learning rates make every entry move
 O(1) per unit of lr at any width, so training commutes with neuron duplication (see transfer.py).
@@ -82,7 +84,8 @@ TABLE: dict[str, dict[str, Rule]] = {
         "fixed": _MUP_IN,
         "hidden": Rule(init=_inv_sqrt_n, mult=_one, sgd=lambda d: d.m_out / d.m_in,
                        adam=lambda d: 1.0 / d.m_in),
-        "output": Rule(init=_inv_sqrt_n, mult=lambda d: 1.0 / d.m_in, sgd=lambda d: d.m_in, adam=_one),
+        "output": Rule(init=lambda d: math.sqrt(d.m_in / d.n_in), mult=lambda d: 1.0 / d.m_in,
+                       sgd=lambda d: d.m_in, adam=_one),
         "vector": Rule(init=_one, mult=_one, sgd=lambda d: d.m_out, adam=_one),
     },
     "mf": {
