@@ -136,7 +136,7 @@ def sizes(params: Any) -> dict[str, int]:
   >>> p = {'w': RC(jnp.zeros((3, 4)), axes=('input', 'hidden'), fan_in=(0,), base=(None, 4)),
   ...      'b': RC(jnp.zeros((4,)), axes=('hidden',), base=(4,))}
   >>> sizes(p)
-  {'input': 3, 'hidden': 4}
+  {'hidden': 4, 'input': 3}
   """
   seen: dict[str, tuple[int, bool, str]] = {}
   for path, name, size, width in _iter_axes(params):

@@ -203,7 +203,7 @@ def test_one_device_and_eight_device_mesh_agree():
 
 
 def test_random_rate_one_is_a_fresh_init():
-  model = rcjax.nn.MLP(features=(64, 64), out_features=3, param="mup", kernel_init="normal:1,3")
+  model = rcjax.nn.MLP(features=(64, 64), out_features=3, param="mup", kernel_init="normal:1,3", base=64)
   p = model.init(jax.random.key(0), X)["params"]
   # Make the source obviously "trained": far from the init distribution.
   p = jax.tree.map(lambda b: b.replace(value=b.value * 5 + 2), p, is_leaf=rcjax.is_rc)
