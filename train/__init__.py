@@ -1,0 +1,1 @@
+"""Thin entry points: parse flags -> frozen config -> run(config)."""
