@@ -131,13 +131,37 @@ def _broadcast(vec: jax.Array, d: int, ndim: int) -> jax.Array:
   return vec.reshape((-1,) + (1,) * (ndim - d - 1))
 
 
-def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float):
+def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict[str, int]) -> jax.Array:
+  """`x` gathered along `dims` with the maps of `names`, in one pass over the output.
+
+  Integer-factor maps of 'stratified'/'stride' are `repeat(arange(N), k)`: a broadcast + reshape, which
+  XLA fuses into a streaming copy. Otherwise one gather whose indices are the broadcast outer product of
+  the maps over the span of dims from the first mapped to the last (unmapped dims inside the span take
+  `arange`), instead of one full pass per axis.
+  """
+  if all(n in repeats for n in names):
+    for d, n in zip(dims, names):  # broadcast a new axis after d, then merge it into d
+      k, shape = repeats[n], x.shape
+      x = jnp.broadcast_to(jnp.expand_dims(x, d + 1), shape[:d + 1] + (k,) + shape[d + 1:])
+      x = x.reshape(shape[:d] + (shape[d] * k,) + shape[d + 1:])
+    return x
+  lo, hi = dims[0], dims[-1]
+  span = hi - lo + 1
+  index = []
+  for i, d in enumerate(range(lo, hi + 1)):
+    m = maps[names[dims.index(d)]] if d in dims else jnp.arange(x.shape[d], dtype=jnp.int32)
+    index.append(m.reshape((1,) * i + (-1,) + (1,) * (span - i - 1)))
+  # Outer products of sorted maps are lexicographically sorted index tuples, all in bounds.
+  return x.at[(slice(None),) * lo + tuple(index)].get(indices_are_sorted=True, mode="promise_in_bounds")
+
+
+def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float,
+              repeats: dict[str, int]):
   mapped = [d for d in box.width_dims if box.axes[d] in maps]
   if not mapped:
     return box
   x, old_shape = box.value, box.shape
-  for d in mapped:
-    x = jnp.take(x, maps[box.axes[d]], axis=d, unique_indices=False, indices_are_sorted=True)
+  x = _gather(x, mapped, [box.axes[d] for d in mapped], maps, repeats)
   new_shape = x.shape
   ndim = len(new_shape)
 
@@ -150,7 +174,7 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
     side = [d for d in mapped if d not in box.fan_in]
   factor = None
   for d in side:
-    if exact:
+    if exact and box.axes[d] not in repeats:  # integer repeats have uniform counts
       name = box.axes[d]
       vec = _broadcast(1.0 / counts[name][maps[name]].astype(jnp.float32), d, ndim)
       factor = vec if factor is None else factor * vec
@@ -187,22 +211,32 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
   return box.replace(value=x)
 
 
-def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None):
+def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, repeats: tuple = ()):
   old = width_axes(tree)
-  counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items()} if exact else {})
+  repeats = dict(repeats)
+  counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items() if name not in repeats}
+            if exact else {})
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)
   out = []
   for path, leaf in flat:
     if is_rc(leaf):
       power = moment if moment is not None else _moment_power(path, 0)
-      leaf = _map_leaf(leaf, jax.tree_util.keystr(path), power, maps, counts, fresh, key, exact, r2)
+      leaf = _map_leaf(leaf, jax.tree_util.keystr(path), power, maps, counts, fresh, key, exact, r2, repeats)
     out.append(leaf)
   return jax.tree.unflatten(treedef, out)
 
 
-@functools.partial(jax.jit, static_argnames=("exact", "moment"))
-def _apply_maps_jit(tree, maps, *, exact, moment):
-  return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment)
+@functools.partial(jax.jit, static_argnames=("exact", "moment", "repeats"))
+def _apply_maps_jit(tree, maps, *, exact, moment, repeats):
+  return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment, repeats)
+
+
+def _repeat_factor(m: Any, n_old: int) -> int | None:
+  """k if the (concrete) map is exactly repeat(arange(n_old), k), else None."""
+  if isinstance(m, jax.core.Tracer) or len(m) % n_old:
+    return None
+  k = len(m) // n_old
+  return k if np.array_equal(np.asarray(m), np.repeat(np.arange(n_old), k)) else None
 
 
 def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
@@ -229,7 +263,9 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
   maps = {k: jnp.asarray(v) for k, v in maps.items() if k in width_axes(tree)}
   if moment not in (None, 0, 1, 2):
     raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
-  return _apply_maps_jit(tree, maps, exact=exact, moment=moment)
+  widths = width_axes(tree)
+  repeats = tuple(sorted((k, f) for k, m in maps.items() if (f := _repeat_factor(m, widths[k]))))
+  return _apply_maps_jit(tree, maps, exact=exact, moment=moment, repeats=repeats)
 
 
 # --- grow / shrink / transfer -------------------------------------------------------------------
@@ -300,7 +336,9 @@ def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment):
   if r1 > 0:
     fresh = {name: jax.random.bernoulli(jax.random.fold_in(key, path_hash("fresh/" + name)), r1, (n,))
              for name, n in new}
-  return _apply(tree, maps, fresh, key, exact, r2, moment)
+  repeats = tuple((name, n // o) for (name, n), (_, o) in zip(new, old)
+                  if sampler in ("stratified", "stride") and n % o == 0)
+  return _apply(tree, maps, fresh, key, exact, r2, moment, repeats)
 
 
 def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: str = "stratified",
