@@ -258,7 +258,7 @@ def figure_bars(paths: Sequence[str], out: str, *, labels: Sequence[str] | None 
                  **{k: overall[k] for k in ("max_abs_corr", "max_abs_corr_null", "max_abs_corr_null_q95",
                                             "block", "pair")}})
   os.makedirs(out, exist_ok=True)
-  notes = [("" if r["pair"] is None else f"{plots._short(r['pair'][0], 22)}\nvs {plots._short(r['pair'][1], 22)}\n"
+  notes = [("" if r["pair"] is None else f"{plots._short(r['pair'][0], 30)}\nvs {plots._short(r['pair'][1], 30)}\n"
             f"(block {r['block']})") for r in rows]
   plots.save(plots.max_abs_bars(labels, [r["max_abs_corr"] for r in rows], [r["max_abs_corr_null"] for r in rows],
                                 null95=[r["max_abs_corr_null_q95"] for r in rows], annotations=notes, xlabel="model",
@@ -330,13 +330,13 @@ def figure_compare(run_a: str, run_b: str, out: str, *, steps: Sequence[int] | N
         series = {f"{names[0]} (N={ua[u].size})": ua[u], f"{names[1]} (N={ub[u].size})": ub[u]}
         if s != ref_step:
           series[f"{names[0]} at step {ref_step}"] = ref[u]
-        row.append({"series": series, "text": f"W1={d['w1']:.3g} (null95 {d['w1_null_q95']:.2g})\n"
-                                              f"W1 vs step {ref_step}: {d['reference']:.3g}"})
+        row.append({"series": series, "text": f"W1(A, B) = {d['w1']:.3g} (null 95%: {d['w1_null_q95']:.2g})\n"
+                                              f"reference W1(A@{ref_step}, A) = {d['reference']:.3g}"})
     cells.append(row)
   os.makedirs(out, exist_ok=True)
   plots.save(plots.distribution_grid([f"step {s}" for s in steps], cols, cells,
-                                     title=f"{'row' if stat == 'R' else 'column'} means (.{stat}): {names[0]} vs "
-                                           f"{names[1]}; W1 = 1-D Wasserstein distance"),
+                                     title=f"{'row' if stat == 'R' else 'column'} means (.{stat}), A = {names[0]}, "
+                                           f"B = {names[1]}; W1: 1-D Wasserstein distance"),
              os.path.join(out, "compare.png"))
   result = {"run_a": a0.path, "run_b": b0.path, "stat": stat, "steps": list(steps), "reference_step": ref_step,
             "rows": rows}

@@ -39,6 +39,7 @@ def save(fig, path) -> str:
 def _short(name: str, width: int = 28) -> str:
   """A readable statistic label: '.weight' dropped, long HF prefixes shortened, ellipsis past `width`."""
   s = name.replace(".weight", "").replace("self_attn.", "attn.").replace("attention.", "attn.")
+  s = s[len("layers/"):] if s.startswith("layers/") else s
   s = s.replace("query_key_value.", "qkv.").replace("post_attention_layernorm", "post_ln")
   s = s.replace("input_layernorm", "in_ln")
   return s if len(s) <= width else "…" + s[-(width - 1):]
@@ -103,24 +104,26 @@ def correlation_matrices(panels, *, title=None, ncols=None):
 
 def max_abs_bars(labels, values, nulls, *, null95=None, annotations=None, title=None, xlabel="block"):
   """Bars of max |corr| (per block, or per model: the paper's Figure 4.4) with the null's 99% quantile
-  (black tick) and optionally its 95% quantile (grey tick); `annotations` are printed above the bars."""
+  (black tick) and optionally its 95% quantile (grey dashes); `annotations` (e.g. the pair reaching the
+  maximum) are printed under each label."""
   import numpy as np
 
   plt = _plt()
   n = len(values)
-  fig, ax = plt.subplots(figsize=(max(4.5, 0.35 * n + 2.5) if annotations is None else max(5, 1.6 * n + 1.5), 3.6))
+  ticks = [str(l) for l in labels] if annotations is None else [f"{l}\n{a}" for l, a in zip(labels, annotations)]
+  long = max(len(line) for t in ticks for line in t.split("\n"))
+  width = max(4.5, n * (0.35 if annotations is None else max(1.4, 0.075 * long)) + 2.5)
+  fig, ax = plt.subplots(figsize=(width, 3.6 + (0.5 if annotations is not None else 0)))
   x = np.arange(n)
-  ax.bar(x, np.nan_to_num(values), color="tab:blue", label="max |corr|")
+  ax.bar(x, np.nan_to_num(np.asarray(values, float)), color="tab:blue", label="max |corr|")
   w = 0.42
   ax.hlines(nulls, x - w, x + w, color="k", lw=2, label="null 99%")
   if null95 is not None:
     ax.hlines(null95, x - w, x + w, color="0.5", lw=1.2, ls="--", label="null 95%")
-  if annotations is not None:
-    for xi, v, a in zip(x, values, annotations):
-      ax.text(xi, (0 if np.isnan(v) else v) + 0.02, a, ha="center", va="bottom", fontsize=6.5, rotation=0, wrap=True)
-  ax.set_xticks(x, labels, rotation=0 if n <= 12 and max(len(str(s)) for s in labels) < 8 else 45,
-                ha="center" if n <= 12 else "right", fontsize=8)
-  ax.set_ylim(0, 1.12 if annotations is not None else 1.02)
+  rotate = annotations is None and (n > 12 or long >= 8)
+  ax.set_xticks(x, ticks, rotation=45 if rotate else 0, ha="right" if rotate else "center",
+                fontsize=8 if annotations is None else 7)
+  ax.set_ylim(0, 1.02)
   ax.set_ylabel("max |corr| (different leaves)")
   ax.set_xlabel(xlabel)
   if title:
@@ -168,29 +171,31 @@ def stat_histograms(panels, *, title=None, ncols=None, bins=None):
 
 def distribution_grid(row_labels, col_labels, cells, *, title=None, bins=None):
   """Distributions of one statistic for several models (the paper's Figure 4.5): rows (e.g. training
-  steps) x columns (e.g. blocks); `cells[r][c]` is `{'series': {label: vector}, 'text': str}`."""
+  steps) x columns (e.g. blocks); `cells[r][c]` is `{'series': {label: vector}, 'text': str}` (the text,
+  e.g. the Wasserstein distances, goes above the panel). A third series is drawn dotted grey."""
   import numpy as np
 
   plt = _plt()
   nr, nc = len(row_labels), len(col_labels)
-  fig, axs = plt.subplots(nr, nc, figsize=(3.3 * nc + 0.6, 2.5 * nr + 0.6), squeeze=False)
-  colors = ["tab:blue", "tab:orange", "0.5"]
+  fig, axs = plt.subplots(nr, nc, figsize=(3.6 * nc + 0.6, 2.7 * nr + 1.0), squeeze=False)
+  colors = ["tab:blue", "tab:orange", "0.45"]
+  handles = {}
   for r in range(nr):
     for c in range(nc):
       ax, cell = axs[r, c], cells[r][c]
       vals = [np.asarray(v, float) for v in cell["series"].values()]
-      edges = np.histogram_bin_edges(np.concatenate(vals), bins=bins or _bins(vals))
+      edges = np.histogram_bin_edges(np.concatenate(vals), bins=bins or 2 * _bins(vals))
       for label, v, color in zip(cell["series"], vals, colors):
-        ax.hist(v, bins=edges, density=True, histtype="step", lw=1.3, color=color, ls=":" if color == "0.5" else "-",
-                label=label)
-      ax.text(0.02, 0.97, cell.get("text", ""), transform=ax.transAxes, va="top", fontsize=7)
+        *_, patches = ax.hist(v, bins=edges, density=True, histtype="step", lw=1.3, color=color,
+                              ls=":" if color == "0.45" else "-", label=label)
+        handles.setdefault(label if color != "0.45" else "reference (" + label + ")", patches[0])
+      ax.set_title((col_labels[c] + "\n" if r == 0 else "") + cell.get("text", ""), fontsize=7.5)
       ax.tick_params(labelsize=7)
-      if r == 0:
-        ax.set_title(col_labels[c], fontsize=9)
       if c == 0:
-        ax.set_ylabel(row_labels[r], fontsize=9)
-  axs[0, -1].legend(fontsize=7, loc="upper right")
+        ax.set_ylabel(f"{row_labels[r]}\ndensity", fontsize=9)
+  fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)), fontsize=8,
+             frameon=False)
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.06 if nr > 1 else 0.1, 1, 1))
   return fig
