@@ -168,7 +168,8 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
              "max_abs_corr_null": overall["max_abs_corr_null"],
              "max_abs_corr_null_q95": overall["max_abs_corr_null_q95"], "block": overall["block"],
              "pair": overall["pair"], "kinds": list(kinds), "permutations": permutations, "seed": seed,
-             "null": "quantiles of the max |corr| over blocks when every statistic's neurons are permuted independently",
+             "null": "quantiles of the max |corr| over blocks when every statistic's neurons are permuted "
+                     "independently",
              "skipped_tensors": src.skipped, "per_block": per_block}
   what = f"{os.path.basename(src.path)} ({src.family}{'' if src.step is None else f', step {src.step}'})"
   if n > 1:
@@ -195,7 +196,8 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
     pngs.append(plots.save(plots.stat_histograms(hist, title=f"{what}, {label}: row/column means (.R/.C), "
                                                            "biases and scales"),
                            os.path.join(out, f"means_block{i}.png")))
-    corr_json[str(i)] = {a: {k: r[k] for k in ("names", "n", "corr", "null_q95", "null_q99")} for a, r in per_axis.items()}
+    keys = ("names", "n", "corr", "null_q95", "null_q99")
+    corr_json[str(i)] = {a: {k: r[k] for k in keys} for a, r in per_axis.items()}
   _write_json(os.path.join(out, "correlations.json"), corr_json)
   summary["figures"] = [os.path.basename(p) for p in pngs]
   summary["seconds"] = time.time() - t0

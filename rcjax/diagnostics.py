@@ -76,20 +76,32 @@ def leaf_of(name: str) -> str:
 
 
 def _reduce(x: Any, dims: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and RMS over every dim not in `dims`, one value per neuron (C order over `dims`), in float64.
+  """Mean and RMS over every dim not in `dims`, one value per neuron (C order over `dims`), as float64.
 
-  Converts at most `_CHUNK` elements to float32 at a time, so a bf16 memory-mapped tensor is never
-  copied whole."""
-  xt = np.moveaxis(np.asarray(x) if not isinstance(x, np.ndarray) else x, dims, tuple(range(len(dims))))
-  lead, rest = xt.shape[: len(dims)], xt.shape[len(dims):]
-  per = max(1, math.prod(lead[1:]) * math.prod(rest))
-  step = max(1, _CHUNK // per)
+  Works in chunks of at most `_CHUNK` elements converted to float32 (sums accumulated in float64 across
+  chunks), read in the tensor's memory order, so a large bf16 tensor is never copied whole and a
+  transposed view (a PyTorch (out, in) weight read as (in, out)) streams as fast as a contiguous one."""
+  x = x if isinstance(x, np.ndarray) else np.asarray(x)
+  k = len(dims)
+  front = np.moveaxis(x, dims, tuple(range(k)))
+  back = np.moveaxis(x, dims, tuple(range(x.ndim - k, x.ndim)))
+  n = math.prod(front.shape[:k])
+  rest = max(1, x.size // max(n, 1))
+  if back.flags.c_contiguous and not front.flags.c_contiguous:  # neurons are the fast axis: chunk over rows
+    y = back.reshape(rest, n)
+    s1, s2 = np.zeros(n), np.zeros(n)
+    for i in range(0, rest, max(1, _CHUNK // n)):
+      c = y[i:i + max(1, _CHUNK // n)].astype(np.float32)
+      s1 += c.sum(axis=0, dtype=np.float64)
+      s2 += np.square(c).sum(axis=0, dtype=np.float64)
+    return s1 / rest, np.sqrt(s2 / rest)
+  step = max(1, _CHUNK // max(1, math.prod(front.shape[1:])))  # chunk over neurons (the slow axis)
   means, sqs = [], []
-  for i in range(0, lead[0], step):
-    c = np.asarray(xt[i:i + step], dtype=np.float32).reshape(-1, max(1, math.prod(rest)))
-    means.append(c.mean(axis=1, dtype=np.float64))
-    sqs.append(np.einsum("ij,ij->i", c, c, dtype=np.float64) / c.shape[1])
-  return np.concatenate(means), np.sqrt(np.concatenate(sqs))
+  for i in range(0, front.shape[0], step):
+    c = np.asarray(front[i:i + step], dtype=np.float32).reshape(-1, rest)
+    means.append(c.sum(axis=1) / rest)
+    sqs.append(np.einsum("ij,ij->i", c, c) / rest)
+  return np.concatenate(means).astype(np.float64), np.sqrt(np.concatenate(sqs).astype(np.float64))
 
 
 def leaf_stats(path: str, box: RC, axis: str | Sequence[str], kinds: Iterable[str] = KINDS) -> dict[str, np.ndarray]:

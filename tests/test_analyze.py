@@ -12,9 +12,10 @@ import pytest
 from sklearn.datasets import load_digits
 
 import rcjax
-from rcjax import analyze, hf
+from rcjax import analyze
 from rcjax import diagnostics as diag
 from rcjax.checkpoint import Checkpointer
+from rcjax.hf_synthetic import write_synthetic
 from test_diagnostics import gpt_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +33,8 @@ def train_run(out, width, *, steps=300, every=150, bias=True, lr=0.3, seed=0):
 
   @jax.jit
   def step(p, s, xb, yb):
-    g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, xb), yb).mean())(p)
+    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, xb), yb).mean()
+    g = jax.grad(loss)(p)
     u, s = tx.update(g, s, p)
     return optax.apply_updates(p, u), s
 
@@ -59,7 +61,7 @@ def runs(tmp_path_factory):
     ck.save(0, params=gpt_params(E=128, H=8, D=16, M=256), config={"model": "gpt"})
     ck.save(10, params=gpt_params(E=128, H=8, D=16, M=256, planted=0.5), config={"model": "gpt"})
   json.dump({"model": "gpt"}, open(d / "gpt" / "config.json", "w"))
-  hf.write_synthetic(d / "llama", "llama", num_blocks=4, embed=64, heads=4, kv_heads=2, dtype="bfloat16", shards=2)
+  write_synthetic(d / "llama", "llama", num_blocks=4, embed=64, heads=4, kv_heads=2, dtype="bfloat16", shards=2)
   r["llama"] = str(d / "llama")
   return r
 
@@ -108,15 +110,16 @@ def test_cli_errors_are_one_line(runs, tmp_path):
   bad.mkdir()
   json.dump({"model_type": "t5"}, open(bad / "config.json", "w"))
   (bad / "model.safetensors").write_bytes(b"")
-  hf.write_synthetic(tmp_path / "cut", "gpt2", num_blocks=1)
+  write_synthetic(tmp_path / "cut", "gpt2", num_blocks=1)
   f = tmp_path / "cut" / "model.safetensors"
   f.write_bytes(f.read_bytes()[:-7])
-  hf.write_synthetic(tmp_path / "shard", "qwen2", num_blocks=2, shards=2)
+  write_synthetic(tmp_path / "shard", "qwen2", num_blocks=2, shards=2)
   os.remove(tmp_path / "shard" / "model-00001-of-00002.safetensors")
   cases = {"empty": "neither an rcjax run directory", "t5": "unsupported architecture", "cut": "truncated safetensors",
            "shard": "missing shard"}
-  procs = {c: subprocess.Popen([sys.executable, "-m", "rcjax.analyze", str(tmp_path / c), "--out", str(tmp_path / f"o_{c}")],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cases}
+  cli = lambda c: [sys.executable, "-m", "rcjax.analyze", str(tmp_path / c), "--out", str(tmp_path / f"o_{c}")]
+  procs = {c: subprocess.Popen(cli(c), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for c in cases}
   for c, p in procs.items():
     _, err = p.communicate(timeout=300)
     assert p.returncode == 2, (c, err)

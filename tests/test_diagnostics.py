@@ -36,22 +36,25 @@ def gpt_params(L=3, E=32, H=4, D=8, M=128, V=50, planted=0.0, seed=0, scanned=Tr
   th = {"embed": rng.normal(size=(1, E)).repeat(L, 0), "mlp": rng.normal(size=(L, M)),
         "hd": rng.normal(size=(L, H * D))}
   noise = lambda *s: rng.normal(size=s).astype(np.float32)
-  w = lambda ti, to: (planted * (ti[:, :, None] + to[:, None, :]) + noise(L, ti.shape[1], to.shape[1])).astype(np.float32)
+  def w(ti, to):
+    return (planted * (ti[:, :, None] + to[:, None, :]) + noise(L, ti.shape[1], to.shape[1])).astype(np.float32)
   base = lambda shape, fixed=(): tuple(None if d in fixed else s for d, s in enumerate(shape))
 
   def box(v, axes, fan_in):
-    return RC(v, axes=axes, fan_in=fan_in, base=base(v.shape, fixed=[d for d, a in enumerate(axes) if a in ("layers", "vocab")]),
-              param="mup")
+    fixed = [d for d, a in enumerate(axes) if a in ("layers", "vocab")]
+    return RC(v, axes=axes, fan_in=fan_in, base=base(v.shape, fixed=fixed), param="mup")
 
   layers = {
-      "attn": {s: {"kernel": box(w(th["embed"], th["hd"]).reshape(L, E, H, D), ("layers", "embed", "heads", "head_dim"), (1,))}
-               for s in ("q", "k", "v")},
+      "attn": {s: {"kernel": box(w(th["embed"], th["hd"]).reshape(L, E, H, D),
+                                 ("layers", "embed", "heads", "head_dim"), (1,))} for s in ("q", "k", "v")},
       "mlp": {"up": {"kernel": box(w(th["embed"], th["mlp"]), ("layers", "embed", "mlp"), (1,))},
               "gate": {"kernel": box(w(th["embed"], th["mlp"]), ("layers", "embed", "mlp"), (1,))},
               "down": {"kernel": box(w(th["mlp"], th["embed"]), ("layers", "mlp", "embed"), (1,))}},
-      "ln1": {"scale": box((1 + planted * th["embed"] + 0.1 * noise(L, E)).astype(np.float32), ("layers", "embed"), ())},
+      "ln1": {"scale": box((1 + planted * th["embed"] + 0.1 * noise(L, E)).astype(np.float32),
+                           ("layers", "embed"), ())},
   }
-  layers["attn"]["o"] = {"kernel": box(w(th["hd"], th["embed"]).reshape(L, H, D, E), ("layers", "heads", "head_dim", "embed"), (1, 2))}
+  layers["attn"]["o"] = {"kernel": box(w(th["hd"], th["embed"]).reshape(L, H, D, E),
+                                       ("layers", "heads", "head_dim", "embed"), (1, 2))}
   params = {"embed": {"embedding": box(noise(V, E), ("vocab", "embed"), (0,))},
             "final_norm": {"scale": box(np.ones(E, np.float32), ("embed",), ())},
             "lm_head": {"kernel": box(noise(E, V), ("embed", "vocab"), (0,))}}
@@ -70,7 +73,8 @@ def test_stats_match_numpy_reference():
   assert jax.tree.structure(p, is_leaf=rcjax.is_rc) == jax.tree.structure(mlp_params(), is_leaf=rcjax.is_rc)
   s = diag.neuron_stats(p, "hidden_0")
   w0, w1 = np.asarray(p["Dense_0"]["kernel"].value), np.asarray(p["Dense_1"]["kernel"].value)  # (in, out)
-  assert sorted(s) == ["Dense_0/bias", "Dense_0/kernel.C", "Dense_0/kernel.C_rms", "Dense_1/kernel.R", "Dense_1/kernel.R_rms"]
+  assert sorted(s) == ["Dense_0/bias", "Dense_0/kernel.C", "Dense_0/kernel.C_rms", "Dense_1/kernel.R",
+                       "Dense_1/kernel.R_rms"]
   np.testing.assert_allclose(s["Dense_0/kernel.C"], w0.mean(axis=0), rtol=1e-5, atol=1e-7)  # mean on rows
   np.testing.assert_allclose(s["Dense_1/kernel.R"], w1.mean(axis=1), rtol=1e-5, atol=1e-7)  # mean on columns
   np.testing.assert_allclose(s["Dense_1/kernel.R_rms"], np.sqrt((w1 ** 2).mean(axis=1)), rtol=1e-5)
@@ -86,7 +90,8 @@ def test_layout_is_read_from_fan_in(shape):
   flax_like = {"w": RC(w, axes=("a", "b"), fan_in=(0,), base=shape)}
   torch_like = {"w": RC(np.ascontiguousarray(w.T), axes=("b", "a"), fan_in=(1,), **kw)}
   for axis, key in (("a", "w.R"), ("b", "w.C")):
-    np.testing.assert_allclose(diag.neuron_stats(flax_like, axis)[key], diag.neuron_stats(torch_like, axis)[key], rtol=1e-6)
+    np.testing.assert_allclose(diag.neuron_stats(flax_like, axis)[key], diag.neuron_stats(torch_like, axis)[key],
+                               rtol=1e-6)
 
 
 def test_compound_attention_axis_and_blocks():
@@ -94,8 +99,9 @@ def test_compound_attention_axis_and_blocks():
   blocks = diag.blocks(p)
   assert [i for i, _ in blocks] == [0, 1, 2]
   leaves = blocks[1][1]
-  assert sorted(leaves) == sorted(f"layers/{k}" for k in ("attn/q/kernel", "attn/k/kernel", "attn/v/kernel", "attn/o/kernel",
-                                                          "mlp/up/kernel", "mlp/gate/kernel", "mlp/down/kernel", "ln1/scale"))
+  names = ("attn/q/kernel", "attn/k/kernel", "attn/v/kernel", "attn/o/kernel", "mlp/up/kernel", "mlp/gate/kernel",
+           "mlp/down/kernel", "ln1/scale")
+  assert sorted(leaves) == sorted(f"layers/{k}" for k in names)
   assert diag.neuron_axes(leaves) == ["embed", ("heads", "head_dim"), "mlp"]
   q = np.asarray(p["params"]["layers"]["attn"]["q"]["kernel"].value[1])  # (E, H, D)
   o = np.asarray(p["params"]["layers"]["attn"]["o"]["kernel"].value[1])  # (H, D, E)
@@ -110,7 +116,8 @@ def test_compound_attention_axis_and_blocks():
   assert [i for i, _ in un] == [0, 1, 2]
   a = diag.max_abs_correlation(p, key=3, permutations=50)
   b = diag.max_abs_correlation(gpt_params(scanned=False), key=3, permutations=50)
-  assert [a[f"block/{i}/max_abs_corr"] for i in range(3)] == pytest.approx([b[f"block/{i}/max_abs_corr"] for i in range(3)])
+  per_block = lambda r: [r[f"block/{i}/max_abs_corr"] for i in range(3)]
+  assert per_block(a) == pytest.approx(per_block(b))
 
 
 @pytest.mark.parametrize("make", ["mlp", "gpt"])

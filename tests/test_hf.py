@@ -9,6 +9,7 @@ import pytest
 
 from rcjax import diagnostics as diag
 from rcjax import hf
+from rcjax.hf_synthetic import write_synthetic
 
 E, H, KV, D, M = 16, 4, 2, 4, 24  # embed, heads, kv heads (Llama family), head dim, mlp
 
@@ -69,7 +70,7 @@ def references(mt, t, i):
 
 @pytest.mark.parametrize("mt", ["llama", "mistral", "qwen2", "gpt2", "gpt_neox", "bert"])
 def test_mapping_against_numpy(tmp_path, mt):
-  t = hf.write_synthetic(tmp_path, mt, num_blocks=2, embed=E, heads=H, kv_heads=KV, mlp=M, seed=1)
+  t = write_synthetic(tmp_path, mt, num_blocks=2, embed=E, heads=H, kv_heads=KV, mlp=M, seed=1)
   ck = hf.Checkpoint(tmp_path)
   assert ck.num_blocks == 2 and ck.model_type == mt
   shapes, stats = references(mt, t, 1)
@@ -92,7 +93,7 @@ def test_mapping_against_numpy(tmp_path, mt):
 
 
 def test_bf16_sharded_and_raw_fallback(tmp_path, monkeypatch):
-  t = hf.write_synthetic(tmp_path, "llama", num_blocks=3, embed=E, heads=H, kv_heads=KV, mlp=M, dtype="bfloat16",
+  t = write_synthetic(tmp_path, "llama", num_blocks=3, embed=E, heads=H, kv_heads=KV, mlp=M, dtype="bfloat16",
                          shards=3)
   index = json.load(open(tmp_path / "model.safetensors.index.json"))["weight_map"]
   assert len(set(index.values())) == 3
@@ -112,11 +113,12 @@ def test_bf16_sharded_and_raw_fallback(tmp_path, monkeypatch):
 
 
 def test_block_leaves_stream_one_tensor_at_a_time(tmp_path, monkeypatch):
-  hf.write_synthetic(tmp_path, "gpt2", num_blocks=2, embed=E, heads=H, mlp=M)
+  write_synthetic(tmp_path, "gpt2", num_blocks=2, embed=E, heads=H, mlp=M)
   ck = hf.Checkpoint(tmp_path)
   reads = []
   real = hf.Checkpoint.read
-  monkeypatch.setattr(hf.Checkpoint, "read", lambda self, name, handles=None: reads.append(name) or real(self, name, handles))
+  monkeypatch.setattr(hf.Checkpoint, "read",
+                      lambda self, name, handles=None: reads.append(name) or real(self, name, handles))
   it = ck.block_leaves(1)
   next(it)
   assert len(reads) == 1 and reads[0].startswith("h.1.")
@@ -126,7 +128,7 @@ def test_block_leaves_stream_one_tensor_at_a_time(tmp_path, monkeypatch):
 
 def test_planted_structure_found_and_random_within_null(tmp_path):
   for name, planted in (("rand", 0.0), ("planted", 0.5)):
-    hf.write_synthetic(tmp_path / name, "gpt_neox", num_blocks=2, embed=64, heads=4, mlp=256, planted=planted)
+    write_synthetic(tmp_path / name, "gpt_neox", num_blocks=2, embed=64, heads=4, mlp=256, planted=planted)
     ck = hf.Checkpoint(tmp_path / name)
     sums = [diag.summarize_block(diag.block_stats(ck.load_block(i)), block=i, key=0) for i in range(2)]
     r = diag.combine_blocks(sums)
@@ -137,21 +139,30 @@ def test_planted_structure_found_and_random_within_null(tmp_path):
 
 
 def test_errors(tmp_path):
-  hf.write_synthetic(tmp_path / "ok", "llama", num_blocks=2, embed=E, heads=H, kv_heads=KV, mlp=M, shards=2)
+  write_synthetic(tmp_path / "ok", "llama", num_blocks=2, embed=E, heads=H, kv_heads=KV, mlp=M, shards=2)
   cfg = json.load(open(tmp_path / "ok" / "config.json"))
   # unsupported architecture
   d = tmp_path / "t5"
   d.mkdir()
   json.dump({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}, open(d / "config.json", "w"))
-  with pytest.raises(ValueError, match=r"unsupported architecture.*'t5'.*supported model types: bert, gpt2, gpt_neox, llama, mistral, qwen2"):
+  supported = "supported model types: bert, gpt2, gpt_neox, llama, mistral, qwen2"
+  with pytest.raises(ValueError, match=r"unsupported architecture.*'t5'.*" + supported):
     hf.Checkpoint(d)
   assert hf.family({"architectures": ["Qwen2ForCausalLM"]}) == "llama"
+  # the index names a tensor that its shard lacks
+  index = tmp_path / "ok" / "model.safetensors.index.json"
+  good = json.load(open(index))
+  json.dump({"weight_map": good["weight_map"] | {"model.layers.0.mlp.extra": "model-00001-of-00002.safetensors"}},
+            open(index, "w"))
+  with pytest.raises(ValueError, match="model.layers.0.mlp.extra listed in model.safetensors.index.json is missing"):
+    hf.Checkpoint(tmp_path / "ok")
+  json.dump(good, open(index, "w"))
   # a missing shard
   os.remove(tmp_path / "ok" / "model-00002-of-00002.safetensors")
   with pytest.raises(FileNotFoundError, match="missing shard model-00002-of-00002.safetensors"):
     hf.Checkpoint(tmp_path / "ok")
   # a truncated file
-  hf.write_synthetic(tmp_path / "cut", "bert", num_blocks=2, embed=E, heads=H, mlp=M)
+  write_synthetic(tmp_path / "cut", "bert", num_blocks=2, embed=E, heads=H, mlp=M)
   f = tmp_path / "cut" / "model.safetensors"
   f.write_bytes(f.read_bytes()[:-100])
   with pytest.raises(ValueError, match="truncated safetensors file .*model.safetensors"):
@@ -160,7 +171,7 @@ def test_errors(tmp_path):
   with pytest.raises(ValueError, match="truncated"):
     hf.Checkpoint(tmp_path / "cut")
   # config.json promising more blocks than stored
-  hf.write_synthetic(tmp_path / "short", "gpt2", num_blocks=2, embed=E, heads=H, mlp=M)
+  write_synthetic(tmp_path / "short", "gpt2", num_blocks=2, embed=E, heads=H, mlp=M)
   cfg = json.load(open(tmp_path / "short" / "config.json"))
   json.dump(cfg | {"n_layer": 3}, open(tmp_path / "short" / "config.json", "w"))
   with pytest.raises(ValueError, match=r"no tensors for block\(s\) \[2\]"):
