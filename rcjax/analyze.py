@@ -347,8 +347,10 @@ def figure_compare(run_a: str, run_b: str, out: str, *, steps: Sequence[int] | N
 
 
 def _parser(cmd: str) -> argparse.ArgumentParser:
+  what = {"analyze": __doc__, "corr": figure_corr.__doc__, "bars": figure_bars.__doc__,
+          "compare": figure_compare.__doc__}[cmd]
   p = argparse.ArgumentParser(prog=f"python -m rcjax.analyze{'' if cmd == 'analyze' else ' ' + cmd}",
-                              description=__doc__.split("\n\n")[0])
+                              description=what, formatter_class=argparse.RawDescriptionHelpFormatter)
   if cmd == "analyze":
     p.add_argument("path", help="rcjax run directory or HuggingFace checkpoint directory")
     p.add_argument("--blocks", type=int, nargs="*", help="blocks to draw (default: first, middle, last)")
