@@ -95,7 +95,8 @@ def test_analyze_gpt_run_per_block(runs, tmp_path):
 
 def test_cli_on_hf_checkpoint(runs, tmp_path):
   out = tmp_path / "out"
-  p = subprocess.run([sys.executable, "-m", "rcjax.analyze", runs["llama"], "--out", str(out), "--permutations", "50"],
+  p = subprocess.run([sys.executable, "-m", "rcjax.analyze", runs["llama"], "--out", str(out), "--permutations", "50",
+                      "--blocks", "0"],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert p.returncode == 0, p.stderr
   s = json.load(open(out / "summary.json"))
