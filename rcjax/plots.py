@@ -34,3 +34,168 @@ def save(fig, path) -> str:
 # Diagnostics figures (rcjax.diagnostics / rcjax.analyze): correlation matrices, max-abs-correlation
 # bars, row/column-mean histograms and distributions across widths.
 # ----------------------------------------------------------------------------------------------
+
+
+def _short(name: str, width: int = 28) -> str:
+  """A readable statistic label: '.weight' dropped, long HF prefixes shortened, ellipsis past `width`."""
+  s = name.replace(".weight", "").replace("self_attn.", "attn.").replace("attention.", "attn.")
+  s = s[len("layers/"):] if s.startswith("layers/") else s
+  s = s.replace("query_key_value.", "qkv.").replace("post_attention_layernorm", "post_ln")
+  s = s.replace("input_layernorm", "in_ln")
+  return s if len(s) <= width else "…" + s[-(width - 1):]
+
+
+def correlation_matrices(panels, *, title=None, ncols=None):
+  """Correlation matrices of per-neuron statistics (the paper's Figure 4.2), one panel each.
+
+  Args:
+    panels: dicts with `title`, `names` (K), `corr` (K x K, NaN where undefined) and optionally `null`
+      (K x K |corr| quantile of the permutation null: entries within it are printed in grey) and
+      `groups` (`[(start index, label), ...]`: lines separating neuron axes in a block-diagonal matrix).
+    title: figure title; ncols: panels per row.
+  """
+  import numpy as np
+
+  plt = _plt()
+  n = len(panels)
+  sizes = [max(len(p["names"]), 2) for p in panels]
+  if n <= 4 and ncols is None:  # one row, each panel as wide as its matrix
+    ratios = [k + 4 for k in sizes]
+    height = 0.34 * max(sizes) + 2.6
+    fig, axs = plt.subplots(1, n, figsize=(0.34 * sum(sizes) + 2.4 * n + 1.2, height), squeeze=False,
+                            layout="constrained", gridspec_kw={"width_ratios": ratios})
+  else:
+    ncols = ncols or 3
+    nrows = -(-n // ncols)
+    cell = 0.34 * max(sizes) + 2.6
+    fig, axs = plt.subplots(nrows, ncols, figsize=(cell * ncols + 1.0, cell * nrows + 0.8), squeeze=False,
+                            layout="constrained")
+  im = None
+  for ax, p in zip(axs.flat, panels):
+    corr = np.array(p["corr"], float)
+    k = len(p["names"])
+    np.fill_diagonal(corr, np.nan)
+    ax.set_facecolor("0.92")  # undefined entries (diagonal, constant statistics, different axes)
+    im = ax.imshow(np.ma.masked_invalid(corr), cmap="RdBu_r", vmin=-1, vmax=1)
+    labels = [_short(s) for s in p["names"]]
+    ax.set_xticks(range(k), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(k), labels, fontsize=7)
+    ax.set_title(p.get("title", ""), fontsize=9)
+    null = p.get("null")
+    if k <= 20:
+      for i in range(k):
+        for j in range(k):
+          if i != j and not np.isnan(corr[i, j]):
+            weak = null is not None and abs(corr[i, j]) <= np.asarray(null)[i, j]
+            ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=6 if k > 10 else 7,
+                    color="0.55" if weak else ("white" if abs(corr[i, j]) > 0.6 else "black"),
+                    fontweight="normal" if weak else "bold")
+    for start, _ in p.get("groups", [])[1:]:
+      ax.axhline(start - 0.5, color="k", lw=0.8)
+      ax.axvline(start - 0.5, color="k", lw=0.8)
+  for ax in list(axs.flat)[n:]:
+    ax.axis("off")
+  if im is not None:
+    fig.colorbar(im, ax=axs, shrink=0.6, label="correlation")
+  note = "bold: |corr| above the 99% permutation null; grey text: within it; grey cells: undefined"
+  fig.suptitle((title + "\n" if title else "") + note, fontsize=9)
+  return fig
+
+
+def max_abs_bars(labels, values, nulls, *, null95=None, annotations=None, title=None, xlabel="block"):
+  """Bars of max |corr| (per block, or per model: the paper's Figure 4.4) with the null's 99% quantile
+  (black tick) and optionally its 95% quantile (grey dashes); `annotations` (e.g. the pair reaching the
+  maximum) are printed under each label."""
+  import numpy as np
+
+  plt = _plt()
+  n = len(values)
+  ticks = [str(l) for l in labels] if annotations is None else [f"{l}\n{a}" for l, a in zip(labels, annotations)]
+  long = max(len(line) for t in ticks for line in t.split("\n"))
+  width = max(4.5, n * (0.35 if annotations is None else max(1.4, 0.075 * long)) + 2.5)
+  fig, ax = plt.subplots(figsize=(width, 3.6 + (0.5 if annotations is not None else 0)))
+  x = np.arange(n)
+  ax.bar(x, np.nan_to_num(np.asarray(values, float)), color="tab:blue", label="max |corr|")
+  w = 0.42
+  ax.hlines(nulls, x - w, x + w, color="k", lw=2, label="null 99%")
+  if null95 is not None:
+    ax.hlines(null95, x - w, x + w, color="0.5", lw=1.2, ls="--", label="null 95%")
+  rotate = annotations is None and (n > 12 or long >= 8)
+  ax.set_xticks(x, ticks, rotation=45 if rotate else 0, ha="right" if rotate else "center",
+                fontsize=8 if annotations is None else 7)
+  ax.set_ylim(0, 1.02)
+  ax.set_ylabel("max |corr| (different leaves)")
+  ax.set_xlabel(xlabel)
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+  return fig
+
+
+def _bins(vals, most: int = 40) -> int:
+  import math
+
+  return int(min(most, max(8, 1.5 * math.sqrt(min([len(v) for v in vals] or [64])))))
+
+
+def stat_histograms(panels, *, title=None, ncols=None, bins=None):
+  """Histograms of per-neuron statistics (row means .R, column means .C, biases, scales), one panel per axis.
+
+  Args:
+    panels: dicts with `title` and `series` (`{name: vector}`), overlaid as step histograms (density).
+  """
+  import numpy as np
+
+  plt = _plt()
+  n = len(panels)
+  ncols = ncols or min(n, 3)
+  nrows = -(-n // ncols)
+  fig, axs = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.2 * nrows), squeeze=False)
+  for ax, p in zip(axs.flat, panels):
+    vals = [np.asarray(v, float) for v in p["series"].values()]
+    edges = np.histogram_bin_edges(np.concatenate(vals) if vals else [0.0], bins=bins or _bins(vals))
+    for name, v in zip(p["series"], vals):
+      if v.size and np.ptp(v) > 0:
+        ax.hist(v, bins=edges, density=True, histtype="step", lw=1.3, label=_short(name))
+    ax.set_title(p.get("title", ""), fontsize=9)
+    ax.set_xlabel("per-neuron value", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, loc="best")
+  for ax in list(axs.flat)[n:]:
+    ax.axis("off")
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def distribution_grid(row_labels, col_labels, cells, *, title=None, bins=None):
+  """Distributions of one statistic for several models (the paper's Figure 4.5): rows (e.g. training
+  steps) x columns (e.g. blocks); `cells[r][c]` is `{'series': {label: vector}, 'text': str}` (the text,
+  e.g. the Wasserstein distances, goes above the panel). A third series is drawn dotted grey."""
+  import numpy as np
+
+  plt = _plt()
+  nr, nc = len(row_labels), len(col_labels)
+  fig, axs = plt.subplots(nr, nc, figsize=(3.6 * nc + 0.6, 2.7 * nr + 1.0), squeeze=False)
+  colors = ["tab:blue", "tab:orange", "0.45"]
+  handles = {}
+  for r in range(nr):
+    for c in range(nc):
+      ax, cell = axs[r, c], cells[r][c]
+      vals = [np.asarray(v, float) for v in cell["series"].values()]
+      edges = np.histogram_bin_edges(np.concatenate(vals), bins=bins or 2 * _bins(vals))
+      for label, v, color in zip(cell["series"], vals, colors):
+        *_, patches = ax.hist(v, bins=edges, density=True, histtype="step", lw=1.3, color=color,
+                              ls=":" if color == "0.45" else "-", label=label)
+        handles.setdefault(label if color != "0.45" else "reference (" + label + ")", patches[0])
+      ax.set_title((col_labels[c] + "\n" if r == 0 else "") + cell.get("text", ""), fontsize=7.5)
+      ax.tick_params(labelsize=7)
+      if c == 0:
+        ax.set_ylabel(f"{row_labels[r]}\ndensity", fontsize=9)
+  fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)), fontsize=8,
+             frameon=False)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout(rect=(0, 0.06 if nr > 1 else 0.1, 1, 1))
+  return fig

@@ -1,0 +1,414 @@
+"""RC diagnostics of a checkpoint, and the paper's figures, from the command line.
+
+    python -m rcjax.analyze PATH --out DIR                  # one rcjax run directory or HF checkpoint
+    python -m rcjax.analyze corr RUN... --out DIR           # Figure 4.2: correlation matrices side by side
+    python -m rcjax.analyze bars PATH... --out DIR          # Figure 4.4: max |corr| per model
+    python -m rcjax.analyze compare RUN_A RUN_B --out DIR   # Figure 4.5: row-mean distributions over steps
+
+PATH is an rcjax run directory (`config.json` + `checkpoints/`, read with `rcjax.checkpoint.Checkpointer`)
+or a HuggingFace safetensors checkpoint directory (`rcjax.hf`, streamed one block at a time). Bad input
+prints one line `error: ...` and exits with status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import time
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from rcjax import diagnostics as diag
+from rcjax import hf
+from rcjax.rc import RC, path_hash
+
+
+class Source:
+  """A checkpoint to analyse: `family`, `kind` ('rcjax' | 'hf'), `step`, `num_blocks`, `blocks()`."""
+
+  def __init__(self, path: str, step: int | None = None):
+    self.path = os.path.abspath(path)
+    if not os.path.isdir(self.path):
+      raise FileNotFoundError(f"{path}: no such directory")
+    if os.path.isdir(os.path.join(self.path, "checkpoints")):
+      self.kind, self.step, self.params, self.skipped = "rcjax", None, None, []
+      self._restore(step)
+      axes = {a for b in diag.flat_leaves(self.params).values() for a in b.axes}
+      self.family = "rcjax-gpt" if "embed" in axes else "rcjax-mlp"
+      self._blocks = diag.blocks(self.params)
+      self.num_blocks = len(self._blocks)
+    elif hf.is_hf_checkpoint(self.path):
+      if step is not None:
+        raise ValueError("--step applies to rcjax run directories, not to a HuggingFace checkpoint")
+      self.kind, self.step = "hf", None
+      self.ckpt = hf.Checkpoint(self.path)
+      self.family, self.num_blocks, self.skipped = self.ckpt.model_type, self.ckpt.num_blocks, self.ckpt.skipped
+    else:
+      raise ValueError(f"{path} is neither an rcjax run directory (config.json + checkpoints/) nor a "
+                       f"HuggingFace checkpoint (config.json + *.safetensors)")
+
+  def _restore(self, step: int | None) -> None:
+    from rcjax.checkpoint import Checkpointer
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax warns that a read-only manager does not save
+    try:
+      ck = Checkpointer(os.path.join(self.path, "checkpoints"), read_only=True)
+      self.steps = ck.all_steps()
+      r = ck.restore(step)
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # noqa: BLE001 - orbax reports damaged checkpoints in many ways
+      raise ValueError(f"cannot restore {self.path}/checkpoints (step {step}): {type(e).__name__}: {e}") from None
+    finally:
+      absl.setLevel(level)
+    self.step = r["step"]
+    self.params = {p: b.replace(value=np.asarray(b.value)) for p, b in diag.flat_leaves(r["params"]).items()}
+
+  def blocks(self) -> Iterator[tuple[int, Iterator[tuple[str, RC]]]]:
+    """`(i, iterator of (inner path, RC leaf))` per block; HF leaves are read lazily."""
+    if self.kind == "rcjax":
+      for i, leaves in self._blocks:
+        yield i, iter(leaves.items())
+    else:
+      for i in range(self.num_blocks):
+        yield i, self.ckpt.block_leaves(i)
+
+
+def _stats(leaves: Iterator[tuple[str, RC]], kinds: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+  """Per-axis statistics of one block, computed leaf by leaf (so HF tensors are dropped as we go)."""
+  out: dict[str, dict[str, np.ndarray]] = {}
+  for path, box in leaves:
+    for axis in diag.neuron_axes({path: box}):
+      out.setdefault(diag.axis_label(axis), {}).update(diag.leaf_stats(path, box, axis, kinds))
+  return {a: s for a, s in out.items() if s}
+
+
+def _only(stats: dict, kinds: Sequence[str]) -> dict:
+  keep = lambda n: ("vector" in kinds and diag.leaf_of(n) == n) or (
+      "mean" in kinds and n.endswith((".R", ".C"))) or ("rms" in kinds and n.endswith("_rms"))
+  return {a: {n: v for n, v in s.items() if keep(n)} for a, s in stats.items()}
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _jsonable(x.tolist())
+  if isinstance(x, (float, np.floating)):
+    return None if math.isnan(x) else round(float(x), 6)
+  if isinstance(x, np.integer):
+    return int(x)
+  return x
+
+
+def _write_json(path: str, obj: Any) -> None:
+  with open(path, "w") as f:
+    json.dump(_jsonable(obj), f, indent=1)
+
+
+def _block_entry(s: dict) -> dict:
+  axes = {a: {"n": r["n"], "num_stats": len(r["names"]), "max_abs_corr": r["max_abs_corr"], "pair": r["pair"],
+              "max_abs_corr_null": diag._nanquantile(r["null_max"], 0.99)} for a, r in s["axes"].items()}
+  return {"block": s["block"], "max_abs_corr": s["max_abs_corr"], "max_abs_corr_null": s["max_abs_corr_null_q99"],
+          "max_abs_corr_null_q95": s["max_abs_corr_null_q95"], "pair": s["pair"], "axis": s["axis"], "axes": axes}
+
+
+def _progress(it, total: int, desc: str, show: bool):
+  if not show:
+    return it
+  from tqdm import tqdm
+
+  return tqdm(it, total=total, desc=desc, unit="block", file=sys.stderr)
+
+
+def max_abs(src: Source, *, seed: int = 0, permutations: int = 200, kinds: Sequence[str] = ("mean",),
+            figure_blocks: Sequence[int] = (), figure_kinds: Sequence[str] = ("mean", "vector"),
+            progress: bool = True) -> tuple[dict, list[dict], dict]:
+  """Stream the blocks of `src`: overall result, per-block entries, and figure data for `figure_blocks`."""
+  sums, figs = [], {}
+  for i, leaves in _progress(src.blocks(), src.num_blocks, f"{os.path.basename(src.path)}", progress):
+    stats = _stats(leaves, tuple(set(kinds) | (set(figure_kinds) if i in figure_blocks else set())))
+    s = diag.summarize_block(_only(stats, kinds), key=seed, block=i, permutations=permutations)
+    sums.append(s)
+    if i in figure_blocks:
+      figs[i] = {a: diag.correlate(st, seed=[seed, i, path_hash(a)], permutations=permutations)
+                 for a, st in _only(stats, figure_kinds).items()}
+      for a in figs[i]:
+        figs[i][a]["stats"] = stats[a]
+  if not sums:
+    raise ValueError(f"{src.path}: no blocks to analyse")
+  return diag.combine_blocks(sums), [_block_entry(s) for s in sums], figs
+
+
+def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, permutations: int = 200,
+            kinds: Sequence[str] = ("mean",), blocks: Sequence[int] | None = None, progress: bool = True) -> dict:
+  """Analyse one checkpoint; write `out/summary.json`, `out/correlations.json` and PNGs; return the summary."""
+  from rcjax import plots
+
+  t0 = time.time()
+  src = Source(path, step)
+  n = src.num_blocks
+  fig_blocks = sorted({b % n for b in blocks}) if blocks is not None else sorted({0, n // 2, n - 1})
+  os.makedirs(out, exist_ok=True)
+  overall, per_block, figs = max_abs(src, seed=seed, permutations=permutations, kinds=kinds,
+                                     figure_blocks=fig_blocks, progress=progress)
+  summary = {"model_family": src.family, "source": src.kind, "path": src.path, "step": src.step,
+             "num_blocks": n, "max_abs_corr": overall["max_abs_corr"],
+             "max_abs_corr_null": overall["max_abs_corr_null"],
+             "max_abs_corr_null_q95": overall["max_abs_corr_null_q95"], "block": overall["block"],
+             "pair": overall["pair"], "kinds": list(kinds), "permutations": permutations, "seed": seed,
+             "null": "quantiles of the max |corr| over blocks when every statistic's neurons are permuted "
+                     "independently",
+             "skipped_tensors": src.skipped, "per_block": per_block}
+  what = f"{os.path.basename(src.path)} ({src.family}{'' if src.step is None else f', step {src.step}'})"
+  if n > 1:
+    bars, xlabel = per_block, "block"
+  else:  # one block (an MLP): one bar per neuron axis
+    bars = [{"block": a, **r} for a, r in per_block[0]["axes"].items()]
+    for b in bars:
+      b["max_abs_corr_null_q95"] = None
+    xlabel = "neuron axis"
+  pngs = [plots.save(plots.max_abs_bars([e["block"] for e in bars], [e["max_abs_corr"] for e in bars],
+                                        [e["max_abs_corr_null"] for e in bars],
+                                        null95=[e["max_abs_corr_null_q95"] for e in bars] if n > 1 else None,
+                                        title=f"{what}: max |corr| between {'/'.join(kinds)} statistics of "
+                                              "different leaves", xlabel=xlabel),
+                     os.path.join(out, "max_abs_corr_per_block.png"))]
+  corr_json = {}
+  for i, per_axis in figs.items():
+    panels = [{"title": f"axis {a} (N={r['n']})", "names": r["names"], "corr": r["corr"], "null": r["null_q99"]}
+              for a, r in per_axis.items() if r["names"]]
+    label = f"block {i}" if src.num_blocks > 1 else "all layers"
+    pngs.append(plots.save(plots.correlation_matrices(panels, title=f"{what}, {label}"),
+                           os.path.join(out, f"corr_block{i}.png")))
+    hist = [{"title": f"axis {a}", "series": r["stats"]} for a, r in per_axis.items() if r["names"]]
+    pngs.append(plots.save(plots.stat_histograms(hist, title=f"{what}, {label}: row/column means (.R/.C), "
+                                                           "biases and scales"),
+                           os.path.join(out, f"means_block{i}.png")))
+    keys = ("names", "n", "corr", "null_q95", "null_q99")
+    corr_json[str(i)] = {a: {k: r[k] for k in keys} for a, r in per_axis.items()}
+  _write_json(os.path.join(out, "correlations.json"), corr_json)
+  summary["figures"] = [os.path.basename(p) for p in pngs]
+  summary["seconds"] = time.time() - t0
+  summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  _write_json(os.path.join(out, "summary.json"), summary)
+  return _jsonable(summary)
+
+
+def figure_corr(paths: Sequence[str], out: str, *, labels: Sequence[str] | None = None, step: int | None = None,
+                block: int = 0, seed: int = 0, permutations: int = 200,
+                kinds: Sequence[str] = ("mean", "vector")) -> dict:
+  """The paper's Figure 4.2: per model, one block-diagonal correlation matrix over its neuron axes."""
+  from rcjax import plots
+
+  srcs = [Source(p, step) for p in paths]
+  labels = list(labels or [os.path.basename(os.path.normpath(p)) for p in paths])
+  if len(labels) != len(srcs):
+    raise ValueError(f"{len(labels)} labels for {len(srcs)} paths")
+  panels, result = [], {}
+  for src, label in zip(srcs, labels):
+    leaves = dict(next(lv for i, lv in src.blocks() if i == block % src.num_blocks))
+    stats = _stats(iter(leaves.items()), kinds)
+    names, groups, parts = [], [], []
+    for a, st in stats.items():
+      r = diag.correlate(st, seed=[seed, block, path_hash(a)], permutations=permutations)
+      groups.append((len(names), a))
+      names += r["names"]
+      parts.append(r)
+    k = len(names)
+    corr, null = np.full((k, k), np.nan), np.full((k, k), np.nan)
+    for (start, _), r in zip(groups, parts):
+      m = len(r["names"])
+      corr[start:start + m, start:start + m], null[start:start + m, start:start + m] = r["corr"], r["null_q99"]
+    panels.append({"title": f"{label} (block {block % src.num_blocks})" if src.num_blocks > 1 else label,
+                   "names": names, "corr": corr, "null": null, "groups": groups})
+    result[label] = {"path": src.path, "step": src.step, "axes": [g[1] for g in groups], "names": names,
+                     "corr": corr, "null_q99": null}
+  os.makedirs(out, exist_ok=True)
+  plots.save(plots.correlation_matrices(panels, ncols=len(panels),
+                                        title="Correlation of per-neuron statistics sharing a neuron index "
+                                              "(blocks = neuron axes)"), os.path.join(out, "corr.png"))
+  _write_json(os.path.join(out, "corr.json"), result)
+  return _jsonable(result)
+
+
+def figure_bars(paths: Sequence[str], out: str, *, labels: Sequence[str] | None = None, step: int | None = None,
+                seed: int = 0, permutations: int = 200, kinds: Sequence[str] = ("mean",),
+                progress: bool = True) -> list[dict]:
+  """The paper's Figure 4.4: max |corr| over blocks of each checkpoint, with its permutation null."""
+  from rcjax import plots
+
+  srcs = [Source(p, step) for p in paths]
+  labels = list(labels or [os.path.basename(os.path.normpath(p)) for p in paths])
+  if len(labels) != len(srcs):
+    raise ValueError(f"{len(labels)} labels for {len(srcs)} paths")
+  rows = []
+  for src, label in zip(srcs, labels):
+    overall, _, _ = max_abs(src, seed=seed, permutations=permutations, kinds=kinds, progress=progress)
+    rows.append({"label": label, "path": src.path, "model_family": src.family, "num_blocks": src.num_blocks,
+                 **{k: overall[k] for k in ("max_abs_corr", "max_abs_corr_null", "max_abs_corr_null_q95",
+                                            "block", "pair")}})
+  os.makedirs(out, exist_ok=True)
+  notes = [("" if r["pair"] is None else f"{plots._short(r['pair'][0], 30)}\nvs {plots._short(r['pair'][1], 30)}\n"
+            f"(block {r['block']})") for r in rows]
+  plots.save(plots.max_abs_bars(labels, [r["max_abs_corr"] for r in rows], [r["max_abs_corr_null"] for r in rows],
+                                null95=[r["max_abs_corr_null_q95"] for r in rows], annotations=notes, xlabel="model",
+                                title="max |corr| between .R/.C statistics of different weights, over blocks"),
+             os.path.join(out, "max_abs_corr.png"))
+  _write_json(os.path.join(out, "bars.json"), rows)
+  return _jsonable(rows)
+
+
+def _units(src: Source, leaf: str | None, stat: str) -> dict[str, np.ndarray]:
+  """`{label: statistic vector}` of the selected weights of every block (default: the MLP weights
+  (embed, mlp) of a GPT, or every hidden kernel of an MLP)."""
+  chosen: list[tuple[str, str, RC]] = []
+  for i, leaves in src.blocks():
+    chosen += [(f"block {i}: {p}" if src.num_blocks > 1 else p, p, b) for p, b in leaves]
+  if leaf is not None:
+    chosen = [c for c in chosen if fnmatch.fnmatch(c[1], leaf)]
+  elif any(b.axes[-2:] == ("embed", "mlp") for _, _, b in chosen):
+    chosen = [c for c in chosen if c[2].axes[-2:] == ("embed", "mlp")]
+  else:
+    chosen = [c for c in chosen if c[2].fan_in and len(c[2].width_dims) >= 2
+              and any(d in c[2].fan_in for d in c[2].width_dims) and any(d not in c[2].fan_in for d in c[2].width_dims)]
+  if not chosen:
+    raise ValueError(f"{src.path}: no weight matches {leaf!r}" if leaf else f"{src.path}: no MLP/hidden weight found")
+  out = {}
+  for label, path, b in chosen:
+    dims = b.fan_in if stat == "R" else tuple(d for d in range(len(b.axes)) if d not in b.fan_in)
+    out[label] = diag.leaf_stats(path, b, tuple(b.axes[d] for d in dims), ("mean",))[f"{path}.{stat}"]
+  return out
+
+
+def figure_compare(run_a: str, run_b: str, out: str, *, steps: Sequence[int] | None = None, leaf: str | None = None,
+                   stat: str = "R", columns: int = 4, labels: Sequence[str] | None = None, seed: int = 0,
+                   permutations: int = 200) -> dict:
+  """The paper's Figure 4.5: distributions of a per-neuron statistic (default: row means `.R` of the MLP
+  weight) in two runs (e.g. two widths) at several steps, with 1-D Wasserstein distances, their permutation
+  null, and a reference distance (run A at its first saved step vs run A at the step)."""
+  from rcjax import plots
+
+  if stat not in ("R", "C"):
+    raise ValueError(f"--stat must be R or C, got {stat!r}")
+  a0, b0 = Source(run_a), Source(run_b)
+  if a0.kind != "rcjax" or b0.kind != "rcjax":
+    raise ValueError("compare needs two rcjax run directories (checkpoints at several steps)")
+  common = sorted(set(a0.steps) & set(b0.steps))
+  if steps is None:
+    steps = [common[round(k)] for k in np.linspace(0, len(common) - 1, min(4, len(common)))] if common else []
+  for s in steps:
+    for src in (a0, b0):
+      if s not in src.steps:
+        raise ValueError(f"step {s} is not saved in {src.path}; saved steps: {src.steps}")
+  if not steps:
+    raise ValueError(f"the runs share no saved step ({a0.steps} vs {b0.steps}); pass --steps")
+  names = list(labels or [os.path.basename(os.path.normpath(p)) for p in (run_a, run_b)])
+  ref_step = min(a0.steps)
+  ref = _units(Source(run_a, ref_step), leaf, stat)
+  rows, cells, cols = [], [], None
+  for s in steps:
+    ua, ub = _units(Source(run_a, s), leaf, stat), _units(Source(run_b, s), leaf, stat)
+    shared = [u for u in ua if u in ub]
+    if not shared:
+      raise ValueError(f"step {s}: the runs have no weight in common ({list(ua)[:3]} vs {list(ub)[:3]})")
+    cols = cols or [shared[round(k)] for k in np.linspace(0, len(shared) - 1, min(columns, len(shared)))]
+    row = []
+    for u in shared:
+      d = diag.distribution_distance(ua[u], ub[u], reference=(ref[u], ua[u]), key=seed, permutations=permutations)
+      rows.append({"step": s, "unit": u, "n_a": ua[u].size, "n_b": ub[u].size, **d})
+      if u in cols:
+        series = {f"{names[0]} (N={ua[u].size})": ua[u], f"{names[1]} (N={ub[u].size})": ub[u]}
+        if s != ref_step:
+          series[f"{names[0]} at step {ref_step}"] = ref[u]
+        row.append({"series": series, "text": f"W1(A, B) = {d['w1']:.3g} (null 95%: {d['w1_null_q95']:.2g})\n"
+                                              f"reference W1(A@{ref_step}, A) = {d['reference']:.3g}"})
+    cells.append(row)
+  os.makedirs(out, exist_ok=True)
+  plots.save(plots.distribution_grid([f"step {s}" for s in steps], cols, cells,
+                                     title=f"{'row' if stat == 'R' else 'column'} means (.{stat}), A = {names[0]}, "
+                                           f"B = {names[1]}; W1: 1-D Wasserstein distance"),
+             os.path.join(out, "compare.png"))
+  result = {"run_a": a0.path, "run_b": b0.path, "stat": stat, "steps": list(steps), "reference_step": ref_step,
+            "rows": rows}
+  _write_json(os.path.join(out, "compare.json"), result)
+  return _jsonable(result)
+
+
+def _parser(cmd: str) -> argparse.ArgumentParser:
+  what = {"analyze": __doc__, "corr": figure_corr.__doc__, "bars": figure_bars.__doc__,
+          "compare": figure_compare.__doc__}[cmd]
+  p = argparse.ArgumentParser(prog=f"python -m rcjax.analyze{'' if cmd == 'analyze' else ' ' + cmd}",
+                              description=what, formatter_class=argparse.RawDescriptionHelpFormatter)
+  if cmd == "analyze":
+    p.add_argument("path", help="rcjax run directory or HuggingFace checkpoint directory")
+    p.add_argument("--blocks", type=int, nargs="*", help="blocks to draw (default: first, middle, last)")
+  elif cmd in ("corr", "bars"):
+    p.add_argument("paths", nargs="+", help="run directories or HF checkpoints")
+    p.add_argument("--labels", nargs="*")
+  if cmd == "corr":
+    p.add_argument("--block", type=int, default=0, help="which block (an MLP is one block)")
+  if cmd == "compare":
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--steps", type=int, nargs="*", help="steps (default: up to 4 common steps)")
+    p.add_argument("--leaf", help="glob over leaf paths within a block, e.g. 'mlp/up*' (default: the MLP weight)")
+    p.add_argument("--stat", default="R", choices=("R", "C"), help="R: row means (per fan-in neuron), C: column means")
+    p.add_argument("--columns", type=int, default=4, help="at most this many weights (blocks) drawn")
+    p.add_argument("--labels", nargs=2)
+  else:
+    p.add_argument("--step", type=int, help="checkpoint step of rcjax runs (default: latest)")
+    p.add_argument("--kinds", default="mean,vector" if cmd == "corr" else "mean",
+                   help="statistics: mean (.R/.C), vector (biases, scales), rms")
+  p.add_argument("--out", required=True, help="output directory")
+  p.add_argument("--seed", type=int, default=0, help="key of the permutation nulls")
+  p.add_argument("--permutations", type=int, default=200)
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  cmd = argv.pop(0) if argv and argv[0] in ("corr", "bars", "compare") else "analyze"
+  a = _parser(cmd).parse_args(argv)
+  common = {"seed": a.seed, "permutations": a.permutations}
+  try:
+    kinds = tuple(k.strip() for k in getattr(a, "kinds", "mean").split(",") if k.strip())
+    if bad := set(kinds) - set(diag.KINDS):
+      raise ValueError(f"unknown --kinds {sorted(bad)}; choose from {', '.join(diag.KINDS)}")
+    if cmd == "analyze":
+      s = analyze(a.path, a.out, step=a.step, kinds=kinds, blocks=a.blocks, progress=not a.quiet, **common)
+      print(f"{s['model_family']}: {s['num_blocks']} blocks, max |corr| {s['max_abs_corr']} "
+            f"(null 99%: {s['max_abs_corr_null']}) -> {a.out}/summary.json")
+    elif cmd == "corr":
+      figure_corr(a.paths, a.out, labels=a.labels, step=a.step, block=a.block, kinds=kinds, **common)
+      print(f"-> {a.out}/corr.png")
+    elif cmd == "bars":
+      rows = figure_bars(a.paths, a.out, labels=a.labels, step=a.step, kinds=kinds, progress=not a.quiet, **common)
+      for r in rows:
+        print(f"{r['label']}: max |corr| {r['max_abs_corr']} (null 99%: {r['max_abs_corr_null']})")
+      print(f"-> {a.out}/max_abs_corr.png")
+    else:
+      figure_compare(a.run_a, a.run_b, a.out, steps=a.steps, leaf=a.leaf, stat=a.stat, columns=a.columns,
+                     labels=a.labels, **common)
+      print(f"-> {a.out}/compare.png")
+  except (ValueError, OSError, IndexError, KeyError) as e:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

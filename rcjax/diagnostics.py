@@ -1,0 +1,415 @@
+"""The paper's statistical evidence for the RC ansatz, as pure reductions over RC leaves (numpy).
+
+Per-neuron statistics. Fix a logical axis (a neuron index set, e.g. `'embed'` or `'hidden_2'`). Every leaf
+that has this axis gives vectors over its neurons: biases and norm scales are such vectors already, and a
+weight gives its mean (and RMS) over all its other dimensions. Rows and columns are those of the
+**(in, out) layout** (Flax kernels, GPT-2 Conv1D, the paper's N x 4N MLP weight, DESIGN.md): rows are the
+fan-in side, columns the fan-out side. As in the caption of the paper's Figure 4.4 (".C denotes the mean
+value on rows, .R the mean value on columns"):
+
+* `W.R` (row statistic, one value per row = per fan-in neuron) is the mean over the columns,
+  `W.R[i] = mean_j W[i, j]`: the statistic a weight contributes to its **input** axis;
+* `W.C` (column statistic, one value per column = per fan-out neuron) is the mean over the rows,
+  `W.C[j] = mean_i W[i, j]`: the statistic a weight contributes to its **output** axis.
+
+rcjax reads the side from the leaf's `fan_in` (neuron dims inside `fan_in` -> `.R`), so the layout on disk
+never matters: a PyTorch/HF `nn.Linear` weight stored (out, in) is read as its transpose (`rcjax.hf` maps
+it), a GPT-2 `Conv1D` weight is stored (in, out) already. For a block with axis `'embed'` this gives the
+`.R` of up/gate/q/k/v (fan-in embed), the `.C` of o_proj/down (fan-out embed) and the norm scales; for
+`'mlp'` the `.C` of up/gate and the `.R` of down. Attention neurons are the pairs `('heads', 'head_dim')`
+(and `('kv_heads', 'head_dim')`), analysed as one compound axis.
+
+Null baselines. The correlation of two length-N statistics is compared with its distribution when the
+neurons of each statistic are permuted independently (which destroys any shared-index structure and keeps
+each marginal): quantiles of |corr| over `permutations` draws from a fixed key, per entry and for the
+maximum over entries (the right null for a maximum). Stats are read from the raw stored values: a
+correlation is invariant to the parametrization's multiplier.
+
+>>> import jax, jax.numpy as jnp, rcjax
+>>> p = rcjax.nn.MLP((16, 16), 3).init(jax.random.key(0), jnp.ones((1, 4)))['params']
+>>> sorted(neuron_stats(p, 'hidden_0'))
+['Dense_0/bias', 'Dense_0/kernel.C', 'Dense_0/kernel.C_rms', 'Dense_1/kernel.R', 'Dense_1/kernel.R_rms']
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable, Sequence
+
+import jax
+import numpy as np
+
+from rcjax.rc import RC, is_rc, path_hash
+
+KINDS = ("mean", "rms", "vector")
+SUFFIXES = (".R_rms", ".C_rms", ".R", ".C")
+COMPOUND = (("heads", "head_dim"), ("kv_heads", "head_dim"))
+QUANTILES = (0.95, 0.99)
+_BLOCK = re.compile(r"^(?:layers?|blocks?|h)[_.]?(\d+)$", re.IGNORECASE)
+_CHUNK = 1 << 22  # elements converted to float32 at a time: bounds the memory of a reduction
+
+
+def flat_leaves(params: Any) -> dict[str, RC]:
+  """`{'Dense_0/kernel': box, ...}`: every RC leaf under a slash path (a leading 'params' dropped)."""
+  out = {}
+  for path, box in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_rc)[0]:
+    if is_rc(box):
+      keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+      out["/".join(keys[1:] if keys[:1] == ["params"] and len(keys) > 1 else keys)] = box
+  if not out:
+    raise ValueError("no RC leaves: pass params made by rcjax.nn, restored by rcjax.checkpoint or read by rcjax.hf")
+  return out
+
+
+def axis_label(axis: str | Sequence[str]) -> str:
+  """'embed' -> 'embed'; ('heads', 'head_dim') -> 'heads,head_dim' (the key used in results)."""
+  return axis if isinstance(axis, str) else ",".join(axis)
+
+
+def leaf_of(name: str) -> str:
+  """The leaf a statistic comes from: 'mlp/up.R' -> 'mlp/up'; a vector's name is its leaf path."""
+  for s in SUFFIXES:
+    if name.endswith(s):
+      return name[: -len(s)]
+  return name
+
+
+def _reduce(x: Any, dims: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and RMS over every dim not in `dims`, one value per neuron (C order over `dims`), as float64.
+
+  Works in chunks of at most `_CHUNK` elements converted to float32 (sums accumulated in float64 across
+  chunks), read in the tensor's memory order, so a large bf16 tensor is never copied whole and a
+  transposed view (a PyTorch (out, in) weight read as (in, out)) streams as fast as a contiguous one."""
+  x = x if isinstance(x, np.ndarray) else np.asarray(x)
+  k = len(dims)
+  front = np.moveaxis(x, dims, tuple(range(k)))
+  back = np.moveaxis(x, dims, tuple(range(x.ndim - k, x.ndim)))
+  n = math.prod(front.shape[:k])
+  rest = max(1, x.size // max(n, 1))
+  if back.flags.c_contiguous and not front.flags.c_contiguous:  # neurons are the fast axis: chunk over rows
+    y = back.reshape(rest, n)
+    s1, s2 = np.zeros(n), np.zeros(n)
+    for i in range(0, rest, max(1, _CHUNK // n)):
+      c = y[i:i + max(1, _CHUNK // n)].astype(np.float32)
+      s1 += c.sum(axis=0, dtype=np.float64)
+      s2 += np.square(c).sum(axis=0, dtype=np.float64)
+    return s1 / rest, np.sqrt(s2 / rest)
+  step = max(1, _CHUNK // max(1, math.prod(front.shape[1:])))  # chunk over neurons (the slow axis)
+  means, sqs = [], []
+  for i in range(0, front.shape[0], step):
+    c = np.asarray(front[i:i + step], dtype=np.float32).reshape(-1, rest)
+    means.append(c.sum(axis=1) / rest)
+    sqs.append(np.einsum("ij,ij->i", c, c) / rest)
+  return np.concatenate(means).astype(np.float64), np.sqrt(np.concatenate(sqs).astype(np.float64))
+
+
+def leaf_stats(path: str, box: RC, axis: str | Sequence[str], kinds: Iterable[str] = KINDS) -> dict[str, np.ndarray]:
+  """The per-neuron statistics one leaf gives for `axis` (empty if the leaf lacks the axis).
+
+  Returns `{path: v}` for a vector leaf (bias, norm scale; kind 'vector'), else `{path + '.R': mean,
+  path + '.R_rms': rms}` (kinds 'mean', 'rms') with `.R` if the axis is on the fan-in side, `.C` if not.
+  """
+  names = (axis,) if isinstance(axis, str) else tuple(axis)
+  if any(n not in box.axes for n in names):
+    return {}
+  dims = tuple(box.axes.index(n) for n in names)
+  kinds = set(kinds)
+  if not box.fan_in:  # bias / norm scale: a vector over the axis (averaged over any other dims)
+    if "vector" not in kinds:
+      return {}
+    return {path: _reduce(box.value, dims)[0]}
+  inside = [d in box.fan_in for d in dims]
+  if not kinds & {"mean", "rms"} or (any(inside) and not all(inside)):
+    return {}  # a compound axis split across fan-in and fan-out has no row/column statistic
+  side = "R" if all(inside) else "C"
+  mean, rms = _reduce(box.value, dims)
+  out = {}
+  if "mean" in kinds:
+    out[f"{path}.{side}"] = mean
+  if "rms" in kinds:
+    out[f"{path}.{side}_rms"] = rms
+  return out
+
+
+def neuron_stats(params: Any, axis: str | Sequence[str], *, kinds: Iterable[str] = KINDS) -> dict[str, np.ndarray]:
+  """Every per-neuron statistic of every leaf having `axis`, as float64 vectors over its neurons.
+
+  Args:
+    params: a pytree of RC leaves (or a flat `{path: RC}` dict).
+    axis: a logical axis name, or a tuple of names forming one compound neuron axis.
+    kinds: which statistics: 'mean' (`.R`/`.C`), 'rms' (`.R_rms`/`.C_rms`), 'vector' (biases, scales).
+
+  Returns:
+    `{'Dense_1/kernel.R': v, 'Dense_0/bias': b, ...}`, every vector of the axis's size.
+  """
+  kinds = tuple(kinds)
+  if unknown := set(kinds) - set(KINDS):
+    raise ValueError(f"unknown statistic kinds {sorted(unknown)}; expected a subset of {KINDS}")
+  out = {}
+  for path, box in flat_leaves(params).items():
+    out.update(leaf_stats(path, box, axis, kinds))
+  return out
+
+
+def neuron_axes(leaves: Any) -> list[str | tuple[str, str]]:
+  """The neuron axes worth analysing: width axes (base not None) except 'layers', with 'head_dim' merged
+  into ('heads', 'head_dim') / ('kv_heads', 'head_dim') wherever a leaf carries both."""
+  found: dict[str, None] = {}
+  for box in flat_leaves(leaves).values():
+    for name, b in zip(box.axes, box.base):
+      if b is not None and name != "layers":
+        found.setdefault(name)
+  out: list = []
+  for name in found:
+    pair = next((c for c in COMPOUND if name == c[0]), None)
+    if pair and "head_dim" in found:
+      out.append(pair)
+    elif name != "head_dim" or not any(c[0] in found for c in COMPOUND):
+      out.append(name)
+  return out
+
+
+def blocks(params: Any) -> list[tuple[int, dict[str, RC]]]:
+  """Split leaves into transformer blocks: `[(i, {inner_path: box}), ...]`, sorted by block index.
+
+  Block i holds index i of every leaf with a leading fixed 'layers' axis (scanned blocks; the axis is
+  removed), and every leaf whose path has a component like 'layers_3', 'block3', 'h.3' (that component
+  removed from the path). Leaves outside blocks (embeddings, final norm, readout) are left out. A model
+  without blocks (an MLP) is one block, 0, holding every leaf.
+  """
+  leaves = flat_leaves(params)
+  out: dict[int, dict[str, RC]] = {}
+  for path, box in leaves.items():
+    if box.axes and box.axes[0] == "layers":
+      value = box.value if isinstance(box.value, np.ndarray) else np.asarray(box.value)
+      for i in range(box.shape[0]):
+        out.setdefault(i, {})[path] = RC(value[i], axes=box.axes[1:], base=box.base[1:], param=box.param,
+                                         fan_in=tuple(d - 1 for d in box.fan_in if d > 0), init=box.init)
+      continue
+    parts = path.split("/")
+    for k, part in enumerate(parts):
+      if m := _BLOCK.match(part):
+        out.setdefault(int(m.group(1)), {})["/".join(parts[:k] + parts[k + 1:])] = box
+        break
+  if not out:
+    return [(0, leaves)]
+  return sorted(out.items())
+
+
+# --- correlations with permutation nulls ----------------------------------------------------------
+
+def _seed(key: Any) -> list[int]:
+  """Entropy for numpy from an int or a JAX PRNG key (typed or raw uint32)."""
+  if isinstance(key, (int, np.integer)):
+    return [int(key)]
+  data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  return [int(v) for v in np.asarray(data).ravel()]
+
+
+def _zscore(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  c = s - s.mean(axis=1, keepdims=True)
+  sd = np.sqrt((c * c).mean(axis=1))
+  valid = sd > 1e-12 * (1.0 + np.abs(s).max(axis=1))
+  return c / np.where(valid, sd, 1.0)[:, None], valid
+
+
+def _cross(names: Sequence[str], valid: np.ndarray) -> np.ndarray:
+  """Pairs (upper triangle) of valid statistics from different leaves."""
+  leaf = [leaf_of(n) for n in names]
+  k = len(names)
+  m = np.array([[i < j and leaf[i] != leaf[j] for j in range(k)] for i in range(k)], dtype=bool).reshape(k, k)
+  return m & valid[:, None] & valid[None, :]
+
+
+def correlate(stats: dict[str, np.ndarray], *, seed: Sequence[int], permutations: int = 200,
+              quantiles: Sequence[float] = QUANTILES) -> dict[str, Any]:
+  """Correlation matrix of a dict of equal-length statistics, with its permutation null.
+
+  Returns `{'names', 'n', 'corr' (NaN for constant statistics), 'null_q95', 'null_q99' (per-entry
+  quantiles of |corr| under independent permutations), 'max_abs_corr', 'pair' (over pairs of different
+  leaves), 'null_max' (the maximum of each permuted draw, one per permutation)}`.
+  """
+  names = list(stats)
+  if not names:
+    return {"names": [], "n": 0, "corr": np.zeros((0, 0)), "max_abs_corr": float("nan"), "pair": None,
+            "null_max": np.full(permutations, np.nan), **{_qkey(q): np.zeros((0, 0)) for q in quantiles}}
+  s = np.stack([np.asarray(stats[k], np.float64) for k in names])
+  z, valid = _zscore(s)
+  n = s.shape[1]
+  corr = np.clip(z @ z.T / n, -1.0, 1.0)
+  corr[~valid, :] = np.nan
+  corr[:, ~valid] = np.nan
+  cross = _cross(names, valid)
+  rng = np.random.default_rng(list(seed))
+  null = np.empty((permutations,) + corr.shape)
+  for p in range(permutations):
+    zp = rng.permuted(z, axis=1)
+    null[p] = np.abs(zp @ zp.T) / n
+  null_max = null[:, cross].max(axis=1) if cross.any() else np.full(permutations, np.nan)
+  out = {"names": names, "n": n, "corr": corr}
+  for q in quantiles:
+    out[_qkey(q)] = np.where(np.isnan(corr), np.nan, np.quantile(null, q, axis=0))
+  if cross.any():
+    a = np.where(cross, np.abs(np.nan_to_num(corr)), -1.0)
+    i, j = np.unravel_index(np.argmax(a), a.shape)
+    out.update(max_abs_corr=float(a[i, j]), pair=(names[i], names[j]))
+  else:
+    out.update(max_abs_corr=float("nan"), pair=None)
+  out["null_max"] = null_max
+  return out
+
+
+def _qkey(q: float) -> str:
+  return f"null_q{round(q * 100):d}" if abs(q * 100 - round(q * 100)) < 1e-9 else f"null_q{q}"
+
+
+def rc_correlation(params: Any, axis: str | Sequence[str], *, key: Any = 0, permutations: int = 200,
+                   quantiles: Sequence[float] = QUANTILES, kinds: Iterable[str] = KINDS) -> dict[str, Any]:
+  """The correlation matrix of the statistics sharing a neuron index (the paper's Figure 4.2), with nulls.
+
+  Args:
+    params: a pytree of RC leaves.
+    axis: the neuron axis (a name or a compound tuple).
+    key: int or JAX key for the permutation null (deterministic; mixed with the axis name).
+    permutations: number of permutation draws.
+    quantiles: quantiles of |corr| under the null to report per entry.
+    kinds: statistics to include (see `neuron_stats`).
+
+  Returns:
+    A flat dict: `names`, `n` (neurons), `corr` (K x K), `null_q95`/`null_q99` (K x K), `max_abs_corr`
+    and `pair` over pairs of different leaves, `max_abs_corr_null` (99% quantile of that maximum).
+
+  >>> import jax, jax.numpy as jnp, rcjax
+  >>> p = rcjax.nn.MLP((64, 64), 3, bias_init='normal').init(jax.random.key(0), jnp.ones((1, 4)))['params']
+  >>> r = rc_correlation(p, 'hidden_0', kinds=('mean', 'vector'))
+  >>> r['names'], bool(r['max_abs_corr'] < r['max_abs_corr_null'])  # a fresh init: within the null
+  (['Dense_0/bias', 'Dense_0/kernel.C', 'Dense_1/kernel.R'], True)
+  """
+  label = axis_label(axis)
+  r = correlate(neuron_stats(params, axis, kinds=kinds), seed=_seed(key) + [path_hash(label)],
+                permutations=permutations, quantiles=quantiles)
+  r["axis"] = label
+  r["max_abs_corr_null"] = _nanquantile(r["null_max"], max(quantiles))
+  return r
+
+
+def _nanquantile(x: np.ndarray, q: float) -> float:
+  x = np.asarray(x, float)
+  return float(np.quantile(x, q)) if x.size and not np.isnan(x).all() else float("nan")
+
+
+def block_stats(leaves: dict[str, RC], axes: Sequence | None = None,
+                kinds: Iterable[str] = ("mean",)) -> dict[str, dict[str, np.ndarray]]:
+  """`{axis_label: neuron_stats(leaves, axis)}` for the given (default: `neuron_axes`) axes of one block."""
+  axes = neuron_axes(leaves) if axes is None else axes
+  return {axis_label(a): neuron_stats(leaves, a, kinds=kinds) for a in axes}
+
+
+def summarize_block(stats: dict[str, dict[str, np.ndarray]], *, key: Any = 0, block: int = 0,
+                    permutations: int = 200, quantiles: Sequence[float] = QUANTILES) -> dict[str, Any]:
+  """Per-axis correlations of one block and the block's max-abs correlation with its null.
+
+  Args:
+    stats: `{axis_label: {stat name: vector}}` (see `block_stats`).
+    key, block: the permutation key, mixed with the block index and the axis name.
+
+  Returns:
+    `{'block', 'max_abs_corr', 'pair', 'axis', 'null_max' (per permutation), 'max_abs_corr_null_q95'...,
+    'axes': {axis_label: correlate(...) result}}`.
+  """
+  per = {a: correlate(s, seed=_seed(key) + [block, path_hash(a)], permutations=permutations,
+                      quantiles=quantiles) for a, s in stats.items()}
+  best = max((a for a in per if not math.isnan(per[a]["max_abs_corr"])), key=lambda a: per[a]["max_abs_corr"],
+             default=None)
+  nulls = [r["null_max"] for r in per.values() if not np.isnan(r["null_max"]).all()]
+  null_max = np.max(nulls, axis=0) if nulls else np.full(permutations, np.nan)
+  out = {"block": block, "axes": per, "null_max": null_max, "axis": best,
+         "max_abs_corr": per[best]["max_abs_corr"] if best else float("nan"),
+         "pair": per[best]["pair"] if best else None}
+  for q in quantiles:
+    out["max_abs_corr_" + _qkey(q)] = _nanquantile(null_max, q)
+  return out
+
+
+def combine_blocks(summaries: Sequence[dict], quantiles: Sequence[float] = QUANTILES) -> dict[str, Any]:
+  """Overall max-abs correlation over blocks and its null (the max over blocks of each permuted draw)."""
+  vals = [s["max_abs_corr"] for s in summaries]
+  ok = [i for i, v in enumerate(vals) if not math.isnan(v)]
+  best = max(ok, key=lambda i: vals[i]) if ok else None
+  nulls = [s["null_max"] for s in summaries if not np.isnan(s["null_max"]).all()]
+  null_max = np.max(nulls, axis=0) if nulls else np.array([np.nan])
+  out = {"num_blocks": len(summaries), "max_abs_corr": vals[best] if ok else float("nan"),
+         "block": summaries[best]["block"] if ok else None, "pair": summaries[best]["pair"] if ok else None}
+  for q in quantiles:
+    out["max_abs_corr_" + _qkey(q)] = _nanquantile(null_max, q)
+  out["max_abs_corr_null"] = out["max_abs_corr_" + _qkey(max(quantiles))]
+  return out
+
+
+def max_abs_correlation(params: Any, *, key: Any = 0, permutations: int = 200, axes: Sequence | None = None,
+                        kinds: Iterable[str] = ("mean",), quantiles: Sequence[float] = QUANTILES) -> dict[str, Any]:
+  """Per block, the maximum |corr| between statistics of different leaves sharing a neuron index (the
+  paper's Figure 4.4, with `.R`/`.C` as in its caption), and the maximum over blocks, with nulls.
+
+  Args:
+    params: a pytree of RC leaves; blocks as in `blocks`.
+    key: int or JAX key for the permutation nulls.
+    axes: neuron axes to use (default: `neuron_axes` of each block).
+    kinds: statistics compared (default `.R`/`.C` means only, as in the paper).
+
+  Returns:
+    A flat dict: `max_abs_corr`, `max_abs_corr_null` (99% quantile of the null of the maximum over all
+    blocks), `max_abs_corr_null_q95`, `num_blocks`, `block`/`pair` (where the maximum is) and, per block
+    i, `block/i/max_abs_corr`, `block/i/max_abs_corr_null`, `block/i/pair`.
+  """
+  sums = [summarize_block(block_stats(leaves, axes, kinds), key=key, block=i, permutations=permutations,
+                          quantiles=quantiles) for i, leaves in blocks(params)]
+  out = combine_blocks(sums, quantiles)
+  top = _qkey(max(quantiles))
+  for s in sums:
+    out[f"block/{s['block']}/max_abs_corr"] = s["max_abs_corr"]
+    out[f"block/{s['block']}/max_abs_corr_null"] = s["max_abs_corr_" + top]
+    out[f"block/{s['block']}/pair"] = s["pair"]
+  return out
+
+
+# --- distributions across widths ------------------------------------------------------------------
+
+def wasserstein1(a: Any, b: Any) -> float:
+  """1-D Wasserstein-1 distance between the empirical distributions of samples `a` and `b` (any sizes)."""
+  a, b = np.sort(np.ravel(np.asarray(a, np.float64))), np.sort(np.ravel(np.asarray(b, np.float64)))
+  if not a.size or not b.size:
+    raise ValueError(f"wasserstein1 needs two non-empty samples, got sizes {a.size} and {b.size}")
+  grid = np.sort(np.concatenate([a, b]))
+  fa = np.searchsorted(a, grid[:-1], side="right") / a.size
+  fb = np.searchsorted(b, grid[:-1], side="right") / b.size
+  return float(np.sum(np.abs(fa - fb) * np.diff(grid)))
+
+
+def distribution_distance(a: Any, b: Any, *, reference: tuple[Any, Any] | None = None, key: Any = 0,
+                          permutations: int = 200) -> dict[str, float]:
+  """How far apart the distributions of two per-neuron statistics are (the paper's Figure 4.5 claim).
+
+  Args:
+    a, b: samples (e.g. row means of the MLP weight of a width-256 and a width-1024 model).
+    reference: an optional pair to read the distance against (e.g. the same model at init and trained).
+    key, permutations: for the null: W1 between random splits of the pooled sample into sizes |a|, |b|
+      (what sampling alone gives when both come from one distribution).
+
+  Returns:
+    `{'w1', 'w1_null_q95', 'reference' (W1 of the reference pair, or NaN), 'relative' (w1 / reference)}`.
+
+  >>> import numpy as np
+  >>> r = distribution_distance(np.arange(4.0), np.arange(4.0) + 1, reference=(np.zeros(3), np.full(3, 4.0)))
+  >>> r['w1'], r['reference'], r['relative']
+  (1.0, 4.0, 0.25)
+  """
+  a, b = np.ravel(np.asarray(a, np.float64)), np.ravel(np.asarray(b, np.float64))
+  w1 = wasserstein1(a, b)
+  pool = np.concatenate([a, b])
+  rng = np.random.default_rng(_seed(key) + [path_hash("distribution_distance")])
+  null = [wasserstein1(*np.split(rng.permutation(pool), [a.size])) for _ in range(permutations)]
+  ref = wasserstein1(*reference) if reference is not None else float("nan")
+  return {"w1": w1, "w1_null_q95": _nanquantile(np.array(null), 0.95), "reference": ref,
+          "relative": w1 / ref if ref > 0 else float("nan")}
