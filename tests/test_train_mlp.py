@@ -183,3 +183,47 @@ def test_resume_after_sigkill_reproduces_uninterrupted_run(tmp_path):
   full = (tmp_path / "full" / "metrics.jsonl").read_text()
   assert len(full.splitlines()) == 7
   assert (part / "metrics.jsonl").read_text() == full
+
+
+def _fake_run(path, losses, width, transfer_at=None, source=None):
+  path.mkdir(parents=True)
+  lines, flops = [], 0
+  for epoch, loss in enumerate(losses):
+    flops += 0 if epoch == 0 else width
+    lines.append({"epoch": epoch, "step": epoch, "width": width, "train_loss": loss, "train_acc": 0.5,
+                  "test_loss": loss, "test_acc": 1 - loss / 3, "flops": flops})
+  if transfer_at is not None:
+    event = dict(lines[transfer_at], event="transfer", flops=source[transfer_at]["flops"])
+    lines = source[:transfer_at + 1] + [event]
+    for epoch, loss in enumerate(losses[transfer_at + 1:], transfer_at + 1):
+      lines.append(dict(lines[-1], epoch=epoch, train_loss=loss, test_loss=loss, test_acc=1 - loss / 3,
+                        flops=lines[-1]["flops"] + width))
+      lines[-1].pop("event", None)
+  (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+  return lines
+
+
+def test_sweep_redraws_from_metrics_without_training(tmp_path, capsys):
+  from train import mlp_sweep
+  small = _fake_run(tmp_path / "n10", [2.3, 2.0, 1.5, 1.2], 10)
+  _fake_run(tmp_path / "n100", [2.3, 1.8, 1.0, 0.5], 100)
+  t = _fake_run(tmp_path / "n10_to_n100_r1=0_r2=0", [2.3, 2.0, 1.0, 0.45], 100, transfer_at=1, source=small)
+  argv = ["fig43b", "--plot-only", "--dataset", "digits", "--out", str(tmp_path), "--small", "10", "--large",
+          "100", "--transfer-epoch", "1", "--r1", "0", "--r2", "0", "--epochs", "3"]
+  assert mlp_sweep.main(argv) == 0
+  assert (tmp_path / "fig4_3_be.png").stat().st_size > 0
+  s = json.loads((tmp_path / "fig4_3_be.json").read_text())["n10_to_n100_r1=0_r2=0"]
+  assert t[2]["event"] == "transfer" and s["train_loss_before"] == 2.0 == s["train_loss_after"]
+  assert s["epoch_reaching_scratch_loss"] == 3 and s["final_test_acc"] == 1 - 0.45 / 3
+  assert s["flops_vs_scratch"] == (10 + 200) / 300  # 1 epoch at N=10, 2 at N=100 vs 3 at N=100
+  assert mlp_sweep.main(["fig43c", "--plot-only", "--dataset", "digits", "--out", str(tmp_path)]) == 1
+  assert "no metrics in" in capsys.readouterr().err
+
+
+def test_ordered_normalised_shows_rc_structure():
+  from train import mlp_sweep
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(30, 1)), rng.normal(size=(1, 20))
+  w = mlp_sweep.ordered_normalised(a + b + 0.01 * rng.normal(size=(30, 20)))
+  assert abs(w.mean()) < 1e-6 and abs(w.std() - 1) < 1e-6
+  assert np.all(np.diff(w.mean(axis=1)) >= 0) and np.all(np.diff(w.mean(axis=0)) >= 0)

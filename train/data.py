@@ -13,6 +13,7 @@ seconds with `DataUnavailable` (TFDS alone would retry for minutes) unless the p
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import socket
 import threading
@@ -136,12 +137,17 @@ def _cifar10(data_dir: str | None) -> Dataset:
       ys.append(y)
     return np.concatenate(xs), np.concatenate(ys)
 
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # TFDS warns about missing folders while probing
   try:  # prepared data (or tfds.testing.mock_data) needs no network
     train, test = split("train", False), split("test", False)
   except AssertionError:  # TFDS: "could not find data in ..."
     if not _reachable(*CIFAR10_HOST):
       raise DataUnavailable(_offline_message(data_dir)) from None
     train, test = split("train", True), split("test", True)
+  finally:
+    absl_logger.setLevel(level)
   (x_tr, y_tr), (x_te, y_te) = train, test
   x_tr, x_te = x_tr.astype(np.float32) / 255.0, x_te.astype(np.float32) / 255.0
   mean = x_tr.mean(axis=(0, 1, 2))  # per channel (HWC images)

@@ -7,10 +7,12 @@
         --transfer-from runs/n100 --transfer-epoch 4 --random-rate 0.1 --norm-rate 0.01
     python -m train.mlp --depth 7 --width 1000 --bias constant --out runs/mfnn7      # the 7-layer MFNN
 
-RUN_DIR (--out) gets `config.json`, `metrics.jsonl` (one JSON line per epoch: epoch, step, width, train
-and test loss/accuracy, cumulative training FLOPs; `event: "transfer"` on the line right after a
-transfer), `checkpoints/` (step = epoch, 0 = init) and `curves.png`. Running the same command again
-resumes from the last complete checkpoint and ends with the same metrics as an uninterrupted run.
+RUN_DIR (--out) gets `config.json`, `metrics.jsonl`, `checkpoints/` (step = epoch, 0 = init; extra =
+{epoch, step, flops}) and `curves.png`. A metrics line per epoch: `epoch`, `step` (SGD steps), `width`,
+`train_loss`/`train_acc` and `test_loss`/`test_acc` (full passes over each split at the end of the
+epoch), `train_loss_running` (mean minibatch loss during the epoch), `flops` (cumulative training FLOPs),
+and, on the line right after a transfer, `event: "transfer"` with its settings. Running the same command
+again resumes from the last complete checkpoint and ends with the same metrics as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -290,7 +292,8 @@ def run(config: Config) -> list[dict]:
     epoch, step, flops = resume, restored["extra"]["step"], restored["extra"]["flops"]
     lines = [m for m in read_metrics(metrics_path) if m["epoch"] <= resume]
     _write_metrics(metrics_path, lines)
-    print(f"resuming {out} from epoch {resume}", file=sys.stderr)
+    print(f"{out}: complete ({resume} epochs)" if resume >= config.epochs else
+          f"resuming {out} from epoch {resume}", file=sys.stderr)
   else:
     if source is None:
       params = _init_fn(model)(init_key, jnp.asarray(data.x_train[:1]))["params"]

@@ -25,10 +25,13 @@ import numpy as np
 
 from train import mlp
 
-# Default SGD learning rate per dataset. CIFAR-10: the paper's eta = 0.1. Digits has 22 SGD steps per
-# epoch (CIFAR-10: 781), and at 0.1 mean-field training sits on its initial plateau for ~15 digits epochs
-# (test accuracy 0.33 after 20 epochs, N=100), so the digits figures use 1.0 (0.95 after 20 epochs).
-DEFAULT_LR = {"cifar10": 0.1, "digits": 1.0}
+# Default SGD learning rate when --lr is not given. CIFAR-10: the paper's eta = 0.1 for every
+# parametrization. Digits has 22 SGD steps per epoch (CIFAR-10: 781): at 0.1 mean-field training sits on
+# its initial plateau for ~15 digits epochs (N=100: test accuracy 0.33 after 20 epochs), so mf uses 1.0 on
+# digits (0.95 after 20 epochs); sp/muP stay at 0.1 (0.96 after 20 epochs; at 1.0 muP/SP with Gaussian init
+# diverge to NaN in epoch 1 at N=300).
+DEFAULT_LR = {("cifar10", p): 0.1 for p in mlp.PARAMS} | {("digits", p): 0.1 for p in mlp.PARAMS} | {
+    ("digits", "mf"): 1.0}
 FIG41_INIT = {"sp": "uniform", "mf": "uniform", "mup": "gaussian"}  # as in the paper's Figure 4.1
 
 
@@ -44,6 +47,7 @@ def _run(args, name: str, **kw) -> list[dict]:
       raise FileNotFoundError(f"--plot-only: no metrics in {out}; run without --plot-only first")
     return lines
   config = dataclasses.replace(args.base_config, out=str(out), **kw)
+  config = dataclasses.replace(config, lr=args.lr or DEFAULT_LR[config.dataset, config.param])
   print(f"== {name}", file=sys.stderr)
   return mlp.run(config)
 
@@ -53,6 +57,7 @@ def _transfer_summary(lines: list[dict], scratch: list[dict]) -> dict:
   i = next(k for k, m in enumerate(lines) if m.get("event") == "transfer")
   before, after, last, ref = lines[i - 1], lines[i], lines[-1], scratch[-1]
   reach = next((m for m in lines[i:] if m["train_loss"] <= ref["train_loss"]), None)
+  scratch_reach = next((m for m in scratch if m["train_loss"] <= last["train_loss"]), None)
   return {
       "train_loss_before": before["train_loss"], "train_loss_after": after["train_loss"],
       "test_loss_before": before["test_loss"], "test_loss_after": after["test_loss"],
@@ -61,6 +66,9 @@ def _transfer_summary(lines: list[dict], scratch: list[dict]) -> dict:
       "flops_vs_scratch": last["flops"] / ref["flops"],
       "epoch_reaching_scratch_loss": None if reach is None else reach["epoch"],
       "flops_to_scratch_loss_vs_scratch": None if reach is None else reach["flops"] / ref["flops"],
+      # FLOPs of the transferred run / FLOPs scratch spent to first reach the transferred run's final loss
+      "flops_vs_scratch_at_equal_loss": None if scratch_reach is None or not scratch_reach["flops"]
+                                        else last["flops"] / scratch_reach["flops"],
   }
 
 
@@ -100,8 +108,9 @@ def fig43a(args) -> None:
   """Figure 4.3 (a)/(d): training loss and test accuracy for different init distributions."""
   from rcjax import plots
 
-  runs = {init: _run(args, f"{_name(args.large)}_init={init}", width=args.large, init=init)
-          for init in args.inits}
+  default = mlp.Config().init  # that run is fig43b/c's n{large}: share it
+  runs = {init: _run(args, _name(args.large) if init == default else f"{_name(args.large)}_init={init}",
+                     width=args.large, init=init) for init in args.inits}
   title = f"{args.base_config.dataset}: N={args.large}, init distributions ({args.base_config.param})"
   print("wrote", plots.save(plots.training_curves(runs, x=args.x, title=title),
                             Path(args.out) / "fig4_3_ad.png"))
@@ -130,7 +139,8 @@ def fig41(args) -> None:
     last = ckpt.latest_step()
     for row, step in enumerate((0, last)):
       w = np.asarray(ckpt.restore(step)["params"]["Dense_1"]["kernel"].value)
-      grid[row].append((f"{param} ({FIG41_INIT[param]}), {'init' if step == 0 else f'epoch {step}'}",
+      lr = args.lr or DEFAULT_LR[args.base_config.dataset, param]
+      grid[row].append((f"{param} ({FIG41_INIT[param]}, lr {lr:g}), {'init' if step == 0 else f'epoch {step}'}",
                         ordered_normalised(w)))
   title = f"{args.base_config.dataset}: middle layer, N={args.width}, normalised, rows/cols by mean"
   print("wrote", plots.save(plots.weight_heatmaps(grid, title=title), Path(args.out) / "fig4_1.png"))
@@ -144,7 +154,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--dataset", default="cifar10", choices=("cifar10", "digits"))
   p.add_argument("--data-dir", default=None, help="TFDS data directory")
   p.add_argument("--param", default="mf", choices=mlp.PARAMS, help="parametrization (fig43*)")
-  p.add_argument("--lr", type=float, default=None, help=f"SGD lr (default per dataset: {DEFAULT_LR})")
+  p.add_argument("--lr", type=float, default=None, help="SGD lr (default: 0.1, the paper's; on digits 1.0 "
+                 "for mf, see DEFAULT_LR)")
   p.add_argument("--epochs", type=int, default=10)
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--seed", type=int, default=0)
@@ -165,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   args = parser().parse_args(argv)
   args.base_config = mlp.Config(dataset=args.dataset, data_dir=args.data_dir, param=args.param,
-                                lr=args.lr or DEFAULT_LR[args.dataset], epochs=args.epochs,
+                                lr=args.lr or DEFAULT_LR[args.dataset, args.param], epochs=args.epochs,
                                 batch_size=args.batch_size, seed=args.seed, base=args.base,
                                 progress=args.progress)
   try:
