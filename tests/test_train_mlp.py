@@ -120,6 +120,7 @@ def _tree_state(path: pathlib.Path) -> dict:
     (dict(width=0), ValueError, "--width must be positive"),
     (dict(depth=1), ValueError, "--depth"),
     (dict(init="laplace"), ValueError, "unknown init 'laplace'"),
+    (dict(batch_size=5000), ValueError, "larger than the training set"),
     (dict(transfer_from="/nonexistent/run", transfer_epoch=1), FileNotFoundError, "no such run directory"),
     (dict(transfer_from="SRC", transfer_epoch=4, epochs=6), FileNotFoundError,
      r"no checkpoint at epoch 4; saved epochs: \[0, 1, 2, 3\]"),
@@ -140,7 +141,16 @@ def test_incompatible_checkpoint(source, tmp_path):
     mlp.run(cfg(tmp_path / "o2", param="sp", transfer_from=str(src), transfer_epoch=1))
   with pytest.raises(ValueError, match="exact=True needs new sizes >= old sizes"):
     mlp.run(cfg(tmp_path / "o3", width=8, exact=True, transfer_from=str(src), transfer_epoch=1))
-  assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
+  other = tmp_path / "other_input"  # a checkpoint of an MLP on 5 inputs (digits have 64)
+  import jax
+  import jax.numpy as jnp
+  import rcjax
+  p = rcjax.nn.MLP(features=(16, 16), out_features=10).init(jax.random.key(0), jnp.ones((1, 5)))["params"]
+  with Checkpointer(other / "checkpoints") as ck:
+    ck.save(1, params=p)
+  with pytest.raises(ValueError, match="input size is 5, this run's is 64"):
+    mlp.run(cfg(tmp_path / "o4", transfer_from=str(other), transfer_epoch=1))
+  assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3", "o4"))
 
 
 def test_other_config_in_out_dir_is_refused_and_kept(source, capsys):

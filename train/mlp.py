@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import sys
@@ -260,6 +261,10 @@ def run(config: Config) -> list[dict]:
   out = Path(config.out)
   _check_out_dir(out, config)
   data = data_lib.load(config.dataset, config.data_dir)
+  n = len(data.y_train)
+  steps = n // config.batch_size
+  if steps == 0:
+    raise ValueError(f"--batch-size {config.batch_size} is larger than the training set ({n} examples)")
   model, tx = build_model(config), optimizer(config)
   ckpt_dir = out / "checkpoints"
   resume = Checkpointer(ckpt_dir, read_only=True).latest_step() if ckpt_dir.is_dir() else None
@@ -310,10 +315,6 @@ def run(config: Config) -> list[dict]:
     save(epoch, params, opt_state, step, flops)
     print(_summary(m, config.epochs, time.time() - t0), file=sys.stderr)
 
-  n = len(data.y_train)
-  steps = n // config.batch_size
-  if steps == 0:
-    raise ValueError(f"--batch-size {config.batch_size} is larger than the training set ({n} examples)")
   flops_per_step = train_flops_per_example(params) * config.batch_size
   for epoch in range(epoch + 1, config.epochs + 1):
     perm = np.asarray(_permutation(data_key, epoch, n))
@@ -383,8 +384,19 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
+def _no_read_only_warning(record: logging.LogRecord) -> bool:
+  message = record.getMessage()
+  return "Given directory is read only" not in message and "read_only=True" not in message
+
+
+def quiet_logs() -> None:
+  """Drop orbax's warnings on every read-only checkpoint folder we open (e.g. the transfer source)."""
+  logging.getLogger("absl").addFilter(_no_read_only_warning)  # a no-op if already added
+
+
 def main(argv=None) -> int:
   config = Config(**vars(parser().parse_args(argv)))
+  quiet_logs()
   try:
     run(config)
   except (ValueError, FileNotFoundError, data_lib.DataUnavailable, TrainingDiverged) as e:

@@ -175,6 +175,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = parser().parse_args(argv)
+  mlp.quiet_logs()
   args.base_config = mlp.Config(dataset=args.dataset, data_dir=args.data_dir, param=args.param,
                                 lr=args.lr or DEFAULT_LR[args.dataset, args.param], epochs=args.epochs,
                                 batch_size=args.batch_size, seed=args.seed, base=args.base,
