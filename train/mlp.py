@@ -1,0 +1,409 @@
+"""Train the paper's CIFAR-10 MLPs (Example 1.1: input -> N -> N -> 10 with biases), with transfer mid-training.
+
+    python -m train.mlp --dataset digits --width 64 --epochs 10 --out runs/digits64   # offline, seconds
+    python -m train.mlp --width 1000 --epochs 10 --out runs/n1000                    # CIFAR-10 via TFDS
+    python -m train.mlp --width 100 --epochs 10 --out runs/n100
+    python -m train.mlp --width 1000 --epochs 10 --out runs/n100to1000 \\
+        --transfer-from runs/n100 --transfer-epoch 4 --random-rate 0.1 --norm-rate 0.01
+    python -m train.mlp --depth 7 --width 1000 --bias constant --out runs/mfnn7      # the 7-layer MFNN
+
+RUN_DIR (--out) gets `config.json`, `metrics.jsonl`, `checkpoints/` (step = epoch, 0 = init; extra =
+{epoch, step, flops}) and `curves.png`. A metrics line per epoch: `epoch`, `step` (SGD steps), `width`,
+`train_loss`/`train_acc` and `test_loss`/`test_acc` (full passes over each split at the end of the
+epoch), `train_loss_running` (mean minibatch loss during the epoch), `flops` (cumulative training FLOPs),
+and, on the line right after a transfer, `event: "transfer"` with its settings. Running the same command
+again resumes from the last complete checkpoint and ends with the same metrics as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import sys
+import time
+import typing
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import rcjax
+from rcjax.checkpoint import Checkpointer
+from train import data as data_lib
+from train import mlp_transfer
+
+PARAMS = ("sp", "ntk", "mup", "mf")
+BIASES = ("trainable", "constant", "none")
+SAMPLERS = ("stratified", "iid", "stride")
+# Config fields that may change between a run and its resumption.
+RESUMABLE = ("epochs", "progress", "out", "data_dir")
+
+
+def _f(default, help_: str, choices=None):
+  return dataclasses.field(default=default, metadata={"help": help_, "choices": choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """One train.mlp run. Every field is a flag (`width` -> `--width`, `transfer_from` -> `--transfer-from`)."""
+  width: int = _f(1000, "hidden width N of every hidden layer")
+  depth: int = _f(3, "number of weight layers: 3 = input -> N -> N -> 10 (Example 1.1), 7 = the 7-layer MFNN")
+  param: str = _f("mf", "parametrization (mf: mean-field, the paper's; sp, ntk, mup)", PARAMS)
+  init: str = _f("uniform", "kernel init distribution: uniform (U(-1,1)), gaussian, normal:MEAN,VAR, ... "
+                 "times the parametrization's init scale")
+  bias: str = _f("trainable", "trainable: biases start non-constant (drawn i.i.d. per neuron from --init) and "
+                 "train; constant: biases start at the same value --bias-value for every neuron and train; "
+                 "none: no biases", BIASES)
+  bias_value: float = _f(0.0, "start value of every bias with --bias constant")
+  base: int = _f(0, "base width of the hidden axes for muP (0: --width, so muP equals SP at that width)")
+  dataset: str = _f("cifar10", "cifar10 (TFDS, 3072-dim) or digits (scikit-learn 8x8, 64-dim, offline)",
+                    data_lib.DATASETS)
+  data_dir: typing.Optional[str] = _f(None, "TFDS data directory (default: TFDS's, ~/tensorflow_datasets)")
+  epochs: int = _f(10, "total number of epochs (a transferred run counts the source's epochs too)")
+  lr: float = _f(0.1, "SGD learning rate eta (the paper's 0.1), times the parametrization's per-leaf "
+                 "multipliers (mf: mean-field time)")
+  momentum: float = _f(0.0, "SGD momentum (0: plain SGD as in the paper)")
+  batch_size: int = _f(64, "minibatch size (the last incomplete batch of an epoch is dropped)")
+  seed: int = _f(0, "seed of init, shuffling (per epoch) and transfer")
+  out: str = _f("runs/mlp", "run directory RUN_DIR")
+  transfer_from: typing.Optional[str] = _f(None, "RUN_DIR of a trained run to transfer from (grow or shrink "
+                                           "to --width)")
+  transfer_epoch: int = _f(4, "epoch of the --transfer-from checkpoint to transfer (training continues "
+                           "from there)")
+  random_rate: float = _f(0.0, "r1: fraction of fresh neurons drawn from the init distribution")
+  norm_rate: float = _f(0.0, "r2: symmetry-breaking noise, std r2 * RMS(leaf), on transferred entries")
+  sampler: str = _f("stratified", "how target neurons sample source neurons", SAMPLERS)
+  exact: bool = _f(False, "count-corrected transfer, function-preserving for any growth ratio")
+  progress: bool = _f(True, "show a progress bar per epoch")
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite."""
+
+
+def validate(config: Config) -> None:
+  """Raise ValueError with a one-line message if the config cannot run."""
+  c = config
+  checks = [
+      (c.width > 0, f"--width must be positive, got {c.width}"),
+      (c.depth >= 2, f"--depth (number of weight layers) must be >= 2, got {c.depth}"),
+      (c.param in PARAMS, f"unknown --param {c.param!r}; expected one of {PARAMS}"),
+      (c.bias in BIASES, f"unknown --bias {c.bias!r}; expected one of {BIASES}"),
+      (c.dataset in data_lib.DATASETS, f"unknown --dataset {c.dataset!r}; expected one of {data_lib.DATASETS}"),
+      (c.epochs >= 0, f"--epochs must be >= 0, got {c.epochs}"),
+      (c.batch_size > 0, f"--batch-size must be positive, got {c.batch_size}"),
+      (c.lr > 0 and math.isfinite(c.lr), f"--lr must be a positive number, got {c.lr}"),
+      (0 <= c.momentum < 1, f"--momentum must be in [0, 1), got {c.momentum}"),
+      (c.base >= 0, f"--base must be >= 0, got {c.base}"),
+      (c.sampler in SAMPLERS, f"unknown --sampler {c.sampler!r}; expected one of {SAMPLERS}"),
+      (0 <= c.random_rate <= 1, f"--random-rate must be in [0, 1], got {c.random_rate}"),
+      (0 <= c.norm_rate < math.inf, f"--norm-rate must be >= 0, got {c.norm_rate}"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ValueError(message)
+  if c.transfer_from is not None and not 0 <= c.transfer_epoch < c.epochs:
+    raise ValueError(f"--transfer-epoch must be in [0, --epochs={c.epochs}), got {c.transfer_epoch}")
+  rcjax.parametrization.parse_init(c.init)  # ValueError naming the spec
+
+
+def build_model(config: Config) -> rcjax.nn.MLP:
+  """The MLP of the config: depth - 1 hidden layers of `width` (axes hidden_0 .. hidden_{depth-2})."""
+  bias_init = {"trainable": config.init, "constant": f"constant:{config.bias_value}", "none": "zeros"}
+  return rcjax.nn.MLP(features=(config.width,) * (config.depth - 1), out_features=10, param=config.param,
+                      bias=config.bias != "none", kernel_init=config.init, bias_init=bias_init[config.bias],
+                      base=config.base or None)
+
+
+def optimizer(config: Config) -> optax.GradientTransformation:
+  """SGD with the parametrization's per-leaf learning-rate multipliers (`rcjax.sgd`)."""
+  return rcjax.sgd(config.lr, momentum=config.momentum or None)
+
+
+@functools.lru_cache(maxsize=16)
+def _init_fn(model: rcjax.nn.MLP):
+  return jax.jit(model.init)
+
+
+def train_flops_per_example(params) -> int:
+  """Training FLOPs per example: 3 x forward matmul FLOPs (2 * n_in * n_out per kernel), i.e. forward +
+  backward (input and weight gradients); biases, activations and the softmax are not counted."""
+  return sum(6 * int(np.prod(b.shape)) for path, b in rcjax.rc.leaves_with_paths(params)
+             if path.endswith("['kernel']"))
+
+
+@functools.lru_cache(maxsize=16)
+def make_fns(model: rcjax.nn.MLP, lr: float, momentum: float):
+  """Jitted `train_step(params, opt_state, x_all, y_all, idx)` and `eval_batch(params, x, y)` (cached, so
+  runs of one process, e.g. a sweep, share compilations)."""
+  tx = rcjax.sgd(lr, momentum=momentum or None)
+
+  def loss_fn(params, x, y):
+    logits = model.apply({"params": params}, x)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return losses, jnp.argmax(logits, -1) == y
+
+  def mean_loss(params, x, y):
+    losses, correct = loss_fn(params, x, y)
+    return jnp.mean(losses), jnp.mean(correct)
+
+  @jax.jit
+  def train_step(params, opt_state, x_all, y_all, idx):
+    (loss, acc), grads = jax.value_and_grad(mean_loss, has_aux=True)(params, x_all[idx], y_all[idx])
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, acc
+
+  @jax.jit
+  def eval_batch(params, x, y):
+    losses, correct = loss_fn(params, x, y)
+    return jnp.sum(losses), jnp.sum(correct)
+
+  return train_step, eval_batch
+
+
+def evaluate(eval_batch, params, x, y, chunk: int = 2000) -> tuple[float, float]:
+  """(mean loss, accuracy) over all of (x, y), in chunks of `chunk` examples."""
+  loss, correct = 0.0, 0.0
+  for i in range(0, len(x), chunk):
+    l, c = eval_batch(params, x[i:i + chunk], y[i:i + chunk])
+    loss, correct = loss + float(l), correct + float(c)
+  return loss / len(x), correct / len(x)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _permutation(key, epoch, n: int):
+  """The shuffling of epoch `epoch`: a permutation of range(n) from fold_in(key, epoch)."""
+  return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+
+def _to_device(a: np.ndarray):
+  """The array on the default device if it takes under half its memory, else kept on the host."""
+  stats = jax.devices()[0].memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  return jnp.asarray(a) if limit is None or a.nbytes < 0.5 * limit else a
+
+
+def restore_opt_state(ckpt: Checkpointer, step: int, params, tx):
+  """The optimizer state saved at `step` (plain SGD has none: then a fresh `tx.init(params)`)."""
+  target = jax.eval_shape(tx.init, params)
+  if not jax.tree.leaves(target):
+    return tx.init(params)
+  return ckpt.restore(step, params=params, opt_state=target)["opt_state"]
+
+
+# --- run directory ---------------------------------------------------------------------------------
+
+def read_metrics(path) -> list[dict]:
+  """The lines of a metrics.jsonl file (an empty list if it does not exist)."""
+  path = Path(path)
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(path: Path, lines: list[dict]) -> None:
+  tmp = path.with_suffix(".jsonl.tmp")
+  tmp.write_text("".join(json.dumps(m) + "\n" for m in lines))
+  os.replace(tmp, path)
+
+
+def _check_out_dir(out: Path, config: Config) -> None:
+  """Refuse an --out that holds something else than a run of this config (nothing is overwritten)."""
+  if not out.exists():
+    return
+  if not out.is_dir():
+    raise ValueError(f"--out {out} exists and is not a directory")
+  cfg = out / "config.json"
+  if not cfg.exists():
+    if any(out.iterdir()):
+      raise ValueError(f"--out {out} exists and is not a train.mlp run directory (no config.json); "
+                       "choose another --out")
+    return
+  old, new = json.loads(cfg.read_text()), dataclasses.asdict(config)
+  diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUMABLE and old.get(k) != v]
+  if diffs:
+    raise ValueError(f"--out {out} holds a run with a different config ({', '.join(diffs)}); rerun with "
+                     "the same flags to resume it, or choose another --out")
+
+
+def _line(epoch, step, width, flops, train, test, **extra) -> dict:
+  return {"epoch": epoch, "step": step, "width": width, "train_loss": train[0], "train_acc": train[1],
+          "test_loss": test[0], "test_acc": test[1], "flops": flops, **extra}
+
+
+def _summary(m: dict, epochs: int, seconds: float) -> str:
+  event = f"  [{m['event']} from width {m.get('from_width')}]" if m.get("event") else ""
+  return (f"epoch {m['epoch']:>3}/{epochs}  step {m['step']:>6}  width {m['width']}  train_loss "
+          f"{m['train_loss']:.4f}  test_loss {m['test_loss']:.4f}  test_acc {m['test_acc']:.4f}  "
+          f"flops {m['flops']:.3e}  ({seconds:.1f}s){event}")
+
+
+# --- training --------------------------------------------------------------------------------------
+
+def run(config: Config) -> list[dict]:
+  """Train (or resume, or transfer then train) as the config says; returns the metrics lines.
+
+  Raises:
+    ValueError / FileNotFoundError: bad input (nothing is written).
+    data_lib.DataUnavailable: the dataset cannot be loaded.
+    TrainingDiverged: NaN/inf loss (the last good checkpoint is kept).
+  """
+  from tqdm import tqdm
+
+  validate(config)
+  out = Path(config.out)
+  _check_out_dir(out, config)
+  data = data_lib.load(config.dataset, config.data_dir)
+  n = len(data.y_train)
+  steps = n // config.batch_size
+  if steps == 0:
+    raise ValueError(f"--batch-size {config.batch_size} is larger than the training set ({n} examples)")
+  model, tx = build_model(config), optimizer(config)
+  ckpt_dir = out / "checkpoints"
+  resume = Checkpointer(ckpt_dir, read_only=True).latest_step() if ckpt_dir.is_dir() else None
+  root = jax.random.key(config.seed)
+  init_key, transfer_key, data_key = (jax.random.fold_in(root, i) for i in range(3))
+  source = None
+  if resume is None and config.transfer_from is not None:  # validates the source before writing anything
+    source = mlp_transfer.load_source(config, data, optimizer, transfer_key)
+
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+  metrics_path = out / "metrics.jsonl"
+  ckpt = Checkpointer(ckpt_dir)
+  train_step, eval_batch = make_fns(model, config.lr, config.momentum)
+  x_tr, y_tr = _to_device(data.x_train), _to_device(data.y_train)
+  x_te, y_te = _to_device(data.x_test), _to_device(data.y_test)
+  on_device = isinstance(x_tr, jax.Array)
+  cfg = dataclasses.asdict(config)
+  t0 = time.time()
+
+  def save(epoch, params, opt_state, step, flops):
+    ckpt.wait()
+    ckpt.save(epoch, params=params, opt_state=opt_state if jax.tree.leaves(opt_state) else None, config=cfg,
+              extra={"epoch": epoch, "step": step, "flops": flops})
+
+  if resume is not None:  # drop lines of epochs that have no complete checkpoint
+    restored = ckpt.restore(resume)
+    params = restored["params"]
+    opt_state = restore_opt_state(ckpt, resume, params, tx)
+    epoch, step, flops = resume, restored["extra"]["step"], restored["extra"]["flops"]
+    lines = [m for m in read_metrics(metrics_path) if m["epoch"] <= resume]
+    _write_metrics(metrics_path, lines)
+    print(f"{out}: complete ({resume} epochs)" if resume >= config.epochs else
+          f"resuming {out} from epoch {resume}", file=sys.stderr)
+  else:
+    if source is None:
+      params = _init_fn(model)(init_key, jnp.asarray(data.x_train[:1]))["params"]
+      opt_state = tx.init(params)
+      epoch, step, flops, lines, extra = 0, 0, 0, [], {}
+    else:
+      params, opt_state = source.params, source.opt_state
+      epoch, step, flops, lines = config.transfer_epoch, source.step, source.flops, source.lines
+      extra = source.event
+    m = _line(epoch, step, config.width, flops, evaluate(eval_batch, params, x_tr, y_tr),
+              evaluate(eval_batch, params, x_te, y_te), **extra)
+    lines = lines + [m]
+    _write_metrics(metrics_path, lines)
+    save(epoch, params, opt_state, step, flops)
+    print(_summary(m, config.epochs, time.time() - t0), file=sys.stderr)
+
+  flops_per_step = train_flops_per_example(params) * config.batch_size
+  for epoch in range(epoch + 1, config.epochs + 1):
+    perm = np.asarray(_permutation(data_key, epoch, n))
+    idx = perm[:steps * config.batch_size].reshape(steps, config.batch_size)
+    losses = []
+    bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not config.progress,
+               file=sys.stderr)
+    for i in bar:
+      if on_device:
+        params, opt_state, loss, acc = train_step(params, opt_state, x_tr, y_tr, idx[i])
+      else:  # dataset on the host: gather the batch there
+        b = np.arange(config.batch_size)
+        params, opt_state, loss, acc = train_step(params, opt_state, x_tr[idx[i]], y_tr[idx[i]], b)
+      losses.append(loss)
+      if i % 25 == 0 or i == steps - 1:
+        bar.set_postfix(loss=f"{float(loss):.4f}", acc=f"{float(acc):.3f}")
+    running = float(np.mean(jax.device_get(losses)))
+    train = evaluate(eval_batch, params, x_tr, y_tr)
+    test = evaluate(eval_batch, params, x_te, y_te)
+    bad = [v for v in (running, train[0], test[0]) if not math.isfinite(v)]
+    if bad:
+      ckpt.wait()
+      raise TrainingDiverged(
+          f"loss became {bad[0]} in epoch {epoch} (SGD steps {step + 1}..{step + steps}); stopped. The last "
+          f"good checkpoint is epoch {epoch - 1} in {ckpt_dir}; try a smaller --lr")
+    step, flops = step + steps, flops + steps * flops_per_step
+    m = _line(epoch, step, config.width, flops, train, test, train_loss_running=running)
+    lines.append(m)
+    _write_metrics(metrics_path, lines)
+    save(epoch, params, opt_state, step, flops)
+    bar.write(_summary(m, config.epochs, time.time() - t0), file=sys.stderr)
+  ckpt.wait()
+  ckpt.close()
+  _plot_run(out, lines)
+  return lines
+
+
+def _plot_run(out: Path, lines: list[dict]) -> None:
+  from rcjax import plots
+
+  fig = plots.training_curves({out.name: lines}, panels=("train_loss", "test_loss", "test_acc"),
+                              title=str(out))
+  plots.save(fig, out / "curves.png")
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+  """Flags generated from the Config fields (bools: `--exact`, `--no-progress`)."""
+  p = argparse.ArgumentParser(prog="python -m train.mlp", description=__doc__.split("\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  hints = typing.get_type_hints(Config)
+  for f in dataclasses.fields(Config):
+    flag = "--" + f.name.replace("_", "-")
+    kind = hints[f.name]
+    if kind is bool:
+      if f.default:
+        p.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                       help="do not: " + f.metadata["help"])
+      else:
+        p.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
+      continue
+    if kind not in (int, float, str):
+      kind = str  # Optional[str]
+    p.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=f.metadata["choices"],
+                   help=f.metadata["help"])
+  return p
+
+
+def _no_read_only_warning(record: logging.LogRecord) -> bool:
+  message = record.getMessage()
+  return "Given directory is read only" not in message and "read_only=True" not in message
+
+
+def quiet_logs() -> None:
+  """Drop orbax's warnings on every read-only checkpoint folder we open (e.g. the transfer source)."""
+  logging.getLogger("absl").addFilter(_no_read_only_warning)  # a no-op if already added
+
+
+def main(argv=None) -> int:
+  config = Config(**vars(parser().parse_args(argv)))
+  quiet_logs()
+  try:
+    run(config)
+  except (ValueError, FileNotFoundError, data_lib.DataUnavailable, TrainingDiverged) as e:
+    print(f"train.mlp: error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
