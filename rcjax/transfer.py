@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from rcjax import parametrization as pz
 from rcjax.rc import RC, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
@@ -64,14 +65,31 @@ def _one_map(key: jax.Array, n_old: int, n_new: int, sampler: str) -> jax.Array:
   return jnp.repeat(jnp.arange(n_old, dtype=jnp.int32), q + extra, total_repeat_length=n_new)
 
 
-def _maps(key, old: tuple, new: tuple, sampler: str) -> dict[str, jax.Array]:
-  old = dict(old)
-  return {name: _one_map(jax.random.fold_in(key, path_hash("axis/" + name)), old[name], n, sampler)
-          for name, n in new}
+def _axis_key(key, name: str):
+  return jax.random.fold_in(key, path_hash("axis/" + name))
+
+
+def _maps(key, old: tuple, new: tuple, sampler: str, blocks: tuple = ()) -> dict[str, jax.Array]:
+  """Maps for the axes in `new`; a blocked axis (see `RC.blocks`) maps whole blocks with its outer axis's
+  map (identity for fixed blocks or an outer axis not in `new`) and entries within blocks with one map."""
+  old, new, blocks = dict(old), dict(new), dict(blocks)
+  maps = {name: _one_map(_axis_key(key, name), old[name], n, sampler)
+          for name, n in new.items() if name not in blocks}
+  for name, outer in blocks.items():
+    if name not in new:
+      continue
+    o_old, o_new = (outer, outer) if isinstance(outer, int) else (old[outer], new.get(outer, old[outer]))
+    i_old, i_new = old[name] // o_old, new[name] // o_new
+    outer_map = maps.get(outer) if isinstance(outer, str) else None
+    outer_map = jnp.arange(o_old, dtype=jnp.int32) if outer_map is None else outer_map
+    inner_map = _one_map(_axis_key(key, name), i_old, i_new, sampler)
+    maps[name] = (outer_map[:, None] * i_old + inner_map[None, :]).reshape(-1)
+  return maps
 
 
 def index_maps(key: jax.Array, old_sizes: Mapping[str, int], new_sizes: Mapping[str, int],
-               sampler: str = "stratified") -> dict[str, jax.Array]:
+               sampler: str = "stratified", blocks: Mapping[str, str | int] | None = None
+               ) -> dict[str, jax.Array]:
   """Sorted index maps `{axis: int32[new]}` sampling new neurons from old ones.
 
   Samplers: 'stratified' (default; growth: every neuron floor(N'/N) times plus a uniform sample without
@@ -79,23 +97,67 @@ def index_maps(key: jax.Array, old_sizes: Mapping[str, int], new_sizes: Mapping[
   'stride' (deterministic, evenly spaced: `i * N // N'`). Each axis's key is folded in from its name, so
   a map does not depend on which other axes are mapped.
 
+  `blocks` (`{axis: outer}`, as in `RC.blocks`) keeps entries in their blocks: with `{'heads':
+  'kv_heads'}` new query head `b' * G' + g'` copies old head `pi_kv(b') * G + pi_g(g')` (G = heads per
+  kv head), so every query head stays with a copy of its own kv head; with `{'head_dim': 2}` both halves
+  of a RoPE head share one map of their pairs. (`grow`/`transfer` read blocks from the RC leaves.)
+
   >>> m = index_maps(jax.random.key(0), {'hidden': 3}, {'hidden': 6})
   >>> m['hidden'].tolist()
   [0, 0, 1, 1, 2, 2]
+  >>> index_maps(jax.random.key(0), {'d': 4}, {'d': 8}, blocks={'d': 2})['d'].tolist()
+  [0, 0, 1, 1, 2, 2, 3, 3]
   """
   _check_key(key)
   _check_sampler(sampler)
+  blocks = dict(blocks or {})
   for name, n in new_sizes.items():
     if name not in old_sizes:
       raise ValueError(f"index_maps: axis {name!r} missing from old_sizes {dict(old_sizes)}")
     _check_size(name, n)
     _check_size(name, old_sizes[name])
-  new = tuple(sorted((k, int(v)) for k, v in new_sizes.items()))
-  old = tuple(sorted((k, int(old_sizes[k])) for k, _ in new))
-  return _maps_jit(key, old, new, sampler)
+  new = dict((k, int(v)) for k, v in new_sizes.items())
+  old = {k: int(old_sizes[k]) for k in new}
+  for name, outer in blocks.items():
+    if isinstance(outer, str):
+      if outer not in old_sizes:
+        raise ValueError(f"index_maps: blocks of axis {name!r} refer to axis {outer!r}, missing from old_sizes")
+      old[outer] = int(old_sizes[outer])
+  _check_blocks(blocks, old, new)
+  return _maps_jit(key, tuple(sorted(old.items())), tuple(sorted(new.items())), sampler,
+                   tuple(sorted((k, v) for k, v in blocks.items() if k in new)))
 
 
-_maps_jit = jax.jit(_maps, static_argnums=(1, 2, 3))
+_maps_jit = jax.jit(_maps, static_argnums=(1, 2, 3, 4))
+
+
+def _check_blocks(blocks: Mapping[str, str | int], old: Mapping[str, int], new: Mapping[str, int],
+                  direction: str = "transfer") -> None:
+  """Block sizes must divide the axis at the old and the new size (and not shrink in a growth)."""
+  for name, outer in blocks.items():
+    if name not in new:
+      continue
+    o_old, o_new = (outer, outer) if isinstance(outer, int) else (old[outer], new.get(outer, old[outer]))
+    what = f"{outer} blocks" if isinstance(outer, int) else f"axis {outer!r}"
+    for size, o, when in ((old[name], o_old, "old"), (new[name], o_new, "new")):
+      if size % o:
+        raise ValueError(f"axis {name!r} is laid out in blocks per {what}: its {when} size {size} must be "
+                         f"a multiple of {o}")
+    if direction in ("grow", "exact=True") and new[name] // o_new < old[name] // o_old:
+      raise ValueError(f"{direction} would shrink the blocks of axis {name!r} per {what} from {old[name] // o_old} "
+                       f"to {new[name] // o_new} entries; grow {name!r} to {old[name] // o_old * o_new} too")
+
+
+def tree_blocks(tree: Any) -> dict[str, str | int]:
+  """`{axis: outer}` from the `blocks` of every RC leaf; raises ValueError if two leaves disagree."""
+  out: dict[str, tuple[str | int, str]] = {}
+  for path, box in leaves_with_paths(tree):
+    for name, outer in box.blocks:
+      if name in out and out[name][0] != outer:
+        raise ValueError(f"axis {name!r} is in blocks per {out[name][0]!r} at {out[name][1]} but per "
+                         f"{outer!r} at {path}")
+      out[name] = (outer, path)
+  return {k: v for k, (v, _) in out.items()}
 
 
 def inverse_maps(maps: Mapping[str, jax.Array], old_sizes: Mapping[str, int]) -> dict[str, jax.Array]:
@@ -131,13 +193,67 @@ def _broadcast(vec: jax.Array, d: int, ndim: int) -> jax.Array:
   return vec.reshape((-1,) + (1,) * (ndim - d - 1))
 
 
-def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float):
+# --- sharded leaves ------------------------------------------------------------------------------
+# XLA partitions a gather along a sharded dimension by materialising that dimension whole on every
+# device (for a matrix sharded only there: the whole leaf). Instead, before gathering a sharded
+# dimension, its mesh axes move to another dimension that can hold them (an all-to-all: per-device
+# memory stays one shard), the gather runs locally, and at the end every leaf gets its input spec back at
+# the new shape (mesh axes that no longer divide a dimension are dropped). Only leaves with a single
+# dimension have nowhere to move their mesh axes; they are gathered along it (O(N) values).
+
+def _leaf_shardings(tree: Any) -> tuple:
+  """Static `((path, NamedSharding), ...)` of RC leaves sharded over a multi-device Auto mesh."""
+  out = []
+  for path, box in leaves_with_paths(tree):
+    sh = getattr(box.value, "sharding", None) if isinstance(box.value, jax.Array) else None
+    if (isinstance(sh, NamedSharding) and sh.mesh.size > 1 and not isinstance(box.value, jax.core.Tracer)
+        and all(t == AxisType.Auto for t in getattr(sh.mesh, "axis_types", ()))):
+      out.append((path, sh))
+  return tuple(out)
+
+
+def _spec(sh: NamedSharding, ndim: int) -> tuple[tuple[str, ...], ...]:
+  spec = tuple(sh.spec) + (None,) * (ndim - len(sh.spec))
+  return tuple(() if s is None else (s,) if isinstance(s, str) else tuple(s) for s in spec)
+
+
+def _fit(spec, shape, mesh) -> tuple:
+  return tuple(s if shape[d] % math.prod(mesh.shape[a] for a in s) == 0 else () for d, s in enumerate(spec))
+
+
+def _move_off(spec, shape, d: int, mesh, avoid) -> tuple | None:
+  """`spec` with the mesh axes of dim `d` moved onto another dim that they divide (None if none does)."""
+  size = lambda axes: math.prod(mesh.shape[a] for a in axes)
+  cands = [e for e in range(len(shape)) if e != d and shape[e] % (size(spec[e]) * size(spec[d])) == 0]
+  if not cands:
+    return None
+  e = max(cands, key=lambda e: (e not in avoid, shape[e] // size(spec[e])))
+  spec = list(spec)
+  spec[e], spec[d] = spec[e] + spec[d], ()
+  return tuple(spec)
+
+
+def _constrain(x: jax.Array, sh: NamedSharding, spec) -> jax.Array:
+  return jax.lax.with_sharding_constraint(x, NamedSharding(sh.mesh, P(*[s or None for s in spec])))
+
+
+def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float,
+              sharding: NamedSharding | None = None):
   mapped = [d for d in box.width_dims if box.axes[d] in maps]
   if not mapped:
     return box
   x, old_shape = box.value, box.shape
-  for d in mapped:
+  spec0 = spec = None if sharding is None else _spec(sharding, len(old_shape))
+  for i, d in enumerate(mapped):
+    if spec is not None and spec[d]:
+      moved = _move_off(spec, x.shape, d, sharding.mesh, avoid=set(mapped[i + 1:]))
+      if moved is not None:
+        spec = moved
+        x = _constrain(x, sharding, spec)
     x = jnp.take(x, maps[box.axes[d]], axis=d, unique_indices=False, indices_are_sorted=True)
+    if spec is not None:  # pin the gather's output, so XLA does not pick another layout for it
+      spec = _fit(spec, x.shape, sharding.mesh)
+      x = _constrain(x, sharding, spec)
   new_shape = x.shape
   ndim = len(new_shape)
 
@@ -184,25 +300,29 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
     else:  # no history for a fresh neuron: give it the leaf's typical second moment
       draw = jnp.mean(x.astype(jnp.float32)).astype(x.dtype)
     x = jnp.where(mask, draw, x)
+  if sharding is not None:
+    x = _constrain(x, sharding, _fit(spec0, new_shape, sharding.mesh))
   return box.replace(value=x)
 
 
-def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None):
+def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, shardings: tuple = ()):
   old = width_axes(tree)
   counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items()} if exact else {})
+  shardings = dict(shardings)
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)
   out = []
   for path, leaf in flat:
     if is_rc(leaf):
       power = moment if moment is not None else _moment_power(path, 0)
-      leaf = _map_leaf(leaf, jax.tree_util.keystr(path), power, maps, counts, fresh, key, exact, r2)
+      path = jax.tree_util.keystr(path)
+      leaf = _map_leaf(leaf, path, power, maps, counts, fresh, key, exact, r2, shardings.get(path))
     out.append(leaf)
   return jax.tree.unflatten(treedef, out)
 
 
-@functools.partial(jax.jit, static_argnames=("exact", "moment"))
-def _apply_maps_jit(tree, maps, *, exact, moment):
-  return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment)
+@functools.partial(jax.jit, static_argnames=("exact", "moment", "shardings"))
+def _apply_maps_jit(tree, maps, *, exact, moment, shardings):
+  return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment, shardings)
 
 
 def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
@@ -229,7 +349,7 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
   maps = {k: jnp.asarray(v) for k, v in maps.items() if k in width_axes(tree)}
   if moment not in (None, 0, 1, 2):
     raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
-  return _apply_maps_jit(tree, maps, exact=exact, moment=moment)
+  return _apply_maps_jit(tree, maps, exact=exact, moment=moment, shardings=_leaf_shardings(tree))
 
 
 # --- grow / shrink / transfer -------------------------------------------------------------------
@@ -293,14 +413,21 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
   return target
 
 
-@functools.partial(jax.jit, static_argnames=("old", "new", "sampler", "r1", "r2", "exact", "moment"))
-def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment):
-  maps = _maps(key, old, new, sampler)
+@functools.partial(jax.jit, static_argnames=("old", "new", "sampler", "r1", "r2", "exact", "moment", "blocks",
+                                             "shardings"))
+def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings):
+  maps = _maps(key, old, new, sampler, blocks)
   fresh = None
   if r1 > 0:
-    fresh = {name: jax.random.bernoulli(jax.random.fold_in(key, path_hash("fresh/" + name)), r1, (n,))
-             for name, n in new}
-  return _apply(tree, maps, fresh, key, exact, r2, moment)
+    fresh = {}
+    for name, n in new:
+      outer = dict(blocks).get(name)
+      fresh_key = jax.random.fold_in(key, path_hash("fresh/" + name))
+      if isinstance(outer, int):  # fixed blocks (RoPE halves): one draw per entry of a block
+        fresh[name] = jnp.tile(jax.random.bernoulli(fresh_key, r1, (n // outer,)), outer)
+      else:
+        fresh[name] = jax.random.bernoulli(fresh_key, r1, (n,))
+  return _apply(tree, maps, fresh, key, exact, r2, moment, shardings)
 
 
 def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: str = "stratified",
@@ -329,6 +456,13 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   _check_sampler(sampler)
   old = width_axes(params)
   target = _target_sizes(params, None, sizes, _direction) if _direction == "transfer" else dict(sizes)
+  all_sizes, blocks = tree_sizes(params), tree_blocks(params)
+  for name, outer in blocks.items():
+    if isinstance(outer, str) and outer not in all_sizes:
+      raise ValueError(f"axis {name!r} is in blocks per axis {outer!r}, which no leaf of this pytree has")
+    if name in old and isinstance(outer, str) and target.get(outer, all_sizes[outer]) != all_sizes[outer]:
+      target.setdefault(name, old[name])  # its blocks change: remap it at the same size
+  _check_blocks(blocks, all_sizes, target, "exact=True" if exact else _direction)
   for name, value, lo, hi in (("random_rate", random_rate, 0.0, 1.0), ("norm_rate", norm_rate, 0.0, math.inf)):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
       raise TypeError(f"{name} must be a number, got {value!r}")
@@ -344,9 +478,11 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   if check_finite:
     _check_finite(params)
   new = tuple(sorted(target.items()))
-  return _transfer_jit(params, key, old=tuple(sorted((k, old[k]) for k, _ in new)), new=new,
+  blocks = {k: v for k, v in blocks.items() if k in target}
+  need = set(target) | {v for v in blocks.values() if isinstance(v, str)}
+  return _transfer_jit(params, key, old=tuple(sorted((k, all_sizes[k]) for k in need)), new=new,
                        sampler=sampler, r1=float(random_rate), r2=float(norm_rate), exact=bool(exact),
-                       moment=moment)
+                       moment=moment, blocks=tuple(sorted(blocks.items())), shardings=_leaf_shardings(params))
 
 
 def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,
