@@ -168,17 +168,21 @@ def load_tfds_bytes(name: str, split: str, data_dir: str | None = None, max_byte
     raise RuntimeError(f"dataset {name!r} needs tensorflow-datasets and tensorflow-cpu "
                        "(pip install 'rcjax[data]'); or use --dataset markov") from e
   builder = tfds.builder(name, data_dir=data_dir)
-  if not _prepared(builder):
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+  except Exception as e:  # noqa: BLE001 - TFDS raises AssertionError or DatasetNotFoundError when not prepared
+    where = builder.data_dir
     if not download:
-      raise RuntimeError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; rerun with download "
-                         "allowed, or use --dataset markov (offline)")
+      raise RuntimeError(f"TFDS dataset {name!r} is not prepared in {where} ({type(e).__name__}); rerun with "
+                         "download allowed, or use --dataset markov (offline)") from None
     if not _reachable():
-      raise RuntimeError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and the download "
-                         "server is unreachable (offline?); use --dataset markov, or prepare it elsewhere "
-                         "and pass --data-dir")
+      raise RuntimeError(f"TFDS dataset {name!r} is not prepared in {where} and the download server is "
+                         "unreachable (offline?); use --dataset markov, or prepare it elsewhere and pass "
+                         "--data-dir") from None
     builder.download_and_prepare()
+    ds = builder.as_dataset(split=split, shuffle_files=False)
   parts, total = [], 0
-  for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
+  for ex in tfds.as_numpy(ds):
     text = ex["text"]
     b = text if isinstance(text, bytes) else str(text).encode()
     parts.append(np.frombuffer(b + b"\n", np.uint8))
@@ -187,13 +191,6 @@ def load_tfds_bytes(name: str, split: str, data_dir: str | None = None, max_byte
       break
   data = np.concatenate(parts) if parts else np.zeros((0,), np.uint8)
   return data[:max_bytes]
-
-
-def _prepared(builder) -> bool:
-  try:
-    return bool(builder.info.splits) and builder.info.splits.total_num_examples > 0
-  except Exception:  # noqa: BLE001 - metadata missing means not prepared
-    return False
 
 
 __all__ = ["DATASETS", "Markov", "TextData", "load_tfds_bytes"]

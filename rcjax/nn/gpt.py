@@ -53,8 +53,8 @@ def rope(x_BxTxHxD: jax.Array, base: float) -> jax.Array:
 
 def logit_scale(param: str, head_dim: int, base_head_dim: int) -> float:
   """Attention-logit scale: 1/sqrt(d) (sp, ntk), sqrt(d0)/d (mup), 1/d (mf)."""
-  if param == "mup":
-    return math.sqrt(base_head_dim) / head_dim
+  if param == "mup":  # written so that it is bitwise 1/sqrt(d) at d = d0
+    return 1.0 / math.sqrt(head_dim) * math.sqrt(base_head_dim / head_dim)
   if param == "mf":
     return 1.0 / head_dim
   return 1.0 / math.sqrt(head_dim)

@@ -1,0 +1,163 @@
+"""train.gpt end to end: loss toward the synthetic language's floor, exact growth mid-training under the
+sharded step, restore onto other meshes, kill-and-resume, bad input, and the TFDS path (mock data)."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+import rcjax
+from rcjax import sharding
+from rcjax.checkpoint import Checkpointer
+from train import gpt
+from train.gpt import Config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(width=32, depth=2, heads=4, seq_len=16, batch_size=8, log_every=1, progress=False, dtype="float32")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_compiles():
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
+def metrics(run_dir):
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_loss_approaches_the_entropy_floor(tmp_path):
+  # An order-1 Markov language over 8 letters: a bigram model reaches the floor.
+  out = str(tmp_path / "run")
+  cfg = Config(**{**TINY, "batch_size": 32}, steps=150, lr=1e-2, markov_order=1, markov_symbols=8, out=out)
+  summary = gpt.run(cfg)
+  recs = [r for r in metrics(out) if "loss" in r and "event" not in r]
+  floor = summary["loss_floor"]
+  assert recs[0]["loss"] > floor + 3.0  # step 1: near log(256)
+  last = np.mean([r["loss"] for r in recs[-10:]])
+  assert last < floor + 0.15, (last, floor)  # measured: floor + 0.085
+  assert {"step", "loss", "tokens", "flops", "tokens_per_s", "mfu"} <= set(recs[-1])
+  assert recs[-1]["tokens"] == 150 * 32 * 16 and recs[-1]["flops"] == pytest.approx(
+      summary["flops_per_token"] * 150 * 32 * 16)
+  assert sorted(os.listdir(out)) == ["checkpoints", "config.json", "loss.png", "metrics.jsonl"]
+  assert json.load(open(os.path.join(out, "config.json"))) == dataclasses.asdict(cfg)
+  assert Checkpointer(os.path.join(out, "checkpoints")).all_steps() == [150]
+
+
+@pytest.fixture(scope="module")
+def grown_run(tmp_path_factory):
+  """3 steps on a (2,2,2) mesh, growing 32 -> 64 after step 2 (mf, init N(1, 3), r1 = r2 = 0)."""
+  out = str(tmp_path_factory.mktemp("grow") / "run")
+  cfg = Config(**TINY, style="llama", kv_heads=2, param="mf", init="normal:1,3", lr=1e-3, steps=3,
+               grow_at=2, grow_to=64, mesh="data=2,fsdp=2,tensor=2", save_steps="1", out=out)
+  return cfg, gpt.run(cfg)
+
+
+def test_growth_mid_training_keeps_the_loss(grown_run):
+  cfg, summary = grown_run
+  grow = [r for r in metrics(cfg.out) if r.get("event") == "grow"]
+  assert len(grow) == 1 and grow[0]["step"] == 2
+  np.testing.assert_allclose(grow[0]["loss_after"], grow[0]["loss_before"], rtol=1e-6)
+  assert summary["sizes"]["embed"] == 64 and summary["sizes"]["heads"] == 8 and summary["sizes"]["kv_heads"] == 4
+  ckpt = Checkpointer(os.path.join(cfg.out, "checkpoints"))
+  assert ckpt.all_steps() == [1, 3]
+  # Params and AdamW state were grown together: step 3's state restores at the grown shapes.
+  template = ckpt.params_template(3)
+  state = jax.eval_shape(gpt.build_optimizer(cfg).init, template)
+  r = ckpt.restore(3, params=template, opt_state=state)
+  mu = r["opt_state"][1][0].mu["blocks"]["up"]
+  assert mu.shape == r["params"]["blocks"]["up"].shape == (2, 64, 192)
+  # init N(1, 3) (mf: init scale 1), barely moved by two steps of lr 1e-3
+  w = np.asarray(ckpt.restore(1)["params"]["blocks"]["up"].value)
+  assert abs(w.mean() - 1) < 0.1 and abs(w.var() - 3) < 0.3
+
+
+def test_restore_onto_other_meshes_gives_identical_params(grown_run):
+  cfg, _ = grown_run
+  ref = gpt.load_params(cfg.out, sharding.make_mesh("data=2,fsdp=2,tensor=2"))
+  assert ref["blocks"]["q"].value.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+  for mesh in (sharding.make_mesh("data=8"), sharding.make_mesh("data=1", jax.devices()[:1])):
+    other = gpt.load_params(cfg.out, mesh)
+    assert other["blocks"]["q"].value.sharding.mesh == mesh
+    chex.assert_trees_all_equal(rcjax.unbox(other), rcjax.unbox(ref))
+
+
+def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, grown_run, capsys):
+  with pytest.raises(ValueError, match="has 3 devices but there are 8"):
+    gpt.run(Config(**TINY, mesh="data=3", out=str(tmp_path / "a")))
+  with pytest.raises(ValueError, match="width 30 is not divisible by heads 4"):
+    gpt.run(Config(**{**TINY, "width": 30}, out=str(tmp_path / "a")))
+  assert not os.path.exists(tmp_path / "a")
+  cfg, _ = grown_run  # a run dir holding another architecture: nothing overwritten
+  before = {f: open(os.path.join(cfg.out, f)).read() for f in ("config.json", "metrics.jsonl")}
+  with pytest.raises(ValueError, match="holds a run with another config.*style='llama'"):
+    gpt.run(dataclasses.replace(cfg, style="gpt2"))
+  assert before == {f: open(os.path.join(cfg.out, f)).read() for f in before}
+  with pytest.raises(ValueError, match="holds another architecture: leaf"):
+    gpt.run(Config(**TINY, transfer_from=cfg.out, steps=1, out=str(tmp_path / "b")))
+  assert gpt.main(["--mesh", "data=5", "--out", str(tmp_path / "c"), "--progress", "false"]) == 2
+  assert "train.gpt: error: mesh 'data=5' has 5 devices but there are 8" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "c")
+  with pytest.raises(ValueError, match="width 36: heads would be 4.5"):
+    gpt.validate(Config(**TINY, grow_at=1, grow_to=36))
+
+
+def test_transfer_from_another_run(grown_run, tmp_path):
+  cfg, _ = grown_run  # a width-64 llama: start a width-128 run from it
+  out = str(tmp_path / "big")
+  new = dataclasses.replace(cfg, width=128, grow_at=0, grow_to=0, transfer_from=cfg.out, steps=1,
+                            mesh="data=-1", out=out)
+  summary = gpt.run(new)
+  rec = [r for r in metrics(out) if r.get("event") == "transfer"][0]
+  assert rec["from_sizes"]["embed"] == 64 and summary["sizes"]["embed"] == 128
+
+
+def test_kill_and_resume(tmp_path):
+  out = str(tmp_path / "run")
+  args = [sys.executable, "-m", "train.gpt", "--width", "32", "--seq-len", "16", "--batch-size", "8",
+          "--steps", "400", "--ckpt-every", "5", "--log-every", "5", "--dtype", "float32", "--progress",
+          "false", "--out", out]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  ckpt_dir = os.path.join(out, "checkpoints")
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+    if steps and max(steps) >= 10:
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = Checkpointer(ckpt_dir).latest_step()
+  assert killed_at is not None and 10 <= killed_at < 400
+  done = subprocess.run(args[:args.index("--steps") + 1] + [str(killed_at + 5)] + args[args.index("--steps") + 2:],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  recs = metrics(out)
+  resume = [r for r in recs if r.get("event") == "resume"]
+  assert resume == [{"event": "resume", "step": killed_at}]
+  # The resumed run is the uninterrupted run: same params at the end.
+  ref_out = str(tmp_path / "ref")
+  gpt.run(Config(**{**TINY, "log_every": 5}, steps=killed_at + 5, out=ref_out))
+  a = Checkpointer(ckpt_dir).restore(killed_at + 5)["params"]
+  b = Checkpointer(os.path.join(ref_out, "checkpoints")).restore(killed_at + 5)["params"]
+  chex.assert_trees_all_equal(rcjax.unbox(a), rcjax.unbox(b))
+
+
+def test_tfds_text_path_with_mock_data(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=8):
+    summary = gpt.run(Config(**TINY, dataset="tiny_shakespeare", steps=2, data_dir=str(tmp_path / "tfds")))
+  assert np.isfinite(summary["loss"]) and summary["loss_floor"] is None
