@@ -347,7 +347,16 @@ def run(cfg: Config) -> dict:
   flops_done = start * tokens_per_step * fpt
   for step in range(start + 1, cfg.steps + 1):
     batch = global_batch(data, step, cfg.batch_size, trainer.b_sh)
-    params, opt_state, loss = trainer.step(params, opt_state, batch)
+    try:
+      params, opt_state, loss = trainer.step(params, opt_state, batch)
+    except Exception as e:  # noqa: BLE001 - cuDNN attention may reject a shape at compile time: use XLA's
+      if t_last is not None or model.attention != "cudnn" or cfg.attention != "auto":
+        raise
+      print(f"train.gpt: cuDNN attention did not compile ({type(e).__name__}: {str(e)[:200]}); using XLA "
+            "attention", file=sys.stderr)
+      model = model.clone(attention=None)
+      trainer = Trainer(model, tx, mesh, params, opt_state)
+      params, opt_state, loss = trainer.step(params, opt_state, batch)
     flops_done += tokens_per_step * fpt
     steps_since += 1
     bar.update(1)
