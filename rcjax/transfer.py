@@ -121,7 +121,8 @@ def index_maps(key: jax.Array, old_sizes: Mapping[str, int], new_sizes: Mapping[
   for name, outer in blocks.items():
     if isinstance(outer, str):
       if outer not in old_sizes:
-        raise ValueError(f"index_maps: blocks of axis {name!r} refer to axis {outer!r}, missing from old_sizes")
+        raise ValueError(f"index_maps: blocks of axis {name!r} refer to axis {outer!r}, "
+                         "missing from old_sizes")
       old[outer] = int(old_sizes[outer])
   _check_blocks(blocks, old, new)
   return _maps_jit(key, tuple(sorted(old.items())), tuple(sorted(new.items())), sampler,
@@ -143,9 +144,10 @@ def _check_blocks(blocks: Mapping[str, str | int], old: Mapping[str, int], new: 
       if size % o:
         raise ValueError(f"axis {name!r} is laid out in blocks per {what}: its {when} size {size} must be "
                          f"a multiple of {o}")
-    if direction in ("grow", "exact=True") and new[name] // o_new < old[name] // o_old:
-      raise ValueError(f"{direction} would shrink the blocks of axis {name!r} per {what} from {old[name] // o_old} "
-                       f"to {new[name] // o_new} entries; grow {name!r} to {old[name] // o_old * o_new} too")
+    i_old, i_new = old[name] // o_old, new[name] // o_new
+    if direction in ("grow", "exact=True") and i_new < i_old:
+      raise ValueError(f"{direction} would shrink the blocks of axis {name!r} per {what} from {i_old} to "
+                       f"{i_new} entries; grow {name!r} to {i_old * o_new} too")
 
 
 def tree_blocks(tree: Any) -> dict[str, str | int]:
@@ -205,8 +207,10 @@ def _leaf_shardings(tree: Any) -> tuple:
   """Static `((path, NamedSharding), ...)` of RC leaves sharded over a multi-device Auto mesh."""
   out = []
   for path, box in leaves_with_paths(tree):
-    sh = getattr(box.value, "sharding", None) if isinstance(box.value, jax.Array) else None
-    if (isinstance(sh, NamedSharding) and sh.mesh.size > 1 and not isinstance(box.value, jax.core.Tracer)
+    if isinstance(box.value, jax.core.Tracer) or not isinstance(box.value, jax.Array):
+      continue
+    sh = box.value.sharding
+    if (isinstance(sh, NamedSharding) and sh.mesh.size > 1
         and all(t == AxisType.Auto for t in getattr(sh.mesh, "axis_types", ()))):
       out.append((path, sh))
   return tuple(out)
@@ -413,8 +417,8 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
   return target
 
 
-@functools.partial(jax.jit, static_argnames=("old", "new", "sampler", "r1", "r2", "exact", "moment", "blocks",
-                                             "shardings"))
+@functools.partial(jax.jit, static_argnames=("old", "new", "sampler", "r1", "r2", "exact", "moment",
+                                             "blocks", "shardings"))
 def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings):
   maps = _maps(key, old, new, sampler, blocks)
   fresh = None
@@ -482,7 +486,8 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   need = set(target) | {v for v in blocks.values() if isinstance(v, str)}
   return _transfer_jit(params, key, old=tuple(sorted((k, all_sizes[k]) for k in need)), new=new,
                        sampler=sampler, r1=float(random_rate), r2=float(norm_rate), exact=bool(exact),
-                       moment=moment, blocks=tuple(sorted(blocks.items())), shardings=_leaf_shardings(params))
+                       moment=moment, blocks=tuple(sorted(blocks.items())),
+                       shardings=_leaf_shardings(params))
 
 
 def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,

@@ -362,7 +362,7 @@ def run(cfg: Config) -> dict:
     bar.update(1)
     if t_last is None:  # the first step compiles: time from its end
       loss.block_until_ready()
-      t_last, steps_since = time.perf_counter(), 0
+      t_last, steps_since, paused = time.perf_counter(), 0, 0.0
     if step % cfg.log_every == 0 or step == cfg.steps:
       loss_v = float(loss)
       now = time.perf_counter()
@@ -375,6 +375,11 @@ def run(cfg: Config) -> dict:
       t_last, steps_since, paused = now, 0, 0.0
       log(rec)
       bar.set_postfix(loss=f"{loss_v:.3f}")
+    if cfg.grow_at and step == cfg.grow_at and rcjax.sizes(params)["embed"] != cfg.grow_to:
+      params, opt_state, trainer, rec = _grow(cfg, params, opt_state, model, tx, mesh, data, step)
+      fpt = flops_per_token(params, cfg.seq_len)
+      log(rec)  # (before saving: the checkpoint of this step holds the grown state)
+      t_last = None
     do_eval = cfg.eval_every and step % cfg.eval_every == 0
     do_save = ckpt and (step in save_steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0))
     if do_eval or do_save:
@@ -386,11 +391,6 @@ def run(cfg: Config) -> dict:
         ckpt.save(step, params=params, opt_state=opt_state, config=dataclasses.asdict(cfg),
                   extra={"tokens": step * tokens_per_step, "sizes": rcjax.sizes(params)})
       paused += time.perf_counter() - t0
-    if cfg.grow_at and step == cfg.grow_at and rcjax.sizes(params)["embed"] != cfg.grow_to:
-      params, opt_state, trainer, rec = _grow(cfg, params, opt_state, model, tx, mesh, data, step)
-      fpt = flops_per_token(params, cfg.seq_len)
-      log(rec)
-      t_last = None
   bar.close()
   if ckpt:
     ckpt.wait()
