@@ -37,57 +37,14 @@ def metrics(run_dir):
     return [json.loads(line) for line in f]
 
 
-@pytest.fixture(scope="module")
-def grown_run(tmp_path_factory):
-  """3 steps on a (2,2,2) mesh, growing 32 -> 64 after step 2 (mf, init N(1, 3), r1 = r2 = 0)."""
-  out = str(tmp_path_factory.mktemp("grow") / "run")
-  cfg = Config(**TINY, style="llama", kv_heads=2, param="mf", init="normal:1,3", lr=1e-3, steps=3,
-               grow_at=2, grow_to=64, mesh="data=2,fsdp=2,tensor=2", out=out)
-  return cfg, gpt.run(cfg)
-
-
-def test_growth_mid_training_keeps_the_loss(grown_run):
-  cfg, summary = grown_run
-  grow = [r for r in metrics(cfg.out) if r.get("event") == "grow"]
-  assert len(grow) == 1 and grow[0]["step"] == 2
-  np.testing.assert_allclose(grow[0]["loss_after"], grow[0]["loss_before"], rtol=1e-6)
-  assert summary["sizes"]["embed"] == 64 and summary["sizes"]["heads"] == 8 and summary["sizes"]["kv_heads"] == 4
-  ckpt = Checkpointer(os.path.join(cfg.out, "checkpoints"))
-  assert ckpt.all_steps() == [3]
-  # Params and AdamW state were grown together: step 3's state restores at the grown shapes.
-  template = ckpt.params_template(3)
-  state = jax.eval_shape(gpt.build_optimizer(cfg).init, template)
-  r = ckpt.restore(3, params=template, opt_state=state)
-  mu = r["opt_state"][1][0].mu["blocks"]["up"]
-  assert mu.shape == r["params"]["blocks"]["up"].shape == (2, 64, 192)
-  # init N(1, 3) (mf: init scale 1; duplication keeps the entries), barely moved by 3 steps of lr 1e-3
-  w = np.asarray(r["params"]["blocks"]["up"].value)
-  assert abs(w.mean() - 1) < 0.1 and abs(w.var() - 3) < 0.3
-
-
-def test_restore_onto_other_meshes_gives_identical_params(grown_run):
-  cfg, _ = grown_run
-  ref = gpt.load_params(cfg.out, sharding.make_mesh("data=2,fsdp=2,tensor=2"))
-  assert ref["blocks"]["q"].value.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
-  for mesh in (sharding.make_mesh("data=8"), sharding.make_mesh("data=1", jax.devices()[:1])):
-    other = gpt.load_params(cfg.out, mesh)
-    assert other["blocks"]["q"].value.sharding.mesh == mesh
-    chex.assert_trees_all_equal(rcjax.unbox(other), rcjax.unbox(ref))
-
-
-def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, grown_run, capsys):
+def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
   with pytest.raises(ValueError, match="has 3 devices but there are 8"):
     gpt.run(Config(**TINY, mesh="data=3", out=str(tmp_path / "a")))
   with pytest.raises(ValueError, match="width 30 is not divisible by heads 4"):
     gpt.run(Config(**{**TINY, "width": 30}, out=str(tmp_path / "a")))
+  with pytest.raises(ValueError, match=r"batch_size 12 must be divisible by data\*fsdp = 8"):
+    gpt.validate(Config(**{**TINY, "batch_size": 12}, mesh="fsdp=4,data=2"))
   assert not os.path.exists(tmp_path / "a")
-  cfg, _ = grown_run  # a run dir holding another architecture: nothing overwritten
-  before = {f: open(os.path.join(cfg.out, f)).read() for f in ("config.json", "metrics.jsonl")}
-  with pytest.raises(ValueError, match="holds a run with another config.*style='llama'"):
-    gpt.run(dataclasses.replace(cfg, style="gpt2"))
-  assert before == {f: open(os.path.join(cfg.out, f)).read() for f in before}
-  with pytest.raises(ValueError, match="holds another architecture: leaf"):
-    gpt.run(Config(**TINY, transfer_from=cfg.out, steps=1, out=str(tmp_path / "b")))
   assert gpt.main(["--mesh", "data=5", "--out", str(tmp_path / "c"), "--progress", "false"]) == 2
   assert "train.gpt: error: mesh 'data=5' has 5 devices but there are 8" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "c")
@@ -95,13 +52,50 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, grown_run, caps
     gpt.validate(Config(**TINY, grow_at=1, grow_to=36))
 
 
-def test_transfer_from_another_run(grown_run, tmp_path):
-  cfg, _ = grown_run  # a width-64 llama: start a width-128 run from it
-  out = str(tmp_path / "big")
-  new = dataclasses.replace(cfg, width=128, grow_at=0, grow_to=0, transfer_from=cfg.out, steps=1,
-                            mesh="data=-1", out=out)
-  summary = gpt.run(new)
-  rec = [r for r in metrics(out) if r.get("event") == "transfer"][0]
+def test_grow_mid_training_restore_elsewhere_and_transfer(tmp_path):
+  """One run (a fixture would run once per xdist worker): 3 steps on a (2,2,2) mesh, growing 32 -> 64
+  after step 2 (mean-field Llama, init N(1, 3), r1 = r2 = 0); then its checkpoint on other meshes, a
+  transfer to width 128, and runs that must refuse its run directory."""
+  out = str(tmp_path / "run")
+  cfg = Config(**TINY, style="llama", kv_heads=2, param="mf", init="normal:1,3", lr=1e-3, steps=3,
+               grow_at=2, grow_to=64, mesh="data=2,fsdp=2,tensor=2", out=out)
+  summary = gpt.run(cfg)
+  grow = [r for r in metrics(out) if r.get("event") == "grow"]
+  assert len(grow) == 1 and grow[0]["step"] == 2
+  np.testing.assert_allclose(grow[0]["loss_after"], grow[0]["loss_before"], rtol=1e-6)
+  assert summary["sizes"]["embed"] == 64 and summary["sizes"]["heads"] == 8 and summary["sizes"]["kv_heads"] == 4
+  ckpt = Checkpointer(os.path.join(out, "checkpoints"))
+  assert ckpt.all_steps() == [3]
+  # Params and AdamW state were grown together: step 3's state restores at the grown shapes.
+  template = ckpt.params_template(3)
+  r = ckpt.restore(3, params=template, opt_state=jax.eval_shape(gpt.build_optimizer(cfg).init, template))
+  assert r["opt_state"][1][0].mu["blocks"]["up"].shape == r["params"]["blocks"]["up"].shape == (2, 64, 192)
+  # init N(1, 3) (mf: init scale 1; duplication keeps the entries), barely moved by 3 steps of lr 1e-3
+  w = np.asarray(r["params"]["blocks"]["up"].value)
+  assert abs(w.mean() - 1) < 0.1 and abs(w.var() - 3) < 0.3
+
+  # The (2,2,2) checkpoint restores onto (8,1,1) and onto one device with identical params.
+  ref = gpt.load_params(out, sharding.make_mesh("data=2,fsdp=2,tensor=2"))
+  assert ref["blocks"]["q"].value.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+  for mesh in (sharding.make_mesh("data=8"), sharding.make_mesh("data=1", jax.devices()[:1])):
+    other = gpt.load_params(out, mesh)
+    assert other["blocks"]["q"].value.sharding.mesh == mesh
+    chex.assert_trees_all_equal(rcjax.unbox(other), rcjax.unbox(ref))
+
+  # Another config in this run directory, or another architecture to transfer from: errors, nothing written.
+  before = {f: open(os.path.join(out, f)).read() for f in ("config.json", "metrics.jsonl")}
+  with pytest.raises(ValueError, match="holds a run with another config.*style='llama'"):
+    gpt.run(dataclasses.replace(cfg, style="gpt2"))
+  assert before == {f: open(os.path.join(out, f)).read() for f in before}
+  with pytest.raises(ValueError, match="holds another architecture: leaf"):
+    gpt.run(Config(**TINY, transfer_from=out, steps=1, out=str(tmp_path / "b")))
+  assert not os.path.exists(tmp_path / "b")
+
+  # --transfer-from: a width-128 run starting from this width-64 one.
+  big = str(tmp_path / "big")
+  summary = gpt.run(dataclasses.replace(cfg, width=128, grow_at=0, grow_to=0, transfer_from=out, steps=1,
+                                        mesh="data=-1", out=big))
+  rec = [r for r in metrics(big) if r.get("event") == "transfer"][0]
   assert rec["from_sizes"]["embed"] == 64 and summary["sizes"]["embed"] == 128
 
 

@@ -250,7 +250,20 @@ def load_params(run_dir: str, mesh, step: int | None = None) -> Any:
   return ckpt.restore(step, params=target)["params"]
 
 
-def _initial_state(cfg, model, tx, mesh, data, ckpt, log):
+def _preflight(cfg: Config, model) -> None:
+  """Check the checkpoint this run would resume from, or transfer from, against this architecture."""
+  abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, cfg.seq_len), jnp.int32))["params"],
+                            jax.random.key(0))
+  own = os.path.join(cfg.out, "checkpoints") if cfg.out else None
+  if own and os.path.isdir(own) and Checkpointer(own, read_only=True).latest_step() is not None:
+    ckpt = Checkpointer(own, read_only=True)
+    _check_arch(ckpt.params_template(ckpt.latest_step()), abstract, own)
+  elif cfg.transfer_from:
+    _check_arch(Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"), read_only=True).params_template(),
+                abstract, cfg.transfer_from)
+
+
+def _initial_state(cfg, model, tx, mesh, ckpt, log):
   key = jax.random.key(cfg.seed)
   x = jnp.zeros((1, cfg.seq_len), jnp.int32)
   init_fn = lambda k: model.init(k, x)["params"]
@@ -322,12 +335,15 @@ def run(cfg: Config) -> dict:
   data = TextData(cfg.dataset, cfg.seq_len, cfg.seed, data_dir=cfg.data_dir or None,
                   markov=dict(order=cfg.markov_order, symbols=cfg.markov_symbols, alpha=cfg.markov_alpha))
   model, tx = build_model(cfg), build_optimizer(cfg)
+  _preflight(cfg, model)  # reads checkpoint metadata only: a bad source fails before anything is written
   ckpt = Checkpointer(os.path.join(cfg.out, "checkpoints"), max_to_keep=cfg.keep or None) if cfg.out else None
   metrics_file = None
   if cfg.out and main:
     os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, "config.json"), "w") as f:
+    tmp = os.path.join(cfg.out, f".config.json.{os.getpid()}")
+    with open(tmp, "w") as f:
       json.dump(dataclasses.asdict(cfg), f, indent=1)
+    os.replace(tmp, os.path.join(cfg.out, "config.json"))  # atomic: other processes read it
     metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
 
   def log(rec):
@@ -335,13 +351,14 @@ def run(cfg: Config) -> dict:
       metrics_file.write(json.dumps(rec) + "\n")
       metrics_file.flush()
 
-  params, opt_state, start = _initial_state(cfg, model, tx, mesh, data, ckpt, log)
+  params, opt_state, start = _initial_state(cfg, model, tx, mesh, ckpt, log)
   trainer = Trainer(model, tx, mesh, params, opt_state)
   save_steps = {int(s) for s in filter(None, cfg.save_steps.split(","))} | {cfg.steps}
   peak, n_dev = peak_flops(cfg), jax.device_count()
   fpt = flops_per_token(params, cfg.seq_len)
   tokens_per_step = cfg.batch_size * cfg.seq_len
-  eval_batches = [global_batch(data, i, cfg.batch_size, trainer.b_sh, eval=True) for i in range(cfg.eval_batches)]
+  eval_batches = [global_batch(data, i, cfg.batch_size, trainer.b_sh, eval=True)
+                  for i in range(cfg.eval_batches if cfg.eval_every else 0)]
   bar = tqdm(total=cfg.steps, initial=start, disable=not (main and cfg.progress), desc="train.gpt")
   speeds, t_last, steps_since, paused, loss = [], None, 0, 0.0, None
   flops_done = start * tokens_per_step * fpt
