@@ -34,8 +34,15 @@ def lm_loss_curve(records, floor=None):
   vertical lines, the data's loss floor (entropy rate of the synthetic language) as a dashed line."""
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6, 3.5))
-  train = [(r["step"], r["loss"]) for r in records if "loss" in r and "event" not in r]
-  evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+  train, evals = [], []
+  for r in records:
+    if r.get("event") == "resume":  # a restarted run redoes the steps after its checkpoint
+      train = [p for p in train if p[0] <= r["step"]]
+      evals = [p for p in evals if p[0] <= r["step"]]
+    elif "loss" in r and "event" not in r:
+      train.append((r["step"], r["loss"]))
+    elif "eval_loss" in r:
+      evals.append((r["step"], r["eval_loss"]))
   for pts, label in ((train, "train"), (evals, "eval")):
     if pts:
       ax.plot(*zip(*pts), label=label, marker="." if len(pts) < 30 else None)

@@ -344,7 +344,7 @@ def run(cfg: Config) -> dict:
     with open(tmp, "w") as f:
       json.dump(dataclasses.asdict(cfg), f, indent=1)
     os.replace(tmp, os.path.join(cfg.out, "config.json"))  # atomic: other processes read it
-    metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
+    metrics_file = _open_metrics(os.path.join(cfg.out, "metrics.jsonl"))
 
   def log(rec):
     if metrics_file:
@@ -443,6 +443,16 @@ def _grow(cfg, params, opt_state, model, tx, mesh, data, step):
   after = float(trainer.loss(params, fixed))
   return params, opt_state, trainer, {"event": "grow", "step": step, "loss_before": before, "loss_after": after,
                                       "sizes": rcjax.sizes(params)}
+
+
+def _open_metrics(path: str):
+  """Open metrics.jsonl for appending, dropping a partial last line left by a killed run."""
+  if os.path.exists(path):
+    with open(path, "rb+") as f:
+      data = f.read()
+      if data and not data.endswith(b"\n"):
+        f.truncate(data.rfind(b"\n") + 1)
+  return open(path, "a")
 
 
 def _plot(out: str, floor: float | None) -> None:
