@@ -250,8 +250,16 @@ def load_params(run_dir: str, mesh, step: int | None = None) -> Any:
   return ckpt.restore(step, params=target)["params"]
 
 
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def _preflight(cfg: Config, model) -> None:
-  """Check the checkpoint this run would resume from, or transfer from, against this architecture."""
+  """Check the checkpoint this run would resume from, or transfer from, against this architecture.
+  Between two barriers, so every process sees the same files (orbax's managers synchronise processes)."""
+  _sync("train.gpt:preflight")
   abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, cfg.seq_len), jnp.int32))["params"],
                             jax.random.key(0))
   own = os.path.join(cfg.out, "checkpoints") if cfg.out else None
@@ -261,6 +269,7 @@ def _preflight(cfg: Config, model) -> None:
   elif cfg.transfer_from:
     _check_arch(Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"), read_only=True).params_template(),
                 abstract, cfg.transfer_from)
+  _sync("train.gpt:preflight done")
 
 
 def _initial_state(cfg, model, tx, mesh, ckpt, log):
