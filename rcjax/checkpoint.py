@@ -19,7 +19,7 @@ from rcjax.rc import RC, is_rc, leaves_with_paths, unbox
 
 
 def leaf_metadata(params: Any) -> dict[str, dict]:
-  """`{path: {keys, shape, dtype, axes, fan_in, base, param, init, blocks}}` for every RC leaf (JSON-serialisable);
+  """`{path: {keys, shape, dtype, axes, fan_in, base, param, init, blocks}}` for every RC leaf (JSON);
   `keys` is the list of dict keys leading to the leaf (None if the path is not all dict keys)."""
   out = {}
   for p, b in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_rc)[0]:

@@ -20,9 +20,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from rcjax.rc import is_rc
+from rcjax.rc import is_rc, leaves_with_paths
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # Logical axis -> mesh axes. Batch over data and fsdp; weights fully sharded over fsdp (embed) and
@@ -148,20 +148,67 @@ def shard(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Sequence[str]]] = RU
                       else jax.device_put(x, s), tree, sh, is_leaf=is_rc)
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Sequence[tuple[str, Sequence[str]]] = RULES) -> NamedSharding:
+def batch_sharding(mesh: Mesh, ndim: int = 2,
+                   rules: Sequence[tuple[str, Sequence[str]]] = RULES) -> NamedSharding:
   """Sharding of a batch `[B, ...]`: B over the mesh axes of the 'batch' rule."""
   axes = tuple(a for a in dict(rules).get("batch", ()) if a in mesh.shape)
   return NamedSharding(mesh, P(axes if axes else None, *([None] * (ndim - 1))))
 
 
-def per_device_bytes(tree: Any) -> int:
-  """Largest number of bytes any one device holds of `tree`'s arrays (for memory checks)."""
-  per: dict[Any, int] = {}
-  for x in jax.tree.leaves(tree):
-    for s in getattr(x, "addressable_shards", ()):
-      per[s.device] = per.get(s.device, 0) + s.data.size * s.data.dtype.itemsize
-  return max(per.values(), default=0)
+# --- gathers that keep every device at one shard (used by rcjax.transfer) ------------------------
+# XLA partitions a gather along a sharded dimension by materialising that dimension whole on every
+# device (for a matrix sharded only there: the whole leaf). Instead, before gathering along a sharded
+# dimension, its mesh axes move onto another dimension that they divide (an all-to-all: per-device memory
+# stays one shard), the gather runs locally, and at the end the leaf gets its input spec back at the new
+# shape, minus mesh axes that no longer divide a dimension. Only leaves with a single dimension have
+# nowhere to move their mesh axes; they are gathered along it (O(N) values).
+
+def leaf_shardings(tree: Any) -> tuple:
+  """Static `((path, NamedSharding), ...)` of the RC leaves sharded over a multi-device Auto mesh."""
+  out = []
+  for path, box in leaves_with_paths(tree):
+    if isinstance(box.value, jax.core.Tracer) or not isinstance(box.value, jax.Array):
+      continue
+    sh = box.value.sharding
+    if (isinstance(sh, NamedSharding) and sh.mesh.size > 1
+        and all(t == AxisType.Auto for t in getattr(sh.mesh, "axis_types", ()))):
+      out.append((path, sh))
+  return tuple(out)
 
 
-__all__ = ["MESH_AXES", "RULES", "abstract", "batch_sharding", "init", "logical_spec", "make_mesh",
-           "parse_mesh", "per_device_bytes", "shard", "shardings"]
+def spec_tuple(sh: NamedSharding, ndim: int) -> tuple[tuple[str, ...], ...]:
+  """A sharding's spec as one tuple of mesh axis names per dimension."""
+  spec = tuple(sh.spec) + (None,) * (ndim - len(sh.spec))
+  return tuple(() if s is None else (s,) if isinstance(s, str) else tuple(s) for s in spec)
+
+
+def _size(mesh: Mesh, axes: Sequence[str]) -> int:
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def fit_spec(spec: tuple, shape: Sequence[int], mesh: Mesh) -> tuple:
+  """`spec` without the mesh axes of dimensions they do not divide."""
+  return tuple(s if shape[d] % _size(mesh, s) == 0 else () for d, s in enumerate(spec))
+
+
+def move_off(spec: tuple, shape: Sequence[int], d: int, mesh: Mesh, avoid=()) -> tuple | None:
+  """`spec` with the mesh axes of dim `d` moved onto another dim that they divide (preferring dims not in
+  `avoid`, then the largest per-device extent), or None if no dim can take them."""
+  need = _size(mesh, spec[d])
+  cands = [e for e in range(len(shape)) if e != d and shape[e] % (_size(mesh, spec[e]) * need) == 0]
+  if not cands:
+    return None
+  e = max(cands, key=lambda e: (e not in avoid, shape[e] // _size(mesh, spec[e])))
+  spec = list(spec)
+  spec[e], spec[d] = spec[e] + spec[d], ()
+  return tuple(spec)
+
+
+def constrain(x: jax.Array, mesh: Mesh, spec: tuple) -> jax.Array:
+  """`with_sharding_constraint` to a spec given as tuples of mesh axes per dimension."""
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*[s or None for s in spec])))
+
+
+__all__ = ["MESH_AXES", "RULES", "abstract", "batch_sharding", "constrain", "fit_spec", "init",
+           "leaf_shardings", "logical_spec", "make_mesh", "move_off", "parse_mesh", "shard",
+           "shardings", "spec_tuple"]

@@ -28,9 +28,10 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from rcjax import parametrization as pz
+from rcjax.sharding import constrain, fit_spec, leaf_shardings, move_off, spec_tuple
 from rcjax.rc import RC, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
 
 SAMPLERS = ("stratified", "iid", "stride")
@@ -195,69 +196,24 @@ def _broadcast(vec: jax.Array, d: int, ndim: int) -> jax.Array:
   return vec.reshape((-1,) + (1,) * (ndim - d - 1))
 
 
-# --- sharded leaves ------------------------------------------------------------------------------
-# XLA partitions a gather along a sharded dimension by materialising that dimension whole on every
-# device (for a matrix sharded only there: the whole leaf). Instead, before gathering a sharded
-# dimension, its mesh axes move to another dimension that can hold them (an all-to-all: per-device
-# memory stays one shard), the gather runs locally, and at the end every leaf gets its input spec back at
-# the new shape (mesh axes that no longer divide a dimension are dropped). Only leaves with a single
-# dimension have nowhere to move their mesh axes; they are gathered along it (O(N) values).
-
-def _leaf_shardings(tree: Any) -> tuple:
-  """Static `((path, NamedSharding), ...)` of RC leaves sharded over a multi-device Auto mesh."""
-  out = []
-  for path, box in leaves_with_paths(tree):
-    if isinstance(box.value, jax.core.Tracer) or not isinstance(box.value, jax.Array):
-      continue
-    sh = box.value.sharding
-    if (isinstance(sh, NamedSharding) and sh.mesh.size > 1
-        and all(t == AxisType.Auto for t in getattr(sh.mesh, "axis_types", ()))):
-      out.append((path, sh))
-  return tuple(out)
-
-
-def _spec(sh: NamedSharding, ndim: int) -> tuple[tuple[str, ...], ...]:
-  spec = tuple(sh.spec) + (None,) * (ndim - len(sh.spec))
-  return tuple(() if s is None else (s,) if isinstance(s, str) else tuple(s) for s in spec)
-
-
-def _fit(spec, shape, mesh) -> tuple:
-  return tuple(s if shape[d] % math.prod(mesh.shape[a] for a in s) == 0 else () for d, s in enumerate(spec))
-
-
-def _move_off(spec, shape, d: int, mesh, avoid) -> tuple | None:
-  """`spec` with the mesh axes of dim `d` moved onto another dim that they divide (None if none does)."""
-  size = lambda axes: math.prod(mesh.shape[a] for a in axes)
-  cands = [e for e in range(len(shape)) if e != d and shape[e] % (size(spec[e]) * size(spec[d])) == 0]
-  if not cands:
-    return None
-  e = max(cands, key=lambda e: (e not in avoid, shape[e] // size(spec[e])))
-  spec = list(spec)
-  spec[e], spec[d] = spec[e] + spec[d], ()
-  return tuple(spec)
-
-
-def _constrain(x: jax.Array, sh: NamedSharding, spec) -> jax.Array:
-  return jax.lax.with_sharding_constraint(x, NamedSharding(sh.mesh, P(*[s or None for s in spec])))
-
-
 def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float,
               sharding: NamedSharding | None = None):
   mapped = [d for d in box.width_dims if box.axes[d] in maps]
   if not mapped:
     return box
   x, old_shape = box.value, box.shape
-  spec0 = spec = None if sharding is None else _spec(sharding, len(old_shape))
+  # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
+  spec0 = spec = None if sharding is None else spec_tuple(sharding, len(old_shape))
   for i, d in enumerate(mapped):
     if spec is not None and spec[d]:
-      moved = _move_off(spec, x.shape, d, sharding.mesh, avoid=set(mapped[i + 1:]))
+      moved = move_off(spec, x.shape, d, sharding.mesh, avoid=set(mapped[i + 1:]))
       if moved is not None:
         spec = moved
-        x = _constrain(x, sharding, spec)
+        x = constrain(x, sharding.mesh, spec)
     x = jnp.take(x, maps[box.axes[d]], axis=d, unique_indices=False, indices_are_sorted=True)
     if spec is not None:  # pin the gather's output, so XLA does not pick another layout for it
-      spec = _fit(spec, x.shape, sharding.mesh)
-      x = _constrain(x, sharding, spec)
+      spec = fit_spec(spec, x.shape, sharding.mesh)
+      x = constrain(x, sharding.mesh, spec)
   new_shape = x.shape
   ndim = len(new_shape)
 
@@ -305,7 +261,7 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
       draw = jnp.mean(x.astype(jnp.float32)).astype(x.dtype)
     x = jnp.where(mask, draw, x)
   if sharding is not None:
-    x = _constrain(x, sharding, _fit(spec0, new_shape, sharding.mesh))
+    x = constrain(x, sharding.mesh, fit_spec(spec0, new_shape, sharding.mesh))
   return box.replace(value=x)
 
 
@@ -353,7 +309,7 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
   maps = {k: jnp.asarray(v) for k, v in maps.items() if k in width_axes(tree)}
   if moment not in (None, 0, 1, 2):
     raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
-  return _apply_maps_jit(tree, maps, exact=exact, moment=moment, shardings=_leaf_shardings(tree))
+  return _apply_maps_jit(tree, maps, exact=exact, moment=moment, shardings=leaf_shardings(tree))
 
 
 # --- grow / shrink / transfer -------------------------------------------------------------------
@@ -487,7 +443,7 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   return _transfer_jit(params, key, old=tuple(sorted((k, all_sizes[k]) for k in need)), new=new,
                        sampler=sampler, r1=float(random_rate), r2=float(norm_rate), exact=bool(exact),
                        moment=moment, blocks=tuple(sorted(blocks.items())),
-                       shardings=_leaf_shardings(params))
+                       shardings=leaf_shardings(params))
 
 
 def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,

@@ -63,7 +63,7 @@ def test_grow_mid_training_restore_elsewhere_and_transfer(tmp_path):
   grow = [r for r in metrics(out) if r.get("event") == "grow"]
   assert len(grow) == 1 and grow[0]["step"] == 2
   np.testing.assert_allclose(grow[0]["loss_after"], grow[0]["loss_before"], rtol=1e-6)
-  assert summary["sizes"]["embed"] == 64 and summary["sizes"]["heads"] == 8 and summary["sizes"]["kv_heads"] == 4
+  assert {k: summary["sizes"][k] for k in ("embed", "heads", "kv_heads")} == {"embed": 64, "heads": 8, "kv_heads": 4}
   ckpt = Checkpointer(os.path.join(out, "checkpoints"))
   assert ckpt.all_steps() == [3]
   # Params and AdamW state were grown together: step 3's state restores at the grown shapes.
@@ -125,7 +125,8 @@ def test_kill_resume_and_loss_floor(tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   recs = metrics(out)
   assert [r for r in recs if r.get("event") == "resume"] == [{"event": "resume", "step": killed_at}]
-  second = [r for r in recs[recs.index({"event": "resume", "step": killed_at}):] if "loss" in r and "event" not in r]
+  after = recs[recs.index({"event": "resume", "step": killed_at}):]
+  second = [r for r in after if "loss" in r and "event" not in r]
   assert second[0]["step"] == killed_at + 1 and second[-1]["step"] == 150
   again = {r["step"]: r["loss"] for r in second if r["step"] in first}
   assert len(again) >= 1 and again == {s: first[s] for s in again}  # bitwise the same losses

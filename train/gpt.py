@@ -215,8 +215,9 @@ def _check_run_dir(cfg: Config) -> None:
     old = json.load(f)
   diff = [k for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE and old.get(k) != v]
   if diff:
-    raise ValueError(f"{cfg.out} holds a run with another config ({', '.join(f'{k}={old.get(k)!r}' for k in diff[:4])}"
-                     f" vs {', '.join(f'{k}={getattr(cfg, k)!r}' for k in diff[:4])}); use a new --out")
+    theirs = ", ".join(f"{k}={old.get(k)!r}" for k in diff[:4])
+    ours = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in diff[:4])
+    raise ValueError(f"{cfg.out} holds a run with another config ({theirs} vs {ours}); use a new --out")
 
 
 def _check_arch(template: Any, abstract: Any, where: str) -> dict:
@@ -320,7 +321,8 @@ def validate(cfg: Config) -> None:
   mesh = sharding.parse_mesh(cfg.mesh)
   shards = mesh["data"] * mesh["fsdp"]
   if cfg.batch_size % shards:
-    raise ValueError(f"batch_size {cfg.batch_size} must be divisible by data*fsdp = {shards} of mesh {cfg.mesh}")
+    raise ValueError(f"batch_size {cfg.batch_size} must be divisible by data*fsdp = {shards} "
+                     f"of mesh {cfg.mesh}")
   if cfg.base_width:
     scaled_sizes(cfg, cfg.base_width)
   if cfg.grow_at:

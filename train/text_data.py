@@ -85,10 +85,12 @@ class Markov:
            else self.entropy_rate for t in range(1, length + 1)]
     return np.asarray(out)
 
-  def sample(self, rng: np.random.Generator | Sequence[np.random.Generator], rows: int, length: int) -> np.ndarray:
+  def sample(self, rng: np.random.Generator | Sequence[np.random.Generator], rows: int,
+             length: int) -> np.ndarray:
     """`uint8[rows, length]` letters (as bytes); `rng` may be one generator per row."""
     rngs = list(rng) if isinstance(rng, (list, tuple)) else None
-    u = np.stack([r.random(length + self.order) for r in rngs]) if rngs else rng.random((rows, length + self.order))
+    n = length + self.order
+    u = np.stack([r.random(n) for r in rngs]) if rngs else rng.random((rows, n))
     state = np.searchsorted(np.cumsum(self.pi), u[:, 0] * (1 - 1e-12))  # a stationary start
     state = np.minimum(state, self.n_states - 1)
     out = np.empty((rows, length), np.int64)
@@ -148,7 +150,9 @@ class TextData:
       return self.lang.sample(rngs, len(rngs), n).astype(np.int32)
     corpus = self.eval_corpus if eval else self.corpus
     starts = [int(g.integers(0, len(corpus) - n + 1)) for g in rngs]
-    return np.stack([corpus[s:s + n] for s in starts]).astype(np.int32) if starts else np.zeros((0, n), np.int32)
+    if not starts:
+      return np.zeros((0, n), np.int32)
+    return np.stack([corpus[s:s + n] for s in starts]).astype(np.int32)
 
 
 def _reachable(host: str = "storage.googleapis.com", port: int = 443, timeout: float = 3.0) -> bool:

@@ -124,8 +124,8 @@ class Block(nn.Module):
       a_BxTxF = jax.nn.silu(gate) * up
     else:
       a_BxTxF = jax.nn.gelu(up)
-    y = self.add_bias(_mm(a_BxTxF, self.rc("down", ("mlp", "embed"), (0,), self.kernel_init), "btf,fe->bte", dt),
-                      "down_bias", ("embed",))
+    down = self.rc("down", ("mlp", "embed"), (0,), self.kernel_init)
+    y = self.add_bias(_mm(a_BxTxF, down, "btf,fe->bte", dt), "down_bias", ("embed",))
     return x_BxTxE + y.astype(x_BxTxE.dtype), None
 
 
