@@ -19,7 +19,7 @@ from rcjax.rc import RC, is_rc, leaves_with_paths, unbox
 
 
 def leaf_metadata(params: Any) -> dict[str, dict]:
-  """`{path: {keys, shape, dtype, axes, fan_in, base, param, init}}` for every RC leaf (JSON-serialisable);
+  """`{path: {keys, shape, dtype, axes, fan_in, base, param, init, blocks}}` for every RC leaf (JSON);
   `keys` is the list of dict keys leading to the leaf (None if the path is not all dict keys)."""
   out = {}
   for p, b in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_rc)[0]:
@@ -29,7 +29,8 @@ def leaf_metadata(params: Any) -> dict[str, dict]:
     out[jax.tree_util.keystr(p)] = {
         "keys": keys if all(isinstance(k, str) for k in keys) else None,
         "shape": list(b.shape), "dtype": str(b.value.dtype), "axes": list(b.axes),
-        "fan_in": list(b.fan_in), "base": list(b.base), "param": b.param, "init": b.init}
+        "fan_in": list(b.fan_in), "base": list(b.base), "param": b.param, "init": b.init,
+        "blocks": [list(x) for x in b.blocks]}
   return out
 
 
@@ -43,7 +44,8 @@ def _template(leaves: dict[str, dict], where: str) -> dict:
     for k in m["keys"][:-1]:
       node = node.setdefault(k, {})
     node[m["keys"][-1]] = RC(jax.ShapeDtypeStruct(tuple(m["shape"]), m["dtype"]), axes=tuple(m["axes"]),
-                             fan_in=tuple(m["fan_in"]), base=tuple(m["base"]), param=m["param"], init=m["init"])
+                             fan_in=tuple(m["fan_in"]), base=tuple(m["base"]), param=m["param"], init=m["init"],
+                             blocks=tuple(tuple(x) for x in m.get("blocks", ())))
   return tree
 
 
@@ -98,6 +100,12 @@ class Checkpointer:
     """The JSON saved with a step: `step`, `config`, `extra`, `leaves` (RC metadata and shapes)."""
     step = self._resolve(step)
     return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def params_template(self, step: int | None = None) -> Any:
+    """The saved params as RC boxes of `jax.ShapeDtypeStruct`s (no data read), e.g. to add shardings
+    with `rcjax.sharding.abstract` and restore onto another mesh."""
+    step = self._resolve(step)
+    return _template(self.metadata(step)["leaves"], self.directory)
 
   def restore(self, step: int | None = None, *, params: Any = None, opt_state: Any = None) -> dict:
     """Restore a step (default: the latest complete one).

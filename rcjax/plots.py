@@ -112,6 +112,37 @@ def weight_heatmaps(grid, *, title=None, cmap="RdBu_r", vmax=3.0):
   return fig
 
 
+def lm_loss_curve(records, floor=None):
+  """train.gpt: training (and eval) loss against step from metrics.jsonl records; growth events as
+  vertical lines, the data's loss floor (entropy rate of the synthetic language) as a dashed line."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  train, evals = [], []
+  for r in records:
+    if r.get("event") == "resume":  # a restarted run redoes the steps after its checkpoint
+      train = [p for p in train if p[0] <= r["step"]]
+      evals = [p for p in evals if p[0] <= r["step"]]
+    elif "loss" in r and "event" not in r:
+      train.append((r["step"], r["loss"]))
+    elif "eval_loss" in r:
+      evals.append((r["step"], r["eval_loss"]))
+  for pts, label in ((train, "train"), (evals, "eval")):
+    if pts:
+      ax.plot(*zip(*pts), label=label, marker="." if len(pts) < 30 else None)
+  for r in records:
+    if r.get("event") == "grow":
+      ax.axvline(r["step"], color="gray", lw=0.8, ls=":")
+      ax.annotate(f"grow to {r['sizes'].get('embed')}", (r["step"], ax.get_ylim()[1]), fontsize=7,
+                  va="top", rotation=90)
+  if floor is not None:
+    ax.axhline(floor, color="k", ls="--", lw=0.8, label=f"floor {floor:.3f} nats")
+  ax.set_xlabel("step")
+  ax.set_ylabel("cross-entropy (nats/token)")
+  ax.legend(fontsize=8)
+  return fig
+
+
+
 # ----------------------------------------------------------------------------------------------
 # Diagnostics figures (rcjax.diagnostics / rcjax.analyze): correlation matrices, max-abs-correlation
 # bars, row/column-mean histograms and distributions across widths.

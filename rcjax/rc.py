@@ -29,6 +29,10 @@ class RC(struct.PyTreeNode, meta.AxisMetadata):
       width axis iff its base is not None.
     param: the parametrization, one of `'sp' | 'ntk' | 'mup' | 'mf'`.
     init: the init distribution spec (see `rcjax.parametrization.sample`) used for fresh neurons.
+    blocks: `((axis, outer), ...)`: the dimension named `axis` is laid out in contiguous blocks, one per
+      neuron of the axis named `outer` (grouped-query attention: query heads in blocks per kv head,
+      `('heads', 'kv_heads')`), or in `outer` fixed blocks when `outer` is an int (the two halves of a
+      RoPE head, `('head_dim', 2)`). Transfer keeps entries in their blocks (see `rcjax.index_maps`).
 
   >>> import jax.numpy as jnp
   >>> w = RC(jnp.zeros((3, 4)), axes=('input', 'hidden'), fan_in=(0,), base=(None, 4), param='mup')
@@ -44,6 +48,7 @@ class RC(struct.PyTreeNode, meta.AxisMetadata):
   base: tuple[int | None, ...] | None = struct.field(pytree_node=False, default=None)
   param: str = struct.field(pytree_node=False, default="sp")
   init: str = struct.field(pytree_node=False, default="normal")
+  blocks: tuple[tuple[str, str | int], ...] = struct.field(pytree_node=False, default=())
 
   def __post_init__(self):
     # Normalise the metadata so two boxes describing the same leaf compare (and hash) equal.
@@ -59,6 +64,12 @@ class RC(struct.PyTreeNode, meta.AxisMetadata):
       raise ValueError(f"RC: unknown parametrization {self.param!r}; expected one of {PARAMS}")
     if any(not 0 <= d < len(axes) for d in self.fan_in):
       raise ValueError(f"RC: fan_in {self.fan_in} out of range for axes {axes}")
+    blocks = tuple(sorted((str(a), o if isinstance(o, str) else int(o)) for a, o in dict(self.blocks).items()))
+    object.__setattr__(self, "blocks", blocks)
+    for a, o in blocks:
+      if a not in axes or (isinstance(o, int) and o <= 0) or o == a:
+        raise ValueError(f"RC: bad blocks entry {(a, o)} for axes {axes}: need an axis of this leaf and "
+                         "another axis name or a positive number of blocks")
 
   # --- flax AxisMetadata protocol -------------------------------------------------------------
   def unbox(self) -> Any:
@@ -101,8 +112,9 @@ class RC(struct.PyTreeNode, meta.AxisMetadata):
     dtype = np.dtype(dtype).name if dtype is not None else type(self.value).__name__
     shape = ", ".join(str(s) for s in self.shape)
     axes = tuple(a + ("*" if b is not None else "") for a, b in zip(self.axes, self.base))
+    blocks = f", blocks={self.blocks!r}" if self.blocks else ""
     return (f"RC({dtype}[{shape}], axes={axes!r}, fan_in={self.fan_in}, base={self.base}, "
-            f"param={self.param!r}, init={self.init!r})").replace("\"", "'")
+            f"param={self.param!r}, init={self.init!r}{blocks})").replace("\"", "'")
 
 
 def is_rc(x: Any) -> bool:

@@ -28,8 +28,10 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
 from rcjax import parametrization as pz
+from rcjax.sharding import constrain, fit_spec, leaf_shardings, move_off, spec_tuple
 from rcjax.rc import RC, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
 
 SAMPLERS = ("stratified", "iid", "stride")
@@ -64,14 +66,31 @@ def _one_map(key: jax.Array, n_old: int, n_new: int, sampler: str) -> jax.Array:
   return jnp.repeat(jnp.arange(n_old, dtype=jnp.int32), q + extra, total_repeat_length=n_new)
 
 
-def _maps(key, old: tuple, new: tuple, sampler: str) -> dict[str, jax.Array]:
-  old = dict(old)
-  return {name: _one_map(jax.random.fold_in(key, path_hash("axis/" + name)), old[name], n, sampler)
-          for name, n in new}
+def _axis_key(key, name: str):
+  return jax.random.fold_in(key, path_hash("axis/" + name))
+
+
+def _maps(key, old: tuple, new: tuple, sampler: str, blocks: tuple = ()) -> dict[str, jax.Array]:
+  """Maps for the axes in `new`; a blocked axis (see `RC.blocks`) maps whole blocks with its outer axis's
+  map (identity for fixed blocks or an outer axis not in `new`) and entries within blocks with one map."""
+  old, new, blocks = dict(old), dict(new), dict(blocks)
+  maps = {name: _one_map(_axis_key(key, name), old[name], n, sampler)
+          for name, n in new.items() if name not in blocks}
+  for name, outer in blocks.items():
+    if name not in new:
+      continue
+    o_old, o_new = (outer, outer) if isinstance(outer, int) else (old[outer], new.get(outer, old[outer]))
+    i_old, i_new = old[name] // o_old, new[name] // o_new
+    outer_map = maps.get(outer) if isinstance(outer, str) else None
+    outer_map = jnp.arange(o_old, dtype=jnp.int32) if outer_map is None else outer_map
+    inner_map = _one_map(_axis_key(key, name), i_old, i_new, sampler)
+    maps[name] = (outer_map[:, None] * i_old + inner_map[None, :]).reshape(-1)
+  return maps
 
 
 def index_maps(key: jax.Array, old_sizes: Mapping[str, int], new_sizes: Mapping[str, int],
-               sampler: str = "stratified") -> dict[str, jax.Array]:
+               sampler: str = "stratified", blocks: Mapping[str, str | int] | None = None
+               ) -> dict[str, jax.Array]:
   """Sorted index maps `{axis: int32[new]}` sampling new neurons from old ones.
 
   Samplers: 'stratified' (default; growth: every neuron floor(N'/N) times plus a uniform sample without
@@ -79,23 +98,69 @@ def index_maps(key: jax.Array, old_sizes: Mapping[str, int], new_sizes: Mapping[
   'stride' (deterministic, evenly spaced: `i * N // N'`). Each axis's key is folded in from its name, so
   a map does not depend on which other axes are mapped.
 
+  `blocks` (`{axis: outer}`, as in `RC.blocks`) keeps entries in their blocks: with `{'heads':
+  'kv_heads'}` new query head `b' * G' + g'` copies old head `pi_kv(b') * G + pi_g(g')` (G = heads per
+  kv head), so every query head stays with a copy of its own kv head; with `{'head_dim': 2}` both halves
+  of a RoPE head share one map of their pairs. (`grow`/`transfer` read blocks from the RC leaves.)
+
   >>> m = index_maps(jax.random.key(0), {'hidden': 3}, {'hidden': 6})
   >>> m['hidden'].tolist()
   [0, 0, 1, 1, 2, 2]
+  >>> index_maps(jax.random.key(0), {'d': 4}, {'d': 8}, blocks={'d': 2})['d'].tolist()
+  [0, 0, 1, 1, 2, 2, 3, 3]
   """
   _check_key(key)
   _check_sampler(sampler)
+  blocks = dict(blocks or {})
   for name, n in new_sizes.items():
     if name not in old_sizes:
       raise ValueError(f"index_maps: axis {name!r} missing from old_sizes {dict(old_sizes)}")
     _check_size(name, n)
     _check_size(name, old_sizes[name])
-  new = tuple(sorted((k, int(v)) for k, v in new_sizes.items()))
-  old = tuple(sorted((k, int(old_sizes[k])) for k, _ in new))
-  return _maps_jit(key, old, new, sampler)
+  new = dict((k, int(v)) for k, v in new_sizes.items())
+  old = {k: int(old_sizes[k]) for k in new}
+  for name, outer in blocks.items():
+    if isinstance(outer, str):
+      if outer not in old_sizes:
+        raise ValueError(f"index_maps: blocks of axis {name!r} refer to axis {outer!r}, "
+                         "missing from old_sizes")
+      old[outer] = int(old_sizes[outer])
+  _check_blocks(blocks, old, new)
+  return _maps_jit(key, tuple(sorted(old.items())), tuple(sorted(new.items())), sampler,
+                   tuple(sorted((k, v) for k, v in blocks.items() if k in new)))
 
 
-_maps_jit = jax.jit(_maps, static_argnums=(1, 2, 3))
+_maps_jit = jax.jit(_maps, static_argnums=(1, 2, 3, 4))
+
+
+def _check_blocks(blocks: Mapping[str, str | int], old: Mapping[str, int], new: Mapping[str, int],
+                  direction: str = "transfer") -> None:
+  """Block sizes must divide the axis at the old and the new size (and not shrink in a growth)."""
+  for name, outer in blocks.items():
+    if name not in new:
+      continue
+    o_old, o_new = (outer, outer) if isinstance(outer, int) else (old[outer], new.get(outer, old[outer]))
+    what = f"{outer} blocks" if isinstance(outer, int) else f"axis {outer!r}"
+    for size, o, when in ((old[name], o_old, "old"), (new[name], o_new, "new")):
+      if size % o:
+        raise ValueError(f"axis {name!r} is laid out in blocks per {what}: its {when} size {size} must be "
+                         f"a multiple of {o}")
+    i_old, i_new = old[name] // o_old, new[name] // o_new
+    if direction in ("grow", "exact=True") and i_new < i_old:
+      raise ValueError(f"{direction} would shrink the blocks of axis {name!r} per {what} from {i_old} to "
+                       f"{i_new} entries; grow {name!r} to {i_old * o_new} too")
+
+
+def tree_blocks(tree: Any) -> dict[str, str | int]:
+  """`{axis: outer}` from the `blocks` of every RC leaf; raises ValueError if two leaves disagree."""
+  out: dict[str, tuple[str | int, str]] = {}
+  for path, box in leaves_with_paths(tree):
+    for name, outer in box.blocks:
+      if name in out and out[name][0] != outer:
+        raise ValueError(f"axis {name!r} is in blocks per {out[name][0]!r} at {out[name][1]} but per "
+                         f"{outer!r} at {path}")
+      out[name] = (outer, path)
+  return {k: v for k, (v, _) in out.items()}
 
 
 def inverse_maps(maps: Mapping[str, jax.Array], old_sizes: Mapping[str, int]) -> dict[str, jax.Array]:
@@ -156,12 +221,25 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
 
 
 def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float,
-              repeats: dict[str, int]):
+              repeats: dict[str, int], sharding: NamedSharding | None = None):
   mapped = [d for d in box.width_dims if box.axes[d] in maps]
   if not mapped:
     return box
   x, old_shape = box.value, box.shape
-  x = _gather(x, mapped, [box.axes[d] for d in mapped], maps, repeats)
+  if sharding is None:
+    x = _gather(x, mapped, [box.axes[d] for d in mapped], maps, repeats)
+  else:
+    # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
+    spec0 = spec = spec_tuple(sharding, len(old_shape))
+    for i, d in enumerate(mapped):
+      if spec[d]:
+        moved = move_off(spec, x.shape, d, sharding.mesh, avoid=set(mapped[i + 1:]))
+        if moved is not None:
+          spec = moved
+          x = constrain(x, sharding.mesh, spec)
+      x = jnp.take(x, maps[box.axes[d]], axis=d, unique_indices=False, indices_are_sorted=True)
+      spec = fit_spec(spec, x.shape, sharding.mesh)  # pin the gather's output layout
+      x = constrain(x, sharding.mesh, spec)
   new_shape = x.shape
   ndim = len(new_shape)
 
@@ -208,12 +286,15 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
     else:  # no history for a fresh neuron: give it the leaf's typical second moment
       draw = jnp.mean(x.astype(jnp.float32)).astype(x.dtype)
     x = jnp.where(mask, draw, x)
+  if sharding is not None:
+    x = constrain(x, sharding.mesh, fit_spec(spec0, new_shape, sharding.mesh))
   return box.replace(value=x)
 
 
-def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, repeats: tuple = ()):
+def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, repeats: tuple = (),
+           shardings: tuple = ()):
   old = width_axes(tree)
-  repeats = dict(repeats)
+  repeats, shardings = dict(repeats), dict(shardings)
   counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items() if name not in repeats}
             if exact else {})
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)
@@ -221,14 +302,15 @@ def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, r
   for path, leaf in flat:
     if is_rc(leaf):
       power = moment if moment is not None else _moment_power(path, 0)
-      leaf = _map_leaf(leaf, jax.tree_util.keystr(path), power, maps, counts, fresh, key, exact, r2, repeats)
+      path = jax.tree_util.keystr(path)
+      leaf = _map_leaf(leaf, path, power, maps, counts, fresh, key, exact, r2, repeats, shardings.get(path))
     out.append(leaf)
   return jax.tree.unflatten(treedef, out)
 
 
-@functools.partial(jax.jit, static_argnames=("exact", "moment", "repeats"))
-def _apply_maps_jit(tree, maps, *, exact, moment, repeats):
-  return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment, repeats)
+@functools.partial(jax.jit, static_argnames=("exact", "moment", "repeats", "shardings"))
+def _apply_maps_jit(tree, maps, *, exact, moment, repeats, shardings):
+  return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment, repeats, shardings)
 
 
 def _repeat_factor(m: Any, n_old: int) -> int | None:
@@ -265,7 +347,8 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
     raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
   widths = width_axes(tree)
   repeats = tuple(sorted((k, f) for k, m in maps.items() if (f := _repeat_factor(m, widths[k]))))
-  return _apply_maps_jit(tree, maps, exact=exact, moment=moment, repeats=repeats)
+  return _apply_maps_jit(tree, maps, exact=exact, moment=moment, repeats=repeats,
+                         shardings=leaf_shardings(tree))
 
 
 # --- grow / shrink / transfer -------------------------------------------------------------------
@@ -329,16 +412,27 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
   return target
 
 
-@functools.partial(jax.jit, static_argnames=("old", "new", "sampler", "r1", "r2", "exact", "moment"))
-def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment):
-  maps = _maps(key, old, new, sampler)
+@functools.partial(jax.jit, static_argnames=("old", "new", "sampler", "r1", "r2", "exact", "moment",
+                                             "blocks", "shardings"))
+def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings):
+  maps = _maps(key, old, new, sampler, blocks)
   fresh = None
   if r1 > 0:
-    fresh = {name: jax.random.bernoulli(jax.random.fold_in(key, path_hash("fresh/" + name)), r1, (n,))
-             for name, n in new}
-  repeats = tuple((name, n // o) for (name, n), (_, o) in zip(new, old)
-                  if sampler in ("stratified", "stride") and n % o == 0)
-  return _apply(tree, maps, fresh, key, exact, r2, moment, repeats)
+    fresh = {}
+    for name, n in new:
+      outer = dict(blocks).get(name)
+      fresh_key = jax.random.fold_in(key, path_hash("fresh/" + name))
+      if isinstance(outer, int):  # fixed blocks (RoPE halves): one draw per entry of a block
+        fresh[name] = jnp.tile(jax.random.bernoulli(fresh_key, r1, (n // outer,)), outer)
+      else:
+        fresh[name] = jax.random.bernoulli(fresh_key, r1, (n,))
+  # Integer factors of 'stratified'/'stride' give maps repeat(arange(N), k) (also with fixed blocks, whose
+  # maps are blocks of such repeats); blocks per another axis move whole blocks, so they take the gather.
+  old_sizes, outer_of = dict(old), dict(blocks)
+  repeats = tuple((name, n // old_sizes[name]) for name, n in new
+                  if sampler in ("stratified", "stride") and n % old_sizes[name] == 0
+                  and not isinstance(outer_of.get(name), str))
+  return _apply(tree, maps, fresh, key, exact, r2, moment, repeats, shardings)
 
 
 def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: str = "stratified",
@@ -367,6 +461,13 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   _check_sampler(sampler)
   old = width_axes(params)
   target = _target_sizes(params, None, sizes, _direction) if _direction == "transfer" else dict(sizes)
+  all_sizes, blocks = tree_sizes(params), tree_blocks(params)
+  for name, outer in blocks.items():
+    if isinstance(outer, str) and outer not in all_sizes:
+      raise ValueError(f"axis {name!r} is in blocks per axis {outer!r}, which no leaf of this pytree has")
+    if name in old and isinstance(outer, str) and target.get(outer, all_sizes[outer]) != all_sizes[outer]:
+      target.setdefault(name, old[name])  # its blocks change: remap it at the same size
+  _check_blocks(blocks, all_sizes, target, "exact=True" if exact else _direction)
   for name, value, lo, hi in (("random_rate", random_rate, 0.0, 1.0), ("norm_rate", norm_rate, 0.0, math.inf)):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
       raise TypeError(f"{name} must be a number, got {value!r}")
@@ -382,9 +483,12 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   if check_finite:
     _check_finite(params)
   new = tuple(sorted(target.items()))
-  return _transfer_jit(params, key, old=tuple(sorted((k, old[k]) for k, _ in new)), new=new,
+  blocks = {k: v for k, v in blocks.items() if k in target}
+  need = set(target) | {v for v in blocks.values() if isinstance(v, str)}
+  return _transfer_jit(params, key, old=tuple(sorted((k, all_sizes[k]) for k in need)), new=new,
                        sampler=sampler, r1=float(random_rate), r2=float(norm_rate), exact=bool(exact),
-                       moment=moment)
+                       moment=moment, blocks=tuple(sorted(blocks.items())),
+                       shardings=leaf_shardings(params))
 
 
 def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,

@@ -1,5 +1,6 @@
 """Flax building blocks that create RC leaves."""
 
+from rcjax.nn.gpt import GPT
 from rcjax.nn.layers import MLP, Conv, Dense, rc_param
 
-__all__ = ["Conv", "Dense", "MLP", "rc_param"]
+__all__ = ["Conv", "Dense", "GPT", "MLP", "rc_param"]

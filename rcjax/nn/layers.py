@@ -18,14 +18,14 @@ from rcjax.rc import RC, is_rc
 
 def rc_param(module: nn.Module, name: str, shape: Sequence[int], *, axes: Sequence[str],
              fan_in: Sequence[int], base: Sequence[int | None], param: str, init: str,
-             dtype: Any = jnp.float32) -> RC:
+             dtype: Any = jnp.float32, blocks: Sequence[tuple[str, str | int]] = ()) -> RC:
   """Declare (at init) or fetch (at apply) a param stored as an RC box, and return the box.
 
   At init the value is `init_scale * Z` with Z drawn from `init` (see `rcjax.parametrization.sample`).
   At apply the stored shape wins over `shape`, and stored RC metadata wins over the arguments.
   """
   template = RC(jax.ShapeDtypeStruct(tuple(shape), dtype), axes=tuple(axes), fan_in=tuple(fan_in),
-                base=tuple(base), param=param, init=init)
+                base=tuple(base), param=param, init=init, blocks=tuple(blocks))
   if module.has_variable("params", name):
     stored = module.get_variable("params", name)
     if is_rc(stored):

@@ -1,0 +1,109 @@
+"""Train-step throughput with the trainers' own step functions, measured side by side in one run.
+
+    python benchmarks/train_step.py                   # MLP (N=1000, CIFAR-10 shapes) + GPT presets
+    python benchmarks/train_step.py --smoke           # tiny shapes, seconds (the test suite runs this)
+    python benchmarks/train_step.py --only mlp --json out.json
+
+MLP: `train.mlp.make_fns` (the jitted SGD step train.mlp runs), examples/s and achieved FLOP/s; on the
+CPU, next to a plain PyTorch implementation of the same network and step in the same run (if torch is
+installed; skipped with a message otherwise). GPT: the jitted, sharded step of train.gpt at the ~125M and
+~350M presets in bf16, tokens/s and MFU (model FLOPs / (step time * peak FLOP/s of the device)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _median_time(fn, reps: int) -> float:
+  fn()  # warm-up / compile
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def bench_mlp(width: int, batch: int, d_in: int, reps: int, param: str = "mf") -> dict:
+  from train import mlp as train_mlp
+
+  config = train_mlp.Config(width=width, param=param, batch_size=batch, dataset="digits")
+  model = train_mlp.build_model(config)
+  x_all = jax.random.normal(jax.random.key(0), (batch * 8, d_in))
+  y_all = jax.random.randint(jax.random.key(1), (batch * 8,), 0, 10)
+  params = model.init(jax.random.key(2), x_all[:1])["params"]
+  tx = train_mlp.optimizer(config)
+  opt_state = tx.init(params)
+  train_step, _ = train_mlp.make_fns(model, config.lr, config.momentum)
+  idx = jnp.arange(batch)
+  state = [params, opt_state]
+
+  def step():
+    p, s, loss, _ = train_step(state[0], state[1], x_all, y_all, idx)
+    jax.block_until_ready(loss)
+    state[0], state[1] = p, s
+
+  t = _median_time(step, reps)
+  flops = train_mlp.train_flops_per_example(params) * batch
+  row = {"case": f"mlp N={width} batch={batch}", "step_s": t, "examples_per_s": batch / t,
+         "TFLOPs": flops / t / 1e12}
+  torch_t = bench_mlp_torch(width, batch, d_in, reps, config.lr)
+  if torch_t is not None:
+    row.update(torch_step_s=torch_t, jax_vs_torch=torch_t / t)
+  return row
+
+
+def bench_mlp_torch(width: int, batch: int, d_in: int, reps: int, lr: float) -> float | None:
+  """The same MLP (input -> N -> N -> 10, ReLU, biases) and SGD step in plain PyTorch, on the CPU."""
+  if jax.devices()[0].platform != "cpu":
+    return None
+  try:
+    import torch
+  except ImportError:
+    print("torch is not installed: skipping the PyTorch comparison (pip install torch)")
+    return None
+  torch.manual_seed(0)
+  net = torch.nn.Sequential(torch.nn.Linear(d_in, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
+                            torch.nn.ReLU(), torch.nn.Linear(width, 10))
+  opt = torch.optim.SGD(net.parameters(), lr=lr)
+  x, y = torch.randn(batch, d_in), torch.randint(0, 10, (batch,))
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+
+  return _median_time(step, reps)
+
+
+def main(argv=None) -> list[dict]:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--smoke", action="store_true", help="tiny shapes (for the test suite)")
+  ap.add_argument("--only", choices=["mlp", "gpt"], help="run one family")
+  ap.add_argument("--reps", type=int, default=20)
+  ap.add_argument("--json", help="write the rows as JSON to this file")
+  args = ap.parse_args(argv)
+  dev = jax.devices()[0]
+  print(f"device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, jax {jax.__version__}")
+  rows = []
+  if args.only in (None, "mlp"):
+    width, batch, d_in = (32, 16, 64) if args.smoke else (1000, 64, 3072)
+    rows.append(bench_mlp(width, batch, d_in, reps=3 if args.smoke else args.reps))
+  for row in rows:
+    row["device"] = dev.device_kind
+    print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=1)
+  return rows
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,256 @@
+"""A pre-norm decoder-only transformer whose params are RC leaves: GPT-2 and Llama styles, one code path.
+
+Logical axes: `vocab`, `positions` (fixed), `embed`, `heads`, `kv_heads`, `head_dim`, `mlp` (width axes)
+and `layers` (fixed, the leading axis of the scanned blocks). Query heads come in blocks per kv head
+(grouped-query attention, `RC.blocks = (('heads', 'kv_heads'),)`) and RoPE heads in two halves
+(`('head_dim', 2)`), so `rcjax.grow` keeps every query head with a copy of its own kv head and every
+rotated pair together. GPT-2 style is the same code with kv_heads == heads.
+
+Multipliers come from the parametrization table at the params' actual shapes, so one module applies to
+grown params. The attention-logit scale is 1/sqrt(d) for 'sp' and 'ntk', sqrt(d0)/d for 'mup' (d0 = base
+head_dim, so muP equals SP at base width) and 1/d for 'mf': with 1/d, duplicating head_dim entries keeps
+the logits (q.k sums d terms).
+
+Shape legend: B batch, T sequence, E embed, H query heads, K kv heads, D head_dim, F mlp, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rcjax import parametrization as pz
+from rcjax.nn.layers import rc_param
+
+WIDTH_AXES = ("embed", "heads", "kv_heads", "head_dim", "mlp")
+STYLES = {  # style -> defaults of (norm, positions, activation, tied, bias)
+    "gpt2": dict(norm="layernorm", positions="learned", activation="gelu", tied=True, bias=True),
+    "llama": dict(norm="rmsnorm", positions="rope", activation="swiglu", tied=False, bias=False),
+}
+
+
+def _mm(x, box, spec: str, dtype):
+  """`einsum(spec, x, W) * multiplier(W)` computed in `dtype`."""
+  y = jnp.einsum(spec, x.astype(dtype), box.value.astype(dtype), preferred_element_type=dtype)
+  m = pz.multiplier(box)
+  return y if m == 1.0 else y * jnp.asarray(m, dtype)
+
+
+def rope(x_BxTxHxD: jax.Array, base: float) -> jax.Array:
+  """Rotary embedding, 'half' layout (pair i is (i, i + D/2), frequency base**(-2i/D)), computed in fp32."""
+  _, t, _, d = x_BxTxHxD.shape
+  inv_freq = base ** (-jnp.arange(d // 2, dtype=jnp.float32) * 2.0 / d)
+  angle_TxD2 = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  cos, sin = jnp.cos(angle_TxD2)[None, :, None, :], jnp.sin(angle_TxD2)[None, :, None, :]
+  x = x_BxTxHxD.astype(jnp.float32)
+  x1, x2 = x[..., : d // 2], x[..., d // 2:]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxHxD.dtype)
+
+
+def logit_scale(param: str, head_dim: int, base_head_dim: int) -> float:
+  """Attention-logit scale: 1/sqrt(d) (sp, ntk), sqrt(d0)/d (mup), 1/d (mf)."""
+  if param == "mup":  # written so that it is bitwise 1/sqrt(d) at d = d0
+    return 1.0 / math.sqrt(head_dim) * math.sqrt(base_head_dim / head_dim)
+  if param == "mf":
+    return 1.0 / head_dim
+  return 1.0 / math.sqrt(head_dim)
+
+
+class Block(nn.Module):
+  """One pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)). Sizes are read from the params."""
+  sizes: tuple[tuple[str, int], ...] = ()  # init sizes of embed, heads, kv_heads, head_dim, mlp
+  bases: tuple[tuple[str, int], ...] = ()  # base sizes of the same axes
+  param: str = "mup"
+  kernel_init: str = "normal"
+  norm: str = "layernorm"
+  positions: str = "learned"
+  activation: str = "gelu"
+  bias: bool = True
+  rope_base: float = 10000.0
+  attention: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def rc(self, name, axes, fan_in, init, blocks=()):
+    sizes, bases = dict(self.sizes), dict(self.bases)
+    return rc_param(self, name, tuple(sizes[a] for a in axes), axes=axes, fan_in=fan_in,
+                    base=tuple(bases.get(a) for a in axes), param=self.param, init=init,
+                    dtype=self.param_dtype, blocks=blocks)
+
+  def normalize(self, x_BxTxE, name):
+    scale = self.rc(f"{name}_scale", ("embed",), (), "ones")
+    x = x_BxTxE.astype(jnp.float32)
+    if self.norm == "layernorm":
+      x = x - x.mean(-1, keepdims=True)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + 1e-5) * scale.value
+    if self.norm == "layernorm" and self.bias:
+      x = x + self.rc(f"{name}_bias", ("embed",), (), "zeros").value
+    return x.astype(self.dtype)
+
+  def add_bias(self, y, name, axes, blocks=()):
+    return y + self.rc(name, axes, (), "zeros", blocks).value.astype(y.dtype) if self.bias else y
+
+  @nn.compact
+  def __call__(self, x_BxTxE, _=None):
+    dt = self.dtype
+    qb = (("heads", "kv_heads"),) + ((("head_dim", 2),) if self.positions == "rope" else ())
+    kb = (("head_dim", 2),) if self.positions == "rope" else ()
+    h = self.normalize(x_BxTxE, "attn_norm")
+    wq = self.rc("q", ("embed", "heads", "head_dim"), (0,), self.kernel_init, qb)
+    wk = self.rc("k", ("embed", "kv_heads", "head_dim"), (0,), self.kernel_init, kb)
+    wv = self.rc("v", ("embed", "kv_heads", "head_dim"), (0,), self.kernel_init)
+    q = self.add_bias(_mm(h, wq, "bte,ehd->bthd", dt), "q_bias", ("heads", "head_dim"), qb)
+    k = self.add_bias(_mm(h, wk, "bte,ekd->btkd", dt), "k_bias", ("kv_heads", "head_dim"), kb)
+    v = self.add_bias(_mm(h, wv, "bte,ekd->btkd", dt), "v_bias", ("kv_heads", "head_dim"))
+    if self.positions == "rope":
+      q, k = rope(q, self.rope_base), rope(k, self.rope_base)
+    d = q.shape[-1]
+    scale = logit_scale(self.param, d, wq.base[2])
+    o_BxTxHxD = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True,
+                                             implementation=self.attention)
+    wo = self.rc("o", ("heads", "head_dim", "embed"), (0, 1), self.kernel_init, (("heads", "kv_heads"),))
+    y = self.add_bias(_mm(o_BxTxHxD, wo, "bthd,hde->bte", dt), "o_bias", ("embed",))
+    x_BxTxE = x_BxTxE + y.astype(x_BxTxE.dtype)
+
+    h = self.normalize(x_BxTxE, "mlp_norm")
+    up = self.add_bias(_mm(h, self.rc("up", ("embed", "mlp"), (0,), self.kernel_init), "bte,ef->btf", dt),
+                       "up_bias", ("mlp",))
+    if self.activation == "swiglu":
+      gate = _mm(h, self.rc("gate", ("embed", "mlp"), (0,), self.kernel_init), "bte,ef->btf", dt)
+      a_BxTxF = jax.nn.silu(gate) * up
+    else:
+      a_BxTxF = jax.nn.gelu(up)
+    down = self.rc("down", ("mlp", "embed"), (0,), self.kernel_init)
+    y = self.add_bias(_mm(a_BxTxF, down, "btf,fe->bte", dt), "down_bias", ("embed",))
+    return x_BxTxE + y.astype(x_BxTxE.dtype), None
+
+
+class GPT(nn.Module):
+  """Decoder-only transformer: tokens `int32[B, T]` -> logits `float32[B, T, vocab]`.
+
+  Attributes:
+    vocab: vocabulary size (a fixed axis).
+    width: embed size E.
+    depth: number of blocks (scanned: params carry a leading `layers` axis).
+    heads: query heads H; `width` must be divisible by it unless `head_dim` is given.
+    kv_heads: key/value heads K (grouped-query attention; None: K = H).
+    head_dim: D (None: width // heads).
+    mlp: hidden size F of the MLP (None: 4E for 'gelu', 8E/3 rounded up to a multiple of 32 for 'swiglu').
+    max_len: learned position table size ('learned' positions only).
+    style: 'gpt2' (LayerNorm, learned positions, GELU, tied embeddings, biases) or 'llama' (RMSNorm,
+      RoPE, SwiGLU, untied, no biases); `norm`, `positions`, `activation`, `tied`, `bias` override it.
+    param: parametrization 'sp' | 'ntk' | 'mup' | 'mf'.
+    kernel_init: init distribution of every weight matrix (embeddings, attention, MLP, readout), e.g.
+      'normal:1,3' (norm scales start at 1, biases at 0).
+    base: base sizes `{axis: size}` of the width axes (missing: the init sizes, so muP equals SP).
+    rope_base: RoPE frequency base.
+    attention: `jax.nn.dot_product_attention` implementation (None: XLA; 'cudnn' on GPUs).
+    scan / remat: scan the blocks (one compiled block) / rematerialise them in the backward pass.
+    dtype / param_dtype: compute dtype (e.g. bfloat16) / storage dtype of the params (float32).
+
+  >>> import jax, jax.numpy as jnp, rcjax
+  >>> model = GPT(vocab=16, width=32, depth=2, heads=4, kv_heads=2, style='llama', param='mup')
+  >>> init = lambda key: model.init(key, jnp.zeros((1, 8), jnp.int32))['params']
+  >>> p = jax.eval_shape(init, jax.random.key(0))     # (jax.jit(init)(key) for the values)
+  >>> p['blocks']['q'].axes, p['blocks']['q'].shape
+  (('layers', 'embed', 'heads', 'head_dim'), (2, 32, 4, 8))
+  >>> grow = lambda p: rcjax.grow(p, jax.random.key(1), sizes={'heads': 8})  # 4 query heads per kv head
+  >>> jax.eval_shape(grow, p)['blocks']['o'].shape
+  (2, 8, 8, 32)
+  """
+  vocab: int = 256
+  width: int = 128
+  depth: int = 2
+  heads: int = 4
+  kv_heads: int | None = None
+  head_dim: int | None = None
+  mlp: int | None = None
+  max_len: int = 1024
+  style: str = "gpt2"
+  norm: str | None = None
+  positions: str | None = None
+  activation: str | None = None
+  tied: bool | None = None
+  bias: bool | None = None
+  param: str = "mup"
+  kernel_init: str = "normal"
+  base: Mapping[str, int] | None = None
+  rope_base: float = 10000.0
+  attention: str | None = None
+  scan: bool = True
+  remat: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def arch(self) -> dict:
+    """Resolved architecture: style defaults, sizes and bases, validated (ValueError on bad sizes)."""
+    if self.style not in STYLES:
+      raise ValueError(f"unknown style {self.style!r}; expected one of {sorted(STYLES)}")
+    a = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in STYLES[self.style].items()}
+    for k, ok in (("norm", ("layernorm", "rmsnorm")), ("positions", ("learned", "rope")),
+                  ("activation", ("gelu", "swiglu"))):
+      if a[k] not in ok:
+        raise ValueError(f"{k} must be one of {ok}, got {a[k]!r}")
+    if self.head_dim is None and self.width % self.heads:
+      raise ValueError(f"width {self.width} is not divisible by heads {self.heads} (or give head_dim)")
+    kv = self.heads if self.kv_heads is None else self.kv_heads
+    if kv <= 0 or self.heads % kv:
+      raise ValueError(f"heads {self.heads} must be a positive multiple of kv_heads {kv}")
+    d = self.head_dim or self.width // self.heads
+    if a["positions"] == "rope" and d % 2:
+      raise ValueError(f"RoPE needs an even head_dim, got {d}")
+    f = self.mlp or (4 * self.width if a["activation"] == "gelu" else -(-8 * self.width // 3 // 32) * 32)
+    sizes = {"embed": self.width, "heads": self.heads, "kv_heads": kv, "head_dim": d, "mlp": f}
+    unknown = set(self.base or {}) - set(WIDTH_AXES)
+    if unknown:
+      raise ValueError(f"base names unknown axes {sorted(unknown)}; width axes are {WIDTH_AXES}")
+    a["sizes"] = sizes
+    a["bases"] = {**sizes, **dict(self.base or {})}
+    return a
+
+  @nn.compact
+  def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
+    a = self.arch()
+    sizes, bases = a["sizes"], a["bases"]
+    embed = lambda name, axes, shape: rc_param(
+        self, name, shape, axes=axes, fan_in=(0,), base=tuple(bases.get(x) for x in axes),
+        param=self.param, init=self.kernel_init, dtype=self.param_dtype)
+    wte = embed("embed", ("vocab", "embed"), (self.vocab, sizes["embed"]))
+    x_BxTxE = jnp.take(wte.value, tokens_BxT, axis=0) * pz.multiplier(wte)
+    if a["positions"] == "learned":
+      wpe = embed("positions", ("positions", "embed"), (self.max_len, sizes["embed"]))
+      if tokens_BxT.shape[1] > wpe.shape[0]:
+        raise ValueError(f"sequence length {tokens_BxT.shape[1]} exceeds max_len {wpe.shape[0]}")
+      x_BxTxE = x_BxTxE + wpe.value[: tokens_BxT.shape[1]] * pz.multiplier(wpe)
+    kw = dict(sizes=tuple(sizes.items()), bases=tuple(bases.items()), param=self.param,
+              kernel_init=self.kernel_init,
+              norm=a["norm"], positions=a["positions"], activation=a["activation"], bias=a["bias"],
+              rope_base=self.rope_base, attention=self.attention, dtype=self.dtype,
+              param_dtype=self.param_dtype)
+    block = nn.remat(Block, prevent_cse=not self.scan) if self.remat else Block
+    if self.scan:
+      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=self.depth,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x_BxTxE, _ = stack(**kw, name="blocks")(x_BxTxE, None)
+    else:
+      for i in range(self.depth):
+        x_BxTxE, _ = block(**kw, name=f"block_{i}")(x_BxTxE, None)
+    h = _FinalNorm(**kw, name="final")(x_BxTxE)
+    if a["tied"]:
+      w = wte.replace(fan_in=(1,))  # the readout use of the tied table: fan-in embed (an output leaf)
+      return _mm(h, w, "bte,ve->btv", self.dtype).astype(jnp.float32)
+    w = rc_param(self, "readout", (sizes["embed"], self.vocab), axes=("embed", "vocab"), fan_in=(0,),
+                 base=(bases["embed"], None), param=self.param, init=self.kernel_init, dtype=self.param_dtype)
+    return _mm(h, w, "bte,ev->btv", self.dtype).astype(jnp.float32)
+
+
+class _FinalNorm(Block):
+  """The final norm before the readout (a Block's norm alone)."""
+
+  @nn.compact
+  def __call__(self, x_BxTxE, _=None):
+    return self.normalize(x_BxTxE, "norm")

@@ -1,0 +1,169 @@
+"""rcjax.nn.GPT: transfer is exact where DESIGN.md's math says so, and not exact where it says not.
+
+Exact (logits to float tolerance): growing mlp, heads (query heads per kv head) and kv_heads with heads
+(whole GQA groups) under every parametrization (o's fan-in is rescaled); embed by an integer factor
+(LayerNorm / RMSNorm statistics are those of the duplicated vector) untied under every parametrization,
+tied only under mup / mf (the readout multiplier 1/m_in absorbs the duplication; SP sums k copies);
+head_dim without RoPE under mup / mf (logit scale 1/d). With exact=True also non-integer ratios of mlp,
+heads and kv_heads. Not exact: head_dim under sp / ntk (1/sqrt(d) scale: logits grow by sqrt(k)) and
+head_dim with RoPE (pair i rotates at base**(-2i/D), which moves when D grows) - both still exact at
+position 0, whose only key is itself.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rcjax
+from rcjax.nn.gpt import logit_scale
+
+X = jax.random.randint(jax.random.key(1), (2, 10), 0, 32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_compiles():
+  # Dozens of tiny programs: compile time dominates on CPU, not run time.
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
+def gpt(style="llama", param="mup", seed=0, **kw):
+  """A tiny model and params with random values. Values come from numpy at the parametrization's init
+  scale (norm scales and biases random too): the properties tested hold for any weights, and XLA
+  compiles a GPT's threefry init slowly on CPU (seconds; train tests cover model.init)."""
+  kw = {"vocab": 32, "width": 32, "depth": 2, "heads": 4, "kv_heads": 2, "max_len": 16, **kw}
+  model = rcjax.nn.GPT(style=style, param=param, **kw)
+  abstract = jax.eval_shape(lambda k: model.init(k, X)["params"], jax.random.key(0))
+  rng = np.random.default_rng(seed)
+
+  def fill(b):
+    z = rng.standard_normal(b.shape)
+    v = z * rcjax.init_scale(b) if b.fan_in else (1.0 + 0.3 * z if b.init == "ones" else 0.3 * z)
+    return b.replace(value=jnp.asarray(v, jnp.float32))
+  return model, jax.tree.map(fill, abstract, is_leaf=rcjax.is_rc)
+
+
+_APPLY = {}
+
+
+def logits(model, p, x=X):
+  if model not in _APPLY:
+    _APPLY[model] = jax.jit(lambda p, x: model.apply({"params": p}, x))
+  return _APPLY[model](p, x)
+
+
+def rel_diff(model, a, b):
+  la, lb = logits(model, a), logits(model, b)
+  return float(jnp.max(jnp.abs(la - lb)) / jnp.max(jnp.abs(la)))
+
+
+EXACT = [  # (style, param, tied, sizes to grow to); from embed 32, heads 4, kv 2, head_dim 8, mlp 96/128
+    ("llama", "sp", False, {"mlp": 288}),
+    ("llama", "sp", False, {"heads": 8}),
+    ("llama", "sp", False, {"kv_heads": 4, "heads": 8}),
+    ("llama", "sp", False, {"embed": 64}),
+    ("llama", "mf", False, {"embed": 96, "mlp": 192, "heads": 8, "kv_heads": 4}),
+    ("gpt2", "ntk", False, {"embed": 64, "mlp": 256, "heads": 8}),
+    ("gpt2", "mup", True, "factor 2"),  # every width axis, head_dim included
+]
+
+
+@pytest.mark.parametrize("style,param,tied,sizes", EXACT, ids=[f"{s}-{p}-{z}" for s, p, _, z in EXACT])
+def test_growth_is_exact(style, param, tied, sizes):
+  model, p = gpt(style, param, tied=tied, kv_heads=None if style == "gpt2" else 2)
+  kw = {"factor": 2} if sizes == "factor 2" else {"sizes": sizes}
+  assert rel_diff(model, p, rcjax.grow(p, jax.random.key(2), **kw)) < 2e-6
+
+
+@pytest.mark.parametrize("param", ["sp", "mf"])
+def test_non_integer_ratios_exact_with_count_correction(param):
+  # heads 4 -> 6 and kv_heads 2 -> 3 (GQA groups of 2 kept), mlp 96 -> 131, exact=True.
+  model, p = gpt("llama", param)
+  big = rcjax.grow(p, jax.random.key(3), sizes={"heads": 6, "kv_heads": 3, "mlp": 131}, exact=True)
+  assert big["blocks"]["q"].shape[2] == 6 and big["blocks"]["k"].shape[2] == 3
+  assert rel_diff(model, p, big) < 2e-6
+
+
+def test_query_heads_stay_with_their_kv_head():
+  for new in ({"heads": 8}, {"kv_heads": 4, "heads": 8}, {"kv_heads": 3, "heads": 6}):
+    maps = rcjax.index_maps(jax.random.key(5), {"heads": 4, "kv_heads": 2}, {"heads": 4, "kv_heads": 2, **new},
+                            blocks={"heads": "kv_heads"})
+    g_new = len(maps["heads"]) // len(maps["kv_heads"])
+    for h, src in enumerate(np.asarray(maps["heads"])):  # new head h copies old head src (group of 2)
+      assert src // 2 == int(maps["kv_heads"][h // g_new]), (new, h)
+
+
+def test_rope_pairs_stay_together():
+  m = np.asarray(rcjax.index_maps(jax.random.key(0), {"head_dim": 8}, {"head_dim": 14},
+                                  blocks={"head_dim": 2})["head_dim"])
+  np.testing.assert_array_equal(m[7:], m[:7] + 4)  # new pair (i, i + 7) copies old pair (j, j + 4)
+  assert np.all(np.diff(m) >= 0)  # still sorted
+
+
+@pytest.mark.parametrize("style,param", [("llama", "mup"), ("gpt2", "sp")])
+def test_head_dim_growth_is_not_exact_as_stated(style, param):
+  model, p = gpt(style, param, kv_heads=None, tied=False)
+  big = rcjax.grow(p, jax.random.key(4), sizes={"head_dim": 16})
+  a, b = logits(model, p), logits(model, big)
+  np.testing.assert_allclose(b[:, 0], a[:, 0], rtol=1e-5, atol=1e-5)  # position 0 attends to itself only
+  assert float(jnp.max(jnp.abs(b[:, 1:] - a[:, 1:]))) > 1e-3
+
+
+def test_head_dim_growth_is_exact_without_rope_under_mf():
+  model, p = gpt("gpt2", "mf", kv_heads=None)  # (mup: the factor-2 case of test_growth_is_exact)
+  assert rel_diff(model, p, rcjax.grow(p, jax.random.key(4), sizes={"head_dim": 16})) < 2e-6
+
+
+def test_tied_embed_growth_not_exact_under_sp():
+  model, p = gpt("gpt2", "sp", kv_heads=None, tied=True)
+  assert rel_diff(model, p, rcjax.grow(p, jax.random.key(4), sizes={"embed": 64})) > 1e-2
+
+
+def test_mup_equals_sp_at_base_width_including_logit_scale():
+  m_sp, p = gpt("llama", "sp")
+  m_mup = m_sp.clone(param="mup")
+  p_mup = jax.tree.map(lambda b: b.replace(param="mup"), p, is_leaf=rcjax.is_rc)
+  np.testing.assert_array_equal(logits(m_mup, p_mup), logits(m_sp, p))
+  assert logit_scale("mup", 8, 8) == logit_scale("sp", 8, 8) and logit_scale("mf", 16, 8) == 1 / 16
+  assert logit_scale("mup", 32, 8) == pytest.approx(np.sqrt(8) / 32)
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_causal(style):
+  model, p = gpt(style, "mup", tied=False)
+  x2 = X.at[:, 6].set((X[:, 6] + 1) % 32)
+  a, b = logits(model, p), logits(model, p, x2)
+  np.testing.assert_array_equal(a[:, :6], b[:, :6])
+  assert float(jnp.max(jnp.abs(a[:, 6:] - b[:, 6:]))) > 0
+
+
+def test_axes():
+  _, p = gpt("llama", "mf")
+  b = p["blocks"]
+  assert b["up"].axes == ("layers", "embed", "mlp") and b["down"].axes == ("layers", "mlp", "embed")
+  assert b["gate"].axes == ("layers", "embed", "mlp") and b["o"].fan_in == (1, 2)
+  assert b["q"].blocks == (("head_dim", 2), ("heads", "kv_heads")) and b["k"].blocks == (("head_dim", 2),)
+  assert set(rcjax.width_axes(p)) == {"embed", "heads", "kv_heads", "head_dim", "mlp"}
+  assert rcjax.sizes(p)["layers"] == 2 and "readout" in p and "positions" not in p
+  _, p = gpt("gpt2", "mup", kv_heads=None)
+  assert "readout" not in p and p["positions"].axes == ("positions", "embed") and "q_bias" in p["blocks"]
+
+
+def test_bad_sizes_are_clear_errors():
+  with pytest.raises(ValueError, match="width 30 is not divisible by heads 4"):
+    gpt(width=30)
+  with pytest.raises(ValueError, match="heads 4 must be a positive multiple of kv_heads 3"):
+    gpt(kv_heads=3)
+  _, p = gpt("llama")
+  with pytest.raises(ValueError, match="'heads'.*multiple of 3"):
+    rcjax.grow(p, jax.random.key(0), sizes={"kv_heads": 3})
+  with pytest.raises(ValueError, match="grow would shrink the blocks of axis 'heads'.*grow 'heads' to 8"):
+    rcjax.grow(p, jax.random.key(0), sizes={"kv_heads": 4})
+  with pytest.raises(ValueError, match="'head_dim'.*2 blocks.*multiple of 2"):
+    rcjax.grow(p, jax.random.key(0), sizes={"head_dim": 9})
+  q = p["blocks"]["q"]
+  with pytest.raises(ValueError, match="in blocks per 'kv_heads' at .* but per 'embed'"):
+    rcjax.grow({"a": q, "b": q.replace(blocks=(("heads", "embed"),))}, jax.random.key(0))

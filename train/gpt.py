@@ -1,0 +1,534 @@
+"""python -m train.gpt: GPT / Llama training on a device mesh, with growth mid-training.
+
+    python -m train.gpt --preset tiny --steps 300 --out runs/tiny                  # CPU, ~1 min
+    python -m train.gpt --preset tiny --mesh data=2,fsdp=2,tensor=2 --out runs/t8  # 8 devices
+    python -m train.gpt --preset tiny --grow-at 150 --grow-to 128 --out runs/grow  # 64 -> 128 mid-run
+    python -m train.gpt --preset tiny --width 128 --transfer-from runs/tiny --out runs/from_tiny
+    python -m train.gpt --preset gpt-small --steps 50 --log-every 10               # GPU: tokens/s, MFU
+    python -m train.gpt --preset tiny --dataset tiny_shakespeare --out runs/shakespeare   # TFDS, bytes
+    # two hosts (or two local processes; each sees its own devices):
+    python -m train.gpt --preset tiny --coordinator HOST:1234 --num-processes 2 --process-id 0 --out D
+    python -m train.gpt --preset tiny --coordinator HOST:1234 --num-processes 2 --process-id 1 --out D
+
+A run directory holds config.json, metrics.jsonl, checkpoints/ and loss.png. Restarting the same command
+resumes from the last complete checkpoint, on any mesh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+import rcjax
+from rcjax import sharding
+from rcjax.checkpoint import Checkpointer
+from rcjax.rc import is_rc, leaves_with_paths
+from train.text_data import DATASETS, TextData
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  preset: str = "tiny"          # named defaults (PRESETS); flags override them
+  style: str = "gpt2"           # gpt2 (LayerNorm, learned positions, GELU) | llama (RMSNorm, RoPE, SwiGLU)
+  vocab: int = 256              # vocabulary (data is bytes: ids >= 256 never occur)
+  width: int = 64               # embed size N
+  depth: int = 2                # blocks
+  heads: int = 4                # query heads (width must be divisible by heads unless head_dim is set)
+  kv_heads: int = 0             # kv heads for grouped-query attention (0: = heads)
+  head_dim: int = 0             # 0: width // heads
+  mlp: int = 0                  # MLP hidden size (0: 4N for gpt2, ~8N/3 for llama)
+  tied: str = "auto"            # tie input and output embeddings: auto (style) | yes | no
+  param: str = "mup"            # parametrization: sp | ntk | mup | mf
+  init: str = "normal"          # init distribution of every weight matrix, e.g. normal:1,3
+  base_width: int = 0           # width whose sizes are the muP base (0: this run's initial width)
+  seq_len: int = 64             # tokens per sequence
+  batch_size: int = 16          # sequences per step (global, over all devices and processes)
+  steps: int = 300              # training steps
+  lr: float = 3e-3              # peak AdamW learning rate (times the parametrization's multipliers)
+  warmup: int = 30              # linear warmup steps
+  min_lr: float = 0.1           # cosine decay to min_lr * lr
+  b1: float = 0.9
+  b2: float = 0.95
+  weight_decay: float = 0.0     # decoupled, on weight matrices only
+  clip: float = 1.0             # global gradient-norm clip (0: off)
+  dtype: str = "bfloat16"       # compute dtype; params and optimizer state stay float32
+  attention: str = "auto"       # auto (cudnn on GPU when it applies, else xla) | xla | cudnn
+  remat: bool = False           # rematerialise blocks in the backward pass
+  mesh: str = "data=-1"         # device mesh, e.g. data=2,fsdp=2,tensor=2 (-1: the rest)
+  seed: int = 0
+  dataset: str = "markov"       # markov (offline synthetic language) | tiny_shakespeare | lm1b (TFDS)
+  markov_order: int = 2
+  markov_symbols: int = 16
+  markov_alpha: float = 0.2
+  data_dir: str = ""            # TFDS data dir ('' = TFDS default)
+  out: str = ""                 # run directory ('' = nothing written)
+  ckpt_every: int = 0           # checkpoint every k steps (0: only save_steps and the last step)
+  save_steps: str = ""          # extra checkpoint steps, e.g. 4000,12000,20000,32000
+  keep: int = 0                 # checkpoints kept (0: all)
+  log_every: int = 10
+  eval_every: int = 0           # eval loss on eval_batches fixed batches every k steps (0: off)
+  eval_batches: int = 2
+  grow_at: int = 0              # grow after this step (0: never) ...
+  grow_to: int = 0              # ... to this width; mlp, heads, kv_heads scale with it, head_dim fixed
+  random_rate: float = 0.0      # r1 of growth / transfer
+  norm_rate: float = 0.0        # r2 of growth / transfer
+  grow_exact: bool = False      # count-corrected growth (exact for any ratio where the math allows)
+  transfer_from: str = ""       # start from another run's last checkpoint, transferred to this width
+  peak_flops: float = 0.0       # peak FLOP/s per device for MFU (0: from the device kind table)
+  progress: bool = True         # tqdm progress bar
+
+
+PRESETS = {
+    "tiny": {},
+    "tiny-llama": dict(style="llama", kv_heads=2),
+    "gpt-small": dict(width=768, depth=12, heads=12, vocab=50304, seq_len=1024, batch_size=32, lr=6e-4,
+                      warmup=200, steps=10000, log_every=10),                       # GPT-2 small, 124M
+    "gpt-medium": dict(width=1024, depth=24, heads=16, vocab=50304, seq_len=1024, batch_size=32, lr=3e-4,
+                       warmup=200, steps=10000, log_every=10),                      # GPT-2 medium, 355M
+    "llama-small": dict(style="llama", width=768, depth=12, heads=12, kv_heads=4, vocab=32000, seq_len=1024,
+                        batch_size=32, lr=6e-4, warmup=200, steps=10000, log_every=10),  # 125M, GQA
+}
+RESUMABLE = ("steps", "mesh", "log_every", "eval_every", "ckpt_every", "save_steps", "keep", "progress",
+             "peak_flops", "attention", "preset")
+# Dense bf16 peak FLOP/s per device (vendor data sheets); matched in order against jax device_kind.
+PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
+              ("A100", 312e12), ("L4", 121e12), ("TPU v4", 275e12), ("TPU v5 lite", 197e12),
+              ("TPU v5e", 197e12), ("TPU v5", 459e12), ("TPU v6", 918e12))
+
+
+# --- model, optimizer, FLOPs --------------------------------------------------------------------
+
+def scaled_sizes(cfg: Config, width: int) -> dict[str, int]:
+  """Sizes of the width axes at `width`: embed, mlp, heads and kv_heads scale with it, head_dim is fixed.
+  Raises ValueError if one of them would not be an integer."""
+  sizes = build_model(cfg, base=False).arch()["sizes"]
+  out = {}
+  for name, n in sizes.items():
+    scaled = n if name == "head_dim" else n * width / cfg.width
+    if scaled != int(scaled) or scaled < 1:
+      raise ValueError(f"width {width}: {name} would be {scaled:g} ({n} at width {cfg.width}); pick a width "
+                       "that scales heads, kv_heads and mlp to integers")
+    out[name] = int(scaled)
+  return out
+
+
+def build_model(cfg: Config, base: bool = True) -> rcjax.nn.GPT:
+  bases = scaled_sizes(cfg, cfg.base_width) if base and cfg.base_width else None
+  tied = {"auto": None, "yes": True, "no": False}[cfg.tied]
+  return rcjax.nn.GPT(vocab=cfg.vocab, width=cfg.width, depth=cfg.depth, heads=cfg.heads,
+                      kv_heads=cfg.kv_heads or None, head_dim=cfg.head_dim or None, mlp=cfg.mlp or None,
+                      max_len=cfg.seq_len, style=cfg.style, tied=tied, param=cfg.param, kernel_init=cfg.init,
+                      base=bases, remat=cfg.remat, dtype=jnp.dtype(cfg.dtype), attention=_attention(cfg))
+
+
+def _attention(cfg: Config) -> str | None:
+  if cfg.attention != "auto":
+    return None if cfg.attention == "xla" else cfg.attention
+  d = cfg.head_dim or cfg.width // max(cfg.heads, 1)
+  ok = jax.default_backend() == "gpu" and cfg.dtype in ("bfloat16", "float16") and d % 8 == 0 and d <= 128
+  return "cudnn" if ok else None
+
+
+def build_optimizer(cfg: Config) -> optax.GradientTransformation:
+  sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup, 1), max(cfg.steps, cfg.warmup + 1),
+                                             cfg.lr * cfg.min_lr)
+  decay_mask = lambda p: jax.tree.map(lambda b: b.replace(value=bool(b.fan_in)), p, is_leaf=is_rc)
+  adam = rcjax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=1e-8, weight_decay=cfg.weight_decay, mask=decay_mask)
+  return optax.chain(optax.clip_by_global_norm(cfg.clip), adam) if cfg.clip else adam
+
+
+def flops_per_token(params: Any, seq_len: int) -> float:
+  """Training FLOPs per token, 6 * (matmul params) + 12 * layers * heads * head_dim * seq_len (PaLM,
+  appendix B; counts the full attention matrix and omits norms, softmax and the embedding lookup)."""
+  leaves, sizes = dict(leaves_with_paths(params)), rcjax.sizes(params)
+  n = sum(b.value.size for p, b in leaves.items() if b.fan_in and p not in ("['embed']", "['positions']"))
+  if "['readout']" not in leaves:  # tied: the token table is also the readout matmul
+    n += leaves["['embed']"].value.size
+  return 6.0 * n + 12.0 * sizes.get("layers", 1) * sizes["heads"] * sizes["head_dim"] * seq_len
+
+
+def peak_flops(cfg: Config) -> float | None:
+  if cfg.peak_flops:
+    return cfg.peak_flops
+  kind = jax.devices()[0].device_kind
+  return next((v for k, v in PEAK_FLOPS if k in kind), None)
+
+
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+  logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32))
+  return -jnp.mean(jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1))
+
+
+class Trainer:
+  """Jitted, sharded train and eval steps for one set of param shapes (rebuilt after growth)."""
+
+  def __init__(self, model, tx, mesh, params, opt_state):
+    self.p_sh, self.o_sh = sharding.shardings(params, mesh), sharding.shardings(opt_state, mesh)
+    self.b_sh = sharding.batch_sharding(mesh)
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    loss_fn = lambda p, b: cross_entropy(model.apply({"params": p}, b[:, :-1]), b[:, 1:])
+
+    def step(p, s, b):
+      loss, g = jax.value_and_grad(loss_fn)(p, b)
+      u, s = tx.update(g, s, p)
+      return optax.apply_updates(p, u), s, loss
+
+    self.step = jax.jit(step, in_shardings=(self.p_sh, self.o_sh, self.b_sh),
+                        out_shardings=(self.p_sh, self.o_sh, rep), donate_argnums=(0, 1))
+    self.loss = jax.jit(loss_fn, in_shardings=(self.p_sh, self.b_sh), out_shardings=rep)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def global_batch(data: TextData, step: int, batch_size: int, b_sh, eval: bool = False) -> jax.Array:
+  """The batch of `step` as a global array; each process builds only the rows of its own devices."""
+  shape = (batch_size, data.seq_len + 1)
+  cache: dict = {}
+
+  def rows(index):
+    sl = index[0]
+    key = (sl.start, sl.stop)
+    if key not in cache:
+      cache[key] = data.batch(step, range(*sl.indices(batch_size)), eval=eval)
+    return cache[key]
+  return jax.make_array_from_callback(shape, b_sh, rows)
+
+
+# --- run directory ------------------------------------------------------------------------------
+
+def _check_run_dir(cfg: Config) -> None:
+  path = os.path.join(cfg.out, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  diff = [k for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE and old.get(k) != v]
+  if diff:
+    theirs = ", ".join(f"{k}={old.get(k)!r}" for k in diff[:4])
+    ours = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in diff[:4])
+    raise ValueError(f"{cfg.out} holds a run with another config ({theirs} vs {ours}); use a new --out")
+
+
+def _check_arch(template: Any, abstract: Any, where: str) -> dict:
+  """Raise unless the checkpoint `template` has this model's leaves and fixed axes; return its sizes."""
+  saved = {p: b for p, b in leaves_with_paths(template)}
+  ours = {p: b for p, b in leaves_with_paths(abstract)}
+  for p in sorted(set(saved) ^ set(ours)):
+    raise ValueError(f"{where} holds another architecture: leaf {p} is "
+                     f"{'only in the checkpoint' if p in saved else 'missing from the checkpoint'}")
+  for p, b in ours.items():
+    s = saved[p]
+    fixed = [(a, n, m) for a, n, m, w in zip(b.axes, s.shape, b.shape, b.base) if w is None and n != m]
+    if s.axes != b.axes or fixed:
+      raise ValueError(f"{where} holds another architecture: leaf {p} has axes {s.axes} shape {s.shape}, "
+                       f"this model {b.axes} shape {b.shape}")
+  return rcjax.sizes(template)
+
+
+def _at_sizes(abstract: Any, sizes: dict) -> Any:
+  widths = rcjax.width_axes(abstract)
+  target = {k: v for k, v in sizes.items() if k in widths and v != widths[k]}
+  if not target:
+    return abstract
+  return jax.eval_shape(lambda p: rcjax.transfer(p, jax.random.key(0), target), abstract)
+
+
+def load_params(run_dir: str, mesh, step: int | None = None) -> Any:
+  """A run's params (latest or `step`), restored straight onto `mesh` sharded by `rcjax.sharding.RULES`."""
+  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
+  target = sharding.abstract(ckpt.params_template(step), mesh)
+  return ckpt.restore(step, params=target)["params"]
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def _preflight(cfg: Config, model) -> None:
+  """Check the checkpoint this run would resume from, or transfer from, against this architecture.
+  Between two barriers, so every process sees the same files (orbax's managers synchronise processes)."""
+  _sync("train.gpt:preflight")
+  abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, cfg.seq_len), jnp.int32))["params"],
+                            jax.random.key(0))
+  own = os.path.join(cfg.out, "checkpoints") if cfg.out else None
+  if own and os.path.isdir(own) and Checkpointer(own, read_only=True).latest_step() is not None:
+    ckpt = Checkpointer(own, read_only=True)
+    _check_arch(ckpt.params_template(ckpt.latest_step()), abstract, own)
+  elif cfg.transfer_from:
+    _check_arch(Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"), read_only=True).params_template(),
+                abstract, cfg.transfer_from)
+  _sync("train.gpt:preflight done")
+
+
+def _initial_state(cfg, model, tx, mesh, ckpt, log):
+  key = jax.random.key(cfg.seed)
+  x = jnp.zeros((1, cfg.seq_len), jnp.int32)
+  init_fn = lambda k: model.init(k, x)["params"]
+  abstract = jax.eval_shape(init_fn, key)
+  latest = ckpt.latest_step() if ckpt else None
+  if latest is not None:  # resume, at the saved widths, onto this mesh
+    sizes = _check_arch(ckpt.params_template(latest), abstract, ckpt.directory)
+    abstract = _at_sizes(abstract, sizes)
+    r = ckpt.restore(latest, params=sharding.abstract(abstract, mesh),
+                     opt_state=sharding.abstract(jax.eval_shape(tx.init, abstract), mesh))
+    log({"event": "resume", "step": latest})
+    return r["params"], r["opt_state"], latest
+  if cfg.transfer_from:
+    src = Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"), read_only=True)
+    template = src.params_template()
+    _check_arch(template, abstract, cfg.transfer_from)
+    params = src.restore(params=sharding.abstract(template, mesh))["params"]
+    target = rcjax.width_axes(abstract)
+    params = rcjax.transfer(params, jax.random.fold_in(key, 7), target, random_rate=cfg.random_rate,
+                            norm_rate=cfg.norm_rate, exact=cfg.grow_exact and all(
+                                target[k] >= v for k, v in rcjax.width_axes(params).items()))
+    params = jax.device_put(params, sharding.shardings(params, mesh))
+    log({"event": "transfer", "step": 0, "from": cfg.transfer_from, "from_sizes": rcjax.width_axes(template)})
+  else:
+    params = sharding.init(init_fn, key, mesh=mesh)
+  opt_state = jax.jit(tx.init, out_shardings=sharding.shardings(jax.eval_shape(tx.init, params), mesh))(params)
+  return params, opt_state, 0
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def validate(cfg: Config) -> None:
+  """Raise ValueError for bad config (before anything is written)."""
+  for name, value, choices in (("style", cfg.style, ("gpt2", "llama")), ("param", cfg.param, rcjax.rc.PARAMS),
+                               ("dataset", cfg.dataset, DATASETS), ("tied", cfg.tied, ("auto", "yes", "no")),
+                               ("attention", cfg.attention, ("auto", "xla", "cudnn")),
+                               ("dtype", cfg.dtype, ("bfloat16", "float32", "float16"))):
+    if value not in choices:
+      raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+  rcjax.parametrization.parse_init(cfg.init)
+  for name in ("width", "depth", "heads", "seq_len", "batch_size", "steps", "vocab", "log_every"):
+    if getattr(cfg, name) <= 0:
+      raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+  build_model(cfg).arch()
+  mesh = sharding.parse_mesh(cfg.mesh)
+  shards = mesh["data"] * mesh["fsdp"]
+  if cfg.batch_size % shards:
+    raise ValueError(f"batch_size {cfg.batch_size} must be divisible by data*fsdp = {shards} "
+                     f"of mesh {cfg.mesh}")
+  if cfg.base_width:
+    scaled_sizes(cfg, cfg.base_width)
+  if cfg.grow_at:
+    if cfg.grow_to <= cfg.width:
+      raise ValueError(f"grow_to must exceed width {cfg.width}, got {cfg.grow_to}")
+    scaled_sizes(cfg, cfg.grow_to)
+  if cfg.transfer_from and not os.path.isdir(os.path.join(cfg.transfer_from, "checkpoints")):
+    raise ValueError(f"--transfer-from {cfg.transfer_from}: no checkpoints/ folder there")
+  for s in filter(None, cfg.save_steps.split(",")):
+    if not s.strip().isdigit():
+      raise ValueError(f"save_steps must be comma-separated step numbers, got {cfg.save_steps!r}")
+
+
+def run(cfg: Config) -> dict:
+  """Train; returns a summary (final loss, loss floor, tokens/s, MFU, sizes)."""
+  validate(cfg)
+  main = jax.process_index() == 0
+  if cfg.out:
+    _check_run_dir(cfg)
+  mesh = sharding.make_mesh(cfg.mesh)
+  data = TextData(cfg.dataset, cfg.seq_len, cfg.seed, data_dir=cfg.data_dir or None,
+                  markov=dict(order=cfg.markov_order, symbols=cfg.markov_symbols, alpha=cfg.markov_alpha))
+  model, tx = build_model(cfg), build_optimizer(cfg)
+  _preflight(cfg, model)  # reads checkpoint metadata only: a bad source fails before anything is written
+  ckpt = Checkpointer(os.path.join(cfg.out, "checkpoints"), max_to_keep=cfg.keep or None) if cfg.out else None
+  metrics_file = None
+  if cfg.out and main:
+    os.makedirs(cfg.out, exist_ok=True)
+    tmp = os.path.join(cfg.out, f".config.json.{os.getpid()}")
+    with open(tmp, "w") as f:
+      json.dump(dataclasses.asdict(cfg), f, indent=1)
+    os.replace(tmp, os.path.join(cfg.out, "config.json"))  # atomic: other processes read it
+    metrics_file = _open_metrics(os.path.join(cfg.out, "metrics.jsonl"))
+
+  def log(rec):
+    if metrics_file:
+      metrics_file.write(json.dumps(rec) + "\n")
+      metrics_file.flush()
+
+  params, opt_state, start = _initial_state(cfg, model, tx, mesh, ckpt, log)
+  trainer = Trainer(model, tx, mesh, params, opt_state)
+  save_steps = {int(s) for s in filter(None, cfg.save_steps.split(","))} | {cfg.steps}
+  peak, n_dev = peak_flops(cfg), jax.device_count()
+  fpt = flops_per_token(params, cfg.seq_len)
+  tokens_per_step = cfg.batch_size * cfg.seq_len
+  eval_batches = [global_batch(data, i, cfg.batch_size, trainer.b_sh, eval=True)
+                  for i in range(cfg.eval_batches if cfg.eval_every else 0)]
+  bar = tqdm(total=cfg.steps, initial=start, disable=not (main and cfg.progress), desc="train.gpt")
+  speeds, t_last, steps_since, paused, loss = [], None, 0, 0.0, None
+  flops_done = start * tokens_per_step * fpt
+  for step in range(start + 1, cfg.steps + 1):
+    batch = global_batch(data, step, cfg.batch_size, trainer.b_sh)
+    try:
+      params, opt_state, loss = trainer.step(params, opt_state, batch)
+    except Exception as e:  # noqa: BLE001 - cuDNN attention may reject a shape at compile time: use XLA's
+      if t_last is not None or model.attention != "cudnn" or cfg.attention != "auto":
+        raise
+      print(f"train.gpt: cuDNN attention did not compile ({type(e).__name__}: {str(e)[:200]}); using XLA "
+            "attention", file=sys.stderr)
+      model = model.clone(attention=None)
+      trainer = Trainer(model, tx, mesh, params, opt_state)
+      params, opt_state, loss = trainer.step(params, opt_state, batch)
+    flops_done += tokens_per_step * fpt
+    steps_since += 1
+    bar.update(1)
+    if t_last is None:  # the first step compiles: time from its end
+      loss.block_until_ready()
+      t_last, steps_since, paused = time.perf_counter(), 0, 0.0
+    if step % cfg.log_every == 0 or step == cfg.steps:
+      loss_v = float(loss)
+      now = time.perf_counter()
+      rec = {"step": step, "loss": loss_v, "tokens": step * tokens_per_step, "flops": flops_done,
+             "width": rcjax.sizes(params)["embed"]}
+      if steps_since:  # time spent in steps only (evals and checkpoint saves are paused out)
+        tps = steps_since * tokens_per_step / (now - t_last - paused)
+        rec.update(tokens_per_s=tps, mfu=(tps * fpt / (peak * n_dev)) if peak else None)
+        speeds.append(rec)
+      t_last, steps_since, paused = now, 0, 0.0
+      log(rec)
+      bar.set_postfix(loss=f"{loss_v:.3f}")
+    if cfg.grow_at and step == cfg.grow_at and rcjax.sizes(params)["embed"] != cfg.grow_to:
+      params, opt_state, trainer, rec = _grow(cfg, params, opt_state, model, tx, mesh, data, step)
+      fpt = flops_per_token(params, cfg.seq_len)
+      log(rec)  # (before saving: the checkpoint of this step holds the grown state)
+      t_last = None
+    do_eval = cfg.eval_every and step % cfg.eval_every == 0
+    do_save = ckpt and (step in save_steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0))
+    if do_eval or do_save:
+      loss.block_until_ready()
+      t0 = time.perf_counter()
+      if do_eval:
+        log({"step": step, "eval_loss": float(np.mean([float(trainer.loss(params, b)) for b in eval_batches]))})
+      if do_save:
+        ckpt.save(step, params=params, opt_state=opt_state, config=dataclasses.asdict(cfg),
+                  extra={"tokens": step * tokens_per_step, "sizes": rcjax.sizes(params)})
+      paused += time.perf_counter() - t0
+  bar.close()
+  if ckpt:
+    ckpt.wait()
+    ckpt.close()
+  summary = {"steps": cfg.steps, "loss": None if loss is None else float(loss), "loss_floor": data.loss_floor(),
+             "sizes": rcjax.sizes(params), "flops_per_token": fpt, "device": jax.devices()[0].device_kind,
+             "devices": n_dev, "peak_flops_per_device": peak}
+  if speeds:
+    tail = speeds[len(speeds) // 2:] or speeds  # steady state: the second half of the intervals
+    summary["tokens_per_s"] = float(np.mean([r["tokens_per_s"] for r in tail]))
+    summary["mfu"] = (summary["tokens_per_s"] * fpt / (peak * n_dev)) if peak else None
+  if metrics_file:
+    log({"event": "end", **summary})
+    metrics_file.close()
+    _plot(cfg.out, data.loss_floor())
+  return summary
+
+
+def _grow(cfg, params, opt_state, model, tx, mesh, data, step):
+  """Grow params and AdamW state to `grow_to`; returns them, a new Trainer and a metrics record with the
+  loss on one fixed batch right before and right after growth."""
+  trainer = Trainer(model, tx, mesh, params, opt_state)
+  fixed = global_batch(data, 0, cfg.batch_size, trainer.b_sh, eval=True)
+  before = float(trainer.loss(params, fixed))
+  sizes = scaled_sizes(cfg, cfg.grow_to)
+  params, opt_state = rcjax.grow((params, opt_state), jax.random.fold_in(jax.random.key(cfg.seed), step),
+                                 sizes=sizes, random_rate=cfg.random_rate, norm_rate=cfg.norm_rate,
+                                 exact=cfg.grow_exact)
+  # grow keeps each leaf's mesh axes; put any leaf the rules shard differently at the new sizes on its rule.
+  params = jax.device_put(params, sharding.shardings(params, mesh))
+  opt_state = jax.device_put(opt_state, sharding.shardings(opt_state, mesh))
+  trainer = Trainer(model, tx, mesh, params, opt_state)
+  after = float(trainer.loss(params, fixed))
+  return params, opt_state, trainer, {"event": "grow", "step": step, "loss_before": before, "loss_after": after,
+                                      "sizes": rcjax.sizes(params)}
+
+
+def _open_metrics(path: str):
+  """Open metrics.jsonl for appending, dropping a partial last line left by a killed run."""
+  if os.path.exists(path):
+    with open(path, "rb+") as f:
+      data = f.read()
+      if data and not data.endswith(b"\n"):
+        f.truncate(data.rfind(b"\n") + 1)
+  return open(path, "a")
+
+
+def _plot(out: str, floor: float | None) -> None:
+  try:
+    from rcjax import plots
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+      recs = [json.loads(l) for l in f if l.strip()]
+    plots.save(plots.lm_loss_curve(recs, floor=floor), os.path.join(out, "loss.png"))
+  except Exception as e:  # noqa: BLE001 - a plot must never fail a run
+    print(f"train.gpt: could not draw loss.png ({e})", file=sys.stderr)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def _bool(s: str) -> bool:
+  if s.lower() in ("1", "true", "yes", "on"):
+    return True
+  if s.lower() in ("0", "false", "no", "off"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+  """Flags -> (Config, launch flags). Preset values are defaults; explicit flags win."""
+  ap = argparse.ArgumentParser(prog="python -m train.gpt", description=__doc__.split("\n")[0])
+  for f in dataclasses.fields(Config):
+    kind = {bool: _bool, int: int, float: float}.get(type(f.default), str)
+    ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
+                    choices=sorted(PRESETS) if f.name == "preset" else None, help=f"default {f.default!r}")
+  ap.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process runs)")
+  ap.add_argument("--num-processes", type=int, default=None)
+  ap.add_argument("--process-id", type=int, default=None)
+  args = ap.parse_args(argv)
+  values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
+  preset = values["preset"] or Config.preset
+  merged = {**PRESETS[preset], **{k: v for k, v in values.items() if v is not None}, "preset": preset}
+  return Config(**merged), args
+
+
+def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+  """`jax.distributed.initialize`: explicit flags, or auto-detected on multi-host TPU and SLURM jobs."""
+  if coordinator or (num_processes or 1) > 1:
+    if not (coordinator and num_processes and process_id is not None):
+      raise ValueError("multi-process runs need --coordinator, --num-processes and --process-id together")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    jax.distributed.initialize()
+
+
+def main(argv: list[str] | None = None) -> int:
+  try:
+    cfg, args = parse(argv)
+    init_distributed(args.coordinator, args.num_processes, args.process_id)
+    summary = run(cfg)
+  except (ValueError, RuntimeError, FileNotFoundError) as e:
+    print(f"train.gpt: error: {e}", file=sys.stderr)
+    return 2
+  tps, mfu = summary.get("tokens_per_s"), summary.get("mfu")
+  print(f"process {jax.process_index()}: step {summary['steps']} loss {summary['loss']:.6f}"
+        + (f" floor {summary['loss_floor']:.4f}" if summary["loss_floor"] is not None else "")
+        + (f" | {tps:,.0f} tokens/s" if tps else "")
+        + (f" | MFU {100 * mfu:.1f}% of {summary['peak_flops_per_device']:.3g} FLOP/s x {summary['devices']}"
+           if mfu else "") + f" | {summary['device']}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
