@@ -226,11 +226,14 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
   if not mapped:
     return box
   x, old_shape = box.value, box.shape
-  if sharding is None:
-    x = _gather(x, mapped, [box.axes[d] for d in mapped], maps, repeats)
+  names = [box.axes[d] for d in mapped]
+  spec0 = None if sharding is None else spec_tuple(sharding, len(old_shape))
+  if sharding is None or all(n in repeats for n in names):
+    # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives).
+    x = _gather(x, mapped, names, maps, repeats)
   else:
     # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
-    spec0 = spec = spec_tuple(sharding, len(old_shape))
+    spec = spec0
     for i, d in enumerate(mapped):
       if spec[d]:
         moved = move_off(spec, x.shape, d, sharding.mesh, avoid=set(mapped[i + 1:]))

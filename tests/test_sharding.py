@@ -82,11 +82,12 @@ def _collectives(hlo: str) -> list[tuple[str, int]]:
   return out
 
 
-def test_sharded_growth_keeps_rules_and_never_gathers_a_matrix():
+@pytest.mark.parametrize("sizes", [{"embed": 64, "mlp": 192}, {"embed": 48, "mlp": 144}],
+                         ids=["integer (broadcast path)", "non-integer (gather path)"])
+def test_sharded_growth_keeps_rules_and_never_gathers_a_matrix(sizes):
   model, p = gpt("llama", "mup")
   mesh = sharding.make_mesh("data=1,fsdp=4,tensor=2")
   ps = sharding.shard(p, mesh)
-  sizes = {"embed": 64, "mlp": 192}
   big = rcjax.grow(ps, jax.random.key(3), sizes=sizes)
   # Same values as on one device, and sharded by the same rules at the new sizes.
   chex.assert_trees_all_close(rcjax.unbox(big), rcjax.unbox(rcjax.grow(p, jax.random.key(3), sizes=sizes)),
@@ -109,6 +110,8 @@ def test_sharded_growth_keeps_rules_and_never_gathers_a_matrix():
   smallest_matrix = min(b.value.size for _, b in rcjax.rc.leaves_with_paths(p) if b.value.ndim > 1)
   for kind, n in _collectives(hlo):
     assert n <= (vectors if kind in ("all-gather", "all-reduce") else share), (kind, n)
-  plain = transfer_module._transfer_jit.lower(ps, jax.random.key(3), **{**kw, "shardings": ()}).compile()
+  # (The control uses iid maps: integer-factor stratified maps take the broadcast path, which XLA
+  # partitions locally even without sharding info.)
+  plain = transfer_module._transfer_jit.lower(ps, jax.random.key(3), **{**kw, "sampler": "iid", "shardings": ()}).compile()
   plain = _collectives(plain.as_text())
   assert any(k in ("all-gather", "all-reduce") and n >= smallest_matrix for k, n in plain)
