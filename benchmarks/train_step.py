@@ -83,10 +83,56 @@ def bench_mlp_torch(width: int, batch: int, d_in: int, reps: int, lr: float) -> 
   return _median_time(step, reps)
 
 
+def bench_gpt(preset: str, reps: int, **overrides) -> dict:
+  """tokens/s and MFU of train.gpt's jitted, sharded step (all local devices on the data axis)."""
+  import dataclasses
+  import sys
+
+  from rcjax import sharding
+  from train import gpt as train_gpt
+
+  cfg = dataclasses.replace(train_gpt.Config(), **{**train_gpt.PRESETS.get(preset, {}), **overrides})
+  model, tx = train_gpt.build_model(cfg), train_gpt.build_optimizer(cfg)
+  mesh = sharding.make_mesh(cfg.mesh)
+  params = sharding.init(model.init, jax.random.key(0), jnp.ones((1, cfg.seq_len), jnp.int32), mesh=mesh)["params"]
+  opt_state = jax.jit(tx.init, out_shardings=sharding.shardings(jax.eval_shape(tx.init, params), mesh))(params)
+  trainer = train_gpt.Trainer(model, tx, mesh, params, opt_state)
+  batch = jax.device_put(jax.random.randint(jax.random.key(1), (cfg.batch_size, cfg.seq_len + 1), 0, cfg.vocab),
+                         trainer.b_sh)
+  state = [params, opt_state]
+
+  def step():
+    p, s, loss = trainer.step(state[0], state[1], batch)
+    jax.block_until_ready(loss)
+    state[0], state[1] = p, s
+
+  attention = model.attention or "xla"
+  try:
+    step()
+  except Exception as e:  # noqa: BLE001 - cuDNN attention may reject a shape: measure XLA attention then
+    if model.attention != "cudnn":
+      raise
+    print(f"cuDNN attention failed ({type(e).__name__}: {str(e)[:160]}); using XLA attention", file=sys.stderr)
+    model, attention = model.clone(attention=None), "xla (cudnn failed)"
+    trainer = train_gpt.Trainer(model, tx, mesh, state[0], state[1])
+  t = _median_time(step, reps)
+  tokens = cfg.batch_size * cfg.seq_len
+  fpt = train_gpt.flops_per_token(state[0], cfg.seq_len)
+  peak = train_gpt.peak_flops(cfg)
+  n_params = sum(b.value.size for b in jax.tree.leaves(state[0], is_leaf=lambda x: hasattr(x, "axes")))
+  return {"case": f"gpt {preset} B={cfg.batch_size} T={cfg.seq_len} {cfg.dtype}" + (" remat" if cfg.remat else ""),
+          "params_M": n_params / 1e6, "attention": attention, "step_s": t, "tokens_per_s": tokens / t,
+          "TFLOPs_per_device": tokens * fpt / t / 1e12 / jax.device_count(),
+          "mfu": tokens * fpt / t / (peak * jax.device_count()) if peak else None}
+
+
 def main(argv=None) -> list[dict]:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--smoke", action="store_true", help="tiny shapes (for the test suite)")
   ap.add_argument("--only", choices=["mlp", "gpt"], help="run one family")
+  ap.add_argument("--gpt", default="gpt-small,gpt-medium",
+                  help="comma-separated train.gpt presets, each optionally with :BATCH (e.g. gpt-medium:64)")
+  ap.add_argument("--remat", action="store_true", help="rematerialise blocks in the GPT runs")
   ap.add_argument("--reps", type=int, default=20)
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)
@@ -95,14 +141,30 @@ def main(argv=None) -> list[dict]:
   rows = []
   if args.only in (None, "mlp"):
     width, batch, d_in = (32, 16, 64) if args.smoke else (1000, 64, 3072)
-    rows.append(bench_mlp(width, batch, d_in, reps=3 if args.smoke else args.reps))
-  for row in rows:
-    row["device"] = dev.device_kind
-    print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=1)
+    _report(rows, bench_mlp(width, batch, d_in, reps=3 if args.smoke else args.reps), args.json)
+  if args.only in (None, "gpt"):
+    specs = ["tiny:8"] if args.smoke else args.gpt.split(",")
+    for spec in specs:
+      preset, _, batch = spec.partition(":")
+      over = {"batch_size": int(batch)} if batch else {}
+      if args.remat:
+        over["remat"] = True
+      try:
+        row = bench_gpt(preset, 3 if args.smoke else max(3, args.reps // 2), **over)
+      except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch: report it, go on
+        row = {"case": f"gpt {spec}", "error": f"{type(e).__name__}: {str(e)[:300]}"}
+      _report(rows, row, args.json)
   return rows
+
+
+def _report(rows: list[dict], row: dict, path: str | None) -> None:
+  """Print a row and rewrite the JSON file (after every row: a run cut short keeps what it measured)."""
+  row["device"] = jax.devices()[0].device_kind
+  rows.append(row)
+  print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+  if path:
+    with open(path, "w") as f:
+      json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":
