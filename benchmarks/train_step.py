@@ -107,14 +107,13 @@ def bench_gpt(preset: str, reps: int, **overrides) -> dict:
     state[0], state[1] = p, s
 
   attention = model.attention or "xla"
-  try:
-    step()
-  except Exception as e:  # noqa: BLE001 - cuDNN attention may reject a shape: measure XLA attention then
-    if model.attention != "cudnn":
-      raise
-    print(f"cuDNN attention failed ({type(e).__name__}: {str(e)[:160]}); using XLA attention", file=sys.stderr)
-    model, attention = model.clone(attention=None), "xla (cudnn failed)"
-    trainer = train_gpt.Trainer(model, tx, mesh, state[0], state[1])
+  if model.attention == "cudnn":
+    try:  # compile first: a rejected shape fails here, before the step donates the params
+      trainer.step.lower(params, opt_state, batch).compile()
+    except Exception as e:  # noqa: BLE001 - cuDNN attention may reject a shape: measure XLA attention then
+      print(f"cuDNN attention failed ({type(e).__name__}: {str(e)[:160]}); using XLA attention", file=sys.stderr)
+      model, attention = model.clone(attention=None), "xla (cudnn failed)"
+      trainer = train_gpt.Trainer(model, tx, mesh, params, opt_state)
   t = _median_time(step, reps)
   tokens = cfg.batch_size * cfg.seq_len
   fpt = train_gpt.flops_per_token(state[0], cfg.seq_len)

@@ -166,8 +166,11 @@ def peak_flops(cfg: Config) -> float | None:
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
-  logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32))
-  return -jnp.mean(jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1))
+  """Mean next-token cross-entropy, logsumexp(logits) - logits[target], accumulated in float32. The cast
+  sits inside the reductions, so XLA fuses it and no float32 copy of the (B, T, V) logits is stored."""
+  lse_BxT = jax.nn.logsumexp(logits_BxTxV.astype(jnp.float32), axis=-1)
+  target_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  return jnp.mean(lse_BxT - target_BxT.astype(jnp.float32))
 
 
 class Trainer:
@@ -375,16 +378,15 @@ def run(cfg: Config) -> dict:
   flops_done = start * tokens_per_step * fpt
   for step in range(start + 1, cfg.steps + 1):
     batch = global_batch(data, step, cfg.batch_size, trainer.b_sh)
-    try:
-      params, opt_state, loss = trainer.step(params, opt_state, batch)
-    except Exception as e:  # noqa: BLE001 - cuDNN attention may reject a shape at compile time: use XLA's
-      if t_last is not None or model.attention != "cudnn" or cfg.attention != "auto":
-        raise
-      print(f"train.gpt: cuDNN attention did not compile ({type(e).__name__}: {str(e)[:200]}); using XLA "
-            "attention", file=sys.stderr)
-      model = model.clone(attention=None)
-      trainer = Trainer(model, tx, mesh, params, opt_state)
-      params, opt_state, loss = trainer.step(params, opt_state, batch)
+    if t_last is None and model.attention == "cudnn" and cfg.attention == "auto":
+      try:  # compile ahead of the first call: a rejected shape fails here, before params are donated
+        trainer.step.lower(params, opt_state, batch).compile()
+      except Exception as e:  # noqa: BLE001 - cuDNN attention may reject a shape: use XLA's
+        print(f"train.gpt: cuDNN attention did not compile ({type(e).__name__}: {str(e)[:200]}); using XLA "
+              "attention", file=sys.stderr)
+        model = model.clone(attention=None)
+        trainer = Trainer(model, tx, mesh, params, opt_state)
+    params, opt_state, loss = trainer.step(params, opt_state, batch)
     flops_done += tokens_per_step * fpt
     steps_since += 1
     bar.update(1)
