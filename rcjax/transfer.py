@@ -196,6 +196,17 @@ def _broadcast(vec: jax.Array, d: int, ndim: int) -> jax.Array:
   return vec.reshape((-1,) + (1,) * (ndim - d - 1))
 
 
+def _repeat(x: jax.Array, d: int, k: int) -> jax.Array:
+  """`jnp.repeat(x, k, axis=d)` as a broadcast of a new axis after d merged into d. Doubling the last axis
+  of a 16-bit array is done on 32-bit words (each word holds an entry twice), so the writes stay wide."""
+  shape = x.shape
+  if k == 2 and d == x.ndim - 1 and x.dtype.itemsize == 2:
+    u = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(u | (u << 16), x.dtype).reshape(shape[:-1] + (2 * shape[-1],))
+  x = jnp.broadcast_to(jnp.expand_dims(x, d + 1), shape[:d + 1] + (k,) + shape[d + 1:])
+  return x.reshape(shape[:d] + (shape[d] * k,) + shape[d + 1:])
+
+
 def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict[str, int]) -> jax.Array:
   """`x` gathered along `dims` with the maps of `names`, in one pass over the output.
 
@@ -205,10 +216,8 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
   `arange`), instead of one full pass per axis.
   """
   if all(n in repeats for n in names):
-    for d, n in zip(dims, names):  # broadcast a new axis after d, then merge it into d
-      k, shape = repeats[n], x.shape
-      x = jnp.broadcast_to(jnp.expand_dims(x, d + 1), shape[:d + 1] + (k,) + shape[d + 1:])
-      x = x.reshape(shape[:d] + (shape[d] * k,) + shape[d + 1:])
+    for d, n in zip(dims, names):
+      x = _repeat(x, d, repeats[n])
     return x
   lo, hi = dims[0], dims[-1]
   span = hi - lo + 1

@@ -26,7 +26,7 @@ def slow(x, dims, maps):
   return x
 
 
-@pytest.mark.parametrize("layout,dtype", [(k, jnp.float32) for k in SHAPES] + [("qkv", jnp.bfloat16)])
+@pytest.mark.parametrize("layout,dtype", [(k, jnp.float32) for k in SHAPES] + [("qkv", jnp.bfloat16), ("matrix", jnp.bfloat16)])
 @pytest.mark.parametrize("sampler", ["stratified", "iid", "stride"])
 def test_gather_paths_match_takes_bitwise(layout, sampler, dtype):
   # Eager (no jit): tiny arrays, and it keeps the suite fast by not compiling 300 programs.
