@@ -21,13 +21,7 @@ from rcjax.nn.gpt import logit_scale
 X = jax.random.randint(jax.random.key(1), (2, 10), 0, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compiles():
-  # Dozens of tiny programs: compile time dominates on CPU, not run time.
-  old = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def gpt(style="llama", param="mup", seed=0, **kw):

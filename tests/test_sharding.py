@@ -21,12 +21,7 @@ transfer_module = sys.modules["rcjax.transfer"]
 X = jax.random.randint(jax.random.key(1), (8, 10), 0, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compiles():
-  old = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def test_parse_mesh():
