@@ -359,10 +359,10 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
       continue
     if not (isinstance(m, (jax.Array, np.ndarray)) and m.ndim == 1 and jnp.issubdtype(m.dtype, jnp.integer)):
       raise TypeError(f"apply_maps: map of axis {name!r} must be a 1-D integer array")
-  maps = {k: jnp.asarray(v) for k, v in maps.items() if k in width_axes(tree)}
+  widths = width_axes(tree)
+  maps = {k: jnp.asarray(v) for k, v in maps.items() if k in widths}
   if moment not in (None, 0, 1, 2):
     raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
-  widths = width_axes(tree)
   repeats = tuple(sorted((k, f) for k, m in maps.items() if (f := _repeat_factor(m, widths[k]))))
   return _apply_maps_jit(tree, maps, exact=exact, moment=moment, repeats=repeats,
                          shardings=leaf_shardings(tree))
