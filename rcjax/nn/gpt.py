@@ -27,10 +27,17 @@ from rcjax import parametrization as pz
 from rcjax.nn.layers import rc_param
 
 WIDTH_AXES = ("embed", "heads", "kv_heads", "head_dim", "mlp")
-STYLES = {  # style -> defaults of (norm, positions, activation, tied, bias)
-    "gpt2": dict(norm="layernorm", positions="learned", activation="gelu", tied=True, bias=True),
-    "llama": dict(norm="rmsnorm", positions="rope", activation="swiglu", tied=False, bias=False),
+STYLES = {  # style -> defaults of (norm, positions, activation, tied, bias, parallel_residual)
+    "gpt2": dict(norm="layernorm", positions="learned", activation="gelu", tied=True, bias=True,
+                 parallel_residual=False),
+    "llama": dict(norm="rmsnorm", positions="rope", activation="swiglu", tied=False, bias=False,
+                  parallel_residual=False),
+    "neox": dict(norm="layernorm", positions="rope", activation="gelu_exact", tied=False, bias=True,
+                 parallel_residual=True),
 }
+ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2's gelu_new (tanh)
+               "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),  # erf
+               "relu": jax.nn.relu}
 
 
 def _mm(x, box, spec: str, dtype):
@@ -40,15 +47,17 @@ def _mm(x, box, spec: str, dtype):
   return y if m == 1.0 else y * jnp.asarray(m, dtype)
 
 
-def rope(x_BxTxHxD: jax.Array, base: float) -> jax.Array:
-  """Rotary embedding, 'half' layout (pair i is (i, i + D/2), frequency base**(-2i/D)), computed in fp32."""
+def rope(x_BxTxHxD: jax.Array, base: float, rotary_dim: int | None = None) -> jax.Array:
+  """Rotary embedding on the first `rotary_dim` dims of each head (all: None), 'half' layout (pair i is
+  (i, i + R/2), frequency base**(-2i/R)), computed in fp32; the other dims pass through (GPT-NeoX)."""
   _, t, _, d = x_BxTxHxD.shape
-  inv_freq = base ** (-jnp.arange(d // 2, dtype=jnp.float32) * 2.0 / d)
-  angle_TxD2 = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq[None, :]
-  cos, sin = jnp.cos(angle_TxD2)[None, :, None, :], jnp.sin(angle_TxD2)[None, :, None, :]
+  r = d if rotary_dim is None else rotary_dim
+  inv_freq = 1.0 / base ** (jnp.arange(0, r, 2, dtype=jnp.float32) / r)
+  angle_TxR2 = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  cos, sin = jnp.cos(angle_TxR2)[None, :, None, :], jnp.sin(angle_TxR2)[None, :, None, :]
   x = x_BxTxHxD.astype(jnp.float32)
-  x1, x2 = x[..., : d // 2], x[..., d // 2:]
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxHxD.dtype)
+  x1, x2, rest = x[..., : r // 2], x[..., r // 2: r], x[..., r:]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1).astype(x_BxTxHxD.dtype)
 
 
 def logit_scale(param: str, head_dim: int, base_head_dim: int) -> float:
@@ -69,7 +78,13 @@ class Block(nn.Module):
   norm: str = "layernorm"
   positions: str = "learned"
   activation: str = "gelu"
-  bias: bool = True
+  bias: bool = True              # norm biases (LayerNorm)
+  qkv_bias: bool = True
+  o_bias: bool = True
+  mlp_bias: bool = True
+  parallel_residual: bool = False
+  norm_eps: float = 1e-5
+  rotary_dim: int | None = None
   rope_base: float = 10000.0
   attention: str | None = None
   dtype: Any = jnp.float32
@@ -86,46 +101,55 @@ class Block(nn.Module):
     x = x_BxTxE.astype(jnp.float32)
     if self.norm == "layernorm":
       x = x - x.mean(-1, keepdims=True)
-    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + 1e-5) * scale.value
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + self.norm_eps) * scale.value
     if self.norm == "layernorm" and self.bias:
       x = x + self.rc(f"{name}_bias", ("embed",), (), "zeros").value
     return x.astype(self.dtype)
 
-  def add_bias(self, y, name, axes, blocks=()):
-    return y + self.rc(name, axes, (), "zeros", blocks).value.astype(y.dtype) if self.bias else y
+  def add_bias(self, y, name, axes, blocks=(), on=True):
+    return y + self.rc(name, axes, (), "zeros", blocks).value.astype(y.dtype) if on else y
 
   @nn.compact
   def __call__(self, x_BxTxE, _=None):
     dt = self.dtype
-    qb = (("heads", "kv_heads"),) + ((("head_dim", 2),) if self.positions == "rope" else ())
-    kb = (("head_dim", 2),) if self.positions == "rope" else ()
+    partial = self.rotary_dim is not None and self.rotary_dim != dict(self.sizes)["head_dim"]
+    hb = (("head_dim", 2),) if self.positions == "rope" and not partial else ()
+    qb = (("heads", "kv_heads"),) + hb
     h = self.normalize(x_BxTxE, "attn_norm")
     wq = self.rc("q", ("embed", "heads", "head_dim"), (0,), self.kernel_init, qb)
-    wk = self.rc("k", ("embed", "kv_heads", "head_dim"), (0,), self.kernel_init, kb)
+    wk = self.rc("k", ("embed", "kv_heads", "head_dim"), (0,), self.kernel_init, hb)
     wv = self.rc("v", ("embed", "kv_heads", "head_dim"), (0,), self.kernel_init)
-    q = self.add_bias(_mm(h, wq, "bte,ehd->bthd", dt), "q_bias", ("heads", "head_dim"), qb)
-    k = self.add_bias(_mm(h, wk, "bte,ekd->btkd", dt), "k_bias", ("kv_heads", "head_dim"), kb)
-    v = self.add_bias(_mm(h, wv, "bte,ekd->btkd", dt), "v_bias", ("kv_heads", "head_dim"))
-    if self.positions == "rope":
-      q, k = rope(q, self.rope_base), rope(k, self.rope_base)
+    q = self.add_bias(_mm(h, wq, "bte,ehd->bthd", dt), "q_bias", ("heads", "head_dim"), qb, self.qkv_bias)
+    k = self.add_bias(_mm(h, wk, "bte,ekd->btkd", dt), "k_bias", ("kv_heads", "head_dim"), hb, self.qkv_bias)
+    v = self.add_bias(_mm(h, wv, "bte,ekd->btkd", dt), "v_bias", ("kv_heads", "head_dim"), (), self.qkv_bias)
     d = q.shape[-1]
+    if partial and d != dict(self.sizes)["head_dim"]:
+      raise ValueError(f"partial rotary embedding (rotary_dim {self.rotary_dim} of head_dim "
+                       f"{dict(self.sizes)['head_dim']}): head_dim cannot change, got params with head_dim {d}")
+    if self.positions == "rope":
+      r = self.rotary_dim if partial else None
+      q, k = rope(q, self.rope_base, r), rope(k, self.rope_base, r)
     scale = logit_scale(self.param, d, wq.base[2])
     o_BxTxHxD = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True,
                                              implementation=self.attention)
     wo = self.rc("o", ("heads", "head_dim", "embed"), (0, 1), self.kernel_init, (("heads", "kv_heads"),))
-    y = self.add_bias(_mm(o_BxTxHxD, wo, "bthd,hde->bte", dt), "o_bias", ("embed",))
-    x_BxTxE = x_BxTxE + y.astype(x_BxTxE.dtype)
+    attn = self.add_bias(_mm(o_BxTxHxD, wo, "bthd,hde->bte", dt), "o_bias", ("embed",), (), self.o_bias)
+    if not self.parallel_residual:
+      x_BxTxE = x_BxTxE + attn.astype(x_BxTxE.dtype)
 
     h = self.normalize(x_BxTxE, "mlp_norm")
     up = self.add_bias(_mm(h, self.rc("up", ("embed", "mlp"), (0,), self.kernel_init), "bte,ef->btf", dt),
-                       "up_bias", ("mlp",))
+                       "up_bias", ("mlp",), (), self.mlp_bias)
     if self.activation == "swiglu":
-      gate = _mm(h, self.rc("gate", ("embed", "mlp"), (0,), self.kernel_init), "bte,ef->btf", dt)
+      gate = self.add_bias(_mm(h, self.rc("gate", ("embed", "mlp"), (0,), self.kernel_init), "bte,ef->btf", dt),
+                           "gate_bias", ("mlp",), (), self.mlp_bias)
       a_BxTxF = jax.nn.silu(gate) * up
     else:
-      a_BxTxF = jax.nn.gelu(up)
+      a_BxTxF = ACTIVATIONS[self.activation](up)
     down = self.rc("down", ("mlp", "embed"), (0,), self.kernel_init)
-    y = self.add_bias(_mm(a_BxTxF, down, "btf,fe->bte", dt), "down_bias", ("embed",))
+    y = self.add_bias(_mm(a_BxTxF, down, "btf,fe->bte", dt), "down_bias", ("embed",), (), self.mlp_bias)
+    if self.parallel_residual:  # GPT-NeoX: x + attn(norm1(x)) + mlp(norm2(x))
+      return x_BxTxE + attn.astype(x_BxTxE.dtype) + y.astype(x_BxTxE.dtype), None
     return x_BxTxE + y.astype(x_BxTxE.dtype), None
 
 
@@ -141,8 +165,15 @@ class GPT(nn.Module):
     head_dim: D (None: width // heads).
     mlp: hidden size F of the MLP (None: 4E for 'gelu', 8E/3 rounded up to a multiple of 32 for 'swiglu').
     max_len: learned position table size ('learned' positions only).
-    style: 'gpt2' (LayerNorm, learned positions, GELU, tied embeddings, biases) or 'llama' (RMSNorm,
-      RoPE, SwiGLU, untied, no biases); `norm`, `positions`, `activation`, `tied`, `bias` override it.
+    style: 'gpt2' (LayerNorm, learned positions, tanh GELU, tied embeddings, biases), 'llama' (RMSNorm,
+      RoPE, SwiGLU, untied, no biases) or 'neox' (LayerNorm, RoPE, erf GELU, untied, biases, parallel
+      residual); `norm`, `positions`, `activation` ('gelu' | 'gelu_exact' | 'relu' | 'swiglu'), `tied`,
+      `bias` and `parallel_residual` override it.
+    qkv_bias / o_bias / mlp_bias: biases of q/k/v, of the attention output, of the MLP (None: `bias`);
+      `bias` alone decides the LayerNorm biases. Qwen2 is llama style with qkv_bias=True.
+    norm_eps: epsilon of every norm.
+    rotary_dim: RoPE on the first `rotary_dim` dims of each head only (GPT-NeoX's partial rotary; None:
+      all). A partial rotary head_dim cannot be transferred (params with another head_dim raise).
     param: parametrization 'sp' | 'ntk' | 'mup' | 'mf'.
     kernel_init: init distribution of every weight matrix (embeddings, attention, MLP, readout), e.g.
       'normal:1,3' (norm scales start at 1, biases at 0).
@@ -176,6 +207,12 @@ class GPT(nn.Module):
   activation: str | None = None
   tied: bool | None = None
   bias: bool | None = None
+  parallel_residual: bool | None = None
+  qkv_bias: bool | None = None
+  o_bias: bool | None = None
+  mlp_bias: bool | None = None
+  norm_eps: float = 1e-5
+  rotary_dim: int | None = None
   param: str = "mup"
   kernel_init: str = "normal"
   base: Mapping[str, int] | None = None
@@ -191,8 +228,10 @@ class GPT(nn.Module):
     if self.style not in STYLES:
       raise ValueError(f"unknown style {self.style!r}; expected one of {sorted(STYLES)}")
     a = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in STYLES[self.style].items()}
+    for k in ("qkv_bias", "o_bias", "mlp_bias"):
+      a[k] = a["bias"] if getattr(self, k) is None else getattr(self, k)
     for k, ok in (("norm", ("layernorm", "rmsnorm")), ("positions", ("learned", "rope")),
-                  ("activation", ("gelu", "swiglu"))):
+                  ("activation", (*ACTIVATIONS, "swiglu"))):
       if a[k] not in ok:
         raise ValueError(f"{k} must be one of {ok}, got {a[k]!r}")
     if self.head_dim is None and self.width % self.heads:
@@ -203,7 +242,9 @@ class GPT(nn.Module):
     d = self.head_dim or self.width // self.heads
     if a["positions"] == "rope" and d % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {d}")
-    f = self.mlp or (4 * self.width if a["activation"] == "gelu" else -(-8 * self.width // 3 // 32) * 32)
+    if self.rotary_dim is not None and (self.rotary_dim % 2 or not 0 < self.rotary_dim <= d):
+      raise ValueError(f"rotary_dim must be even and in (0, head_dim {d}], got {self.rotary_dim}")
+    f = self.mlp or (-(-8 * self.width // 3 // 32) * 32 if a["activation"] == "swiglu" else 4 * self.width)
     sizes = {"embed": self.width, "heads": self.heads, "kv_heads": kv, "head_dim": d, "mlp": f}
     unknown = set(self.base or {}) - set(WIDTH_AXES)
     if unknown:
@@ -229,6 +270,8 @@ class GPT(nn.Module):
     kw = dict(sizes=tuple(sizes.items()), bases=tuple(bases.items()), param=self.param,
               kernel_init=self.kernel_init,
               norm=a["norm"], positions=a["positions"], activation=a["activation"], bias=a["bias"],
+              qkv_bias=a["qkv_bias"], o_bias=a["o_bias"], mlp_bias=a["mlp_bias"],
+              parallel_residual=a["parallel_residual"], norm_eps=self.norm_eps, rotary_dim=self.rotary_dim,
               rope_base=self.rope_base, attention=self.attention, dtype=self.dtype,
               param_dtype=self.param_dtype)
     block = nn.remat(Block, prevent_cse=not self.scan) if self.remat else Block
