@@ -585,58 +585,62 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
            [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))])
   tmp = path + ".rcjax-tmp"
   main = jax.process_index() == 0
-  if main:
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for fname, es in zip(names, plan):
-      _create(os.path.join(tmp, fname), es, dtypes)
-  _sync("rcjax.hf.save:created")
-  files = _Files(tmp, mode="r+")
-  by_leaf: dict[tuple, list[tuple[str, Part]]] = {}
-  for e in entries:
-    for part in e.parts:
-      by_leaf.setdefault(part.leaf, []).append((e.name, part))
-  max_chunk = 0
-  for leaf_path, parts in by_leaf.items():
-    box, f = leaves[leaf_path], factors.get(leaf_path, 1.0)
-    for index, data in _chunks(box.value):
-      x = np.asarray(data)
-      max_chunk = max(max_chunk, x.nbytes)
-      for name, part in parts:
-        dst_all = files.array(name)
-        if part.layer is None:
-          dst, src, idx = part.view(dst_all), x, index
-        else:
-          lo, hi, _ = index[0].indices(box.shape[0])
-          if not lo <= part.layer < hi:
-            continue
-          dst, src, idx = part.view(dst_all), x[part.layer - lo], index[1:]
-        if not np.shares_memory(dst, dst_all):
-          raise AssertionError(f"internal: the layout view of {name} is a copy")
-        src = src.astype(np.float32) * np.float32(f) if f != 1.0 else src
-        dst[idx] = src.astype(dst.dtype)
-  for m in files._maps.values():
-    m.flush()
-  del files
-  _sync("rcjax.hf.save:written")
-  total = sum(math.prod(e.shape) * dtypes[e.name].itemsize for e in entries)
-  if main:
-    if len(plan) > 1:
-      with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as fh:
-        json.dump({"metadata": {"total_size": total},
-                   "weight_map": {e.name: n for n, es in zip(names, plan) for e in es}}, fh, indent=2)
-    for name, src in (extra_files or {}).items():
-      shutil.copyfile(src, os.path.join(tmp, name))
-    with open(os.path.join(tmp, "config.json"), "w") as fh:
-      json.dump(cfg, fh, indent=2, sort_keys=True)
-    if os.path.exists(path):
-      old = path + ".rcjax-old"
-      shutil.rmtree(old, ignore_errors=True)
-      os.rename(path, old)
-      os.rename(tmp, path)
-      shutil.rmtree(old)
-    else:
-      os.rename(tmp, path)
+  try:
+    if main:
+      shutil.rmtree(tmp, ignore_errors=True)
+      os.makedirs(tmp)
+      for fname, es in zip(names, plan):
+        _create(os.path.join(tmp, fname), es, dtypes)
+    _sync("rcjax.hf.save:created")
+    files = _Files(tmp, mode="r+")
+    by_leaf: dict[tuple, list[tuple[str, Part]]] = {}
+    for e in entries:
+      for part in e.parts:
+        by_leaf.setdefault(part.leaf, []).append((e.name, part))
+    max_chunk = 0
+    for leaf_path, parts in by_leaf.items():
+      box, f = leaves[leaf_path], factors.get(leaf_path, 1.0)
+      for index, data in _chunks(box.value):
+        x = np.asarray(data)
+        max_chunk = max(max_chunk, x.nbytes)
+        for name, part in parts:
+          dst_all = files.array(name)
+          if part.layer is None:
+            dst, src, idx = part.view(dst_all), x, index
+          else:
+            lo, hi, _ = index[0].indices(box.shape[0])
+            if not lo <= part.layer < hi:
+              continue
+            dst, src, idx = part.view(dst_all), x[part.layer - lo], index[1:]
+          if not np.shares_memory(dst, dst_all):
+            raise AssertionError(f"internal: the layout view of {name} is a copy")
+          src = src.astype(np.float32) * np.float32(f) if f != 1.0 else src
+          dst[idx] = src.astype(dst.dtype)
+    for m in files._maps.values():
+      m.flush()
+    del files
+    _sync("rcjax.hf.save:written")
+    total = sum(math.prod(e.shape) * dtypes[e.name].itemsize for e in entries)
+    if main:
+      if len(plan) > 1:
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as fh:
+          json.dump({"metadata": {"total_size": total},
+                     "weight_map": {e.name: n for n, es in zip(names, plan) for e in es}}, fh, indent=2)
+      for name, src in (extra_files or {}).items():
+        shutil.copyfile(src, os.path.join(tmp, name))
+      with open(os.path.join(tmp, "config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=2, sort_keys=True)
+      if os.path.exists(path):
+        old = path + ".rcjax-old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old)
+      else:
+        os.rename(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left, under either name
+    raise
   _sync("rcjax.hf.save:renamed")
   return {"path": path, "files": names, "tensors": len(entries), "bytes": total, "max_chunk_bytes": max_chunk}
 

@@ -297,3 +297,29 @@ class _FinalNorm(Block):
   @nn.compact
   def __call__(self, x_BxTxE, _=None):
     return self.normalize(x_BxTxE, "norm")
+
+
+def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], **kwargs) -> Any:
+  """`rcjax.transfer` for GPT params, also function-preserving with tied embeddings in any parametrization.
+
+  A tied table is the input embedding (fan-in vocab: its entries are not rescaled, so the input use is
+  preserved) and the readout (fan-in embed), whose sum over a grown embed axis counts each source neuron
+  c times. Under muP the readout multiplier 1/m_in undoes that; in SP (HuggingFace models) nothing
+  would. So the final norm's scale and bias, which feed only the readout, absorb the correction
+  `mult_old / (mult_new * c_j)` per entry (c_j the copy count with `exact=True`, else N'/N).
+  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact).
+  """
+  from rcjax.transfer import index_maps, transfer as rc_transfer
+
+  out = rc_transfer(params, key, sizes, **kwargs)
+  e_old, e_new = params["embed"].shape[1], out["embed"].shape[1]
+  if not model.arch()["tied"] or e_old == e_new:
+    return out
+  ratio = pz.multiplier(params["embed"].replace(fan_in=(1,))) / pz.multiplier(out["embed"].replace(fan_in=(1,)))
+  if kwargs.get("exact") and e_new > e_old:
+    m = index_maps(key, {"embed": e_old}, {"embed": e_new}, kwargs.get("sampler", "stratified"))["embed"]
+    s = ratio / jnp.bincount(m, length=e_old)[m].astype(jnp.float32)
+  else:
+    s = jnp.float32(ratio * e_old / e_new)
+  scale = lambda box: box.replace(value=(box.value.astype(jnp.float32) * s).astype(box.value.dtype))
+  return {**out, "final": {k: scale(v) for k, v in out["final"].items()}}

@@ -1,0 +1,212 @@
+"""`python -m rcjax.grow SRC DST`: a wider HuggingFace model that starts where SRC is (`rcjax.shrink`:
+narrower). The command lines live here, in `rcjax.hf_grow`.
+
+    python -m rcjax.grow gpt2 gpt2-x2 --factor 2                  # embed, mlp, heads x2; head_dim fixed
+    python -m rcjax.grow llama-1b llama-wide --mlp 12288 --heads 48 --kv-heads 12 --exact
+    python -m rcjax.grow pythia-160m big --factor 2 --mesh fsdp=-1     # sharded: no tensor on one host
+    python -m rcjax.shrink llama-1b llama-half --factor 0.5
+
+SRC is an HF checkpoint directory (Llama/Mistral/Qwen2, GPT-2, GPT-NeoX; safetensors); DST is written in
+the same family's format (config.json, safetensors, the tokenizer files of SRC), so `transformers` loads it
+unchanged and `python -m train.gpt --transfer-from DST` continues training it. The transfer is
+`rcjax.transfer` in the standard parametrization HF models use: sampled neurons with fan-in rescaling,
+function-preserving for integer factors and, with `--exact`, for any ratio of mlp, heads and kv_heads.
+Not exact: a non-integer embed ratio (the norms average unequal copy counts), a new head_dim (the
+attention scale and RoPE frequencies depend on it), `--random-rate/--norm-rate` > 0, and shrinking.
+The command prints what changed and, at the end, the max |logit difference| between SRC and DST (as read
+back from disk) on a fixed batch of random prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim")
+
+
+def parse(argv: Sequence[str] | None, direction: str) -> argparse.Namespace:
+  doc = __doc__.split("\n")[0] if direction == "grow" else \
+      "python -m rcjax.shrink SRC DST: a narrower HuggingFace model sampled from SRC's neurons."
+  ap = argparse.ArgumentParser(prog=f"python -m rcjax.{direction}", description=doc)
+  ap.add_argument("src", help="HuggingFace checkpoint directory (config.json + safetensors)")
+  ap.add_argument("dst", help="output directory (must not exist unless --overwrite)")
+  ap.add_argument("--factor", type=float, help="ratio new/old of embed, mlp, heads and kv_heads (head_dim "
+                  "fixed); > 1 for grow, < 1 for shrink")
+  for name in AXES:
+    ap.add_argument("--" + name.replace("_", "-"), type=int, help=f"new {name} size (overrides --factor)")
+  ap.add_argument("--random-rate", type=float, default=0.0, help="r1: fraction of fresh neurons")
+  ap.add_argument("--norm-rate", type=float, default=0.0, help="r2: noise relative to each leaf's RMS")
+  ap.add_argument("--exact", action="store_true", help="count-corrected sampling (exact for any ratio of "
+                  "mlp, heads, kv_heads)")
+  ap.add_argument("--sampler", default="stratified", choices=("stratified", "iid", "stride"))
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="output dtype (default: SRC's)")
+  ap.add_argument("--mesh", help="shard over a device mesh, e.g. fsdp=-1 or fsdp=4,tensor=2")
+  ap.add_argument("--max-shard-size", type=float, default=5.0, help="GiB per safetensors file (default 5)")
+  ap.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+  ap.add_argument("--no-check", action="store_true", help="skip the logit comparison (saves memory)")
+  ap.add_argument("--check-batch", type=int, default=4, help="prompts in the logit check")
+  ap.add_argument("--check-len", type=int, default=32, help="tokens per prompt in the logit check")
+  return ap.parse_args(argv)
+
+
+def target_sizes(old: dict[str, int], family: str, args: argparse.Namespace, direction: str) -> dict[str, int]:
+  """New sizes of the width axes from --factor and the per-axis flags; ValueError for impossible ones."""
+  explicit = {a: getattr(args, a) for a in AXES if getattr(args, a) is not None}
+  if args.factor is None and not explicit:
+    raise ValueError("give --factor or at least one of --embed --mlp --heads --kv-heads --head-dim")
+  new = dict(old)
+  if args.factor is not None:
+    f = args.factor
+    if not math.isfinite(f) or f <= 0:
+      raise ValueError(f"--factor must be positive, got {f:g}")
+    if direction == "grow" and f < 1 or direction == "shrink" and f > 1:
+      raise ValueError(f"--factor is new/old: {direction} needs a factor {'>' if direction == 'grow' else '<'} 1, "
+                       f"got {f:g}" + (f" (to halve, --factor {1 / f:g})" if direction == "shrink" else ""))
+    for a in ("embed", "mlp", "heads", "kv_heads"):
+      x = old[a] * f
+      if a in ("heads", "kv_heads") and abs(x - round(x)) > 1e-9:
+        raise ValueError(f"--factor {f:g} gives {a} {old[a]} -> {x:g}, not an integer; give --{a.replace('_', '-')}")
+      new[a] = max(1, int(round(x))) if a not in ("heads", "kv_heads") else int(round(x))
+  new.update(explicit)
+  for a, n in new.items():
+    if n < 1:
+      raise ValueError(f"{a} must be at least 1, got {n}" + (" (cannot shrink below 1 head)" if "heads" in a else ""))
+    if direction == "grow" and n < old[a]:
+      raise ValueError(f"grow would shrink {a} from {old[a]} to {n} (use python -m rcjax.shrink)")
+    if direction == "shrink" and n > old[a]:
+      raise ValueError(f"shrink would grow {a} from {old[a]} to {n} (use python -m rcjax.grow)")
+  if "kv_heads" not in explicit and new["heads"] != old["heads"] and old["kv_heads"] == old["heads"]:
+    new["kv_heads"] = new["heads"]  # multi-head attention stays multi-head
+  if new["heads"] % new["kv_heads"]:
+    raise ValueError(f"heads {new['heads']} is not divisible by kv_heads {new['kv_heads']}")
+  if family in ("gpt2", "gpt_neox") and new["heads"] * new["head_dim"] != new["embed"]:
+    raise ValueError(f"{family} derives head_dim from embed / heads: embed {new['embed']} != heads {new['heads']} "
+                     f"x head_dim {new['head_dim']}; change --embed and --heads together")
+  if family in ("gpt2", "gpt_neox") and new["kv_heads"] != new["heads"]:
+    raise ValueError(f"{family} has no grouped-query attention: kv_heads must equal heads")
+  return new
+
+
+def inexact(old: dict, new: dict, args, rope: bool) -> list[str]:
+  """Reasons this transfer is not function-preserving (empty: it is, up to float rounding)."""
+  why = []
+  if new["head_dim"] != old["head_dim"]:
+    why.append("head_dim changes (attention scale 1/sqrt(head_dim)" + (" and RoPE frequencies)" if rope else ")"))
+  if new["embed"] % old["embed"] and new["embed"] > old["embed"]:
+    why.append(f"non-integer embed ratio {new['embed']}/{old['embed']} (norms average unequal copy counts)")
+  for a in ("mlp", "heads", "kv_heads"):
+    if new[a] > old[a] and new[a] % old[a] and not args.exact:
+      why.append(f"non-integer {a} ratio {new[a]}/{old[a]} without --exact")
+  if args.sampler == "iid" and not args.exact and any(new[a] > old[a] for a in new):
+    why.append("iid sampling without --exact (exact only in expectation)")
+  if args.random_rate > 0 or args.norm_rate > 0:
+    why.append("--random-rate/--norm-rate > 0")
+  if any(new[a] < old[a] for a in new):
+    why.append("shrinking drops neurons")
+  return why
+
+
+def _count(params) -> int:
+  from rcjax.rc import is_rc
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params, is_leaf=is_rc))
+
+
+def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
+  import rcjax
+  from rcjax import hf_model, sharding
+  from rcjax.nn.gpt import transfer as gpt_transfer
+
+  t0 = time.perf_counter()
+  say = lambda msg: print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
+  try:
+    args = parse(argv, direction)
+    dst = os.path.abspath(args.dst)
+    if os.path.exists(dst) and not args.overwrite:
+      raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")
+    if os.path.abspath(args.src) == dst:
+      raise ValueError("SRC and DST are the same directory")
+    if not 0 <= args.random_rate <= 1 or args.norm_rate < 0:
+      raise ValueError("--random-rate must be in [0, 1] and --norm-rate >= 0")
+    with open(os.path.join(args.src, "config.json")) if os.path.isfile(os.path.join(args.src, "config.json")) \
+        else _missing(args.src) as f:
+      src_config = json.load(f)
+    mesh = sharding.make_mesh(args.mesh) if args.mesh else None
+    say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
+    model, params = hf_model.load(args.src, dtype=jnp.float32, mesh=mesh)
+    src_dtype = np.dtype(hf_model._TORCH_DTYPE.get(str(src_config.get("torch_dtype") or src_config.get("dtype")),
+                                                   np.float32))
+    family = hf_model.family_of(model)
+    a = model.arch()
+    old = dict(rcjax.width_axes(params))
+    new = target_sizes(old, family, args, direction)
+    if model.rotary_dim is not None and new["head_dim"] != old["head_dim"]:
+      raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
+                       "head_dim cannot change")
+    why = inexact(old, new, args, a["positions"] == "rope")
+    n_old = _count(params)
+    say(f"{family} ({src_config.get('model_type')}), {a['sizes'] and model.depth} blocks, vocab {model.vocab}")
+    for ax in AXES:
+      mark = "" if new[ax] == old[ax] else f"  (x{new[ax] / old[ax]:.4g})"
+      print(f"    {ax:9s} {old[ax]:>7d} -> {new[ax]:<7d}{mark}")
+    target = {k: v for k, v in new.items() if v != old[k]}
+    key = jax.random.key(args.seed)
+    if target:
+      say(f"{direction}ing: sampler {args.sampler}, exact {args.exact}, r1 {args.random_rate}, r2 {args.norm_rate}")
+      grown = gpt_transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
+                           norm_rate=args.norm_rate, exact=args.exact)
+    else:
+      grown = params
+    n_new = _count(grown)
+    print(f"    params    {n_old / 1e6:.2f}M -> {n_new / 1e6:.2f}M  (x{n_new / n_old:.3f})")
+    new_model = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
+                            head_dim=new["head_dim"], mlp=new["mlp"])
+    say(f"writing {dst}")
+    out = hf_model.save(new_model, grown, dst, config=src_config, dtype=args.dtype or src_dtype,
+                        max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
+                        extra_files=hf_model.tokenizer_files(args.src))
+    say(f"wrote {len(out['files'])} file(s), {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB")
+    if not args.no_check:
+      T = min(args.check_len, model.max_len) if a["positions"] == "learned" else args.check_len
+      tokens = jax.random.randint(jax.random.key(1234), (args.check_batch, T), 0, model.vocab)
+      if mesh is not None:
+        tokens = jax.device_put(tokens, sharding.batch_sharding(mesh) if args.check_batch % (
+            mesh.shape["data"] * mesh.shape["fsdp"]) == 0 else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+      src_logits = jax.jit(model.apply)({"params": params}, tokens)
+      del params, grown
+      dst_model, dst_params = hf_model.load(dst, dtype=jnp.float32, mesh=mesh)
+      dst_logits = jax.jit(dst_model.apply)({"params": dst_params}, tokens)
+      diff = float(jnp.max(jnp.abs(src_logits - dst_logits)))
+      scale = float(jnp.max(jnp.abs(src_logits)))
+      say(f"check on {args.check_batch}x{T} random tokens: max |logit difference| {diff:.3g} "
+          f"(max |logit| {scale:.3g}, relative {diff / max(scale, 1e-30):.2g})")
+      if why:
+        print("    not function-preserving by construction: " + "; ".join(why))
+      else:
+        print("    function-preserving by construction (differences are float rounding"
+              + (f" and the {np.dtype(args.dtype or src_dtype).name} output)" if np.dtype(args.dtype or src_dtype)
+                 != np.float32 else ")"))
+  except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as e:
+    print(f"rcjax.{direction}: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def _missing(src: str):
+  if not os.path.isdir(src):
+    raise FileNotFoundError(f"{src}: no such directory")
+  raise FileNotFoundError(f"{src} has no config.json: not a HuggingFace checkpoint")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,278 @@
+"""rcjax.hf_model (HF checkpoints in and out) and `python -m rcjax.grow/shrink`, checked against the numpy
+reference forward pass of tests/hf_reference.py and, where installed, against transformers."""
+
+import glob
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rcjax
+from hf_reference import reference_logits, write_tiny
+from rcjax import hf_grow, hf_model, sharding
+from rcjax.hf_synthetic import write_synthetic
+from rcjax.rc import is_rc
+
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+TOKENS = np.random.default_rng(0).integers(0, 64, (2, 9))
+
+CASES = {  # name -> (model_type, write_tiny kwargs)
+    "llama-gqa": ("llama", dict(kv_heads=2)),
+    "llama-tied-bias-headdim": ("llama", dict(kv_heads=2, head_dim=16, tied=True, attention_bias=True,
+                                              mlp_bias=True)),
+    "mistral": ("mistral", dict(kv_heads=2)),
+    "qwen2-bf16": ("qwen2", dict(kv_heads=2, dtype="bfloat16")),
+    "gpt2": ("gpt2", dict(mlp=48)),
+    "gpt2-2files": ("gpt2", dict(shards=2)),
+    "neox": ("gpt_neox", dict(embed=64)),
+    "neox-sequential": ("gpt_neox", dict(embed=64, use_parallel_residual=False)),
+}
+
+
+def _tiny(tmp_path, case, name="src"):
+  model_type, kw = CASES[case]
+  d = str(tmp_path / name)
+  write_tiny(d, model_type, **kw)
+  return d
+
+
+def _logits(path, tokens=TOKENS, **kw):
+  model, params = hf_model.load(path, dtype=jnp.float32, **kw)
+  return np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(tokens)), np.float64)
+
+
+def _assert_close(a, b, tol=1e-4):
+  err = np.max(np.abs(a - b))
+  assert err < tol * max(1.0, np.max(np.abs(b))), f"max |diff| {err}"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_load_reproduces_reference_logits(tmp_path, case):
+  d = _tiny(tmp_path, case)
+  ref = reference_logits(d, TOKENS)
+  assert np.max(np.abs(ref)) > 0.5  # logits are O(1): the tolerance below means something
+  _assert_close(_logits(d), ref)
+
+
+@pytest.mark.parametrize("case", ["llama-tied-bias-headdim", "qwen2-bf16", "gpt2", "neox"])
+def test_round_trip_is_bit_identical(tmp_path, case):
+  from safetensors.numpy import load_file
+
+  src = _tiny(tmp_path, case)
+  model, params = hf_model.load(src)
+  out = hf_model.save(model, params, tmp_path / "out", config=json.load(open(os.path.join(src, "config.json"))))
+  model2, params2 = hf_model.load(out["path"])
+  assert model2 == model
+  same = jax.tree.map(lambda a, b: a.dtype == b.dtype and np.array_equal(np.asarray(a).view(np.uint8),
+                                                                         np.asarray(b).view(np.uint8)),
+                      rcjax.unbox(params), rcjax.unbox(params2))
+  assert all(jax.tree.leaves(same))
+  strip = lambda t: {k.removeprefix("transformer."): v for k, v in t.items()}
+  orig = strip({k: v for f in glob.glob(os.path.join(src, "*.safetensors")) for k, v in load_file(f).items()})
+  saved = strip(load_file(os.path.join(out["path"], "model.safetensors")))
+  assert set(saved) == set(orig)
+  for k in orig:
+    assert saved[k].dtype == orig[k].dtype and np.array_equal(saved[k].view(np.uint8), orig[k].view(np.uint8)), k
+
+
+def test_save_splits_into_indexed_shards(tmp_path):
+  src = _tiny(tmp_path, "llama-gqa")
+  model, params = hf_model.load(src)
+  out = hf_model.save(model, params, tmp_path / "out", max_shard_size=20_000)
+  assert len(out["files"]) > 2 and os.path.isfile(os.path.join(out["path"], "model.safetensors.index.json"))
+  index = json.load(open(os.path.join(out["path"], "model.safetensors.index.json")))
+  assert set(index["weight_map"].values()) == set(out["files"])
+  _assert_close(_logits(out["path"]), reference_logits(src, TOKENS))
+  _assert_close(reference_logits(out["path"], TOKENS), reference_logits(src, TOKENS), 1e-9)
+
+
+def _grow(src, dst, *flags, direction="grow", capsys=None):
+  code = hf_grow.main([src, dst, *flags], direction=direction)
+  out = capsys.readouterr() if capsys else None
+  return code, out
+
+
+GROW = {  # case -> (exact 2x flags, exact non-integer flags)
+    "llama-gqa": (["--factor", "2"], ["--heads", "6", "--kv-heads", "3", "--mlp", "200", "--exact"]),
+    "llama-tied-bias-headdim": (["--factor", "2"], ["--heads", "6", "--kv-heads", "3", "--mlp", "150",
+                                                    "--exact"]),
+    "gpt2": (["--factor", "2"], ["--mlp", "77", "--exact"]),
+    "neox": (["--factor", "2"], ["--mlp", "300", "--exact"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GROW))
+@pytest.mark.parametrize("which", [0, 1], ids=["2x", "non-integer"])
+def test_grown_checkpoint_computes_the_same_function(tmp_path, capsys, case, which):
+  """The grown checkpoint, run by the independent numpy forward pass, gives the source's logits."""
+  src = _tiny(tmp_path, case)
+  dst = str(tmp_path / "dst")
+  code, out = _grow(src, dst, *GROW[case][which], capsys=capsys)
+  assert code == 0, out.err
+  assert "max |logit difference|" in out.out and "function-preserving by construction" in out.out
+  cfg_src, cfg_dst = (json.load(open(os.path.join(d, "config.json"))) for d in (src, dst))
+  assert cfg_dst["model_type"] == cfg_src["model_type"] and cfg_dst != cfg_src
+  _assert_close(reference_logits(dst, TOKENS), reference_logits(src, TOKENS))
+  diff = float(out.out.split("max |logit difference| ")[1].split()[0])
+  assert diff < 1e-4
+
+
+def test_tied_sp_growth_needs_the_final_norm_correction(tmp_path):
+  """Without the correction in rcjax.nn.gpt.transfer, a tied SP readout would double the logits."""
+  src = _tiny(tmp_path, "gpt2")
+  model, params = hf_model.load(src)
+  sizes = {"embed": 64, "heads": 8, "kv_heads": 8, "mlp": 96}
+  naive = rcjax.transfer(params, jax.random.key(0), sizes)
+  fixed = rcjax.nn.gpt.transfer(model, params, jax.random.key(0), sizes)
+  f = lambda p: np.asarray(model.apply({"params": p}, jnp.asarray(TOKENS)), np.float64)
+  ref = reference_logits(src, TOKENS)
+  _assert_close(f(fixed), ref)
+  _assert_close(f(naive), 2 * ref)
+
+
+def test_non_integer_embed_is_reported_inexact(tmp_path, capsys):
+  src = _tiny(tmp_path, "gpt2")
+  code, out = _grow(src, str(tmp_path / "dst"), "--embed", "48", "--heads", "6", "--exact", capsys=capsys)
+  assert code == 0
+  assert "not function-preserving by construction: non-integer embed ratio 48/32" in out.out
+
+
+def test_shrink_cli(tmp_path, capsys):
+  src = _tiny(tmp_path, "llama-gqa")
+  dst = str(tmp_path / "small")
+  code, out = _grow(src, dst, "--factor", "0.5", direction="shrink", capsys=capsys)
+  assert code == 0, out.err
+  cfg = json.load(open(os.path.join(dst, "config.json")))
+  assert (cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]) \
+      == (16, 2, 1, 64)
+  _assert_close(_logits(dst), reference_logits(dst, TOKENS))
+  assert "shrinking drops neurons" in out.out
+  code, out = _grow(src, str(tmp_path / "x"), "--factor", "2", direction="shrink", capsys=capsys)
+  assert code == 2 and "shrink needs a factor < 1" in out.err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--heads", "5"], "heads 5 is not divisible by kv_heads 2"),
+    (["--heads", "0"], "at least 1"),
+    (["--factor", "1.25"], "not an integer"),
+    ([], "give --factor"),
+])
+def test_cli_bad_sizes(tmp_path, capsys, flags, message):
+  src = _tiny(tmp_path, "llama-gqa")
+  code, out = _grow(src, str(tmp_path / "dst"), *flags, capsys=capsys)
+  assert code == 2 and message in out.err, out.err
+  assert not os.path.exists(tmp_path / "dst")
+
+
+def test_cli_shrink_below_one_head(tmp_path, capsys):
+  src = _tiny(tmp_path, "llama-gqa")
+  code, out = _grow(src, str(tmp_path / "dst"), "--heads", "0", "--kv-heads", "0", direction="shrink",
+                    capsys=capsys)
+  assert code == 2 and "cannot shrink below 1 head" in out.err
+
+
+def test_cli_refuses_existing_destination_and_unsupported_family(tmp_path, capsys):
+  src = _tiny(tmp_path, "gpt2")
+  dst = tmp_path / "dst"
+  dst.mkdir()
+  (dst / "keep.txt").write_text("mine")
+  code, out = _grow(src, str(dst), "--factor", "2", capsys=capsys)
+  assert code == 2 and "exists" in out.err and (dst / "keep.txt").read_text() == "mine"
+  code, out = _grow(src, str(dst), "--factor", "2", "--overwrite", capsys=capsys)
+  assert code == 0 and not (dst / "keep.txt").exists()
+  bert = str(tmp_path / "bert")
+  write_synthetic(bert, "bert", num_blocks=1, embed=8, heads=2)
+  code, out = _grow(bert, str(tmp_path / "b2"), "--factor", "2", capsys=capsys)
+  assert code == 2 and "unsupported model type 'bert'" in out.err
+
+
+def test_truncated_source_and_rope_scaling_fail_cleanly(tmp_path, capsys):
+  src = _tiny(tmp_path, "llama-gqa")
+  f = os.path.join(src, "model.safetensors")
+  with open(f, "r+b") as fh:
+    fh.truncate(os.path.getsize(f) - 100)
+  code, out = _grow(src, str(tmp_path / "dst"), "--factor", "2", capsys=capsys)
+  assert code == 2 and "truncated" in out.err and not os.path.exists(tmp_path / "dst")
+  src2 = str(tmp_path / "src2")
+  write_tiny(src2, "llama", rope_scaling={"rope_type": "llama3", "factor": 8.0})
+  with pytest.raises(ValueError, match="not supported"):
+    hf_model.load(src2)
+
+
+def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
+  src = _tiny(tmp_path, "llama-gqa")
+  model, params = hf_model.load(src)
+  calls = []
+
+  def boom(x):
+    calls.append(1)
+    if len(calls) == 5:
+      raise KeyboardInterrupt
+    return real(x)
+
+  real = hf_model._chunks
+  monkeypatch.setattr(hf_model, "_chunks", boom)
+  with pytest.raises(KeyboardInterrupt):
+    hf_model.save(model, params, tmp_path / "out")
+  assert os.listdir(tmp_path) == ["src"]
+
+
+def test_sharded_grow_writes_shards_without_gathering(tmp_path):
+  """On an 8-device mesh: load sharded, grow sharded, write shard by shard; the files equal the
+  unsharded result byte for byte and no single write held a whole tensor."""
+  src = _tiny(tmp_path, "llama-gqa")
+  mesh = sharding.make_mesh("fsdp=4,tensor=2")
+  key = jax.random.key(3)
+  sizes = {"embed": 64, "mlp": 256, "heads": 8, "kv_heads": 4}
+  outs = {}
+  for name, m in (("single", None), ("sharded", mesh)):
+    model, params = hf_model.load(src, dtype=jnp.float32, mesh=m)
+    if m is not None:
+      q = params["blocks"]["q"].value
+      assert len({s.device for s in q.addressable_shards}) == 8 and not q.sharding.is_fully_replicated
+    grown = rcjax.nn.gpt.transfer(model, params, key, sizes)
+    outs[name] = hf_model.save(model, grown, tmp_path / name)
+  a, b = (open(os.path.join(outs[n]["path"], "model.safetensors"), "rb").read() for n in ("single", "sharded"))
+  assert a == b
+  largest = 64 * 256 * 4 * 2  # one (embed, mlp) float32 matrix per layer, 2 layers stacked
+  assert outs["single"]["max_chunk_bytes"] >= largest
+  assert outs["sharded"]["max_chunk_bytes"] <= largest // 8
+  _assert_close(reference_logits(outs["sharded"]["path"], TOKENS), reference_logits(src, TOKENS))
+
+
+@pytest.mark.parametrize("param", ["mup", "mf"])
+def test_save_folds_parametrization_into_sp(tmp_path, param):
+  model = rcjax.nn.GPT(vocab=64, width=32, depth=2, heads=4, kv_heads=2, style="llama", param=param,
+                       base={"embed": 16, "mlp": 48, "heads": 2, "kv_heads": 1})
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  params = jax.tree.map(lambda b: b.replace(value=b.value * 3.0), params, is_leaf=is_rc)  # O(1) logits
+  ours = np.asarray(model.apply({"params": params}, jnp.asarray(TOKENS)), np.float64)
+  out = hf_model.save(model, params, tmp_path / "out")
+  assert json.load(open(os.path.join(out["path"], "config.json")))["model_type"] == "llama"
+  _assert_close(reference_logits(out["path"], TOKENS), ours)
+
+
+def test_importing_the_cli_module_keeps_rcjax_grow_callable():
+  import importlib
+
+  importlib.import_module("rcjax.grow")
+  p = {"w": rcjax.RC(jnp.ones((2, 3)), axes=("i", "h"), fan_in=(0,), base=(None, 3), param="mf")}
+  assert rcjax.grow(p, jax.random.key(0), factor=2)["w"].shape == (2, 6)
+
+
+@pytest.mark.parametrize("case", ["llama-tied-bias-headdim", "qwen2-bf16", "gpt2", "neox"])
+def test_transformers_loads_the_grown_checkpoint(tmp_path, case):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  os.environ["HF_HUB_OFFLINE"] = "1"
+  src = _tiny(tmp_path, case)
+  dst = str(tmp_path / "dst")
+  assert hf_grow.main([src, dst, "--factor", "2", "--dtype", "float32", "--no-check"]) == 0
+  hf = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()
+  with torch.no_grad():
+    theirs = hf(torch.as_tensor(TOKENS)).logits.double().numpy()
+  _assert_close(_logits(dst), theirs)
+  _assert_close(theirs, reference_logits(src, TOKENS))
