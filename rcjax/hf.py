@@ -1,4 +1,5 @@
-"""Read HuggingFace safetensors checkpoints as RC leaves, one transformer block at a time.
+"""Read HuggingFace safetensors checkpoints as RC leaves, one transformer block at a time; `load`/`save`
+convert causal LMs to and from `rcjax.nn.GPT` (implemented in `rcjax.hf_model`).
 
 Supported families (read from config.json `model_type`, else `architectures`): Llama (`llama`, `mistral`,
 `qwen2`), GPT-2 (`gpt2`), GPT-NeoX/Pythia (`gpt_neox`), BERT (`bert`). Single-file (`model.safetensors`)
@@ -362,3 +363,20 @@ def _bert() -> dict[str, Rule]:
 
 
 _RULES = {"llama": _table(_llama()), "gpt2": _table(_gpt2()), "gpt_neox": _table(_neox()), "bert": _table(_bert())}
+
+
+# --- causal LMs in and out (rcjax.hf_model; imported lazily: it needs the GPT module) ------------------
+def load(path: str | os.PathLike, **kwargs) -> tuple[Any, Any]:
+  """An HF causal LM (Llama/Mistral/Qwen2, GPT-2, GPT-NeoX) as `(rcjax.nn.GPT, params)`; see
+  `rcjax.hf_model.load` for the keyword arguments (dtype, compute_dtype, mesh)."""
+  from rcjax import hf_model
+
+  return hf_model.load(path, **kwargs)
+
+
+def save(model: Any, params: Any, path: str | os.PathLike, **kwargs) -> dict:
+  """Write `(model, params)` as an HF checkpoint directory `transformers` loads unchanged; see
+  `rcjax.hf_model.save` for the keyword arguments (config, dtype, max_shard_size, overwrite, extra_files)."""
+  from rcjax import hf_model
+
+  return hf_model.save(model, params, path, **kwargs)

@@ -10,8 +10,9 @@ SRC is an HF checkpoint directory (Llama/Mistral/Qwen2, GPT-2, GPT-NeoX; safeten
 the same family's format (config.json, safetensors, the tokenizer files of SRC), so `transformers` loads it
 unchanged and `python -m train.gpt --transfer-from DST` continues training it. The transfer is
 `rcjax.transfer` in the standard parametrization HF models use: sampled neurons with fan-in rescaling,
-function-preserving for integer factors and, with `--exact`, for any ratio of mlp, heads and kv_heads.
-Not exact: a non-integer embed ratio (the norms average unequal copy counts), a new head_dim (the
+function-preserving for integer factors and, with `--exact`, for any ratio of mlp, heads and kv_heads,
+and of embed in RMSNorm models (Llama family; see `rcjax.nn.gpt.transfer`). Not exact: a non-integer
+embed ratio under LayerNorm (GPT-2, GPT-NeoX: the mean averages unequal copy counts), a new head_dim (the
 attention scale and RoPE frequencies depend on it), `--random-rate/--norm-rate` > 0, and shrinking.
 The command prints what changed and, at the end, the max |logit difference| between SRC and DST (as read
 back from disk) on a fixed batch of random prompts.
@@ -98,13 +99,14 @@ def target_sizes(old: dict[str, int], family: str, args: argparse.Namespace, dir
   return new
 
 
-def inexact(old: dict, new: dict, args, rope: bool) -> list[str]:
+def inexact(old: dict, new: dict, args, rope: bool, rmsnorm: bool) -> list[str]:
   """Reasons this transfer is not function-preserving (empty: it is, up to float rounding)."""
   why = []
   if new["head_dim"] != old["head_dim"]:
     why.append("head_dim changes (attention scale 1/sqrt(head_dim)" + (" and RoPE frequencies)" if rope else ")"))
-  if new["embed"] % old["embed"] and new["embed"] > old["embed"]:
-    why.append(f"non-integer embed ratio {new['embed']}/{old['embed']} (norms average unequal copy counts)")
+  if new["embed"] % old["embed"] and new["embed"] > old["embed"] and not (rmsnorm and args.exact):
+    why.append(f"non-integer embed ratio {new['embed']}/{old['embed']} (" + (
+        "exact for RMSNorm models only with --exact)" if rmsnorm else "LayerNorm averages unequal copy counts)"))
   for a in ("mlp", "heads", "kv_heads"):
     if new[a] > old[a] and new[a] % old[a] and not args.exact:
       why.append(f"non-integer {a} ratio {new[a]}/{old[a]} without --exact")
@@ -153,7 +155,7 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     if model.rotary_dim is not None and new["head_dim"] != old["head_dim"]:
       raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
                        "head_dim cannot change")
-    why = inexact(old, new, args, a["positions"] == "rope")
+    why = inexact(old, new, args, a["positions"] == "rope", a["norm"] == "rmsnorm")
     n_old = _count(params)
     say(f"{family} ({src_config.get('model_type')}), {a['sizes'] and model.depth} blocks, vocab {model.vocab}")
     for ax in AXES:

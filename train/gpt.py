@@ -4,6 +4,7 @@
     python -m train.gpt --preset tiny --mesh data=2,fsdp=2,tensor=2 --out runs/t8  # 8 devices
     python -m train.gpt --preset tiny --grow-at 150 --grow-to 128 --out runs/grow  # 64 -> 128 mid-run
     python -m train.gpt --preset tiny --width 128 --transfer-from runs/tiny --out runs/from_tiny
+    python -m train.gpt --transfer-from gpt2-x2 --steps 100 --out runs/gpt2-x2   # an HF directory
     python -m train.gpt --preset gpt-small --steps 50 --log-every 10               # GPU: tokens/s, MFU
     python -m train.gpt --preset tiny --dataset tiny_shakespeare --out runs/shakespeare   # TFDS, bytes
     # two hosts (or two local processes; each sees its own devices):
@@ -40,7 +41,7 @@ from train.text_data import DATASETS, TextData
 @dataclasses.dataclass(frozen=True)
 class Config:
   preset: str = "tiny"          # named defaults (PRESETS); flags override them
-  style: str = "gpt2"           # gpt2 (LayerNorm, learned positions, GELU) | llama (RMSNorm, RoPE, SwiGLU)
+  style: str = "gpt2"           # gpt2 (LayerNorm, learned positions, GELU) | llama (RMSNorm, RoPE, SwiGLU) | neox
   vocab: int = 256              # vocabulary (data is bytes: ids >= 256 never occur)
   width: int = 64               # embed size N
   depth: int = 2                # blocks
@@ -84,7 +85,8 @@ class Config:
   random_rate: float = 0.0      # r1 of growth / transfer
   norm_rate: float = 0.0        # r2 of growth / transfer
   grow_exact: bool = False      # count-corrected growth (exact for any ratio where the math allows)
-  transfer_from: str = ""       # start from another run's last checkpoint, transferred to this width
+  transfer_from: str = ""       # start from another run's last checkpoint, or a HuggingFace checkpoint
+                                # directory (its architecture; --width transfers it), at this width
   peak_flops: float = 0.0       # peak FLOP/s per device for MFU (0: from the device kind table)
   progress: bool = True         # tqdm progress bar
 
@@ -123,9 +125,40 @@ def scaled_sizes(cfg: Config, width: int) -> dict[str, int]:
   return out
 
 
+def hf_source(path: str) -> dict | None:
+  """The config.json of `path` if it is a HuggingFace checkpoint directory (else None)."""
+  from rcjax.hf import is_hf_checkpoint
+
+  if not path or not is_hf_checkpoint(path):
+    return None
+  with open(os.path.join(path, "config.json")) as f:
+    return json.load(f)
+
+
+def hf_arch(path: str, config: dict) -> dict:
+  """Config fields fixed by an HF checkpoint's architecture (flags that `--transfer-from HF_DIR` sets)."""
+  from rcjax import hf_model
+
+  m = hf_model.model_from_config(config, where=os.path.join(path, "config.json"))
+  a = m.arch()
+  style = {"llama": "llama", "gpt2": "gpt2", "gpt_neox": "neox"}[hf_model.family_of(m)]
+  s = a["sizes"]
+  return dict(style=style, vocab=m.vocab, width=s["embed"], depth=m.depth, heads=s["heads"],
+              kv_heads=s["kv_heads"], head_dim=s["head_dim"], mlp=s["mlp"], tied="yes" if a["tied"] else "no")
+
+
 def build_model(cfg: Config, base: bool = True) -> rcjax.nn.GPT:
   bases = scaled_sizes(cfg, cfg.base_width) if base and cfg.base_width else None
   tied = {"auto": None, "yes": True, "no": False}[cfg.tied]
+  if (hf := hf_source(cfg.transfer_from)) is not None:  # the HF model's norms, RoPE, biases, ...
+    from rcjax import hf_model
+
+    m = hf_model.model_from_config(hf)
+    max_len = m.max_len if m.arch()["positions"] == "learned" else cfg.seq_len
+    return m.clone(width=cfg.width, depth=cfg.depth, heads=cfg.heads, kv_heads=cfg.kv_heads or None,
+                   head_dim=cfg.head_dim or None, mlp=cfg.mlp or None, max_len=max_len, tied=tied,
+                   param=cfg.param, kernel_init=cfg.init, base=bases, remat=cfg.remat, dtype=jnp.dtype(cfg.dtype),
+                   param_dtype=jnp.float32, attention=_attention(cfg))
   return rcjax.nn.GPT(vocab=cfg.vocab, width=cfg.width, depth=cfg.depth, heads=cfg.heads,
                       kv_heads=cfg.kv_heads or None, head_dim=cfg.head_dim or None, mlp=cfg.mlp or None,
                       max_len=cfg.seq_len, style=cfg.style, tied=tied, param=cfg.param, kernel_init=cfg.init,
@@ -270,7 +303,7 @@ def _preflight(cfg: Config, model) -> None:
   if own and os.path.isdir(own) and Checkpointer(own, read_only=True).latest_step() is not None:
     ckpt = Checkpointer(own, read_only=True)
     _check_arch(ckpt.params_template(ckpt.latest_step()), abstract, own)
-  elif cfg.transfer_from:
+  elif cfg.transfer_from and hf_source(cfg.transfer_from) is None:
     _check_arch(Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"), read_only=True).params_template(),
                 abstract, cfg.transfer_from)
   _sync("train.gpt:preflight done")
@@ -289,7 +322,11 @@ def _initial_state(cfg, model, tx, mesh, ckpt, log):
                      opt_state=sharding.abstract(jax.eval_shape(tx.init, abstract), mesh))
     log({"event": "resume", "step": latest})
     return r["params"], r["opt_state"], latest
-  if cfg.transfer_from:
+  if cfg.transfer_from and hf_source(cfg.transfer_from) is not None:
+    params = _from_hf(cfg, model, abstract, mesh, jax.random.fold_in(key, 7))
+    log({"event": "transfer", "step": 0, "from": cfg.transfer_from, "from_sizes": hf_arch(
+        cfg.transfer_from, hf_source(cfg.transfer_from))})
+  elif cfg.transfer_from:
     src = Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"), read_only=True)
     template = src.params_template()
     _check_arch(template, abstract, cfg.transfer_from)
@@ -306,11 +343,29 @@ def _initial_state(cfg, model, tx, mesh, ckpt, log):
   return params, opt_state, 0
 
 
+def _from_hf(cfg: Config, model, abstract, mesh, key) -> Any:
+  """An HF checkpoint's params (standard parametrization, read sharded) in this run's parametrization
+  and at this run's sizes: values divided by this model's multipliers (at the HF sizes, the muP base), so
+  the function is unchanged, then `rcjax.nn.gpt.transfer` to this run's width."""
+  from rcjax import hf_model
+
+  _, sp = hf_model.load(cfg.transfer_from, dtype=jnp.float32, mesh=mesh)
+  template = jax.tree.map(lambda t, v: t.replace(value=v.value), abstract, sp, is_leaf=is_rc)
+  _, _, factors = hf_model.as_sp(model, template)
+  params = jax.tree_util.tree_map_with_path(
+      lambda kp, b: b.replace(value=b.value / factors.get(tuple(k.key for k in kp), 1.0)), template, is_leaf=is_rc)
+  target = rcjax.width_axes(abstract)
+  if target != rcjax.width_axes(params):
+    params = rcjax.nn.gpt.transfer(model, params, key, target, random_rate=cfg.random_rate,
+                                   norm_rate=cfg.norm_rate, exact=cfg.grow_exact)
+  return jax.device_put(params, sharding.shardings(params, mesh))
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 def validate(cfg: Config) -> None:
   """Raise ValueError for bad config (before anything is written)."""
-  for name, value, choices in (("style", cfg.style, ("gpt2", "llama")), ("param", cfg.param, rcjax.rc.PARAMS),
+  for name, value, choices in (("style", cfg.style, ("gpt2", "llama", "neox")), ("param", cfg.param, rcjax.rc.PARAMS),
                                ("dataset", cfg.dataset, DATASETS), ("tied", cfg.tied, ("auto", "yes", "no")),
                                ("attention", cfg.attention, ("auto", "xla", "cudnn")),
                                ("dtype", cfg.dtype, ("bfloat16", "float32", "float16"))):
@@ -332,8 +387,15 @@ def validate(cfg: Config) -> None:
     if cfg.grow_to <= cfg.width:
       raise ValueError(f"grow_to must exceed width {cfg.width}, got {cfg.grow_to}")
     scaled_sizes(cfg, cfg.grow_to)
-  if cfg.transfer_from and not os.path.isdir(os.path.join(cfg.transfer_from, "checkpoints")):
-    raise ValueError(f"--transfer-from {cfg.transfer_from}: no checkpoints/ folder there")
+  if cfg.transfer_from and not os.path.isdir(os.path.join(cfg.transfer_from, "checkpoints")) \
+      and hf_source(cfg.transfer_from) is None:
+    raise ValueError(f"--transfer-from {cfg.transfer_from}: neither a run (no checkpoints/ folder) nor a "
+                     "HuggingFace checkpoint (config.json + safetensors)")
+  from train.text_data import ALPHABET
+  need = max(ALPHABET[:cfg.markov_symbols]) + 1 if cfg.dataset == "markov" else 256  # tokens are bytes
+  if cfg.vocab < need:
+    raise ValueError(f"vocab {cfg.vocab} is too small for dataset {cfg.dataset!r}, whose byte tokens need "
+                     f"{need}")
   for s in filter(None, cfg.save_steps.split(",")):
     if not s.strip().isdigit():
       raise ValueError(f"save_steps must be comma-separated step numbers, got {cfg.save_steps!r}")
@@ -502,7 +564,29 @@ def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
   values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
   preset = values["preset"] or Config.preset
   merged = {**PRESETS[preset], **{k: v for k, v in values.items() if v is not None}, "preset": preset}
+  if values["transfer_from"] and (hf := hf_source(values["transfer_from"])) is not None:
+    merged.update(_hf_fields(values, hf))
   return Config(**merged), args
+
+
+def _hf_fields(values: dict, hf: dict) -> dict:
+  """Config fields from an HF source: its architecture (explicit flags may not contradict it), at
+  --width if given (mlp, heads, kv_heads scaled with it, head_dim fixed), with the HF sizes as the muP
+  base width unless --base-width is given."""
+  arch = hf_arch(values["transfer_from"], hf)
+  for k, v in arch.items():
+    if k != "width" and values.get(k) not in (None, v):
+      raise ValueError(f"--{k.replace('_', '-')} {values[k]} contradicts the HuggingFace checkpoint "
+                       f"{values['transfer_from']} ({k} {v}); its architecture is used (--width transfers)")
+  width = values["width"] or arch["width"]
+  out = dict(arch, width=width, base_width=values["base_width"] or arch["width"])
+  for k in ("heads", "kv_heads", "mlp"):
+    scaled = arch[k] * width / arch["width"]
+    if scaled != int(scaled):
+      raise ValueError(f"--width {width}: {k} would be {scaled:g} ({arch[k]} at the checkpoint's width "
+                       f"{arch['width']}); pick a width that scales heads, kv_heads and mlp to integers")
+    out[k] = int(scaled)
+  return out
 
 
 def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:

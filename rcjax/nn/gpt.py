@@ -300,26 +300,58 @@ class _FinalNorm(Block):
 
 
 def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], **kwargs) -> Any:
-  """`rcjax.transfer` for GPT params, also function-preserving with tied embeddings in any parametrization.
+  """`rcjax.transfer` for GPT params, function-preserving in two more cases than the leaf-wise rules give.
 
-  A tied table is the input embedding (fan-in vocab: its entries are not rescaled, so the input use is
-  preserved) and the readout (fan-in embed), whose sum over a grown embed axis counts each source neuron
-  c times. Under muP the readout multiplier 1/m_in undoes that; in SP (HuggingFace models) nothing
-  would. So the final norm's scale and bias, which feed only the readout, absorb the correction
+  Tied embeddings. A tied table is the input embedding (fan-in vocab: its entries are not rescaled, so
+  the input use is preserved) and the readout (fan-in embed), whose sum over a grown embed axis counts
+  each source neuron c times. Under muP the readout multiplier 1/m_in undoes that; in SP (HuggingFace
+  models) nothing would. So the final norm's scale and bias, which feed only the readout, absorb
   `mult_old / (mult_new * c_j)` per entry (c_j the copy count with `exact=True`, else N'/N).
+
+  RMSNorm at a non-integer embed ratio (`exact=True`). Copies of residual neuron j carry
+  `a_j = sqrt(N' / (N c_j))` times its value: every writer into the residual stream (the embedding, the
+  attention output, the MLP down projection and their biases) is scaled by a_j along embed and every
+  RMSNorm scale divided by a_j. Then sum_j' x'_j'^2 / N' = sum_j x_j^2 / N, so each norm sees the same
+  RMS and outputs exact copies, which the count-corrected readers sum back (a tied readout, whose rows
+  now carry a_j, gets another 1/a_j in the final norm). (LayerNorm's mean cannot be
+  kept this way: a non-integer embed ratio stays inexact there.)
+
   `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact).
   """
   from rcjax.transfer import index_maps, transfer as rc_transfer
 
   out = rc_transfer(params, key, sizes, **kwargs)
   e_old, e_new = params["embed"].shape[1], out["embed"].shape[1]
-  if not model.arch()["tied"] or e_old == e_new:
+  if e_old == e_new:
     return out
-  ratio = pz.multiplier(params["embed"].replace(fan_in=(1,))) / pz.multiplier(out["embed"].replace(fan_in=(1,)))
-  if kwargs.get("exact") and e_new > e_old:
+  a = model.arch()
+  exact = kwargs.get("exact") and e_new > e_old
+  counts = None
+  if exact:
     m = index_maps(key, {"embed": e_old}, {"embed": e_new}, kwargs.get("sampler", "stratified"))["embed"]
-    s = ratio / jnp.bincount(m, length=e_old)[m].astype(jnp.float32)
-  else:
-    s = jnp.float32(ratio * e_old / e_new)
-  scale = lambda box: box.replace(value=(box.value.astype(jnp.float32) * s).astype(box.value.dtype))
-  return {**out, "final": {k: scale(v) for k, v in out["final"].items()}}
+    counts = jnp.bincount(m, length=e_old)[m].astype(jnp.float32)
+
+  def scale(box, s, axis=-1):  # multiply along `axis` (the embed axis) by s (a scalar or an (E',) vector)
+    s = jnp.asarray(s, jnp.float32)
+    if s.ndim:
+      s = s.reshape((-1,) + (1,) * (box.value.ndim - 1 - axis % box.value.ndim))
+    return box.replace(value=(box.value.astype(jnp.float32) * s).astype(box.value.dtype))
+
+  final = dict(out["final"])
+  if a["tied"]:
+    ratio = pz.multiplier(params["embed"].replace(fan_in=(1,))) / pz.multiplier(out["embed"].replace(fan_in=(1,)))
+    s = ratio / counts if exact else ratio * e_old / e_new
+    final = {k: scale(v, s) for k, v in final.items()}
+  if exact and a["norm"] == "rmsnorm" and e_new % e_old:
+    amp = jnp.sqrt(e_new / (e_old * counts))
+    out = dict(out, embed=scale(out["embed"], amp))
+    blocks = dict(out["blocks"])
+    for name in ("o", "down", "o_bias", "down_bias"):
+      if name in blocks:
+        blocks[name] = scale(blocks[name], amp)
+    for name in ("attn_norm_scale", "mlp_norm_scale"):
+      blocks[name] = scale(blocks[name], 1.0 / amp)
+    out["blocks"] = blocks
+    # the final norm's output copies; tied, the readout rows carry a_j too (the embedding was scaled)
+    final["norm_scale"] = scale(final["norm_scale"], 1.0 / amp ** 2 if a["tied"] else 1.0 / amp)
+  return {**out, "final": final}
