@@ -58,6 +58,9 @@ def parse(argv: Sequence[str] | None, direction: str) -> argparse.Namespace:
   ap.add_argument("--no-check", action="store_true", help="skip the logit comparison (saves memory)")
   ap.add_argument("--check-batch", type=int, default=4, help="prompts in the logit check")
   ap.add_argument("--check-len", type=int, default=32, help="tokens per prompt in the logit check")
+  ap.add_argument("--coordinator", help="HOST:PORT of process 0 (multi-process runs; each writes its shards)")
+  ap.add_argument("--num-processes", type=int)
+  ap.add_argument("--process-id", type=int)
   return ap.parse_args(argv)
 
 
@@ -130,9 +133,11 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
   from rcjax.nn.gpt import transfer as gpt_transfer
 
   t0 = time.perf_counter()
-  say = lambda msg: print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
+  out_ = lambda msg: print(msg, flush=True) if jax.process_index() == 0 else None
+  say = lambda msg: out_(f"[{time.perf_counter() - t0:6.1f}s] {msg}")
   try:
     args = parse(argv, direction)
+    sharding.init_distributed(args.coordinator, args.num_processes, args.process_id)
     dst = os.path.abspath(args.dst)
     if os.path.exists(dst) and not args.overwrite:
       raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")
@@ -160,7 +165,7 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     say(f"{family} ({src_config.get('model_type')}), {a['sizes'] and model.depth} blocks, vocab {model.vocab}")
     for ax in AXES:
       mark = "" if new[ax] == old[ax] else f"  (x{new[ax] / old[ax]:.4g})"
-      print(f"    {ax:9s} {old[ax]:>7d} -> {new[ax]:<7d}{mark}")
+      out_(f"    {ax:9s} {old[ax]:>7d} -> {new[ax]:<7d}{mark}")
     target = {k: v for k, v in new.items() if v != old[k]}
     key = jax.random.key(args.seed)
     if target:
@@ -170,7 +175,7 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     else:
       grown = params
     n_new = _count(grown)
-    print(f"    params    {n_old / 1e6:.2f}M -> {n_new / 1e6:.2f}M  (x{n_new / n_old:.3f})")
+    out_(f"    params    {n_old / 1e6:.2f}M -> {n_new / 1e6:.2f}M  (x{n_new / n_old:.3f})")
     new_model = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
                             head_dim=new["head_dim"], mlp=new["mlp"])
     say(f"writing {dst}")
@@ -180,10 +185,11 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     say(f"wrote {len(out['files'])} file(s), {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB")
     if not args.no_check:
       T = min(args.check_len, model.max_len) if a["positions"] == "learned" else args.check_len
-      tokens = jax.random.randint(jax.random.key(1234), (args.check_batch, T), 0, model.vocab)
-      if mesh is not None:
-        tokens = jax.device_put(tokens, sharding.batch_sharding(mesh) if args.check_batch % (
-            mesh.shape["data"] * mesh.shape["fsdp"]) == 0 else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+      host = np.random.default_rng(1234).integers(0, model.vocab, (args.check_batch, T)).astype(np.int32)
+      tokens = jnp.asarray(host)
+      if mesh is not None:  # every process holds the same prompts: replicate them over the (global) mesh
+        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        tokens = jax.make_array_from_callback(host.shape, rep, lambda idx: host[idx])
       src_logits = jax.jit(model.apply)({"params": params}, tokens)
       del params, grown
       dst_model, dst_params = hf_model.load(dst, dtype=jnp.float32, mesh=mesh)
@@ -193,9 +199,9 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       say(f"check on {args.check_batch}x{T} random tokens: max |logit difference| {diff:.3g} "
           f"(max |logit| {scale:.3g}, relative {diff / max(scale, 1e-30):.2g})")
       if why:
-        print("    not function-preserving by construction: " + "; ".join(why))
+        out_("    not function-preserving by construction: " + "; ".join(why))
       else:
-        print("    function-preserving by construction (differences are float rounding"
+        out_("    function-preserving by construction (differences are float rounding"
               + (f" and the {np.dtype(args.dtype or src_dtype).name} output)" if np.dtype(args.dtype or src_dtype)
                  != np.float32 else ")"))
   except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as e:

@@ -471,7 +471,7 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
     leaf_path = tuple(k.key for k in kp)
     if leaf_path not in by_leaf:
       raise ValueError(f"{path}: nothing in the checkpoint maps to param {'/'.join(leaf_path)}")
-    s = s.value if s is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    s = s.value if s is not None else jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     values.append(jax.make_array_from_callback(box.shape, s, lambda idx, lp=leaf_path, b=box: read(lp, b, idx)))
   params = boxes(jax.tree_util.tree_unflatten(treedef, values), abstract)
   return model, params

@@ -212,3 +212,17 @@ def constrain(x: jax.Array, mesh: Mesh, spec: tuple) -> jax.Array:
 __all__ = ["MESH_AXES", "RULES", "abstract", "batch_sharding", "constrain", "fit_spec", "init",
            "leaf_shardings", "logical_spec", "make_mesh", "move_off", "parse_mesh", "shard",
            "shardings", "spec_tuple"]
+
+
+def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> None:
+  """`jax.distributed.initialize`: explicit flags, or auto-detected on multi-host TPU and SLURM jobs
+  (nothing for one process)."""
+  import os
+
+  if coordinator or (num_processes or 1) > 1:
+    if not (coordinator and num_processes and process_id is not None):
+      raise ValueError("multi-process runs need --coordinator, --num-processes and --process-id together")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    jax.distributed.initialize()

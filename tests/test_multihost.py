@@ -43,3 +43,37 @@ def test_two_processes_agree_on_the_loss(tmp_path):
     steps = [r["step"] for r in map(json.loads, f) if "loss" in r and "event" not in r]
   assert steps == [1, 2, 3]
   assert os.path.isdir(os.path.join(out, "checkpoints", "3"))
+
+
+def test_two_processes_grow_an_hf_checkpoint_shard_by_shard(tmp_path):
+  """`python -m rcjax.grow --mesh` over two processes (4 CPU devices each): each process reads and
+  writes only its own shards; the files equal a one-process run's byte for byte."""
+  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  from hf_reference import write_tiny
+  from rcjax import hf_grow
+
+  src = str(tmp_path / "src")
+  write_tiny(src, "llama", kv_heads=2)
+  flags = ["--factor", "2", "--mesh", "fsdp=4,tensor=2", "--seed", "5"]
+  assert hf_grow.main([src, str(tmp_path / "one"), *flags]) == 0  # this process: 8 devices
+  port = free_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  cmd = [sys.executable, "-m", "rcjax.grow", src, str(tmp_path / "two"), *flags,
+         "--coordinator", f"localhost:{port}", "--num-processes", "2"]
+  procs = [subprocess.Popen(cmd + ["--process-id", str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=240)[0])
+    finally:
+      p.kill()
+  for i, (p, text) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f"process {i} failed:\n{text[-3000:]}"
+  assert "max |logit difference|" in outs[0] and "max |logit difference|" not in outs[1]  # process 0 reports
+  diff = float(outs[0].split("max |logit difference| ")[1].split()[0])
+  assert diff < 1e-4
+  one, two = (open(tmp_path / d / "model.safetensors", "rb").read() for d in ("one", "two"))
+  assert one == two
+  assert sorted(os.listdir(tmp_path)) == ["one", "src", "two"]  # no temporary directory left

@@ -589,14 +589,7 @@ def _hf_fields(values: dict, hf: dict) -> dict:
   return out
 
 
-def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
-  """`jax.distributed.initialize`: explicit flags, or auto-detected on multi-host TPU and SLURM jobs."""
-  if coordinator or (num_processes or 1) > 1:
-    if not (coordinator and num_processes and process_id is not None):
-      raise ValueError("multi-process runs need --coordinator, --num-processes and --process-id together")
-    jax.distributed.initialize(coordinator, num_processes, process_id)
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-    jax.distributed.initialize()
+init_distributed = sharding.init_distributed
 
 
 def main(argv: list[str] | None = None) -> int:
