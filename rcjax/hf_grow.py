@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       src_config = json.load(f)
     mesh = sharding.make_mesh(args.mesh) if args.mesh else None
     say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
-    model, params = hf_model.load(args.src, dtype=jnp.float32, mesh=mesh)
+    model, params = hf_model.load(args.src, dtype=jnp.float32, mesh=mesh, progress=jax.process_index() == 0)
     src_dtype = np.dtype(hf_model._TORCH_DTYPE.get(str(src_config.get("torch_dtype") or src_config.get("dtype")),
                                                    np.float32))
     family = hf_model.family_of(model)
@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     say(f"writing {dst}")
     out = hf_model.save(new_model, grown, dst, config=src_config, dtype=args.dtype or src_dtype,
                         max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
-                        extra_files=hf_model.tokenizer_files(args.src))
+                        extra_files=hf_model.tokenizer_files(args.src), progress=True)
     say(f"wrote {len(out['files'])} file(s), {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB")
     if not args.no_check:
       T = min(args.check_len, model.max_len) if a["positions"] == "learned" else args.check_len

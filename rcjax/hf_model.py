@@ -413,7 +413,7 @@ def _resolve_names(entries: list[Entry], files: _Files, path: str) -> dict[str, 
 
 
 def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp.float32,
-         mesh: jax.sharding.Mesh | None = None) -> tuple[GPT, Any]:
+         mesh: jax.sharding.Mesh | None = None, progress: bool = False) -> tuple[GPT, Any]:
   """An HF checkpoint directory -> `(model, params)`: an `rcjax.nn.GPT` (param 'sp') and RC params.
 
   Args:
@@ -421,6 +421,7 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
     dtype: dtype of the params (default: the checkpoint's stored dtype, so a round trip is bit-exact).
     compute_dtype: the model's compute dtype.
     mesh: shard the params over this mesh by `rcjax.sharding.RULES`; each device reads its shard only.
+    progress: a tqdm progress bar over the params.
 
   Raises:
     FileNotFoundError / ValueError with the path for a missing config, missing or truncated files,
@@ -467,7 +468,7 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
   flat, treedef = jax.tree_util.tree_flatten_with_path(abstract, is_leaf=is_rc)
   sh_flat = jax.tree.leaves(sh, is_leaf=is_rc) if sh is not None else [None] * len(flat)
   values = []
-  for (kp, box), s in zip(flat, sh_flat):
+  for (kp, box), s in _progress(list(zip(flat, sh_flat)), progress, f"reading {os.path.basename(path)}"):
     leaf_path = tuple(k.key for k in kp)
     if leaf_path not in by_leaf:
       raise ValueError(f"{path}: nothing in the checkpoint maps to param {'/'.join(leaf_path)}")
@@ -543,6 +544,14 @@ def _chunks(x: Any) -> list[tuple[tuple, np.ndarray]]:
   return [(tuple(slice(None) for _ in np.shape(x)), x)]
 
 
+def _progress(items: list, on: bool, desc: str):
+  if not on:
+    return items
+  from tqdm import tqdm
+
+  return tqdm(items, desc=desc, unit="param", leave=False)
+
+
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -551,7 +560,7 @@ def _sync(name: str) -> None:
 
 def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
          dtype: Any = None, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False,
-         extra_files: Mapping[str, str] | None = None) -> dict:
+         extra_files: Mapping[str, str] | None = None, progress: bool = False) -> dict:
   """Write `(model, params)` as an HF checkpoint directory that `transformers` loads unchanged.
 
   Args:
@@ -562,6 +571,7 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
     dtype: output dtype (default: the params' dtype).
     max_shard_size: bytes per safetensors file before the checkpoint is split and indexed.
     extra_files: `{name: source path}` copied into the output (tokenizer files).
+    progress: a tqdm progress bar over the params (process 0).
 
   Returns:
     `{'path', 'files', 'tensors', 'bytes', 'max_chunk_bytes'}` (max_chunk_bytes: the largest single
@@ -598,7 +608,7 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
       for part in e.parts:
         by_leaf.setdefault(part.leaf, []).append((e.name, part))
     max_chunk = 0
-    for leaf_path, parts in by_leaf.items():
+    for leaf_path, parts in _progress(list(by_leaf.items()), progress and main, f"writing {os.path.basename(path)}"):
       box, f = leaves[leaf_path], factors.get(leaf_path, 1.0)
       for index, data in _chunks(box.value):
         x = np.asarray(data)
