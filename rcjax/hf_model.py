@@ -182,8 +182,8 @@ def _entries(family: str, a: Mapping[str, Any]) -> list[Entry]:
 
 # --- config.json <-> GPT ----------------------------------------------------------------------------
 def _rope_theta(c: dict, default: float) -> float:
-  rp = c.get("rope_parameters") or {}
-  return float(c.get("rope_theta") or c.get("rotary_emb_base") or rp.get("rope_theta") or default)
+  rp = c.get("rope_parameters") or {}  # transformers 5 reads rope_parameters first
+  return float(rp.get("rope_theta") or c.get("rope_theta") or c.get("rotary_emb_base") or default)
 
 
 def _check_rope(c: dict, where: str) -> None:
@@ -250,7 +250,7 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
     raise ValueError(f"{where}: hidden_act {c.get('hidden_act')!r} is not supported")
   E, H = int(c["hidden_size"]), int(c["num_attention_heads"])
   D = E // H
-  pct = float(c.get("rotary_pct", (c.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0)))
+  pct = float((c.get("rope_parameters") or {}).get("partial_rotary_factor", c.get("rotary_pct", 1.0)))
   bias = bool(c.get("attention_bias", True))
   return GPT(**common, width=E, depth=int(c["num_hidden_layers"]), heads=H, mlp=int(c["intermediate_size"]),
              max_len=int(c.get("max_position_embeddings", 2048)), style="neox", activation=act,
@@ -396,7 +396,7 @@ def _resolve_names(entries: list[Entry], files: _Files, path: str) -> dict[str, 
   have = files.names()
   out = {}
   for e in entries:
-    for cand in (e.name, e.name.removeprefix("transformer.")):
+    for cand in (e.name, e.name.removeprefix("transformer."), "lm_head.weight" if e.name == "embed_out.weight" else ""):
       if cand in have:
         out[e.name] = cand
         break
@@ -404,7 +404,8 @@ def _resolve_names(entries: list[Entry], files: _Files, path: str) -> dict[str, 
       raise ValueError(f"{path}: tensor {e.name} is missing (truncated or incomplete checkpoint, or a "
                        "config.json that does not match the weights)")
   extra = sorted(n for n in have - set(out.values()) if not _IGNORED.search(n.split(".", 2)[-1])
-                 and not n.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq"))
+                 and not n.endswith((".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.masked_bias",
+                                     "rotary_emb.inv_freq"))
                  and n != "lm_head.weight")  # a tied checkpoint may carry a copy of the embedding
   if extra:
     raise ValueError(f"{path}: tensors this architecture does not use: {extra[:6]}"

@@ -322,3 +322,15 @@ def test_train_gpt_starts_from_an_hf_checkpoint(tmp_path, case, width):
   assert [r["event"] for r in recs if "event" in r].count("resume") == 1
   assert all(np.isfinite(r["loss"]) for r in recs if "loss" in r)
   assert tg.main(flags + ["--heads", "2"]) == 2  # contradicts the checkpoint
+
+
+@pytest.mark.parametrize("case", ["llama-gqa", "gpt2", "neox"])
+def test_loads_what_transformers_saves(tmp_path, case):
+  """Checkpoints written by transformers' save_pretrained (its own names and config keys, e.g. only
+  rope_parameters in 5.x) load and reproduce the logits."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  os.environ["HF_HUB_OFFLINE"] = "1"
+  src = _tiny(tmp_path, case)
+  transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).save_pretrained(tmp_path / "saved")
+  _assert_close(_logits(str(tmp_path / "saved")), reference_logits(src, TOKENS))
