@@ -262,6 +262,9 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
 
 def _arch(model: GPT, params: Any) -> dict:
   """Resolved architecture of `model` at the sizes of `params`."""
+  if "blocks" not in params:
+    raise ValueError("HF conversion needs scanned blocks (params['blocks'] with a leading layers axis: "
+                     "rcjax.nn.GPT(scan=True), the default)")
   a = model.arch()
   q = params["blocks"]["q"]
   L, E, H, D = q.shape
