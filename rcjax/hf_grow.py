@@ -145,8 +145,11 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       raise ValueError("SRC and DST are the same directory")
     if not 0 <= args.random_rate <= 1 or args.norm_rate < 0:
       raise ValueError("--random-rate must be in [0, 1] and --norm-rate >= 0")
-    with open(os.path.join(args.src, "config.json")) if os.path.isfile(os.path.join(args.src, "config.json")) \
-        else _missing(args.src) as f:
+    cfg_path = os.path.join(args.src, "config.json")
+    if not os.path.isfile(cfg_path):
+      raise FileNotFoundError(f"{args.src}: no such directory" if not os.path.isdir(args.src) else
+                              f"{args.src} has no config.json: not a HuggingFace checkpoint")
+    with open(cfg_path) as f:
       src_config = json.load(f)
     mesh = sharding.make_mesh(args.mesh) if args.mesh else None
     say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
@@ -162,7 +165,7 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
                        "head_dim cannot change")
     why = inexact(old, new, args, a["positions"] == "rope", a["norm"] == "rmsnorm")
     n_old = _count(params)
-    say(f"{family} ({src_config.get('model_type')}), {a['sizes'] and model.depth} blocks, vocab {model.vocab}")
+    say(f"{family} ({src_config.get('model_type')}), {model.depth} blocks, vocab {model.vocab}")
     for ax in AXES:
       mark = "" if new[ax] == old[ax] else f"  (x{new[ax] / old[ax]:.4g})"
       out_(f"    {ax:9s} {old[ax]:>7d} -> {new[ax]:<7d}{mark}")
@@ -208,12 +211,6 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     print(f"rcjax.{direction}: error: {e}", file=sys.stderr)
     return 2
   return 0
-
-
-def _missing(src: str):
-  if not os.path.isdir(src):
-    raise FileNotFoundError(f"{src}: no such directory")
-  raise FileNotFoundError(f"{src} has no config.json: not a HuggingFace checkpoint")
 
 
 if __name__ == "__main__":
