@@ -20,7 +20,7 @@ SHAPES = {  # leaf shape, mapped dims (the layouts rcjax meets: 1-D, 2-D, scanne
     "leading": ((12, 10), (0,)),
 }
 # Growth and pruning, integer and not (2.57: the benchmark's 100 -> 257).
-RATIOS = [2, 2.5, 1.5, 2.57, 0.5, 0.3]
+RATIOS = [2, 1.5, 2.57, 0.5, 0.3]
 
 
 def slow(x, dims, maps):
@@ -98,15 +98,14 @@ def test_gather_paths_match_takes_bitwise(layout, sampler, dtype):
 def test_transfer_cpu_path_matches_accelerator_path(monkeypatch):
   # The jitted transfer (maps computed inside and, on the CPU, materialised by a sort; the CPU gather
   # layout) is bitwise the transfer of the accelerators' path, for every sampler, on a scanned
-  # attention-like leaf and an MLP, with axes grown and shrunk by non-integer ratios and one kept.
+  # attention-like leaf and a bias, with axes grown and shrunk by non-integer ratios and one kept.
   import sys
   mod = sys.modules["rcjax.transfer"]  # rcjax.transfer is the function
   x = jax.random.normal(jax.random.key(0), (3, 20, 4, 6)).astype(jnp.bfloat16)
   p = {"w": rcjax.RC(x, axes=("layers", "embed", "heads", "head_dim"), fan_in=(1,), base=(None, 20, 4, 6),
                      param="mup"),
-       "mlp": rcjax.nn.MLP(features=(6, 6), out_features=2, param="mf").init(
-           jax.random.key(1), jnp.ones((1, 3)))["params"]}
-  sizes = {"embed": 51, "heads": 2, "head_dim": 6, "hidden_0": 13, "hidden_1": 4}
+       "b": rcjax.RC(x[:, :, 0, 0], axes=("layers", "embed"), base=(None, 20), param="mup")}
+  sizes = {"embed": 51, "heads": 2, "head_dim": 6}
   for sampler in ("stratified", "iid", "stride"):
     got = rcjax.transfer(p, jax.random.key(3), sizes, sampler=sampler)
     with monkeypatch.context() as m:
@@ -117,6 +116,18 @@ def test_transfer_cpu_path_matches_accelerator_path(monkeypatch):
     for u, v in zip(jax.tree.leaves(rcjax.unbox(got)), jax.tree.leaves(rcjax.unbox(want))):
       assert u.shape == v.shape
       np.testing.assert_array_equal(np.asarray(u).view(np.uint8), np.asarray(v).view(np.uint8), err_msg=sampler)
+
+
+def test_transfer_holds_no_index_arrays_of_the_output_size():
+  # Leaves of one shape share their gather's index; it must stay a fused broadcast, not an array as large
+  # as the output (peak memory <= input + output + small maps).
+  x = jnp.ones((1000, 64), jnp.bfloat16)
+  p = {k: rcjax.RC(x, axes=("vocab", "embed"), base=(None, 64), param="mup") for k in "abc"}
+  p["w"] = rcjax.RC(jnp.ones((2, 64, 40), jnp.bfloat16), axes=("layers", "embed", "mlp"), fan_in=(1,),
+                    base=(None, 64, 40), param="mup")
+  sizes = {"embed": 96, "mlp": 60}
+  mem = jax.jit(lambda p, k: rcjax.grow(p, k, sizes=sizes)).lower(p, jax.random.key(0)).compile().memory_analysis()
+  assert mem.temp_size_in_bytes < 0.1 * mem.output_size_in_bytes, (mem.temp_size_in_bytes, mem.output_size_in_bytes)
 
 
 def test_apply_maps_detects_repeats_and_agrees_with_transfer():
