@@ -1,6 +1,6 @@
 """The fast gather paths of transfer agree bit for bit with the slow reference (one jnp.take per axis)."""
 
-import itertools
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +15,12 @@ SHAPES = {  # leaf shape, mapped dims (the layouts rcjax meets: 1-D, 2-D, scanne
     "matrix": ((12, 10), (0, 1)),
     "scanned": ((3, 12, 10), (1, 2)),
     "qkv": ((2, 12, 3, 4, 5), (1, 3)),
+    "heads": ((2, 10, 3, 4), (1, 2, 3)),  # scanned (layers, embed, heads, head_dim)
     "one-of-two": ((12, 10), (1,)),
+    "leading": ((12, 10), (0,)),
 }
-RATIOS = [2, 2.5, 0.5]
+# Growth and pruning, integer and not (2.57: the benchmark's 100 -> 257).
+RATIOS = [2, 1.5, 2.57, 0.5, 0.3]
 
 
 def slow(x, dims, maps):
@@ -26,24 +29,105 @@ def slow(x, dims, maps):
   return x
 
 
-@pytest.mark.parametrize("layout,dtype", [(k, jnp.float32) for k in SHAPES] + [("qkv", jnp.bfloat16), ("matrix", jnp.bfloat16)])
+@functools.partial(jax.jit, static_argnames=("dims", "cases"))
+def all_paths(x, maps, dims, cases):
+  """Per case (names, repeats): the slow reference, then `_gather` on the CPU path and on the
+  accelerators' path, with the repeats transfer would pass and (if any) with none (the general gather).
+  One program per test: compiling hundreds of tiny ones would dominate the test's time."""
+  out = []
+  for m, (names, repeats) in zip(maps, cases):
+    variants = [(cpu, r) for cpu in (True, False) for r in ((dict(repeats), {}) if repeats else ({},))]
+    out.append((slow(x, dims, {d: m[n] for n, d in zip(names, dims)}),
+                {f"cpu={cpu} repeats={r}": _gather(x, list(dims), list(names), m, r, cpu=cpu)
+                 for cpu, r in variants}))
+  return out
+
+
+def sizes_to_check(old):
+  """Every ratio; with several axes, for some ratios also the last or the first axis kept at its size
+  (head_dim in a GPT: identity maps, repeats of 1)."""
+  out = []
+  for ratio in RATIOS:
+    new = [max(1, int(round(n * ratio))) for n in old]
+    out.append(new)
+    if len(old) > 1 and ratio in (1.5, 0.3):
+      out += [new[:-1] + old[-1:], old[:1] + new[1:]]
+  return out
+
+
+def one_map(n_old, n_new, sampler, rng):
+  """A map as `index_maps` draws it for `sampler`, built in numpy (compiling `index_maps` for every size
+  would dominate this test's time; the transfer test below uses the real maps)."""
+  if sampler == "stride":
+    m = np.arange(n_new) * n_old // n_new
+  elif sampler == "iid":
+    m = np.sort(rng.integers(0, n_old, n_new))
+  elif n_new < n_old:
+    m = np.sort(rng.permutation(n_old)[:n_new])
+  else:
+    q, r = divmod(n_new, n_old)
+    extra = np.zeros(n_old, int)
+    extra[rng.permutation(n_old)[:r]] = 1
+    m = np.repeat(np.arange(n_old), q + extra)
+  return jnp.asarray(m, jnp.int32)
+
+
+@pytest.mark.parametrize("layout,dtype", [(k, jnp.float32) for k in SHAPES]
+                         + [(k, jnp.bfloat16) for k in ("matrix", "qkv", "heads")])
 @pytest.mark.parametrize("sampler", ["stratified", "iid", "stride"])
 def test_gather_paths_match_takes_bitwise(layout, sampler, dtype):
-  # Eager (no jit): tiny arrays, and it keeps the suite fast by not compiling 300 programs.
   shape, dims = SHAPES[layout]
   x = jax.random.normal(jax.random.key(0), shape).astype(dtype)
-  for ratio in RATIOS:
-    names = [f"a{d}" for d in dims]
-    old = {n: shape[d] for n, d in zip(names, dims)}
-    new = {n: max(1, int(round(shape[d] * ratio))) for n, d in zip(names, dims)}
-    maps = rcjax.index_maps(jax.random.key(1), old, new, sampler)
-    want = slow(x, dims, {d: maps[n] for n, d in zip(names, dims)})
-    repeats = {n: new[n] // old[n] for n in names
-               if sampler != "iid" and new[n] % old[n] == 0}
-    got = _gather(x, list(dims), names, maps, repeats)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"{layout} {sampler} {ratio}")
-    got = _gather(x, list(dims), names, maps, {})  # the general gather path
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"{layout} {sampler} {ratio}")
+  names = tuple(f"a{d}" for d in dims)
+  old = [shape[d] for d in dims]
+  maps, cases, rng = [], [], np.random.default_rng(1)
+  for new in sizes_to_check(old):
+    maps.append({n: one_map(a, b, sampler, rng) for n, a, b in zip(names, old, new)})
+    # What transfer passes as repeats: integer factors of stratified/stride maps (1 for a kept size).
+    cases.append((names, tuple((n, b // a) for n, a, b in zip(names, old, new)
+                               if sampler != "iid" and b % a == 0)))
+  for new, (want, got) in zip(sizes_to_check(old), all_paths(x, maps, tuple(dims), tuple(cases))):
+    want = np.asarray(want)
+    for path, g in got.items():
+      g = np.asarray(g)
+      assert g.dtype == want.dtype and g.shape == want.shape
+      np.testing.assert_array_equal(g.view(np.uint8), want.view(np.uint8),
+                                    err_msg=f"{layout} {sampler} {old}->{new} {path}")
+
+
+def test_transfer_cpu_path_matches_accelerator_path(monkeypatch):
+  # The jitted transfer (maps computed inside and, on the CPU, materialised by a sort; the CPU gather
+  # layout) is bitwise the transfer of the accelerators' path, for every sampler, on a scanned
+  # attention-like leaf and a bias, with axes grown and shrunk by non-integer ratios and one kept.
+  import sys
+  mod = sys.modules["rcjax.transfer"]  # rcjax.transfer is the function
+  x = jax.random.normal(jax.random.key(0), (3, 20, 4, 6)).astype(jnp.bfloat16)
+  p = {"w": rcjax.RC(x, axes=("layers", "embed", "heads", "head_dim"), fan_in=(1,), base=(None, 20, 4, 6),
+                     param="mup"),
+       "b": rcjax.RC(x[:, :, 0, 0], axes=("layers", "embed"), base=(None, 20), param="mup")}
+  sizes = {"embed": 51, "heads": 2, "head_dim": 6}
+  for sampler in ("stratified", "iid", "stride"):
+    got = rcjax.transfer(p, jax.random.key(3), sizes, sampler=sampler)
+    with monkeypatch.context() as m:
+      m.setattr(mod, "_on_cpu", lambda: False)
+      mod._transfer_jit.clear_cache()
+      want = rcjax.transfer(p, jax.random.key(3), sizes, sampler=sampler)
+    mod._transfer_jit.clear_cache()
+    for u, v in zip(jax.tree.leaves(rcjax.unbox(got)), jax.tree.leaves(rcjax.unbox(want))):
+      assert u.shape == v.shape
+      np.testing.assert_array_equal(np.asarray(u).view(np.uint8), np.asarray(v).view(np.uint8), err_msg=sampler)
+
+
+def test_transfer_holds_no_index_arrays_of_the_output_size():
+  # Leaves of one shape share their gather's index; it must stay a fused broadcast, not an array as large
+  # as the output (peak memory <= input + output + small maps).
+  x = jnp.ones((1000, 64), jnp.bfloat16)
+  p = {k: rcjax.RC(x, axes=("vocab", "embed"), base=(None, 64), param="mup") for k in "abc"}
+  p["w"] = rcjax.RC(jnp.ones((2, 64, 40), jnp.bfloat16), axes=("layers", "embed", "mlp"), fan_in=(1,),
+                    base=(None, 64, 40), param="mup")
+  sizes = {"embed": 96, "mlp": 60}
+  mem = jax.jit(lambda p, k: rcjax.grow(p, k, sizes=sizes)).lower(p, jax.random.key(0)).compile().memory_analysis()
+  assert mem.temp_size_in_bytes < 0.1 * mem.output_size_in_bytes, (mem.temp_size_in_bytes, mem.output_size_in_bytes)
 
 
 def test_apply_maps_detects_repeats_and_agrees_with_transfer():
