@@ -1,24 +1,13 @@
-"""`python -m rcjax.grow SRC DST ...`: grow a HuggingFace checkpoint (see `rcjax.hf_grow` for the flags).
+"""`python -m rcjax.grow SRC DST ...`: grow a HuggingFace checkpoint (the flags: `rcjax.hf_grow`).
 
-`rcjax.grow` is also the library function (`rcjax.transfer.grow`). Importing this module would make the
-package attribute `rcjax.grow` this module (Python binds submodules to their parent), so the module is
-made callable as that function: `rcjax.grow(params, key, ...)` works either way.
+`rcjax.grow` is also the library function (`rcjax.transfer.grow`); this module is made callable as it, so
+`import rcjax.grow` (which rebinds the package attribute to the module) leaves `rcjax.grow(params, key)` working.
 """
 
 import sys
-import types
 
-from rcjax.transfer import grow as _grow  # (rcjax.transfer is also a function name)
-
-
-class _CallableModule(types.ModuleType):
-  def __call__(self, *args, **kwargs):
-    return _grow(*args, **kwargs)
-
+from rcjax.hf_grow import callable_module, main
 
 if __name__ == "__main__":
-  from rcjax.hf_grow import main
-
   sys.exit(main(direction="grow"))
-else:
-  sys.modules[__name__].__class__ = _CallableModule
+callable_module(__name__, "grow")

@@ -213,5 +213,20 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
   return 0
 
 
+def callable_module(name: str, direction: str) -> None:
+  """Make module `name` (`rcjax.grow` / `rcjax.shrink`) callable as the function `rcjax.transfer.<direction>`:
+  importing a submodule binds it to its package's attribute, which here is also that function's name."""
+  import importlib
+  import types
+
+  fn = getattr(importlib.import_module("rcjax.transfer"), direction)  # the module (the attribute is a function)
+
+  class CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+      return fn(*args, **kwargs)
+
+  sys.modules[name].__class__ = CallableModule
+
+
 if __name__ == "__main__":
   sys.exit(main())

@@ -1,24 +1,13 @@
-"""`python -m rcjax.shrink SRC DST ...`: shrink a HuggingFace checkpoint (see `rcjax.hf_grow` for the flags).
+"""`python -m rcjax.shrink SRC DST ...`: shrink a HuggingFace checkpoint (the flags: `rcjax.hf_grow`).
 
-`rcjax.shrink` is also the library function (`rcjax.transfer.shrink`). Importing this module would make the
-package attribute `rcjax.shrink` this module (Python binds submodules to their parent), so the module is
-made callable as that function: `rcjax.shrink(params, key, ...)` works either way.
+`rcjax.shrink` is also the library function (`rcjax.transfer.shrink`); this module is made callable as it, so
+`import rcjax.shrink` (which rebinds the package attribute to the module) leaves `rcjax.shrink(params, key)` working.
 """
 
 import sys
-import types
 
-from rcjax.transfer import shrink as _shrink  # (rcjax.transfer is also a function name)
-
-
-class _CallableModule(types.ModuleType):
-  def __call__(self, *args, **kwargs):
-    return _shrink(*args, **kwargs)
-
+from rcjax.hf_grow import callable_module, main
 
 if __name__ == "__main__":
-  from rcjax.hf_grow import main
-
   sys.exit(main(direction="shrink"))
-else:
-  sys.modules[__name__].__class__ = _CallableModule
+callable_module(__name__, "shrink")

@@ -17,14 +17,10 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_agree_on_the_loss(tmp_path):
-  out = str(tmp_path / "run")
-  port = free_port()
+def run_two(cmd: list[str]) -> list[str]:
+  """Run `cmd --process-id i` for i = 0, 1 (4 CPU devices each); assert both succeed; their outputs."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
          "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-  cmd = [sys.executable, "-m", "train.gpt", "--width", "32", "--seq-len", "16", "--batch-size", "8",
-         "--steps", "3", "--log-every", "1", "--dtype", "float32", "--mesh", "data=2,fsdp=2,tensor=2",
-         "--progress", "false", "--out", out, "--coordinator", f"localhost:{port}", "--num-processes", "2"]
   procs = [subprocess.Popen(cmd + ["--process-id", str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outs = []
@@ -35,6 +31,16 @@ def test_two_processes_agree_on_the_loss(tmp_path):
       p.kill()
   for i, (p, text) in enumerate(zip(procs, outs)):
     assert p.returncode == 0, f"process {i} failed:\n{text[-3000:]}"
+  return outs
+
+
+def test_two_processes_agree_on_the_loss(tmp_path):
+  out = str(tmp_path / "run")
+  port = free_port()
+  cmd = [sys.executable, "-m", "train.gpt", "--width", "32", "--seq-len", "16", "--batch-size", "8",
+         "--steps", "3", "--log-every", "1", "--dtype", "float32", "--mesh", "data=2,fsdp=2,tensor=2",
+         "--progress", "false", "--out", out, "--coordinator", f"localhost:{port}", "--num-processes", "2"]
+  outs = run_two(cmd)
   losses = [re.search(rf"process {i}: step 3 loss ([\d.]+)", text) for i, text in enumerate(outs)]
   assert all(losses), outs
   assert losses[0].group(1) == losses[1].group(1)
@@ -57,20 +63,9 @@ def test_two_processes_grow_an_hf_checkpoint_shard_by_shard(tmp_path):
   flags = ["--factor", "2", "--mesh", "fsdp=4,tensor=2", "--seed", "5"]
   assert hf_grow.main([src, str(tmp_path / "one"), *flags]) == 0  # this process: 8 devices
   port = free_port()
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
   cmd = [sys.executable, "-m", "rcjax.grow", src, str(tmp_path / "two"), *flags,
          "--coordinator", f"localhost:{port}", "--num-processes", "2"]
-  procs = [subprocess.Popen(cmd + ["--process-id", str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outs = []
-  for p in procs:
-    try:
-      outs.append(p.communicate(timeout=240)[0])
-    finally:
-      p.kill()
-  for i, (p, text) in enumerate(zip(procs, outs)):
-    assert p.returncode == 0, f"process {i} failed:\n{text[-3000:]}"
+  outs = run_two(cmd)
   assert "max |logit difference|" in outs[0] and "max |logit difference|" not in outs[1]  # process 0 reports
   diff = float(outs[0].split("max |logit difference| ")[1].split()[0])
   assert diff < 1e-4
