@@ -181,16 +181,27 @@ def _entries(family: str, a: Mapping[str, Any]) -> list[Entry]:
 
 
 # --- config.json <-> GPT ----------------------------------------------------------------------------
+def _rope_dict(c: dict) -> dict:
+  """The RoPE parameters transformers 5 uses: a non-null `rope_scaling` in place of `rope_parameters`."""
+  return c.get("rope_scaling") or c.get("rope_parameters") or {}
+
+
 def _rope_theta(c: dict, default: float) -> float:
-  rp = c.get("rope_parameters") or {}  # transformers 5 reads rope_parameters first
-  return float(rp.get("rope_theta") or c.get("rope_theta") or c.get("rotary_emb_base") or default)
+  return float(_rope_dict(c).get("rope_theta") or c.get("rope_theta") or c.get("rotary_emb_base") or default)
 
 
-def _check_rope(c: dict, where: str) -> None:
-  for key in ("rope_scaling", "rope_parameters"):
-    rs = c.get(key)
-    if rs and rs.get("rope_type", rs.get("type", "default")) not in ("default", None):
-      raise ValueError(f"{where}: {key} {rs} is not supported (only plain RoPE; no scaled/extended RoPE)")
+def _rope_scaling(c: dict, where: str) -> tuple | None:
+  """`GPT.rope_scaling` from the RoPE parameters (`_rope_dict`): None for plain RoPE, 'linear' and 'llama3' as `(('rope_type', t), (key, value), ...)`; ValueError otherwise."""
+  from rcjax.nn.gpt import ROPE_SCALINGS
+
+  rs = _rope_dict(c)
+  kind = rs.get("rope_type", rs.get("type", "default"))
+  if kind in ("default", None):
+    return None
+  if kind not in ROPE_SCALINGS or set(ROPE_SCALINGS[kind]) - set(rs):
+    raise ValueError(f"{where}: RoPE parameters {rs} are not supported (plain RoPE, 'linear' and 'llama3' "
+                     "scaling are)")
+  return (("rope_type", kind),) + tuple((k, float(rs[k])) for k in ROPE_SCALINGS[kind])
 
 
 def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, param_dtype: Any = None,
@@ -210,7 +221,7 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
   pd = param_dtype or _TORCH_DTYPE.get(str(c.get("torch_dtype") or c.get("dtype") or "float32"), np.float32)
   common = dict(vocab=int(c["vocab_size"]), param="sp", dtype=dtype, param_dtype=pd)
   if fam == "llama":
-    _check_rope(c, where)
+    scaling = _rope_scaling(c, where)
     act = c.get("hidden_act", "silu")
     if act != "silu":
       raise ValueError(f"{where}: hidden_act {act!r} is not supported for {mt} (only 'silu')")
@@ -227,7 +238,8 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
                qkv_bias=True if qwen else bool(c.get("attention_bias", False)),
                o_bias=False if qwen else bool(c.get("attention_bias", False)),
                mlp_bias=False if qwen else bool(c.get("mlp_bias", False)),
-               norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope_base=_rope_theta(c, 10000.0))
+               norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope_base=_rope_theta(c, 10000.0),
+               rope_scaling=scaling)
   acts = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": None, "gelu": "gelu_exact",
           "relu": "relu"}
   if fam == "gpt2":
@@ -244,20 +256,20 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
                activation=act, tied=bool(c.get("tie_word_embeddings", True)),
                norm_eps=float(c.get("layer_norm_epsilon", 1e-5)))
   # gpt_neox
-  _check_rope(c, where)
+  scaling = _rope_scaling(c, where)
   act = acts.get(c.get("hidden_act", "gelu"))
   if act is None:
     raise ValueError(f"{where}: hidden_act {c.get('hidden_act')!r} is not supported")
   E, H = int(c["hidden_size"]), int(c["num_attention_heads"])
   D = E // H
-  pct = float((c.get("rope_parameters") or {}).get("partial_rotary_factor", c.get("rotary_pct", 1.0)))
+  pct = float(_rope_dict(c).get("partial_rotary_factor", c.get("rotary_pct", 1.0)))
   bias = bool(c.get("attention_bias", True))
   return GPT(**common, width=E, depth=int(c["num_hidden_layers"]), heads=H, mlp=int(c["intermediate_size"]),
              max_len=int(c.get("max_position_embeddings", 2048)), style="neox", activation=act,
              tied=bool(c.get("tie_word_embeddings", False)),
              parallel_residual=bool(c.get("use_parallel_residual", True)), qkv_bias=bias, o_bias=bias,
              mlp_bias=True, norm_eps=float(c.get("layer_norm_eps", 1e-5)), rope_base=_rope_theta(c, 10000.0),
-             rotary_dim=int(D * pct) if int(D * pct) != D else None)
+             rope_scaling=scaling, rotary_dim=int(D * pct) if int(D * pct) != D else None)
 
 
 def _arch(model: GPT, params: Any) -> dict:
@@ -325,8 +337,7 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
              num_attention_heads=a["heads"], num_key_value_heads=a["kv_heads"], head_dim=a["head_dim"],
              hidden_act="silu", rms_norm_eps=model.norm_eps, rope_theta=model.rope_base,
              max_position_embeddings=c.get("max_position_embeddings", model.max_len))
-    if c.get("rope_parameters"):
-      c["rope_parameters"] = {**c["rope_parameters"], "rope_theta": model.rope_base}
+    _write_rope(c, model)
     if mt == "llama":
       c.update(attention_bias=bool(a["qkv_bias"]), mlp_bias=bool(a["mlp_bias"]))
   elif fam == "gpt2":
@@ -342,10 +353,20 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
              use_parallel_residual=bool(a["parallel_residual"]), layer_norm_eps=model.norm_eps,
              attention_bias=bool(a["qkv_bias"]), max_position_embeddings=c.get("max_position_embeddings",
                                                                                  model.max_len))
-    if c.get("rope_parameters"):
-      c["rope_parameters"] = {**c["rope_parameters"], "rope_theta": model.rope_base,
-                              "partial_rotary_factor": pct}
+    _write_rope(c, model, pct)
   return c
+
+
+def _write_rope(c: dict, model: GPT, pct: float | None = None) -> None:
+  """The RoPE keys of config.json, classic (`rope_theta`/`rope_scaling`) and transformers 5's
+  `rope_parameters` (read first), in agreement."""
+  scaling = dict(model.rope_scaling or ())
+  rp = {**scaling} if scaling else {"rope_type": "default"}
+  rp["rope_theta"] = model.rope_base
+  if pct is not None:
+    rp["partial_rotary_factor"] = pct
+  c["rope_parameters"] = rp
+  c["rope_scaling"] = rp if scaling else None  # transformers 5 lets a non-null rope_scaling replace rope_parameters
 
 
 def _leaf_dtype(params: Any) -> np.dtype:

@@ -238,14 +238,18 @@ def _load(path) -> dict[str, np.ndarray]:
   return out
 
 
-def _rope(cfg: dict, theta_key: str, default_theta: float, pct_key: str | None) -> tuple[float, float]:
-  """(theta, partial rotary fraction) from the classic keys and/or `rope_parameters`, which must agree;
-  anything but plain RoPE is not implemented."""
-  if cfg.get("rope_scaling"):
-    raise NotImplementedError(f"rope_scaling {cfg['rope_scaling']} is not implemented")
-  rp = cfg.get("rope_parameters") or {}
-  if rp.get("rope_type", rp.get("type", "default")) != "default":
-    raise NotImplementedError(f"rope_parameters {rp} is not implemented")
+_SCALED = ("linear", "llama3")
+
+
+def _rope(cfg: dict, theta_key: str, default_theta: float, pct_key: str | None) -> tuple[float, float, dict]:
+  """(theta, partial rotary fraction, scaling) from the classic keys and/or `rope_parameters`, which must
+  agree. Scaling: {} for plain RoPE, or the 'linear' / 'llama3' parameters; other types are not
+  implemented. A non-null `rope_scaling` is what transformers 5 reads in place of `rope_parameters`."""
+  rp = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+  kind = rp.get("rope_type", rp.get("type", "default"))
+  if kind not in ("default",) + _SCALED:
+    raise NotImplementedError(f"RoPE type {kind!r} ({rp}) is not implemented")
+  scaling = dict(rp, rope_type=kind) if kind in _SCALED else {}
   theta = rp.get("rope_theta", cfg.get(theta_key, default_theta))
   if pct_key is None:  # the Llama family rotates whole heads (its default RoPE ignores partial_rotary_factor)
     pct = 1.0
@@ -257,7 +261,7 @@ def _rope(cfg: dict, theta_key: str, default_theta: float, pct_key: str | None) 
     raise ValueError(f"{theta_key}={cfg[theta_key]} disagrees with rope_parameters {rp}")
   if pct_key and pct_key in cfg and not math.isclose(cfg[pct_key], pct):
     raise ValueError(f"{pct_key}={cfg[pct_key]} disagrees with rope_parameters {rp}")
-  return float(theta), float(pct)
+  return float(theta), float(pct), scaling
 
 
 def _rms_norm(x, w, eps):
@@ -293,12 +297,37 @@ def _linear(x, w, b=None):
   return y if b is None else y + b
 
 
-def _rotate(x, T, theta, ndims):
+def _scale_frequencies(inv_freq, scaling):
+  """Scaled RoPE. 'linear' (position interpolation): every frequency / factor. 'llama3' (Llama 3.1): with
+  L = original_max_position_embeddings and wavelength w = 2 pi / f, frequencies with w > L / low_freq_factor
+  are divided by factor, those with w < L / high_freq_factor kept, and in between interpolated with weight
+  s = (L / w - low_freq_factor) / (high_freq_factor - low_freq_factor) on the kept one."""
+  if not scaling:
+    return inv_freq
+  factor = scaling["factor"]
+  if scaling["rope_type"] == "linear":
+    return inv_freq / factor
+  L, lo, hi = scaling["original_max_position_embeddings"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+  out = []
+  for f in inv_freq:
+    w = 2 * math.pi / f
+    if w < L / hi:
+      out.append(f)
+    elif w > L / lo:
+      out.append(f / factor)
+    else:
+      s = (L / w - lo) / (hi - lo)
+      out.append((1 - s) * f / factor + s * f)
+  return np.array(out)
+
+
+def _rotate(x, T, theta, ndims, scaling=None):
   """RoPE in the 'rotate_half' layout on the first `ndims` dims of x [B, heads, T, D]: pairs (j, j + ndims/2)
-  rotate by angle pos * theta^(-2j/ndims); the remaining dims pass through."""
+  rotate by angle pos * theta^(-2j/ndims) (scaled, see `_scale_frequencies`); the remaining dims pass
+  through."""
   if ndims == 0:
     return x
-  inv_freq = theta ** (-np.arange(0, ndims, 2, dtype=np.float64) / ndims)  # [ndims/2]
+  inv_freq = _scale_frequencies(theta ** (-np.arange(0, ndims, 2, dtype=np.float64) / ndims), scaling)
   ang = np.arange(T, dtype=np.float64)[:, None] * inv_freq[None, :]  # [T, ndims/2]
   cos, sin = np.cos(ang), np.sin(ang)
   half = ndims // 2
@@ -334,7 +363,7 @@ def _llama(cfg, t, tokens):
   E, H, L = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"]
   KV, D = cfg.get("num_key_value_heads") or H, cfg.get("head_dim") or E // H
   eps = cfg.get("rms_norm_eps", 1e-6)
-  theta, _ = _rope(cfg, "rope_theta", 10000.0, None)
+  theta, _, scaling = _rope(cfg, "rope_theta", 10000.0, None)
   act = _act(cfg.get("hidden_act", "silu"))
   attn_bias = mt == "llama" and cfg.get("attention_bias", False)
   qkv_bias = attn_bias or mt == "qwen2"
@@ -351,7 +380,7 @@ def _llama(cfg, t, tokens):
     q = _heads(_linear(h, t[p + "self_attn.q_proj.weight"], b("self_attn.q_proj", qkv_bias)), H)
     k = _heads(_linear(h, t[p + "self_attn.k_proj.weight"], b("self_attn.k_proj", qkv_bias)), KV)
     v = _heads(_linear(h, t[p + "self_attn.v_proj.weight"], b("self_attn.v_proj", qkv_bias)), KV)
-    a = _attention(_rotate(q, T, theta, D), _rotate(k, T, theta, D), v, window)
+    a = _attention(_rotate(q, T, theta, D, scaling), _rotate(k, T, theta, D, scaling), v, window)
     x = x + _linear(a, t[p + "self_attn.o_proj.weight"], b("self_attn.o_proj", attn_bias))
     h = _rms_norm(x, t[p + "post_attention_layernorm.weight"], eps)
     g = act(_linear(h, t[p + "mlp.gate_proj.weight"], b("mlp.gate_proj", mlp_bias)))
@@ -390,7 +419,7 @@ def _gpt_neox(cfg, t, tokens):
   E, H, L = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"]
   D = E // H
   eps = cfg.get("layer_norm_eps", 1e-5)
-  theta, pct = _rope(cfg, "rotary_emb_base", 10000.0, "rotary_pct")
+  theta, pct, scaling = _rope(cfg, "rotary_emb_base", 10000.0, "rotary_pct")
   ndims = int(D * pct)
   act = _act(cfg.get("hidden_act", "gelu"))
   bias = cfg.get("attention_bias", True)
@@ -402,7 +431,7 @@ def _gpt_neox(cfg, t, tokens):
                   t[p + "attention.query_key_value.bias"] if bias else None)
     qkv = qkv.reshape(B, T, H, 3 * D).transpose(0, 2, 1, 3)  # rows ordered (head, [q|k|v], head_dim)
     q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
-    a = _attention(_rotate(q, T, theta, ndims), _rotate(k, T, theta, ndims), v)
+    a = _attention(_rotate(q, T, theta, ndims, scaling), _rotate(k, T, theta, ndims, scaling), v)
     return _linear(a, t[p + "attention.dense.weight"], t[p + "attention.dense.bias"] if bias else None)
 
   def mlp(h, p):

@@ -23,6 +23,9 @@ CASES = {  # name -> (model_type, write_tiny kwargs)
     "llama-gqa": ("llama", dict(kv_heads=2)),
     "llama-tied-bias-headdim": ("llama", dict(kv_heads=2, head_dim=16, tied=True, attention_bias=True,
                                               mlp_bias=True)),
+    "llama3-rope": ("llama", dict(kv_heads=2, rope_parameters={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 512, "rope_theta": 500000.0})),
     "mistral": ("mistral", dict(kv_heads=2)),
     "qwen2-bf16": ("qwen2", dict(kv_heads=2, dtype="bfloat16")),
     "gpt2": ("gpt2", dict(mlp=48)),
@@ -100,6 +103,7 @@ GROW = {  # case -> (exact 2x flags, exact non-integer flags)
     "llama-tied-bias-headdim": (["--factor", "2"], ["--embed", "40", "--heads", "6", "--kv-heads", "3",
                                                     "--mlp", "150", "--exact"]),
     "gpt2": (["--factor", "2"], ["--mlp", "77", "--exact"]),
+    "llama3-rope": (["--factor", "2"], ["--factor", "1.5", "--exact"]),
     "neox": (["--factor", "2"], ["--mlp", "300", "--exact"]),
 }
 
@@ -210,7 +214,7 @@ def test_truncated_source_and_rope_scaling_fail_cleanly(tmp_path, capsys):
   code, out = _grow(src, str(tmp_path / "dst"), "--factor", "2", capsys=capsys)
   assert code == 2 and "truncated" in out.err and not os.path.exists(tmp_path / "dst")
   src2 = str(tmp_path / "src2")
-  write_tiny(src2, "llama", rope_scaling={"rope_type": "llama3", "factor": 8.0})
+  write_tiny(src2, "llama", rope_scaling={"rope_type": "yarn", "factor": 8.0})
   with pytest.raises(ValueError, match="not supported"):
     hf_model.load(src2)
 
@@ -276,7 +280,7 @@ def test_importing_the_cli_module_keeps_rcjax_grow_callable():
   assert rcjax.grow(p, jax.random.key(0), factor=2)["w"].shape == (2, 6)
 
 
-@pytest.mark.parametrize("case", ["llama-tied-bias-headdim", "qwen2-bf16", "gpt2", "neox"])
+@pytest.mark.parametrize("case", ["llama-tied-bias-headdim", "llama3-rope", "qwen2-bf16", "gpt2", "neox"])
 def test_transformers_loads_the_grown_checkpoint(tmp_path, case):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
@@ -334,3 +338,14 @@ def test_loads_what_transformers_saves(tmp_path, case):
   src = _tiny(tmp_path, case)
   transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).save_pretrained(tmp_path / "saved")
   _assert_close(_logits(str(tmp_path / "saved")), reference_logits(src, TOKENS))
+
+
+def test_rope_scaling_is_written_without_a_base_config(tmp_path):
+  """A model saved with no source config.json writes its RoPE scaling (classic and transformers 5 keys)."""
+  src = _tiny(tmp_path, "llama3-rope")
+  model, params = hf_model.load(src)
+  assert dict(model.rope_scaling)["rope_type"] == "llama3"
+  out = hf_model.save(model, params, tmp_path / "out")
+  cfg = json.load(open(os.path.join(out["path"], "config.json")))
+  assert cfg["rope_parameters"]["rope_type"] == "llama3" and cfg["rope_parameters"]["rope_theta"] == 500000.0
+  _assert_close(reference_logits(out["path"], TOKENS), reference_logits(src, TOKENS), 1e-9)

@@ -15,6 +15,9 @@ TOKENS = np.random.default_rng(0).integers(0, 64, size=(2, 7))
 
 # name: (model_type, write_tiny kwargs). GPT-NeoX uses embed 64 (head_dim 16) so that its partial rotary
 # (rotary_pct 0.25) rotates 4 dims at 2 frequencies, which makes rotary_emb_base matter.
+# Llama 3.1's scaled RoPE; with head_dim 8 the wavelengths 6.3, 167, 4457, 118000 fall in all three bands
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 512, "rope_theta": 500000.0}
 CASES = {
     "llama": ("llama", {}),
     "llama-gqa": ("llama", dict(kv_heads=2)),
@@ -22,6 +25,9 @@ CASES = {
     "llama-bias": ("llama", dict(attention_bias=True, mlp_bias=True)),
     "llama-head_dim": ("llama", dict(head_dim=16, kv_heads=2)),
     "llama-sharded-f16": ("llama", dict(shards=3, dtype="float16")),
+    "llama-rope-llama3": ("llama", dict(rope_parameters=LLAMA3_ROPE)),
+    "llama-rope-llama3-classic": ("llama", dict(rope_scaling={k: v for k, v in LLAMA3_ROPE.items() if k != "rope_theta"})),
+    "llama-rope-linear": ("llama", dict(rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 500000.0})),
     "mistral": ("mistral", dict(kv_heads=2)),
     "mistral-window": ("mistral", dict(sliding_window=3)),
     "qwen2": ("qwen2", dict(kv_heads=2)),
@@ -99,7 +105,9 @@ KNOBS = [("llama", {}, dict(rms_norm_eps=1e-6)), ("llama", {}, dict(rope_theta=1
          ("gpt_neox", dict(embed=64), dict(layer_norm_eps=1e-5)),
          ("gpt_neox", dict(embed=64), dict(rotary_emb_base=10000.0)),
          ("gpt_neox", dict(embed=64), dict(rotary_pct=0.5)),
-         ("gpt_neox", dict(embed=64), dict(use_parallel_residual=False))]
+         ("gpt_neox", dict(embed=64), dict(use_parallel_residual=False)),
+         ("llama", {}, dict(rope_parameters=LLAMA3_ROPE)),
+         ("llama", {}, dict(rope_parameters={**LLAMA3_ROPE, "rope_type": "linear"}))]
 
 
 @pytest.mark.parametrize("model_type,kw,change", KNOBS, ids=[f"{m}-{next(iter(c))}" for m, _, c in KNOBS])
@@ -141,10 +149,10 @@ def test_layouts_shards_and_dtypes(tmp_path):
 
 
 def test_unsupported_rope_raises(tmp_path):
-  write_tiny(tmp_path / "a", "llama", rope_scaling={"rope_type": "linear", "factor": 2.0})
+  write_tiny(tmp_path / "a", "llama", rope_scaling={"rope_type": "dynamic", "factor": 2.0})
   with pytest.raises(NotImplementedError):
     reference_logits(tmp_path / "a", TOKENS)
-  write_tiny(tmp_path / "b", "llama", rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4})
+  write_tiny(tmp_path / "b", "llama", rope_parameters={"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4})
   with pytest.raises(NotImplementedError):
     reference_logits(tmp_path / "b", TOKENS)
   cfg = write_tiny(tmp_path / "c", "gpt_neox")

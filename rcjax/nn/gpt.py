@@ -47,12 +47,37 @@ def _mm(x, box, spec: str, dtype):
   return y if m == 1.0 else y * jnp.asarray(m, dtype)
 
 
-def rope(x_BxTxHxD: jax.Array, base: float, rotary_dim: int | None = None) -> jax.Array:
+ROPE_SCALINGS = {"linear": ("factor",),
+                 "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+
+
+def rope_frequencies(r: int, base: float, scaling: tuple | None = None) -> jax.Array:
+  """The r/2 RoPE frequencies base**(-2i/r), float32, rescaled by `scaling` (`(('rope_type', t), (key,
+  value), ...)`): 'linear' divides them by `factor`; 'llama3' (Llama 3.1+) divides the low frequencies
+  (wavelength above original_max_position_embeddings / low_freq_factor) by `factor`, keeps the high ones
+  (below ... / high_freq_factor) and interpolates smoothly in between."""
+  inv = 1.0 / base ** (jnp.arange(0, r, 2, dtype=jnp.float32) / r)
+  if not scaling:
+    return inv
+  s = dict(scaling)
+  if s["rope_type"] == "linear":
+    return inv / s["factor"]
+  factor, lo, hi, old = (float(s[k]) for k in ROPE_SCALINGS["llama3"])
+  wavelen = 2 * math.pi / inv
+  scaled = jnp.where(wavelen > old / lo, inv / factor, inv)
+  smooth = (old / wavelen - lo) / (hi - lo)
+  medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+  return jnp.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+
+
+def rope(x_BxTxHxD: jax.Array, base: float, rotary_dim: int | None = None, scaling: tuple | None = None
+         ) -> jax.Array:
   """Rotary embedding on the first `rotary_dim` dims of each head (all: None), 'half' layout (pair i is
-  (i, i + R/2), frequency base**(-2i/R)), computed in fp32; the other dims pass through (GPT-NeoX)."""
+  (i, i + R/2), frequency base**(-2i/R), see `rope_frequencies`), computed in fp32; the other dims pass
+  through (GPT-NeoX)."""
   _, t, _, d = x_BxTxHxD.shape
   r = d if rotary_dim is None else rotary_dim
-  inv_freq = 1.0 / base ** (jnp.arange(0, r, 2, dtype=jnp.float32) / r)
+  inv_freq = rope_frequencies(r, base, scaling)
   angle_TxR2 = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq[None, :]
   cos, sin = jnp.cos(angle_TxR2)[None, :, None, :], jnp.sin(angle_TxR2)[None, :, None, :]
   x = x_BxTxHxD.astype(jnp.float32)
@@ -86,6 +111,7 @@ class Block(nn.Module):
   norm_eps: float = 1e-5
   rotary_dim: int | None = None
   rope_base: float = 10000.0
+  rope_scaling: tuple | None = None
   attention: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -128,7 +154,7 @@ class Block(nn.Module):
                        f"{dict(self.sizes)['head_dim']}): head_dim cannot change, got params with head_dim {d}")
     if self.positions == "rope":
       r = self.rotary_dim if partial else None
-      q, k = rope(q, self.rope_base, r), rope(k, self.rope_base, r)
+      q, k = rope(q, self.rope_base, r, self.rope_scaling), rope(k, self.rope_base, r, self.rope_scaling)
     scale = logit_scale(self.param, d, wq.base[2])
     o_BxTxHxD = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True,
                                              implementation=self.attention)
@@ -179,6 +205,7 @@ class GPT(nn.Module):
       'normal:1,3' (norm scales start at 1, biases at 0).
     base: base sizes `{axis: size}` of the width axes (missing: the init sizes, so muP equals SP).
     rope_base: RoPE frequency base.
+    rope_scaling: `(('rope_type', 'linear' | 'llama3'), (key, value), ...)` (see `rope_frequencies`), or None.
     attention: `jax.nn.dot_product_attention` implementation (None: XLA; 'cudnn' on GPUs).
     scan / remat: scan the blocks (one compiled block) / rematerialise them in the backward pass.
     dtype / param_dtype: compute dtype (e.g. bfloat16) / storage dtype of the params (float32).
@@ -217,6 +244,7 @@ class GPT(nn.Module):
   kernel_init: str = "normal"
   base: Mapping[str, int] | None = None
   rope_base: float = 10000.0
+  rope_scaling: tuple | None = None
   attention: str | None = None
   scan: bool = True
   remat: bool = False
@@ -242,6 +270,11 @@ class GPT(nn.Module):
     d = self.head_dim or self.width // self.heads
     if a["positions"] == "rope" and d % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {d}")
+    if self.rope_scaling is not None:
+      sc = dict(self.rope_scaling)
+      if sc.get("rope_type") not in ROPE_SCALINGS or set(ROPE_SCALINGS[sc["rope_type"]]) - set(sc):
+        raise ValueError(f"rope_scaling {self.rope_scaling}: expected rope_type in {sorted(ROPE_SCALINGS)} "
+                         "with its keys " + str(ROPE_SCALINGS.get(sc.get("rope_type"), "")))
     if self.rotary_dim is not None and (self.rotary_dim % 2 or not 0 < self.rotary_dim <= d):
       raise ValueError(f"rotary_dim must be even and in (0, head_dim {d}], got {self.rotary_dim}")
     f = self.mlp or (-(-8 * self.width // 3 // 32) * 32 if a["activation"] == "swiglu" else 4 * self.width)
@@ -272,7 +305,7 @@ class GPT(nn.Module):
               norm=a["norm"], positions=a["positions"], activation=a["activation"], bias=a["bias"],
               qkv_bias=a["qkv_bias"], o_bias=a["o_bias"], mlp_bias=a["mlp_bias"],
               parallel_residual=a["parallel_residual"], norm_eps=self.norm_eps, rotary_dim=self.rotary_dim,
-              rope_base=self.rope_base, attention=self.attention, dtype=self.dtype,
+              rope_base=self.rope_base, rope_scaling=self.rope_scaling, attention=self.attention, dtype=self.dtype,
               param_dtype=self.param_dtype)
     block = nn.remat(Block, prevent_cse=not self.scan) if self.remat else Block
     if self.scan:
