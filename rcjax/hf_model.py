@@ -225,9 +225,10 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
     act = c.get("hidden_act", "silu")
     if act != "silu":
       raise ValueError(f"{where}: hidden_act {act!r} is not supported for {mt} (only 'silu')")
-    if c.get("sliding_window") and c.get("use_sliding_window", True) and mt == "mistral":
-      warnings.warn(f"{where}: sliding_window {c['sliding_window']} is ignored: rcjax attends to the whole "
-                    "prefix, which agrees with the HF model on sequences up to that length")
+    window = int(c["sliding_window"]) if mt == "mistral" and c.get("sliding_window") else None
+    if mt == "qwen2" and c.get("use_sliding_window") and c.get("sliding_window"):
+      warnings.warn(f"{where}: Qwen2's use_sliding_window (on some layers only) is ignored: rcjax attends to "
+                    "the whole prefix, which agrees with the HF model on sequences up to the window")
     qwen = mt == "qwen2"
     heads = int(c["num_attention_heads"])
     return GPT(**common, width=int(c["hidden_size"]), depth=int(c["num_hidden_layers"]), heads=heads,
@@ -239,7 +240,7 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
                o_bias=False if qwen else bool(c.get("attention_bias", False)),
                mlp_bias=False if qwen else bool(c.get("mlp_bias", False)),
                norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope_base=_rope_theta(c, 10000.0),
-               rope_scaling=scaling)
+               rope_scaling=scaling, sliding_window=window)
   acts = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": None, "gelu": "gelu_exact",
           "relu": "relu"}
   if fam == "gpt2":
@@ -340,6 +341,12 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
     _write_rope(c, model)
     if mt == "llama":
       c.update(attention_bias=bool(a["qkv_bias"]), mlp_bias=bool(a["mlp_bias"]))
+    if model.sliding_window is not None:
+      if mt != "mistral":
+        raise ValueError(f"a sliding attention window has no place in a {mt} config.json (Mistral's has)")
+      c["sliding_window"] = model.sliding_window
+    elif mt == "mistral":
+      c["sliding_window"] = None
   elif fam == "gpt2":
     act = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu"}[a["activation"]]
     c.update(n_embd=a["embed"], n_head=a["heads"], n_layer=a["layers"], n_inner=a["mlp"],

@@ -27,6 +27,7 @@ CASES = {  # name -> (model_type, write_tiny kwargs)
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 512, "rope_theta": 500000.0})),
     "mistral": ("mistral", dict(kv_heads=2)),
+    "mistral-window": ("mistral", dict(kv_heads=2, sliding_window=3)),
     "qwen2-bf16": ("qwen2", dict(kv_heads=2, dtype="bfloat16")),
     "gpt2": ("gpt2", dict(mlp=48)),
     "gpt2-2files": ("gpt2", dict(shards=2)),
@@ -60,7 +61,7 @@ def test_load_reproduces_reference_logits(tmp_path, case):
   _assert_close(_logits(d), ref)
 
 
-@pytest.mark.parametrize("case", ["llama-tied-bias-headdim", "qwen2-bf16", "gpt2", "neox"])
+@pytest.mark.parametrize("case", ["llama-tied-bias-headdim", "mistral-window", "qwen2-bf16", "gpt2", "neox"])
 def test_round_trip_is_bit_identical(tmp_path, case):
   from safetensors.numpy import load_file
 
@@ -280,7 +281,8 @@ def test_importing_the_cli_module_keeps_rcjax_grow_callable():
   assert rcjax.grow(p, jax.random.key(0), factor=2)["w"].shape == (2, 6)
 
 
-@pytest.mark.parametrize("case", ["llama-tied-bias-headdim", "llama3-rope", "qwen2-bf16", "gpt2", "neox"])
+@pytest.mark.parametrize("case", ["llama-tied-bias-headdim", "llama3-rope", "mistral-window", "qwen2-bf16", "gpt2",
+                                  "neox"])
 def test_transformers_loads_the_grown_checkpoint(tmp_path, case):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")

@@ -112,6 +112,7 @@ class Block(nn.Module):
   rotary_dim: int | None = None
   rope_base: float = 10000.0
   rope_scaling: tuple | None = None
+  sliding_window: int | None = None
   attention: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -156,7 +157,8 @@ class Block(nn.Module):
       r = self.rotary_dim if partial else None
       q, k = rope(q, self.rope_base, r, self.rope_scaling), rope(k, self.rope_base, r, self.rope_scaling)
     scale = logit_scale(self.param, d, wq.base[2])
-    o_BxTxHxD = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True,
+    window = None if self.sliding_window is None else (self.sliding_window - 1, 0)  # itself + w-1 before
+    o_BxTxHxD = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, local_window_size=window,
                                              implementation=self.attention)
     wo = self.rc("o", ("heads", "head_dim", "embed"), (0, 1), self.kernel_init, (("heads", "kv_heads"),))
     attn = self.add_bias(_mm(o_BxTxHxD, wo, "bthd,hde->bte", dt), "o_bias", ("embed",), (), self.o_bias)
@@ -206,6 +208,7 @@ class GPT(nn.Module):
     base: base sizes `{axis: size}` of the width axes (missing: the init sizes, so muP equals SP).
     rope_base: RoPE frequency base.
     rope_scaling: `(('rope_type', 'linear' | 'llama3'), (key, value), ...)` (see `rope_frequencies`), or None.
+    sliding_window: each token attends to itself and the `sliding_window - 1` tokens before it (Mistral).
     attention: `jax.nn.dot_product_attention` implementation (None: XLA; 'cudnn' on GPUs).
     scan / remat: scan the blocks (one compiled block) / rematerialise them in the backward pass.
     dtype / param_dtype: compute dtype (e.g. bfloat16) / storage dtype of the params (float32).
@@ -245,6 +248,7 @@ class GPT(nn.Module):
   base: Mapping[str, int] | None = None
   rope_base: float = 10000.0
   rope_scaling: tuple | None = None
+  sliding_window: int | None = None
   attention: str | None = None
   scan: bool = True
   remat: bool = False
@@ -270,6 +274,8 @@ class GPT(nn.Module):
     d = self.head_dim or self.width // self.heads
     if a["positions"] == "rope" and d % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {d}")
+    if self.sliding_window is not None and self.sliding_window < 1:
+      raise ValueError(f"sliding_window must be at least 1, got {self.sliding_window}")
     if self.rope_scaling is not None:
       sc = dict(self.rope_scaling)
       if sc.get("rope_type") not in ROPE_SCALINGS or set(ROPE_SCALINGS[sc["rope_type"]]) - set(sc):
@@ -305,7 +311,8 @@ class GPT(nn.Module):
               norm=a["norm"], positions=a["positions"], activation=a["activation"], bias=a["bias"],
               qkv_bias=a["qkv_bias"], o_bias=a["o_bias"], mlp_bias=a["mlp_bias"],
               parallel_residual=a["parallel_residual"], norm_eps=self.norm_eps, rotary_dim=self.rotary_dim,
-              rope_base=self.rope_base, rope_scaling=self.rope_scaling, attention=self.attention, dtype=self.dtype,
+              rope_base=self.rope_base, rope_scaling=self.rope_scaling, sliding_window=self.sliding_window,
+              attention=self.attention, dtype=self.dtype,
               param_dtype=self.param_dtype)
     block = nn.remat(Block, prevent_cse=not self.scan) if self.remat else Block
     if self.scan:
