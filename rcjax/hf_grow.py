@@ -52,6 +52,9 @@ def parse(argv: Sequence[str] | None, direction: str) -> argparse.Namespace:
   ap.add_argument("--sampler", default="stratified", choices=("stratified", "iid", "stride"))
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="output dtype (default: SRC's)")
+  ap.add_argument("--transfer-dtype", default="float32", choices=("float32", "source"),
+                  help="dtype the params are loaded and transferred in: float32 (default; exact rescaling) or "
+                  "the source's (half the memory for 16-bit checkpoints; 2x/4x growth stays bit-identical)")
   ap.add_argument("--mesh", help="shard over a device mesh, e.g. fsdp=-1 or fsdp=4,tensor=2")
   ap.add_argument("--max-shard-size", type=float, default=5.0, help="GiB per safetensors file (default 5)")
   ap.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
@@ -153,7 +156,8 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       src_config = json.load(f)
     mesh = sharding.make_mesh(args.mesh) if args.mesh else None
     say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
-    model, params = hf_model.load(args.src, dtype=jnp.float32, mesh=mesh, progress=jax.process_index() == 0)
+    model, params = hf_model.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,
+                                  mesh=mesh, progress=jax.process_index() == 0)
     src_dtype = np.dtype(hf_model._TORCH_DTYPE.get(str(src_config.get("torch_dtype") or src_config.get("dtype")),
                                                    np.float32))
     family = hf_model.family_of(model)

@@ -351,3 +351,18 @@ def test_rope_scaling_is_written_without_a_base_config(tmp_path):
   cfg = json.load(open(os.path.join(out["path"], "config.json")))
   assert cfg["rope_parameters"]["rope_type"] == "llama3" and cfg["rope_parameters"]["rope_theta"] == 500000.0
   _assert_close(reference_logits(out["path"], TOKENS), reference_logits(src, TOKENS), 1e-9)
+
+
+def test_transfer_in_the_source_dtype_is_bit_identical(tmp_path, monkeypatch):
+  """--transfer-dtype source holds bf16 params (half the memory); the rescaling is computed in float32 inside
+  the transfer either way, so the written files equal those of the float32 transfer, at 2x and 1.5x."""
+  src = _tiny(tmp_path, "qwen2-bf16")
+  loaded, real = [], hf_model.load
+  monkeypatch.setattr(hf_model, "load", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+  for factor in ("2", "1.5"):
+    for name, flag in (("f32", "float32"), ("native", "source")):
+      dst = str(tmp_path / f"{name}{factor}")
+      assert hf_grow.main([src, dst, "--factor", factor, "--transfer-dtype", flag, "--exact", "--no-check"]) == 0
+      assert loaded[-1][1]["blocks"]["q"].value.dtype == (jnp.float32 if flag == "float32" else jnp.bfloat16)
+    a, b = (open(tmp_path / f"{n}{factor}" / "model.safetensors", "rb").read() for n in ("f32", "native"))
+    assert a == b
