@@ -46,7 +46,8 @@ _ARCH_PREFIX = {"Llama": "llama", "Mistral": "llama", "Qwen2": "llama", "GPT2": 
 _BLOCK_RE = {"llama": r"^(?:model\.)?layers\.(\d+)\.(.+)$", "gpt2": r"^(?:transformer\.)?h\.(\d+)\.(.+)$",
              "gpt_neox": r"^(?:gpt_neox\.)?layers\.(\d+)\.(.+)$",
              "bert": r"^(?:bert\.)?encoder\.layer\.(\d+)\.(.+)$"}
-_IGNORED = re.compile(r"^(?:.*\.)?rotary_emb\.inv_freq$|^(?:attn|attention)\.(?:bias|masked_bias)$")  # buffers
+# Buffers (not weights), matched in block suffixes and in full tensor names alike.
+_IGNORED = re.compile(r"(?:^|\.)(?:rotary_emb\.inv_freq|(?:attn|attention)\.(?:bias|masked_bias))$")
 _DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64,
            "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2, "I8": np.int8,
            "U8": np.uint8, "I16": np.int16, "I32": np.int32, "I64": np.int64, "BOOL": np.bool_}
@@ -107,6 +108,26 @@ def read_header(path: str) -> dict[str, dict]:
   return header
 
 
+def shard_files(path: str) -> tuple[list[str], dict[str, str] | None]:
+  """The safetensors files of a checkpoint directory (each checked to exist) and the index's weight map
+  (None without an index)."""
+  index = os.path.join(path, "model.safetensors.index.json")
+  if os.path.isfile(index):
+    with open(index) as f:
+      weight_map = json.load(f).get("weight_map", {})
+    weight_map = {k: os.path.join(path, v) for k, v in weight_map.items()}
+    files = sorted(set(weight_map.values()))
+    for fname in files:
+      if not os.path.isfile(fname):
+        raise FileNotFoundError(f"missing shard {os.path.basename(fname)} (listed in {index})")
+    return files, weight_map
+  found = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+  if not found:
+    raise FileNotFoundError(f"no *.safetensors files in {path} (PyTorch .bin checkpoints are not "
+                            "supported: convert them with safetensors first)")
+  return found, None
+
+
 class Checkpoint:
   """A HuggingFace safetensors checkpoint directory, read block by block.
 
@@ -133,7 +154,7 @@ class Checkpoint:
       self.config = json.load(f)
     self.family = family(self.config)
     self.model_type = self.config.get("model_type", self.family)
-    files, weight_map = self._shards()
+    files, weight_map = shard_files(self.path)
     self._tensors: dict[str, tuple[str, dict]] = {}
     for fname in files:
       for name, entry in read_header(fname).items():
@@ -152,24 +173,6 @@ class Checkpoint:
       raise ValueError(f"checkpoint {self.path} has no tensors for block(s) {missing[:8]} of {self.num_blocks} "
                        "(config.json num_hidden_layers); a shard may be missing")
     self.skipped = sorted(s for s in self._blocks.get(0, {}) if _RULES[self.family](s) is None)
-
-  def _shards(self) -> tuple[list[str], dict[str, str] | None]:
-    """The safetensors files (each checked to exist) and the index's weight map (None without an index)."""
-    index = os.path.join(self.path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-      with open(index) as f:
-        weight_map = json.load(f).get("weight_map", {})
-      weight_map = {k: os.path.join(self.path, v) for k, v in weight_map.items()}
-      files = sorted(set(weight_map.values()))
-      for fname in files:
-        if not os.path.isfile(fname):
-          raise FileNotFoundError(f"missing shard {os.path.basename(fname)} (listed in {index})")
-      return files, weight_map
-    found = sorted(glob.glob(os.path.join(self.path, "*.safetensors")))
-    if not found:
-      raise FileNotFoundError(f"no *.safetensors files in {self.path} (PyTorch .bin checkpoints are not "
-                              "supported: convert them with safetensors first)")
-    return found, None
 
   def _dims(self) -> dict[str, int]:
     c = self.config

@@ -53,8 +53,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from rcjax import parametrization as pz
-from rcjax.hf import _DTYPES, _IGNORED, MODEL_TYPES, family as _family, read_header
+from rcjax import parametrization as pz, sharding
+from rcjax.hf import _DTYPES, _IGNORED, family as _family, read_header, shard_files
 from rcjax.nn.gpt import GPT, logit_scale
 from rcjax.rc import RC, boxes, is_rc
 
@@ -382,25 +382,12 @@ def _leaf_dtype(params: Any) -> np.dtype:
 
 # --- reading ----------------------------------------------------------------------------------------
 class _Files:
-  """The tensors of a safetensors checkpoint directory as read-only memory maps, opened lazily."""
+  """The tensors of a safetensors checkpoint directory as memory maps (read-only, or 'r+'), opened lazily."""
 
   def __init__(self, path: str, mode: str = "r"):
     self.path, self.mode = path, mode
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-      with open(index) as f:
-        wm = json.load(f).get("weight_map") or {}
-      files = sorted(set(wm.values()))
-    else:
-      files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-    if not files:
-      raise FileNotFoundError(f"no *.safetensors files in {path} (PyTorch .bin checkpoints are not supported: "
-                              "convert them with safetensors first)")
     self.where: dict[str, tuple[str, dict, int]] = {}
-    for fname in files:
-      full = os.path.join(path, fname)
-      if not os.path.isfile(full):
-        raise FileNotFoundError(f"missing shard {fname} (listed in {index})")
+    for full in shard_files(path)[0]:
       header = read_header(full)  # checks the file is long enough for every tensor
       with open(full, "rb") as f:
         start = 8 + struct.unpack("<Q", f.read(8))[0]
@@ -421,6 +408,15 @@ class _Files:
     return self._maps[fname][start + b:start + e].view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
+def _by_leaf(entries: list[Entry], names: Mapping[str, str] | None = None) -> dict[tuple, list[tuple[str, Part]]]:
+  """`{leaf path: [(tensor name in the files, part)]}` (names: canonical -> stored, where they differ)."""
+  out: dict[tuple, list[tuple[str, Part]]] = {}
+  for e in entries:
+    for part in e.parts:
+      out.setdefault(part.leaf, []).append(((names or {}).get(e.name, e.name), part))
+  return out
+
+
 def _resolve_names(entries: list[Entry], files: _Files, path: str) -> dict[str, str]:
   """Our canonical HF names -> the names in the checkpoint (GPT-2 files often lack 'transformer.');
   ValueError for missing tensors or tensors that this model does not use."""
@@ -434,9 +430,7 @@ def _resolve_names(entries: list[Entry], files: _Files, path: str) -> dict[str, 
     else:
       raise ValueError(f"{path}: tensor {e.name} is missing (truncated or incomplete checkpoint, or a "
                        "config.json that does not match the weights)")
-  extra = sorted(n for n in have - set(out.values()) if not _IGNORED.search(n.split(".", 2)[-1])
-                 and not n.endswith((".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.masked_bias",
-                                     "rotary_emb.inv_freq"))
+  extra = sorted(n for n in have - set(out.values()) if not _IGNORED.search(n)
                  and n != "lm_head.weight")  # a tied checkpoint may carry a copy of the embedding
   if extra:
     raise ValueError(f"{path}: tensors this architecture does not use: {extra[:6]}"
@@ -470,17 +464,15 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
   stored_dt = _DTYPES[sorted(stored)[0]] if len(stored) == 1 else None
   model = model_from_config(config, dtype=compute_dtype, param_dtype=dtype or stored_dt, where=cfg_path)
   abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 1), jnp.int32))["params"], jax.random.key(0))
-  fam = FAMILIES.get(config.get("model_type")) or _family(config)
+  fam = family_of(model)
   a = _arch(model, abstract)
   entries = _entries(fam, a)
   names = _resolve_names(entries, files, path)
-  by_leaf: dict[tuple, list[tuple[str, Part]]] = {}
   for e in entries:
     arr_shape = tuple(files.where[names[e.name]][1]["shape"])
     if arr_shape != e.shape:
       raise ValueError(f"{path}: tensor {names[e.name]} has shape {arr_shape}, config.json implies {e.shape}")
-    for part in e.parts:
-      by_leaf.setdefault(part.leaf, []).append((names[e.name], part))
+  by_leaf = _by_leaf(entries, names)
 
   def read(leaf_path: tuple, box: RC, index: tuple) -> np.ndarray:
     parts = by_leaf[leaf_path]
@@ -493,10 +485,7 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
       x = np.stack([by_layer[i][1].view(files.array(by_layer[i][0]))[index[1:]] for i in layers])
     return np.asarray(x, dtype=box.value.dtype)
 
-  sh = None
-  if mesh is not None:
-    from rcjax import sharding
-    sh = sharding.shardings(abstract, mesh)
+  sh = None if mesh is None else sharding.shardings(abstract, mesh)
   flat, treedef = jax.tree_util.tree_flatten_with_path(abstract, is_leaf=is_rc)
   sh_flat = jax.tree.leaves(sh, is_leaf=is_rc) if sh is not None else [None] * len(flat)
   values = []
@@ -511,13 +500,14 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
 
 
 # --- writing ----------------------------------------------------------------------------------------
-def as_sp(model: GPT, params: Any) -> tuple[GPT, Any, dict]:
-  """The SP model and params computing what `model` computes with `params`, and per-leaf factors.
+def as_sp(model: GPT, params: Any) -> tuple[GPT, dict]:
+  """The SP model computing what `model` computes with `params`, and the per-leaf factors that turn the
+  values into its SP values.
 
   Every leaf's value times its forward multiplier becomes its SP value; the attention-logit scale
-  ratio (ours over 1/sqrt(head_dim)) is folded into the query projection and bias. Returns
-  `(sp_model, params, factors)` where params are unchanged arrays re-labelled 'sp' and `factors` maps
-  leaf paths to the scalar each value must be multiplied by (applied while writing, shard by shard)."""
+  ratio (ours over 1/sqrt(head_dim)) is folded into the query projection and bias. `factors` maps leaf
+  paths to the scalar each value must be multiplied by (applied while writing, shard by shard; 1 is
+  left out)."""
   a = _arch(model, params)
   factors: dict[tuple, float] = {}
   if model.param != "sp":
@@ -536,8 +526,7 @@ def as_sp(model: GPT, params: Any) -> tuple[GPT, Any, dict]:
         raise ValueError(f"a tied {model.param} embedding has multiplier {factors[('embed',)]} as input and "
                          f"{readout} as readout: it has no SP equivalent with tied embeddings")
     factors = {k: v for k, v in factors.items() if v != 1.0}
-  sp_model = model.clone(param="sp", base=None)
-  return sp_model, params, factors
+  return model.clone(param="sp", base=None), factors
 
 
 def _plan_files(entries: list[Entry], dtypes: dict[str, np.dtype], max_shard_size: int) -> list[list[Entry]]:
@@ -584,12 +573,6 @@ def _progress(items: list, on: bool, desc: str):
   return tqdm(items, desc=desc, unit="param", leave=False)
 
 
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
 def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
          dtype: Any = None, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False,
          extra_files: Mapping[str, str] | None = None, progress: bool = False) -> dict:
@@ -612,7 +595,7 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
   path = os.path.abspath(os.fspath(path))
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path} exists (pass overwrite=True / --overwrite to replace it)")
-  sp_model, params, factors = as_sp(model, params)
+  sp_model, factors = as_sp(model, params)
   cfg = config_for(sp_model, params, config, dtype)
   fam = FAMILIES[cfg["model_type"]]
   entries = _entries(fam, _arch(sp_model, params))
@@ -633,35 +616,34 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
       os.makedirs(tmp)
       for fname, es in zip(names, plan):
         _create(os.path.join(tmp, fname), es, dtypes)
-    _sync("rcjax.hf.save:created")
+    sharding.sync("rcjax.hf.save:created")
     files = _Files(tmp, mode="r+")
-    by_leaf: dict[tuple, list[tuple[str, Part]]] = {}
-    for e in entries:
-      for part in e.parts:
-        by_leaf.setdefault(part.leaf, []).append((e.name, part))
     max_chunk = 0
-    for leaf_path, parts in _progress(list(by_leaf.items()), progress and main, f"writing {os.path.basename(path)}"):
+    for leaf_path, parts in _progress(list(_by_leaf(entries).items()), progress and main,
+                                      f"writing {os.path.basename(path)}"):
       box, f = leaves[leaf_path], factors.get(leaf_path, 1.0)
+      views = []  # (layer, view of the output file in the leaf's layout), checked once to be views
+      for name, part in parts:
+        out_all = files.array(name)
+        view = part.view(out_all)
+        if not np.may_share_memory(view, out_all):
+          raise AssertionError(f"internal: the layout view of {name} is a copy")
+        views.append((part.layer, view))
       for index, data in _chunks(box.value):
         x = np.asarray(data)
         max_chunk = max(max_chunk, x.nbytes)
-        for name, part in parts:
-          dst_all = files.array(name)
-          if part.layer is None:
-            dst, src, idx = part.view(dst_all), x, index
-          else:
-            lo, hi, _ = index[0].indices(box.shape[0])
-            if not lo <= part.layer < hi:
-              continue
-            dst, src, idx = part.view(dst_all), x[part.layer - lo], index[1:]
-          if not np.shares_memory(dst, dst_all):
-            raise AssertionError(f"internal: the layout view of {name} is a copy")
-          src = src.astype(np.float32) * np.float32(f) if f != 1.0 else src
-          dst[idx] = src.astype(dst.dtype)
+        x = x.astype(np.float32) * np.float32(f) if f != 1.0 else x
+        for layer, dst in views:
+          if layer is None:
+            dst[index] = x.astype(dst.dtype)
+            continue
+          lo, hi, _ = index[0].indices(box.shape[0])
+          if lo <= layer < hi:
+            dst[index[1:]] = x[layer - lo].astype(dst.dtype)
     for m in files._maps.values():
       m.flush()
     del files
-    _sync("rcjax.hf.save:written")
+    sharding.sync("rcjax.hf.save:written")
     total = sum(math.prod(e.shape) * dtypes[e.name].itemsize for e in entries)
     if main:
       if len(plan) > 1:
@@ -683,7 +665,7 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left, under either name
     raise
-  _sync("rcjax.hf.save:renamed")
+  sharding.sync("rcjax.hf.save:renamed")
   return {"path": path, "files": names, "tensors": len(entries), "bytes": total, "max_chunk_bytes": max_chunk}
 
 

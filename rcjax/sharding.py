@@ -214,6 +214,13 @@ __all__ = ["MESH_AXES", "RULES", "abstract", "batch_sharding", "constrain", "fit
            "shardings", "spec_tuple"]
 
 
+def sync(name: str) -> None:
+  """A barrier across processes (nothing for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
                      process_id: int | None = None) -> None:
   """`jax.distributed.initialize`: explicit flags, or auto-detected on multi-host TPU and SLURM jobs

@@ -287,16 +287,10 @@ def load_params(run_dir: str, mesh, step: int | None = None) -> Any:
   return ckpt.restore(step, params=target)["params"]
 
 
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
 def _preflight(cfg: Config, model) -> None:
   """Check the checkpoint this run would resume from, or transfer from, against this architecture.
   Between two barriers, so every process sees the same files (orbax's managers synchronise processes)."""
-  _sync("train.gpt:preflight")
+  sharding.sync("train.gpt:preflight")
   abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, cfg.seq_len), jnp.int32))["params"],
                             jax.random.key(0))
   own = os.path.join(cfg.out, "checkpoints") if cfg.out else None
@@ -306,7 +300,7 @@ def _preflight(cfg: Config, model) -> None:
   elif cfg.transfer_from and hf_source(cfg.transfer_from) is None:
     _check_arch(Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"), read_only=True).params_template(),
                 abstract, cfg.transfer_from)
-  _sync("train.gpt:preflight done")
+  sharding.sync("train.gpt:preflight done")
 
 
 def _initial_state(cfg, model, tx, mesh, ckpt, log):
@@ -351,7 +345,7 @@ def _from_hf(cfg: Config, model, abstract, mesh, key) -> Any:
 
   _, sp = hf_model.load(cfg.transfer_from, dtype=jnp.float32, mesh=mesh)
   template = jax.tree.map(lambda t, v: t.replace(value=v.value), abstract, sp, is_leaf=is_rc)
-  _, _, factors = hf_model.as_sp(model, template)
+  _, factors = hf_model.as_sp(model, template)
   params = jax.tree_util.tree_map_with_path(
       lambda kp, b: b.replace(value=b.value / factors.get(tuple(k.key for k in kp), 1.0)), template, is_leaf=is_rc)
   target = rcjax.width_axes(abstract)

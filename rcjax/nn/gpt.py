@@ -371,10 +371,7 @@ def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], 
     m = index_maps(key, {"embed": e_old}, {"embed": e_new}, kwargs.get("sampler", "stratified"))["embed"]
     counts = jnp.bincount(m, length=e_old)[m].astype(jnp.float32)
 
-  def scale(box, s, axis=-1):  # multiply along `axis` (the embed axis) by s (a scalar or an (E',) vector)
-    s = jnp.asarray(s, jnp.float32)
-    if s.ndim:
-      s = s.reshape((-1,) + (1,) * (box.value.ndim - 1 - axis % box.value.ndim))
+  def scale(box, s):  # multiply by s, a scalar or an (E',) vector along embed (the last axis of every leaf here)
     return box.replace(value=(box.value.astype(jnp.float32) * s).astype(box.value.dtype))
 
   final = dict(out["final"])
