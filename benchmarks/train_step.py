@@ -83,8 +83,9 @@ def bench_mlp_torch(width: int, batch: int, d_in: int, reps: int, lr: float) -> 
   return _median_time(step, reps)
 
 
-def bench_gpt(preset: str, reps: int, **overrides) -> dict:
-  """tokens/s and MFU of train.gpt's jitted, sharded step (all local devices on the data axis)."""
+def gpt_step(preset: str, scan: bool = True, **overrides):
+  """train.gpt's jitted, sharded step at `preset` (all local devices on the data axis), with params, AdamW
+  state and a random batch: returns (step, state, cfg, attention); `step()` runs one step and waits."""
   import dataclasses
   import sys
 
@@ -92,7 +93,7 @@ def bench_gpt(preset: str, reps: int, **overrides) -> dict:
   from train import gpt as train_gpt
 
   cfg = dataclasses.replace(train_gpt.Config(), **{**train_gpt.PRESETS.get(preset, {}), **overrides})
-  model, tx = train_gpt.build_model(cfg), train_gpt.build_optimizer(cfg)
+  model, tx = train_gpt.build_model(cfg).clone(scan=scan), train_gpt.build_optimizer(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
   params = sharding.init(model.init, jax.random.key(0), jnp.ones((1, cfg.seq_len), jnp.int32), mesh=mesh)["params"]
   opt_state = jax.jit(tx.init, out_shardings=sharding.shardings(jax.eval_shape(tx.init, params), mesh))(params)
@@ -100,12 +101,6 @@ def bench_gpt(preset: str, reps: int, **overrides) -> dict:
   batch = jax.device_put(jax.random.randint(jax.random.key(1), (cfg.batch_size, cfg.seq_len + 1), 0, cfg.vocab),
                          trainer.b_sh)
   state = [params, opt_state]
-
-  def step():
-    p, s, loss = trainer.step(state[0], state[1], batch)
-    jax.block_until_ready(loss)
-    state[0], state[1] = p, s
-
   attention = model.attention or "xla"
   if model.attention == "cudnn":
     try:  # compile first: a rejected shape fails here, before the step donates the params
@@ -114,12 +109,27 @@ def bench_gpt(preset: str, reps: int, **overrides) -> dict:
       print(f"cuDNN attention failed ({type(e).__name__}: {str(e)[:160]}); using XLA attention", file=sys.stderr)
       model, attention = model.clone(attention=None), "xla (cudnn failed)"
       trainer = train_gpt.Trainer(model, tx, mesh, params, opt_state)
+
+  def step():
+    p, s, loss = trainer.step(state[0], state[1], batch)
+    jax.block_until_ready(loss)
+    state[0], state[1] = p, s
+
+  return step, state, cfg, attention
+
+
+def bench_gpt(preset: str, reps: int, scan: bool = True, **overrides) -> dict:
+  """tokens/s and MFU of train.gpt's jitted, sharded step (all local devices on the data axis)."""
+  from train import gpt as train_gpt
+
+  step, state, cfg, attention = gpt_step(preset, scan, **overrides)
   t = _median_time(step, reps)
   tokens = cfg.batch_size * cfg.seq_len
   fpt = train_gpt.flops_per_token(state[0], cfg.seq_len)
   peak = train_gpt.peak_flops(cfg)
   n_params = sum(b.value.size for b in jax.tree.leaves(state[0], is_leaf=lambda x: hasattr(x, "axes")))
-  return {"case": f"gpt {preset} B={cfg.batch_size} T={cfg.seq_len} {cfg.dtype}" + (" remat" if cfg.remat else ""),
+  return {"case": f"gpt {preset} B={cfg.batch_size} T={cfg.seq_len} {cfg.dtype}" + (" remat" if cfg.remat else "")
+          + ("" if scan else " unscanned"),
           "params_M": n_params / 1e6, "attention": attention, "step_s": t, "tokens_per_s": tokens / t,
           "TFLOPs_per_device": tokens * fpt / t / 1e12 / jax.device_count(),
           "mfu": tokens * fpt / t / (peak * jax.device_count()) if peak else None}
@@ -132,6 +142,8 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--gpt", default="gpt-small,gpt-medium",
                   help="comma-separated train.gpt presets, each optionally with :BATCH (e.g. gpt-medium:64)")
   ap.add_argument("--remat", action="store_true", help="rematerialise blocks in the GPT runs")
+  ap.add_argument("--scan", default="yes", choices=["yes", "no", "both"],
+                  help="scanned blocks (train.gpt's default), unrolled blocks, or both side by side")
   ap.add_argument("--reps", type=int, default=20)
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)
@@ -148,11 +160,12 @@ def main(argv=None) -> list[dict]:
       over = {"batch_size": int(batch)} if batch else {}
       if args.remat:
         over["remat"] = True
-      try:
-        row = bench_gpt(preset, 3 if args.smoke else max(3, args.reps // 2), **over)
-      except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch: report it, go on
-        row = {"case": f"gpt {spec}", "error": f"{type(e).__name__}: {str(e)[:300]}"}
-      _report(rows, row, args.json)
+      for scan in {"yes": (True,), "no": (False,), "both": (True, False)}[args.scan]:
+        try:
+          row = bench_gpt(preset, 3 if args.smoke else max(3, args.reps // 2), scan=scan, **over)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch: report it, go on
+          row = {"case": f"gpt {spec}" + ("" if scan else " unscanned"), "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        _report(rows, row, args.json)
   return rows
 
 

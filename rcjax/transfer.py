@@ -197,19 +197,65 @@ def _broadcast(vec: jax.Array, d: int, ndim: int) -> jax.Array:
 
 
 def _repeat(x: jax.Array, d: int, k: int) -> jax.Array:
-  """`jnp.repeat(x, k, axis=d)` as a broadcast of a new axis after d merged into d.
-
-  Doubling the last axis of a 16-bit matrix is done on 32-bit words (each word holds an entry twice).
-  Measured side by side on an H200 (benchmarks/results/2026-11-26-h200-d): 0.92 vs 0.63 of copy bandwidth
-  for an 8192^2 bf16 matrix grown 2x, but 0.53 vs 0.67 for the GPT pytree (leaves of 3+ dims), so only
-  2-D leaves take it.
-  """
+  """`jnp.repeat(x, k, axis=d)` as a broadcast of a new axis after d merged into d."""
   shape = x.shape
-  if k == 2 and x.ndim == 2 and d == 1 and x.dtype.itemsize == 2:
-    u = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-    return jax.lax.bitcast_convert_type(u | (u << 16), x.dtype).reshape(shape[:-1] + (2 * shape[-1],))
   x = jnp.broadcast_to(jnp.expand_dims(x, d + 1), shape[:d + 1] + (k,) + shape[d + 1:])
   return x.reshape(shape[:d] + (shape[d] * k,) + shape[d + 1:])
+
+
+# Accelerators move 16-bit leaves as 32-bit words (`_repeat_all`, `_gather`): 0 off, 1 words read as
+# 16-bit entries where the last axis doubles, 2 words read as pairs there. Chosen from side-by-side
+# measurements (benchmarks/README.md); `benchmarks/transfer.py --words` sets it to compare.
+WORDS = 2
+
+
+def _to_words(x: jax.Array) -> jax.Array:
+  """16-bit `(..., 2n)` -> uint32 `(..., n)`: adjacent pairs of the last axis as one word (a bitcast)."""
+  return jax.lax.bitcast_convert_type(x.reshape(x.shape[:-1] + (x.shape[-1] // 2, 2)), jnp.uint32)
+
+
+def _from_words(w: jax.Array, dtype) -> jax.Array:
+  """The inverse of `_to_words`."""
+  return jax.lax.bitcast_convert_type(w, dtype).reshape(w.shape[:-1] + (2 * w.shape[-1],))
+
+
+def _double_last(x: jax.Array, words: int) -> jax.Array:
+  """`repeat(x, 2, axis=-1)` of a 16-bit `x` as uint32 words `(..., n)`, each holding one entry twice.
+  words=2 reads pairs (a, b) as one word and writes (a, a), (b, b) (even n only); else entries one by one."""
+  if words == 2 and x.shape[-1] % 2 == 0:
+    w = _to_words(x)
+    lo, hi = w & 0xFFFF, w >> 16
+    pair = jnp.stack([lo | (lo << 16), hi | (hi << 16)], axis=-1)
+    return pair.reshape(x.shape)
+  u = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+  return u | (u << 16)
+
+
+def _repeat_all(x: jax.Array, dims: list[int], ks: list[int], words: int) -> jax.Array:
+  """`x` repeated `ks[i]` times along `dims[i]`, one broadcast XLA fuses into a streaming copy.
+
+  With `words`, 16-bit leaves are moved as 32-bit words: an unrepeated even last axis as pairs of
+  entries, a last axis doubled as words holding each entry twice (XLA's loops over 16-bit entries run at
+  0.6-0.7 of copy bandwidth on an H200; see benchmarks/README.md)."""
+  reps = {d: k for d, k in zip(dims, ks) if k != 1}
+  last = x.ndim - 1
+  if not words or x.dtype.itemsize != 2 or x.ndim == 0:
+    for d, k in reps.items():
+      x = _repeat(x, d, k)
+    return x
+  dtype, n_last = x.dtype, x.shape[-1]
+  k_last = reps.pop(last, 1)
+  if k_last == 1 and n_last % 2 == 0:
+    w = _to_words(x)
+  elif k_last == 2:
+    w = _double_last(x, words)
+  else:
+    for d, k in reps.items():
+      x = _repeat(x, d, k)
+    return _repeat(x, last, k_last) if k_last != 1 else x
+  for d, k in reps.items():
+    w = _repeat(w, d, k)
+  return _from_words(w, dtype)
 
 
 def _on_cpu() -> bool:
@@ -243,29 +289,33 @@ def _gather_rows(x: jax.Array, dims: list[int], names: list[str], maps) -> jax.A
 
 
 def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict[str, int],
-            cpu: bool | None = None) -> jax.Array:
+            cpu: bool | None = None, words: int | None = None) -> jax.Array:
   """`x` gathered along `dims` with the maps of `names`, in one pass over the output.
 
-  Integer-factor maps of 'stratified'/'stride' are `repeat(arange(N), k)`: a broadcast + reshape, which
-  XLA fuses into a streaming copy. Otherwise one gather whose indices are the broadcast outer product of
+  Identity maps (`repeats` of 1: a kept size, e.g. `head_dim`) are dropped. Integer-factor maps of
+  'stratified'/'stride' are `repeat(arange(N), k)`: a broadcast + reshape, which XLA fuses into a
+  streaming copy (`_repeat_all`). Otherwise one gather whose indices are the broadcast outer product of
   the maps over the span of dims from the first mapped to the last (unmapped dims inside the span take
   `arange`), instead of one full pass per axis.
 
-  On the CPU (`cpu`; default: whether the default backend is the CPU) identity maps (`repeats` of 1) are
-  dropped and the general gather is `_gather_rows`.
+  On the CPU (`cpu`; default: whether the default backend is the CPU) the general gather is
+  `_gather_rows`. On accelerators 16-bit leaves move as 32-bit words (`words`, default `WORDS`): an
+  unmapped even last axis as pairs of entries.
   """
   cpu = _on_cpu() if cpu is None else cpu
-  if cpu:
-    keep = [i for i, n in enumerate(names) if repeats.get(n) != 1]
-    dims, names = [dims[i] for i in keep], [names[i] for i in keep]
-    if not dims:
-      return x
-  if all(n in repeats for n in names):
-    for d, n in zip(dims, names):
-      x = _repeat(x, d, repeats[n])
+  keep = [i for i, n in enumerate(names) if repeats.get(n) != 1]
+  dims, names = [dims[i] for i in keep], [names[i] for i in keep]
+  if not dims:
     return x
+  words = 0 if cpu else (WORDS if words is None else words)
+  if all(n in repeats for n in names):
+    if cpu and x.ndim == 2 and x.dtype.itemsize == 2 and dims[-1] == 1 and repeats[names[-1]] == 2:
+      words = 1  # doubling the contiguous axis of a 16-bit matrix: measured faster on the CPU too
+    return _repeat_all(x, dims, [repeats[n] for n in names], words)
   if cpu and math.prod(x.shape[:dims[-1] + 1]) < 2**31:  # row indices fit int32
     return _gather_rows(x, dims, names, maps)
+  if words and x.dtype.itemsize == 2 and dims[-1] < x.ndim - 1 and x.shape[-1] % 2 == 0:
+    return _from_words(_gather(_to_words(x), dims, names, maps, {}, cpu=False, words=0), x.dtype)
   lo, hi = dims[0], dims[-1]
   span = hi - lo + 1
   index = []
@@ -285,8 +335,9 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
   names = [box.axes[d] for d in mapped]
   spec0 = None if sharding is None else spec_tuple(sharding, len(old_shape))
   if sharding is None or all(n in repeats for n in names):
-    # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives).
-    x = _gather(x, mapped, names, maps, repeats)
+    # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives). Sharded
+    # leaves keep 16-bit entries: splitting a sharded last axis into word pairs is left untested there.
+    x = _gather(x, mapped, names, maps, repeats, words=None if sharding is None else 0)
   else:
     # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
     spec = spec0

@@ -16,6 +16,8 @@ SHAPES = {  # leaf shape, mapped dims (the layouts rcjax meets: 1-D, 2-D, scanne
     "scanned": ((3, 12, 10), (1, 2)),
     "qkv": ((2, 12, 3, 4, 5), (1, 3)),
     "heads": ((2, 10, 3, 4), (1, 2, 3)),  # scanned (layers, embed, heads, head_dim)
+    "q": ((2, 10, 3, 6), (1, 2)),  # head_dim unmapped and even: moved as 32-bit words (16-bit leaves)
+    "o": ((2, 3, 6, 10), (1, 3)),  # (layers, heads, head_dim, embed): last axis mapped and even
     "one-of-two": ((12, 10), (1,)),
     "leading": ((12, 10), (0,)),
 }
@@ -36,10 +38,11 @@ def all_paths(x, maps, dims, cases):
   One program per test: compiling hundreds of tiny ones would dominate the test's time."""
   out = []
   for m, (names, repeats) in zip(maps, cases):
-    variants = [(cpu, r) for cpu in (True, False) for r in ((dict(repeats), {}) if repeats else ({},))]
+    variants = [(cpu, r, w) for cpu in (True, False) for r in ((dict(repeats), {}) if repeats else ({},))
+                for w in ((0,) if cpu else (0, 1, 2))]
     out.append((slow(x, dims, {d: m[n] for n, d in zip(names, dims)}),
-                {f"cpu={cpu} repeats={r}": _gather(x, list(dims), list(names), m, r, cpu=cpu)
-                 for cpu, r in variants}))
+                {f"cpu={cpu} repeats={r} words={w}": _gather(x, list(dims), list(names), m, r, cpu=cpu, words=w)
+                 for cpu, r, w in variants}))
   return out
 
 
@@ -73,7 +76,8 @@ def one_map(n_old, n_new, sampler, rng):
 
 
 @pytest.mark.parametrize("layout,dtype", [(k, jnp.float32) for k in SHAPES]
-                         + [(k, jnp.bfloat16) for k in ("matrix", "qkv", "heads")])
+                         + [(k, jnp.bfloat16) for k in ("matrix", "qkv", "heads", "q", "o")]
+                         + [(k, jnp.float16) for k in ("o",)])
 @pytest.mark.parametrize("sampler", ["stratified", "iid", "stride"])
 def test_gather_paths_match_takes_bitwise(layout, sampler, dtype):
   shape, dims = SHAPES[layout]

@@ -188,7 +188,10 @@ def flops_per_token(params: Any, seq_len: int) -> float:
   n = sum(b.value.size for p, b in leaves.items() if b.fan_in and p not in ("['embed']", "['positions']"))
   if "['readout']" not in leaves:  # tied: the token table is also the readout matmul
     n += leaves["['embed']"].value.size
-  return 6.0 * n + 12.0 * sizes.get("layers", 1) * sizes["heads"] * sizes["head_dim"] * seq_len
+  # blocks: scanned (one q leaf with a `layers` axis) or unrolled (a q leaf per block)
+  layers = sum(b.shape[b.axes.index("layers")] if "layers" in b.axes else 1
+               for p, b in leaves.items() if p.endswith("['q']"))
+  return 6.0 * n + 12.0 * layers * sizes["heads"] * sizes["head_dim"] * seq_len
 
 
 def peak_flops(cfg: Config) -> float | None:
