@@ -117,7 +117,7 @@ def read_trace(log_dir: str) -> dict:
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--gpt", default="gpt-medium:32", help="train.gpt preset, optionally with :BATCH")
-  ap.add_argument("--no-scan", action="store_true", help="unrolled blocks")
+  ap.add_argument("--variant", default="scan", help="model variant (see train_step.VARIANTS), e.g. unroll+bf16logits")
   ap.add_argument("--steps", type=int, default=3, help="steps traced (after two untraced warm-up steps)")
   ap.add_argument("--top", type=int, default=25, help="kernels listed")
   ap.add_argument("--out", help="trace directory (default: a temporary one)")
@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
 
   spec = "tiny:8" if args.smoke else args.gpt
   preset, _, batch = spec.partition(":")
-  step, _, cfg, attention = gpt_step(preset, scan=not args.no_scan, **({"batch_size": int(batch)} if batch else {}))
+  step, _, cfg, attention = gpt_step(preset, args.variant, **({"batch_size": int(batch)} if batch else {}))
   step()
   t = time.perf_counter()
   step()
@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
       walls.append(time.perf_counter() - t)
   s = summarise(read_trace(out), args.steps, args.top)
   dev = jax.devices()[0]
-  s.update(case=f"gpt {preset} B={cfg.batch_size} T={cfg.seq_len} {cfg.dtype}" + (" unscanned" if args.no_scan else ""),
+  s.update(case=f"gpt {preset} B={cfg.batch_size} T={cfg.seq_len} {cfg.dtype} {args.variant}",
            device=dev.device_kind, attention=attention, untraced_step_ms=untraced * 1e3,
            traced_step_ms=sorted(walls)[len(walls) // 2] * 1e3, trace_dir=out)
   print(f"{s['case']} on {s['device']} (attention {attention}): step {s['untraced_step_ms']:.1f} ms untraced, "

@@ -83,9 +83,30 @@ def bench_mlp_torch(width: int, batch: int, d_in: int, reps: int, lr: float) -> 
   return _median_time(step, reps)
 
 
-def gpt_step(preset: str, scan: bool = True, **overrides):
-  """train.gpt's jitted, sharded step at `preset` (all local devices on the data axis), with params, AdamW
-  state and a random batch: returns (step, state, cfg, attention); `step()` runs one step and waits."""
+# Model variants compared side by side (`--variants`): fields of rcjax.nn.GPT set on train.gpt's model.
+VARIANTS = {
+    "scan": {},                                  # train.gpt's model as built
+    "unscanned": {"scan": False},                # a module per block (params: block_0, block_1, ...)
+    "unroll": {"unroll": 1 << 30},               # the scan fully unrolled, params still stacked
+    "bf16logits": {"logits_dtype": "compute"},   # logits in the compute dtype (the loss upcasts)
+    "bf16residual": {"residual_dtype": "compute"},  # residual stream in the compute dtype
+}
+
+
+def variant_fields(spec: str, dtype) -> dict:
+  """'unroll+bf16logits' -> the GPT fields of those variants ('compute': the compute dtype)."""
+  out = {}
+  for part in spec.split("+"):
+    if part not in VARIANTS:
+      raise ValueError(f"unknown variant {part!r}; expected some of {sorted(VARIANTS)} joined by '+'")
+    out.update({k: (jnp.dtype(dtype) if v == "compute" else v) for k, v in VARIANTS[part].items()})
+  return out
+
+
+def gpt_step(preset: str, variant: str = "scan", **overrides):
+  """train.gpt's jitted, sharded step at `preset` (all local devices on the data axis) for a model
+  `variant` (VARIANTS), with params, AdamW state and a random batch: returns (step, state, cfg,
+  attention); `step()` runs one step and waits."""
   import dataclasses
   import sys
 
@@ -93,7 +114,8 @@ def gpt_step(preset: str, scan: bool = True, **overrides):
   from train import gpt as train_gpt
 
   cfg = dataclasses.replace(train_gpt.Config(), **{**train_gpt.PRESETS.get(preset, {}), **overrides})
-  model, tx = train_gpt.build_model(cfg).clone(scan=scan), train_gpt.build_optimizer(cfg)
+  model = train_gpt.build_model(cfg).clone(**variant_fields(variant, cfg.dtype))
+  tx = train_gpt.build_optimizer(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
   params = sharding.init(model.init, jax.random.key(0), jnp.ones((1, cfg.seq_len), jnp.int32), mesh=mesh)["params"]
   opt_state = jax.jit(tx.init, out_shardings=sharding.shardings(jax.eval_shape(tx.init, params), mesh))(params)
@@ -118,18 +140,18 @@ def gpt_step(preset: str, scan: bool = True, **overrides):
   return step, state, cfg, attention
 
 
-def bench_gpt(preset: str, reps: int, scan: bool = True, **overrides) -> dict:
+def bench_gpt(preset: str, reps: int, variant: str = "scan", **overrides) -> dict:
   """tokens/s and MFU of train.gpt's jitted, sharded step (all local devices on the data axis)."""
   from train import gpt as train_gpt
 
-  step, state, cfg, attention = gpt_step(preset, scan, **overrides)
+  step, state, cfg, attention = gpt_step(preset, variant, **overrides)
   t = _median_time(step, reps)
   tokens = cfg.batch_size * cfg.seq_len
   fpt = train_gpt.flops_per_token(state[0], cfg.seq_len)
   peak = train_gpt.peak_flops(cfg)
   n_params = sum(b.value.size for b in jax.tree.leaves(state[0], is_leaf=lambda x: hasattr(x, "axes")))
   return {"case": f"gpt {preset} B={cfg.batch_size} T={cfg.seq_len} {cfg.dtype}" + (" remat" if cfg.remat else "")
-          + ("" if scan else " unscanned"),
+          + ("" if variant == "scan" else f" {variant}"),
           "params_M": n_params / 1e6, "attention": attention, "step_s": t, "tokens_per_s": tokens / t,
           "TFLOPs_per_device": tokens * fpt / t / 1e12 / jax.device_count(),
           "mfu": tokens * fpt / t / (peak * jax.device_count()) if peak else None}
@@ -142,8 +164,9 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--gpt", default="gpt-small,gpt-medium",
                   help="comma-separated train.gpt presets, each optionally with :BATCH (e.g. gpt-medium:64)")
   ap.add_argument("--remat", action="store_true", help="rematerialise blocks in the GPT runs")
-  ap.add_argument("--scan", default="yes", choices=["yes", "no", "both"],
-                  help="scanned blocks (train.gpt's default), unrolled blocks, or both side by side")
+  ap.add_argument("--variants", default="scan",
+                  help="comma-separated model variants measured side by side, each some of "
+                  f"{sorted(VARIANTS)} joined by '+' (e.g. scan,unroll,unroll+bf16logits)")
   ap.add_argument("--reps", type=int, default=20)
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)
@@ -160,11 +183,11 @@ def main(argv=None) -> list[dict]:
       over = {"batch_size": int(batch)} if batch else {}
       if args.remat:
         over["remat"] = True
-      for scan in {"yes": (True,), "no": (False,), "both": (True, False)}[args.scan]:
+      for variant in args.variants.split(","):
         try:
-          row = bench_gpt(preset, 3 if args.smoke else max(3, args.reps // 2), scan=scan, **over)
+          row = bench_gpt(preset, 3 if args.smoke else max(3, args.reps // 2), variant=variant, **over)
         except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch: report it, go on
-          row = {"case": f"gpt {spec}" + ("" if scan else " unscanned"), "error": f"{type(e).__name__}: {str(e)[:300]}"}
+          row = {"case": f"gpt {spec} {variant}", "error": f"{type(e).__name__}: {str(e)[:300]}"}
         _report(rows, row, args.json)
   return rows
 

@@ -196,14 +196,15 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--reps", type=int, default=5)
   ap.add_argument("--no-numpy", action="store_true", help="skip the host numpy reference")
   ap.add_argument("--only", help="run only the cases whose name contains this text (e.g. gpt)")
-  ap.add_argument("--words", help="comma-separated rcjax.transfer.WORDS settings to compare side by side "
-                  "on the 16-bit cases (0: entries, 1/2: 32-bit words; default: the library's)")
+  ap.add_argument("--repeat", help="comma-separated settings of how accelerators run integer repeats, to "
+                  "compare side by side on the 16-bit cases: 'entries', 'words', 'merge', 'merge+words' "
+                  "(rcjax.transfer.WORDS / MERGE; default: the library's)")
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)
   import sys
   tmod = sys.modules["rcjax.transfer"]  # rcjax.transfer is the function
-  default = tmod.WORDS
-  settings = [int(w) for w in args.words.split(",")] if args.words else [default]
+  default = (tmod.WORDS, tmod.MERGE)
+  settings = ([("words" in v, "merge" in v) for v in args.repeat.split(",")] if args.repeat else [default])
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}")
   rows = []
@@ -211,12 +212,13 @@ def main(argv=None) -> list[dict]:
     if args.only and args.only not in name:
       continue
     sixteen = any(x.dtype.itemsize == 2 for x in jax.tree.leaves(rcjax.unbox(tree)))
-    for words in settings if sixteen else settings[:1]:
-      tmod.WORDS = words
-      jax.clear_caches()  # WORDS is read at trace time
-      label = f"{name} words={words}" if sixteen and len(settings) > 1 else name
+    for words, merge in settings if sixteen else settings[:1]:
+      tmod.WORDS, tmod.MERGE = words, merge
+      jax.clear_caches()  # read at trace time
+      setting = "+".join(["merge"] * merge + ["words"] * words) or "entries"
+      label = f"{name} {setting}" if sixteen and len(settings) > 1 else name
       row = run_case(label, tree, target, reps=2 if args.smoke else args.reps, with_numpy=not args.no_numpy)
-      row.update(device=dev.device_kind, words=words)
+      row.update(device=dev.device_kind, repeat=setting)
       rows.append(row)
       if args.json:  # after every case, so a run cut short keeps what it measured
         with open(args.json, "w") as f:
@@ -229,7 +231,7 @@ def main(argv=None) -> list[dict]:
             + (f"  numpy {row['numpy_vs_copy']:.2f}" if "numpy_vs_copy" in row else "")
             + (f"  peak/(in+out) {peak:.2f}" if peak is not None else "")
             + f"  call overhead {1e3 * row['call_overhead_s']:.2f} ms", flush=True)
-  tmod.WORDS = default
+  tmod.WORDS, tmod.MERGE = default
   return rows
 
 

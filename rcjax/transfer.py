@@ -203,10 +203,12 @@ def _repeat(x: jax.Array, d: int, k: int) -> jax.Array:
   return x.reshape(shape[:d] + (shape[d] * k,) + shape[d + 1:])
 
 
-# Accelerators move 16-bit leaves as 32-bit words (`_repeat_all`, `_gather`): 0 off, 1 words read as
-# 16-bit entries where the last axis doubles, 2 words read as pairs there. Chosen from side-by-side
-# measurements (benchmarks/README.md); `benchmarks/transfer.py --words` sets it to compare.
-WORDS = 2
+# How accelerators run integer repeats (`_repeat_all`), chosen from side-by-side measurements on an H200
+# (benchmarks/README.md); `benchmarks/transfer.py --words/--merge` set them to compare. WORDS: move 16-bit
+# leaves as 32-bit words. MERGE: first merge each repeated dim with the unrepeated dims before it (and the
+# trailing unrepeated dims into one), so the broadcast runs over 1 to 3 dims.
+WORDS = False
+MERGE = False
 
 
 def _to_words(x: jax.Array) -> jax.Array:
@@ -219,43 +221,51 @@ def _from_words(w: jax.Array, dtype) -> jax.Array:
   return jax.lax.bitcast_convert_type(w, dtype).reshape(w.shape[:-1] + (2 * w.shape[-1],))
 
 
-def _double_last(x: jax.Array, words: int) -> jax.Array:
-  """`repeat(x, 2, axis=-1)` of a 16-bit `x` as uint32 words `(..., n)`, each holding one entry twice.
-  words=2 reads pairs (a, b) as one word and writes (a, a), (b, b) (even n only); else entries one by one."""
-  if words == 2 and x.shape[-1] % 2 == 0:
-    w = _to_words(x)
-    lo, hi = w & 0xFFFF, w >> 16
-    pair = jnp.stack([lo | (lo << 16), hi | (hi << 16)], axis=-1)
-    return pair.reshape(x.shape)
-  u = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-  return u | (u << 16)
+def _merged(shape: tuple, reps: dict[int, int]) -> tuple[tuple, dict[int, int]]:
+  """`shape` with each repeated dim merged with the unrepeated dims before it, and the trailing unrepeated
+  dims merged into one: repeating a merged dim k times is then the same as repeating its last part (in
+  row-major order, prefix p and entry j of the repeated dim: (p * n * k + j') // k = p * n + j' // k)."""
+  out, new_reps, run = [], {}, 1
+  for d, n in enumerate(shape):
+    run *= n
+    if d in reps:
+      new_reps[len(out)] = reps[d]
+      out.append(run)
+      run = 1
+  if run > 1 or not out:
+    out.append(run)
+  return tuple(out), new_reps
 
 
-def _repeat_all(x: jax.Array, dims: list[int], ks: list[int], words: int) -> jax.Array:
-  """`x` repeated `ks[i]` times along `dims[i]`, one broadcast XLA fuses into a streaming copy.
+def _repeat_all(x: jax.Array, dims: list[int], ks: list[int], words: bool = False, merge: bool = False
+                ) -> jax.Array:
+  """`x` repeated `ks[i]` times along `dims[i]`: broadcasts + reshapes XLA fuses into a streaming copy.
 
-  With `words`, 16-bit leaves are moved as 32-bit words: an unrepeated even last axis as pairs of
-  entries, a last axis doubled as words holding each entry twice (XLA's loops over 16-bit entries run at
-  0.6-0.7 of copy bandwidth on an H200; see benchmarks/README.md)."""
+  `merge`: over the merged shape (`_merged`), then reshaped back. `words` (16-bit leaves): as 32-bit
+  words, an unrepeated even last axis as pairs of entries, a doubled last axis as words holding an entry
+  twice."""
   reps = {d: k for d, k in zip(dims, ks) if k != 1}
+  if not reps:
+    return x
+  if merge:
+    out_shape = tuple(n * reps.get(d, 1) for d, n in enumerate(x.shape))
+    shape, reps = _merged(x.shape, reps)
+    return _repeat_all(x.reshape(shape), list(reps), list(reps.values()), words).reshape(out_shape)
   last = x.ndim - 1
-  if not words or x.dtype.itemsize != 2 or x.ndim == 0:
+  k_last = reps.get(last, 1)
+  if not words or x.dtype.itemsize != 2 or (k_last == 1 and x.shape[-1] % 2) or k_last not in (1, 2):
     for d, k in reps.items():
       x = _repeat(x, d, k)
     return x
-  dtype, n_last = x.dtype, x.shape[-1]
-  k_last = reps.pop(last, 1)
-  if k_last == 1 and n_last % 2 == 0:
+  if k_last == 1:
     w = _to_words(x)
-  elif k_last == 2:
-    w = _double_last(x, words)
-  else:
-    for d, k in reps.items():
-      x = _repeat(x, d, k)
-    return _repeat(x, last, k_last) if k_last != 1 else x
+  else:  # doubled: each entry twice in a word, which is repeat(x, 2, -1) read as words
+    u = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    w = u | (u << 16)
   for d, k in reps.items():
-    w = _repeat(w, d, k)
-  return _from_words(w, dtype)
+    if d != last:
+      w = _repeat(w, d, k)
+  return _from_words(w, x.dtype)
 
 
 def _on_cpu() -> bool:
@@ -289,7 +299,7 @@ def _gather_rows(x: jax.Array, dims: list[int], names: list[str], maps) -> jax.A
 
 
 def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict[str, int],
-            cpu: bool | None = None, words: int | None = None) -> jax.Array:
+            cpu: bool | None = None, words: bool | None = None, merge: bool | None = None) -> jax.Array:
   """`x` gathered along `dims` with the maps of `names`, in one pass over the output.
 
   Identity maps (`repeats` of 1: a kept size, e.g. `head_dim`) are dropped. Integer-factor maps of
@@ -299,23 +309,21 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
   `arange`), instead of one full pass per axis.
 
   On the CPU (`cpu`; default: whether the default backend is the CPU) the general gather is
-  `_gather_rows`. On accelerators 16-bit leaves move as 32-bit words (`words`, default `WORDS`): an
-  unmapped even last axis as pairs of entries.
+  `_gather_rows`; on accelerators `words` and `merge` (default: `WORDS`, `MERGE`) pick how `_repeat_all`
+  runs.
   """
   cpu = _on_cpu() if cpu is None else cpu
   keep = [i for i, n in enumerate(names) if repeats.get(n) != 1]
   dims, names = [dims[i] for i in keep], [names[i] for i in keep]
   if not dims:
     return x
-  words = 0 if cpu else (WORDS if words is None else words)
   if all(n in repeats for n in names):
-    if cpu and x.ndim == 2 and x.dtype.itemsize == 2 and dims[-1] == 1 and repeats[names[-1]] == 2:
-      words = 1  # doubling the contiguous axis of a 16-bit matrix: measured faster on the CPU too
-    return _repeat_all(x, dims, [repeats[n] for n in names], words)
+    ks = [repeats[n] for n in names]
+    if cpu:  # doubling the contiguous axis of a 16-bit matrix: words measured faster on the CPU too
+      return _repeat_all(x, dims, ks, words=x.ndim == 2 and dims[-1] == 1 and ks[-1] == 2)
+    return _repeat_all(x, dims, ks, WORDS if words is None else words, MERGE if merge is None else merge)
   if cpu and math.prod(x.shape[:dims[-1] + 1]) < 2**31:  # row indices fit int32
     return _gather_rows(x, dims, names, maps)
-  if words and x.dtype.itemsize == 2 and dims[-1] < x.ndim - 1 and x.shape[-1] % 2 == 0:
-    return _from_words(_gather(_to_words(x), dims, names, maps, {}, cpu=False, words=0), x.dtype)
   lo, hi = dims[0], dims[-1]
   span = hi - lo + 1
   index = []
@@ -336,8 +344,8 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
   spec0 = None if sharding is None else spec_tuple(sharding, len(old_shape))
   if sharding is None or all(n in repeats for n in names):
     # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives). Sharded
-    # leaves keep 16-bit entries: splitting a sharded last axis into word pairs is left untested there.
-    x = _gather(x, mapped, names, maps, repeats, words=None if sharding is None else 0)
+    # leaves keep their dims (reshapes that merge or split a sharded dim could move data between devices).
+    x = _gather(x, mapped, names, maps, repeats, **({} if sharding is None else dict(words=False, merge=False)))
   else:
     # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
     spec = spec0

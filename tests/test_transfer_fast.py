@@ -38,11 +38,11 @@ def all_paths(x, maps, dims, cases):
   One program per test: compiling hundreds of tiny ones would dominate the test's time."""
   out = []
   for m, (names, repeats) in zip(maps, cases):
-    variants = [(cpu, r, w) for cpu in (True, False) for r in ((dict(repeats), {}) if repeats else ({},))
-                for w in ((0,) if cpu else (0, 1, 2))]
+    variants = [(cpu, r, w, g) for cpu in (True, False) for r in ((dict(repeats), {}) if repeats else ({},))
+                for w in ((False,) if cpu else (False, True)) for g in ((False,) if cpu else (False, True))]
     out.append((slow(x, dims, {d: m[n] for n, d in zip(names, dims)}),
-                {f"cpu={cpu} repeats={r} words={w}": _gather(x, list(dims), list(names), m, r, cpu=cpu, words=w)
-                 for cpu, r, w in variants}))
+                {f"cpu={cpu} repeats={r} words={w} merge={g}":
+                 _gather(x, list(dims), list(names), m, r, cpu=cpu, words=w, merge=g) for cpu, r, w, g in variants}))
   return out
 
 

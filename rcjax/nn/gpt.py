@@ -211,7 +211,12 @@ class GPT(nn.Module):
     sliding_window: each token attends to itself and the `sliding_window - 1` tokens before it (Mistral).
     attention: `jax.nn.dot_product_attention` implementation (None: XLA; 'cudnn' on GPUs).
     scan / remat: scan the blocks (one compiled block) / rematerialise them in the backward pass.
+    unroll: blocks per iteration of the scan (`depth`: fully unrolled, the params keep their stacked
+      `layers` axis; measured on an H200 in benchmarks/README.md).
     dtype / param_dtype: compute dtype (e.g. bfloat16) / storage dtype of the params (float32).
+    residual_dtype: dtype of the residual stream between blocks (None: the embedding's, the params' dtype).
+    logits_dtype: dtype of the returned logits (float32; a loss that upcasts inside its reductions can
+      take `dtype` and skip a float32 copy of the (B, T, vocab) logits).
 
   >>> import jax, jax.numpy as jnp, rcjax
   >>> model = GPT(vocab=16, width=32, depth=2, heads=4, kv_heads=2, style='llama', param='mup')
@@ -252,8 +257,11 @@ class GPT(nn.Module):
   attention: str | None = None
   scan: bool = True
   remat: bool = False
+  unroll: int = 1
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  residual_dtype: Any = None
+  logits_dtype: Any = jnp.float32
 
   def arch(self) -> dict:
     """Resolved architecture: style defaults, sizes and bases, validated (ValueError on bad sizes)."""
@@ -306,6 +314,8 @@ class GPT(nn.Module):
       if tokens_BxT.shape[1] > wpe.shape[0]:
         raise ValueError(f"sequence length {tokens_BxT.shape[1]} exceeds max_len {wpe.shape[0]}")
       x_BxTxE = x_BxTxE + wpe.value[: tokens_BxT.shape[1]] * pz.multiplier(wpe)
+    if self.residual_dtype is not None:
+      x_BxTxE = x_BxTxE.astype(self.residual_dtype)
     kw = dict(sizes=tuple(sizes.items()), bases=tuple(bases.items()), param=self.param,
               kernel_init=self.kernel_init,
               norm=a["norm"], positions=a["positions"], activation=a["activation"], bias=a["bias"],
@@ -317,7 +327,7 @@ class GPT(nn.Module):
     block = nn.remat(Block, prevent_cse=not self.scan) if self.remat else Block
     if self.scan:
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=self.depth,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
+                      unroll=min(max(self.unroll, 1), self.depth), metadata_params={nn.PARTITION_NAME: "layers"})
       x_BxTxE, _ = stack(**kw, name="blocks")(x_BxTxE, None)
     else:
       for i in range(self.depth):
@@ -325,10 +335,10 @@ class GPT(nn.Module):
     h = _FinalNorm(**kw, name="final")(x_BxTxE)
     if a["tied"]:
       w = wte.replace(fan_in=(1,))  # the readout use of the tied table: fan-in embed (an output leaf)
-      return _mm(h, w, "bte,ve->btv", self.dtype).astype(jnp.float32)
+      return _mm(h, w, "bte,ve->btv", self.dtype).astype(self.logits_dtype)
     w = rc_param(self, "readout", (sizes["embed"], self.vocab), axes=("embed", "vocab"), fan_in=(0,),
                  base=(bases["embed"], None), param=self.param, init=self.kernel_init, dtype=self.param_dtype)
-    return _mm(h, w, "bte,ev->btv", self.dtype).astype(jnp.float32)
+    return _mm(h, w, "bte,ev->btv", self.dtype).astype(self.logits_dtype)
 
 
 class _FinalNorm(Block):
