@@ -117,7 +117,7 @@ def read_trace(log_dir: str) -> dict:
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--gpt", default="gpt-medium:32", help="train.gpt preset, optionally with :BATCH")
-  ap.add_argument("--variant", default="scan", help="model variant (see train_step.VARIANTS), e.g. unroll+bf16logits")
+  ap.add_argument("--variant", default="default", help="model variant (see train_step.VARIANTS), e.g. scan")
   ap.add_argument("--steps", type=int, default=3, help="steps traced (after two untraced warm-up steps)")
   ap.add_argument("--top", type=int, default=25, help="kernels listed")
   ap.add_argument("--out", help="trace directory (default: a temporary one)")

@@ -85,16 +85,15 @@ def bench_mlp_torch(width: int, batch: int, d_in: int, reps: int, lr: float) -> 
 
 # Model variants compared side by side (`--variants`): fields of rcjax.nn.GPT set on train.gpt's model.
 VARIANTS = {
-    "scan": {},                                  # train.gpt's model as built
+    "default": {},                               # train.gpt's model as built (blocks fully unrolled)
+    "scan": {"unroll": 1},                       # the scan over blocks as a loop
     "unscanned": {"scan": False},                # a module per block (params: block_0, block_1, ...)
-    "unroll": {"unroll": 1 << 30},               # the scan fully unrolled, params still stacked
-    "bf16logits": {"logits_dtype": "compute"},   # logits in the compute dtype (the loss upcasts)
-    "bf16residual": {"residual_dtype": "compute"},  # residual stream in the compute dtype
+    "bf16residual": {"residual_dtype": "compute"},  # residual stream in the compute dtype (not float32)
 }
 
 
 def variant_fields(spec: str, dtype) -> dict:
-  """'unroll+bf16logits' -> the GPT fields of those variants ('compute': the compute dtype)."""
+  """'scan+bf16residual' -> the GPT fields of those variants ('compute': the compute dtype)."""
   out = {}
   for part in spec.split("+"):
     if part not in VARIANTS:
@@ -103,7 +102,7 @@ def variant_fields(spec: str, dtype) -> dict:
   return out
 
 
-def gpt_step(preset: str, variant: str = "scan", **overrides):
+def gpt_step(preset: str, variant: str = "default", **overrides):
   """train.gpt's jitted, sharded step at `preset` (all local devices on the data axis) for a model
   `variant` (VARIANTS), with params, AdamW state and a random batch: returns (step, state, cfg,
   attention); `step()` runs one step and waits."""
@@ -140,7 +139,7 @@ def gpt_step(preset: str, variant: str = "scan", **overrides):
   return step, state, cfg, attention
 
 
-def bench_gpt(preset: str, reps: int, variant: str = "scan", **overrides) -> dict:
+def bench_gpt(preset: str, reps: int, variant: str = "default", **overrides) -> dict:
   """tokens/s and MFU of train.gpt's jitted, sharded step (all local devices on the data axis)."""
   from train import gpt as train_gpt
 
@@ -151,7 +150,7 @@ def bench_gpt(preset: str, reps: int, variant: str = "scan", **overrides) -> dic
   peak = train_gpt.peak_flops(cfg)
   n_params = sum(b.value.size for b in jax.tree.leaves(state[0], is_leaf=lambda x: hasattr(x, "axes")))
   return {"case": f"gpt {preset} B={cfg.batch_size} T={cfg.seq_len} {cfg.dtype}" + (" remat" if cfg.remat else "")
-          + ("" if variant == "scan" else f" {variant}"),
+          + ("" if variant == "default" else f" {variant}"),
           "params_M": n_params / 1e6, "attention": attention, "step_s": t, "tokens_per_s": tokens / t,
           "TFLOPs_per_device": tokens * fpt / t / 1e12 / jax.device_count(),
           "mfu": tokens * fpt / t / (peak * jax.device_count()) if peak else None}
@@ -164,9 +163,9 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--gpt", default="gpt-small,gpt-medium",
                   help="comma-separated train.gpt presets, each optionally with :BATCH (e.g. gpt-medium:64)")
   ap.add_argument("--remat", action="store_true", help="rematerialise blocks in the GPT runs")
-  ap.add_argument("--variants", default="scan",
+  ap.add_argument("--variants", default="default",
                   help="comma-separated model variants measured side by side, each some of "
-                  f"{sorted(VARIANTS)} joined by '+' (e.g. scan,unroll,unroll+bf16logits)")
+                  f"{sorted(VARIANTS)} joined by '+' (e.g. default,scan,bf16residual)")
   ap.add_argument("--reps", type=int, default=20)
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)

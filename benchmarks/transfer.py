@@ -80,12 +80,12 @@ def copy_seconds(out_tree, reps: int) -> tuple[float, float | None]:
   t = timeit(fn, arrays, reps=reps)
   if not any(x.dtype.itemsize == 2 for x in arrays):
     return t, None
-  from rcjax.transfer import _from_words, _to_words
 
-  def words(x):
+  def words(x):  # adjacent pairs of the last axis as one uint32 word (bitcasts), plus one
     if x.dtype.itemsize != 2 or x.ndim == 0 or x.shape[-1] % 2:
       return x + jnp.ones((), x.dtype)
-    return _from_words(_to_words(x) + jnp.ones((), jnp.uint32), x.dtype)
+    w = jax.lax.bitcast_convert_type(x.reshape(x.shape[:-1] + (x.shape[-1] // 2, 2)), jnp.uint32)
+    return jax.lax.bitcast_convert_type(w + jnp.ones((), jnp.uint32), x.dtype).reshape(x.shape)
   return t, timeit(jax.jit(lambda xs: [words(x) for x in xs]), arrays, reps=reps)
 
 
@@ -196,42 +196,28 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--reps", type=int, default=5)
   ap.add_argument("--no-numpy", action="store_true", help="skip the host numpy reference")
   ap.add_argument("--only", help="run only the cases whose name contains this text (e.g. gpt)")
-  ap.add_argument("--repeat", help="comma-separated settings of how accelerators run integer repeats, to "
-                  "compare side by side on the 16-bit cases: 'entries', 'words', 'merge', 'merge+words' "
-                  "(rcjax.transfer.WORDS / MERGE; default: the library's)")
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)
-  import sys
-  tmod = sys.modules["rcjax.transfer"]  # rcjax.transfer is the function
-  default = (tmod.WORDS, tmod.MERGE)
-  settings = ([("words" in v, "merge" in v) for v in args.repeat.split(",")] if args.repeat else [default])
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}")
   rows = []
   for name, tree, target in cases(args.smoke, args.big):
     if args.only and args.only not in name:
       continue
-    sixteen = any(x.dtype.itemsize == 2 for x in jax.tree.leaves(rcjax.unbox(tree)))
-    for words, merge in settings if sixteen else settings[:1]:
-      tmod.WORDS, tmod.MERGE = words, merge
-      jax.clear_caches()  # read at trace time
-      setting = "+".join(["merge"] * merge + ["words"] * words) or "entries"
-      label = f"{name} {setting}" if sixteen and len(settings) > 1 else name
-      row = run_case(label, tree, target, reps=2 if args.smoke else args.reps, with_numpy=not args.no_numpy)
-      row.update(device=dev.device_kind, repeat=setting)
-      rows.append(row)
-      if args.json:  # after every case, so a run cut short keeps what it measured
-        with open(args.json, "w") as f:
-          json.dump(rows, f, indent=1)
-      peak = row["peak_over_in_out"]
-      print(f"{label:34s} {row['bytes_moved_GB']:7.3f} GB  rcjax {row['rcjax_GBps']:8.1f} GB/s "
-            f"= {row['rcjax_vs_copy']:.2f} of copy ({row['copy_GBps']:.1f} GB/s"
-            + (f"; dtype {row['copy_dtype_GBps']:.0f}, words {row['copy_words_GBps']:.0f}" if row["copy_words_GBps"] else "")
-            + f")  naive {row['naive_vs_copy']:.2f}  rcjax/naive {row['rcjax_vs_naive']:.2f}x"
-            + (f"  numpy {row['numpy_vs_copy']:.2f}" if "numpy_vs_copy" in row else "")
-            + (f"  peak/(in+out) {peak:.2f}" if peak is not None else "")
-            + f"  call overhead {1e3 * row['call_overhead_s']:.2f} ms", flush=True)
-  tmod.WORDS, tmod.MERGE = default
+    row = run_case(name, tree, target, reps=2 if args.smoke else args.reps, with_numpy=not args.no_numpy)
+    row["device"] = dev.device_kind
+    rows.append(row)
+    if args.json:  # after every case, so a run cut short keeps what it measured
+      with open(args.json, "w") as f:
+        json.dump(rows, f, indent=1)
+    peak = row["peak_over_in_out"]
+    print(f"{name:34s} {row['bytes_moved_GB']:7.3f} GB  rcjax {row['rcjax_GBps']:8.1f} GB/s "
+          f"= {row['rcjax_vs_copy']:.2f} of copy ({row['copy_GBps']:.1f} GB/s"
+          + (f"; dtype {row['copy_dtype_GBps']:.0f}, words {row['copy_words_GBps']:.0f}" if row["copy_words_GBps"] else "")
+          + f")  naive {row['naive_vs_copy']:.2f}  rcjax/naive {row['rcjax_vs_naive']:.2f}x"
+          + (f"  numpy {row['numpy_vs_copy']:.2f}" if "numpy_vs_copy" in row else "")
+          + (f"  peak/(in+out) {peak:.2f}" if peak is not None else "")
+          + f"  call overhead {1e3 * row['call_overhead_s']:.2f} ms", flush=True)
   return rows
 
 

@@ -197,75 +197,19 @@ def _broadcast(vec: jax.Array, d: int, ndim: int) -> jax.Array:
 
 
 def _repeat(x: jax.Array, d: int, k: int) -> jax.Array:
-  """`jnp.repeat(x, k, axis=d)` as a broadcast of a new axis after d merged into d."""
+  """`jnp.repeat(x, k, axis=d)` as a broadcast of a new axis after d merged into d.
+
+  Doubling the last axis of a 16-bit matrix is done on 32-bit words (each word holds an entry twice),
+  after its other repeats. Measured side by side on an H200 (benchmarks/README.md): 0.92 vs 0.63 of copy
+  bandwidth for an 8192^2 bf16 matrix grown 2x, but worse for leaves of 3+ dims in every form tried (this
+  order, words first, all dims as words, dims merged first), so only 2-D leaves take it.
+  """
   shape = x.shape
+  if k == 2 and x.ndim == 2 and d == 1 and x.dtype.itemsize == 2:
+    u = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(u | (u << 16), x.dtype).reshape(shape[:-1] + (2 * shape[-1],))
   x = jnp.broadcast_to(jnp.expand_dims(x, d + 1), shape[:d + 1] + (k,) + shape[d + 1:])
   return x.reshape(shape[:d] + (shape[d] * k,) + shape[d + 1:])
-
-
-# How accelerators run integer repeats (`_repeat_all`), chosen from side-by-side measurements on an H200
-# (benchmarks/README.md); `benchmarks/transfer.py --words/--merge` set them to compare. WORDS: move 16-bit
-# leaves as 32-bit words. MERGE: first merge each repeated dim with the unrepeated dims before it (and the
-# trailing unrepeated dims into one), so the broadcast runs over 1 to 3 dims.
-WORDS = False
-MERGE = False
-
-
-def _to_words(x: jax.Array) -> jax.Array:
-  """16-bit `(..., 2n)` -> uint32 `(..., n)`: adjacent pairs of the last axis as one word (a bitcast)."""
-  return jax.lax.bitcast_convert_type(x.reshape(x.shape[:-1] + (x.shape[-1] // 2, 2)), jnp.uint32)
-
-
-def _from_words(w: jax.Array, dtype) -> jax.Array:
-  """The inverse of `_to_words`."""
-  return jax.lax.bitcast_convert_type(w, dtype).reshape(w.shape[:-1] + (2 * w.shape[-1],))
-
-
-def _merged(shape: tuple, reps: dict[int, int]) -> tuple[tuple, dict[int, int]]:
-  """`shape` with each repeated dim merged with the unrepeated dims before it, and the trailing unrepeated
-  dims merged into one: repeating a merged dim k times is then the same as repeating its last part (in
-  row-major order, prefix p and entry j of the repeated dim: (p * n * k + j') // k = p * n + j' // k)."""
-  out, new_reps, run = [], {}, 1
-  for d, n in enumerate(shape):
-    run *= n
-    if d in reps:
-      new_reps[len(out)] = reps[d]
-      out.append(run)
-      run = 1
-  if run > 1 or not out:
-    out.append(run)
-  return tuple(out), new_reps
-
-
-def _repeat_all(x: jax.Array, dims: list[int], ks: list[int], words: bool = False, merge: bool = False
-                ) -> jax.Array:
-  """`x` repeated `ks[i]` times along `dims[i]`: broadcasts + reshapes XLA fuses into a streaming copy.
-
-  `merge`: over the merged shape (`_merged`), then reshaped back. `words` (16-bit leaves): as 32-bit
-  words, an unrepeated even last axis as pairs of entries, a doubled last axis as words holding an entry
-  twice."""
-  reps = {d: k for d, k in zip(dims, ks) if k != 1}
-  if not reps:
-    return x
-  if merge:
-    out_shape = tuple(n * reps.get(d, 1) for d, n in enumerate(x.shape))
-    shape, reps = _merged(x.shape, reps)
-    return _repeat_all(x.reshape(shape), list(reps), list(reps.values()), words).reshape(out_shape)
-  last = x.ndim - 1
-  k_last = reps.get(last, 1)
-  if not words or x.dtype.itemsize != 2 or (k_last == 1 and x.shape[-1] % 2) or k_last not in (1, 2):
-    for d, k in reps.items():
-      x = _repeat(x, d, k)
-    return x
-  if k_last == 1:
-    w = _to_words(x)
-  else:  # doubled: each entry twice in a word, which is repeat(x, 2, -1) read as words
-    u = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-    w = u | (u << 16)
-  for d, k in reps.items():
-    if d != last:
-      w = _repeat(w, d, k)
-  return _from_words(w, x.dtype)
 
 
 def _on_cpu() -> bool:
@@ -299,18 +243,17 @@ def _gather_rows(x: jax.Array, dims: list[int], names: list[str], maps) -> jax.A
 
 
 def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict[str, int],
-            cpu: bool | None = None, words: bool | None = None, merge: bool | None = None) -> jax.Array:
+            cpu: bool | None = None) -> jax.Array:
   """`x` gathered along `dims` with the maps of `names`, in one pass over the output.
 
   Identity maps (`repeats` of 1: a kept size, e.g. `head_dim`) are dropped. Integer-factor maps of
   'stratified'/'stride' are `repeat(arange(N), k)`: a broadcast + reshape, which XLA fuses into a
-  streaming copy (`_repeat_all`). Otherwise one gather whose indices are the broadcast outer product of
+  streaming copy. Otherwise one gather whose indices are the broadcast outer product of
   the maps over the span of dims from the first mapped to the last (unmapped dims inside the span take
   `arange`), instead of one full pass per axis.
 
   On the CPU (`cpu`; default: whether the default backend is the CPU) the general gather is
-  `_gather_rows`; on accelerators `words` and `merge` (default: `WORDS`, `MERGE`) pick how `_repeat_all`
-  runs.
+  `_gather_rows`.
   """
   cpu = _on_cpu() if cpu is None else cpu
   keep = [i for i, n in enumerate(names) if repeats.get(n) != 1]
@@ -318,10 +261,9 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
   if not dims:
     return x
   if all(n in repeats for n in names):
-    ks = [repeats[n] for n in names]
-    if cpu:  # doubling the contiguous axis of a 16-bit matrix: words measured faster on the CPU too
-      return _repeat_all(x, dims, ks, words=x.ndim == 2 and dims[-1] == 1 and ks[-1] == 2)
-    return _repeat_all(x, dims, ks, WORDS if words is None else words, MERGE if merge is None else merge)
+    for d, n in zip(dims, names):  # in order: a doubled last axis of a 16-bit matrix comes last
+      x = _repeat(x, d, repeats[n])
+    return x
   if cpu and math.prod(x.shape[:dims[-1] + 1]) < 2**31:  # row indices fit int32
     return _gather_rows(x, dims, names, maps)
   lo, hi = dims[0], dims[-1]
@@ -343,9 +285,8 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
   names = [box.axes[d] for d in mapped]
   spec0 = None if sharding is None else spec_tuple(sharding, len(old_shape))
   if sharding is None or all(n in repeats for n in names):
-    # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives). Sharded
-    # leaves keep their dims (reshapes that merge or split a sharded dim could move data between devices).
-    x = _gather(x, mapped, names, maps, repeats, **({} if sharding is None else dict(words=False, merge=False)))
+    # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives).
+    x = _gather(x, mapped, names, maps, repeats)
   else:
     # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
     spec = spec0

@@ -2,6 +2,9 @@
 
 import json
 
+import jax.numpy as jnp
+import pytest
+
 from benchmarks import transfer as bench_transfer
 
 
@@ -22,6 +25,38 @@ def test_train_step_benchmark_smoke(tmp_path):
   for row in rows:
     assert "error" not in row, row
     assert row["step_s"] > 0 and (row.get("examples_per_s", 0) > 0 or row.get("tokens_per_s", 0) > 0)
+
+
+def test_train_step_variants_and_profile_smoke(tmp_path):
+  from benchmarks import profile_step
+  from benchmarks import train_step as bench_train
+
+  assert bench_train.variant_fields("scan+bf16residual", "bfloat16") == {"unroll": 1, "residual_dtype": jnp.bfloat16}
+  with pytest.raises(ValueError, match="unknown variant 'fast'"):
+    bench_train.variant_fields("fast", "bfloat16")
+  rows = bench_train.main(["--smoke", "--only", "gpt", "--variants", "default,scan"])
+  assert [r["case"].split()[-1] for r in rows] == ["bfloat16", "scan"] and all("error" not in r for r in rows)
+  s = profile_step.main(["--smoke", "--steps", "2", "--out", str(tmp_path / "trace"),
+                         "--json", str(tmp_path / "p.json")])
+  assert json.loads((tmp_path / "p.json").read_text())["case"] == s["case"]
+  assert s["kernel_ms_per_step"] > 0 and s["kernels"] and sum(c["share"] for c in s["classes"].values()) == \
+      pytest.approx(1.0)
+
+
+def test_profile_summary_counts_device_streams_only():
+  from benchmarks.profile_step import summarise
+
+  meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "name": "thread_name", "pid": 1, "tid": 1, "args": {"name": "Stream #13(Compute)"}},
+          {"ph": "M", "name": "thread_name", "pid": 1, "tid": 2, "args": {"name": "XLA Ops"}},
+          {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+  ev = [{"ph": "X", "pid": 1, "tid": 1, "name": "nvjet_sm90_gemm", "ts": 0, "dur": 30},
+        {"ph": "X", "pid": 1, "tid": 1, "name": "loop_add_fusion", "ts": 20, "dur": 20},  # overlaps 10
+        {"ph": "X", "pid": 1, "tid": 2, "name": "fusion.1", "ts": 0, "dur": 1000},  # an op line, not a kernel
+        {"ph": "X", "pid": 2, "tid": 3, "name": "python", "ts": 0, "dur": 1000}]
+  s = summarise({"traceEvents": meta + ev}, steps=2)
+  assert s["kernel_ms_per_step"] == pytest.approx(0.025) and s["busy_ms_per_step"] == pytest.approx(0.020)
+  assert s["classes"]["matmul"]["share"] == pytest.approx(0.6) and s["classes"]["elementwise fusion"]["share"] == pytest.approx(0.4)
 
 
 def test_device_check_passes_on_cpu():

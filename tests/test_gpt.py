@@ -161,3 +161,28 @@ def test_bad_sizes_are_clear_errors():
   q = p["blocks"]["q"]
   with pytest.raises(ValueError, match="in blocks per 'kv_heads' at .* but per 'embed'"):
     rcjax.grow({"a": q, "b": q.replace(blocks=(("heads", "embed"),))}, jax.random.key(0))
+
+
+def test_unrolled_scan_keeps_params_and_function():
+  # `unroll` (train.gpt's default: all blocks) changes how the scan compiles, not the params or the function.
+  model, p = gpt("gpt2", "mup", depth=3)
+  unrolled = model.clone(unroll=3)
+  abstract = jax.eval_shape(lambda k: unrolled.init(k, X)["params"], jax.random.key(0))
+  assert jax.tree.map(lambda b: (b.shape, b.axes), abstract, is_leaf=rcjax.is_rc) == \
+      jax.tree.map(lambda b: (b.shape, b.axes), p, is_leaf=rcjax.is_rc)
+  np.testing.assert_allclose(logits(unrolled, p), logits(model, p), rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(lambda q, m=m: jnp.sum(m.apply({"params": q}, X) ** 2))(p) for m in (model, unrolled)]
+  for a, b in zip(jax.tree.leaves(rcjax.unbox(grads[0])), jax.tree.leaves(rcjax.unbox(grads[1]))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_residual_and_logits_dtypes():
+  model, p = gpt("llama", "mup", dtype=jnp.bfloat16)
+  base = logits(model, p)
+  assert base.dtype == jnp.float32  # the default: float32 logits, residual in the params' dtype
+  lm = model.clone(logits_dtype=jnp.bfloat16)
+  np.testing.assert_array_equal(np.asarray(logits(lm, p)), np.asarray(base.astype(jnp.bfloat16)))
+  res = model.clone(residual_dtype=jnp.bfloat16)
+  got = logits(res, p)
+  assert got.dtype == jnp.float32 and not np.array_equal(np.asarray(got), np.asarray(base))
+  assert rel_diff(model, p, p) == 0 and float(jnp.max(jnp.abs(got - base)) / jnp.max(jnp.abs(base))) < 0.05

@@ -45,6 +45,9 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
   assert not os.path.exists(tmp_path / "c")
   with pytest.raises(ValueError, match="width 36: heads would be 4.5"):
     gpt.validate(Config(**TINY, grow_at=1, grow_to=36))
+  with pytest.raises(ValueError, match=r"unroll must be >= 0 \(0: all blocks\), got -1"):
+    gpt.validate(Config(**TINY, unroll=-1))
+  assert gpt.build_model(Config(**TINY)).unroll == TINY.get("depth", Config.depth)  # unrolled by default
 
 
 def test_grow_mid_training_restore_elsewhere_and_transfer(tmp_path):
