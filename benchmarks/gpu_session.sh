@@ -23,7 +23,7 @@ timeout 240 $PY benchmarks/train_step.py --only gpt $GPT --variants default,scan
 timeout 90 $PY benchmarks/profile_step.py $PROF --out /tmp/rcjax_prof 2>&1 | tee "$O/profile.txt"
 T=$(ls -t /tmp/rcjax_prof/plugins/profile/*/*.trace.json.gz 2>/dev/null | head -1)
 [ -n "$T" ] && [ "$(stat -c %s "$T")" -lt 15000000 ] && cp "$T" "$O/profile_trace.json.gz"
-timeout 150 $PY benchmarks/transfer.py $BIG --json "$O/transfer.json" 2>&1 | tee "$O/transfer.txt"
+timeout 200 $PY benchmarks/transfer.py $BIG --pallas --json "$O/transfer.json" 2>&1 | tee "$O/transfer.txt"
 timeout 90 $PY benchmarks/device_check.py 2>&1 | tee -a "$O/checks.txt"
 wait $TESTS; tail -5 /tmp/rcjax_tests.txt | tee -a "$O/checks.txt"
 echo "session done"

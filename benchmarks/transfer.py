@@ -196,6 +196,8 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--reps", type=int, default=5)
   ap.add_argument("--no-numpy", action="store_true", help="skip the host numpy reference")
   ap.add_argument("--only", help="run only the cases whose name contains this text (e.g. gpt)")
+  ap.add_argument("--pallas", action="store_true",
+                  help="also run each case with rcjax.kernels.ENABLED (the Pallas repeat kernel, GPUs), side by side")
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)
   dev = jax.devices()[0]
@@ -204,20 +206,32 @@ def main(argv=None) -> list[dict]:
   for name, tree, target in cases(args.smoke, args.big):
     if args.only and args.only not in name:
       continue
-    row = run_case(name, tree, target, reps=2 if args.smoke else args.reps, with_numpy=not args.no_numpy)
-    row["device"] = dev.device_kind
-    rows.append(row)
-    if args.json:  # after every case, so a run cut short keeps what it measured
-      with open(args.json, "w") as f:
-        json.dump(rows, f, indent=1)
-    peak = row["peak_over_in_out"]
-    print(f"{name:34s} {row['bytes_moved_GB']:7.3f} GB  rcjax {row['rcjax_GBps']:8.1f} GB/s "
-          f"= {row['rcjax_vs_copy']:.2f} of copy ({row['copy_GBps']:.1f} GB/s"
-          + (f"; dtype {row['copy_dtype_GBps']:.0f}, words {row['copy_words_GBps']:.0f}" if row["copy_words_GBps"] else "")
-          + f")  naive {row['naive_vs_copy']:.2f}  rcjax/naive {row['rcjax_vs_naive']:.2f}x"
-          + (f"  numpy {row['numpy_vs_copy']:.2f}" if "numpy_vs_copy" in row else "")
-          + (f"  peak/(in+out) {peak:.2f}" if peak is not None else "")
-          + f"  call overhead {1e3 * row['call_overhead_s']:.2f} ms", flush=True)
+    for pallas in (False, True) if args.pallas else (False,):
+      label = name + (" pallas" if pallas else "")
+      rcjax.kernels.ENABLED = pallas
+      try:
+        row = run_case(label, tree, target, reps=2 if args.smoke else args.reps,
+                       with_numpy=not args.no_numpy and not pallas)
+      except Exception as e:  # noqa: BLE001 - e.g. the kernel does not compile here: report it, go on
+        row = {"case": label, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        print(f"{label:34s} error: {row['error']}", flush=True)
+      finally:
+        rcjax.kernels.ENABLED = False
+      row.update(device=dev.device_kind, pallas=pallas)
+      rows.append(row)
+      if args.json:  # after every case, so a run cut short keeps what it measured
+        with open(args.json, "w") as f:
+          json.dump(rows, f, indent=1)
+      if "error" in row:
+        continue
+      peak = row["peak_over_in_out"]
+      print(f"{label:34s} {row['bytes_moved_GB']:7.3f} GB  rcjax {row['rcjax_GBps']:8.1f} GB/s "
+            f"= {row['rcjax_vs_copy']:.2f} of copy ({row['copy_GBps']:.1f} GB/s"
+            + (f"; dtype {row['copy_dtype_GBps']:.0f}, words {row['copy_words_GBps']:.0f}" if row["copy_words_GBps"] else "")
+            + f")  naive {row['naive_vs_copy']:.2f}  rcjax/naive {row['rcjax_vs_naive']:.2f}x"
+            + (f"  numpy {row['numpy_vs_copy']:.2f}" if "numpy_vs_copy" in row else "")
+            + (f"  peak/(in+out) {peak:.2f}" if peak is not None else "")
+            + f"  call overhead {1e3 * row['call_overhead_s']:.2f} ms", flush=True)
   return rows
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
+from rcjax import kernels
 from rcjax import parametrization as pz
 from rcjax.sharding import constrain, fit_spec, leaf_shardings, move_off, spec_tuple
 from rcjax.rc import RC, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
@@ -243,7 +244,7 @@ def _gather_rows(x: jax.Array, dims: list[int], names: list[str], maps) -> jax.A
 
 
 def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict[str, int],
-            cpu: bool | None = None) -> jax.Array:
+            cpu: bool | None = None, pallas: bool | str = False) -> jax.Array:
   """`x` gathered along `dims` with the maps of `names`, in one pass over the output.
 
   Identity maps (`repeats` of 1: a kept size, e.g. `head_dim`) are dropped. Integer-factor maps of
@@ -253,7 +254,8 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
   `arange`), instead of one full pass per axis.
 
   On the CPU (`cpu`; default: whether the default backend is the CPU) the general gather is
-  `_gather_rows`.
+  `_gather_rows`. `pallas` (True on GPUs, or 'interpret' anywhere, for tests): integer repeats by
+  `rcjax.kernels.repeat` where it takes the leaf.
   """
   cpu = _on_cpu() if cpu is None else cpu
   keep = [i for i, n in enumerate(names) if repeats.get(n) != 1]
@@ -261,6 +263,10 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
   if not dims:
     return x
   if all(n in repeats for n in names):
+    reps = {d: repeats[n] for d, n in zip(dims, names)}
+    if (pallas == "interpret" or (pallas and not cpu and jax.default_backend() == "gpu")) and \
+        kernels.supports(x.shape, reps):
+      return kernels.repeat(x, reps, interpret=pallas == "interpret")
     for d, n in zip(dims, names):  # in order: a doubled last axis of a 16-bit matrix comes last
       x = _repeat(x, d, repeats[n])
     return x
@@ -277,7 +283,7 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
 
 
 def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float,
-              repeats: dict[str, int], sharding: NamedSharding | None = None):
+              repeats: dict[str, int], sharding: NamedSharding | None = None, pallas: bool = False):
   mapped = [d for d in box.width_dims if box.axes[d] in maps]
   if not mapped:
     return box
@@ -286,7 +292,7 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
   spec0 = None if sharding is None else spec_tuple(sharding, len(old_shape))
   if sharding is None or all(n in repeats for n in names):
     # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives).
-    x = _gather(x, mapped, names, maps, repeats)
+    x = _gather(x, mapped, names, maps, repeats, pallas=pallas and sharding is None)
   else:
     # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
     spec = spec0
@@ -351,7 +357,7 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
 
 
 def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, repeats: tuple = (),
-           shardings: tuple = ()):
+           shardings: tuple = (), pallas: bool = False):
   old = width_axes(tree)
   repeats, shardings = dict(repeats), dict(shardings)
   counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items() if name not in repeats}
@@ -362,14 +368,15 @@ def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, r
     if is_rc(leaf):
       power = moment if moment is not None else _moment_power(path, 0)
       path = jax.tree_util.keystr(path)
-      leaf = _map_leaf(leaf, path, power, maps, counts, fresh, key, exact, r2, repeats, shardings.get(path))
+      leaf = _map_leaf(leaf, path, power, maps, counts, fresh, key, exact, r2, repeats, shardings.get(path),
+                       pallas)
     out.append(leaf)
   return jax.tree.unflatten(treedef, out)
 
 
-@functools.partial(jax.jit, static_argnames=("exact", "moment", "repeats", "shardings"))
-def _apply_maps_jit(tree, maps, *, exact, moment, repeats, shardings):
-  return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment, repeats, shardings)
+@functools.partial(jax.jit, static_argnames=("exact", "moment", "repeats", "shardings", "pallas"))
+def _apply_maps_jit(tree, maps, *, exact, moment, repeats, shardings, pallas=False):
+  return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment, repeats, shardings, pallas)
 
 
 def _repeat_factor(m: Any, n_old: int) -> int | None:
@@ -407,7 +414,7 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
     raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
   repeats = tuple(sorted((k, f) for k, m in maps.items() if (f := _repeat_factor(m, widths[k]))))
   return _apply_maps_jit(tree, maps, exact=exact, moment=moment, repeats=repeats,
-                         shardings=leaf_shardings(tree))
+                         shardings=leaf_shardings(tree), pallas=kernels.ENABLED)
 
 
 # --- grow / shrink / transfer -------------------------------------------------------------------
@@ -472,8 +479,8 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
 
 
 @functools.partial(jax.jit, static_argnames=("old", "new", "sampler", "r1", "r2", "exact", "moment",
-                                             "blocks", "shardings"))
-def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings):
+                                             "blocks", "shardings", "pallas"))
+def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings, pallas=False):
   maps = _maps(key, old, new, sampler, blocks)
   if _on_cpu():
     # An identity on (sorted) maps that XLA:CPU does not fuse: without it the maps' computation (cumsum,
@@ -495,7 +502,7 @@ def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks
   repeats = tuple((name, n // old_sizes[name]) for name, n in new
                   if sampler in ("stratified", "stride") and n % old_sizes[name] == 0
                   and not isinstance(outer_of.get(name), str))
-  return _apply(tree, maps, fresh, key, exact, r2, moment, repeats, shardings)
+  return _apply(tree, maps, fresh, key, exact, r2, moment, repeats, shardings, pallas)
 
 
 def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: str = "stratified",
@@ -551,7 +558,7 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   return _transfer_jit(params, key, old=tuple(sorted((k, all_sizes[k]) for k in need)), new=new,
                        sampler=sampler, r1=float(random_rate), r2=float(norm_rate), exact=bool(exact),
                        moment=moment, blocks=tuple(sorted(blocks.items())),
-                       shardings=leaf_shardings(params))
+                       shardings=leaf_shardings(params), pallas=kernels.ENABLED)
 
 
 def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,

@@ -38,10 +38,11 @@ def all_paths(x, maps, dims, cases):
   One program per test: compiling hundreds of tiny ones would dominate the test's time."""
   out = []
   for m, (names, repeats) in zip(maps, cases):
-    variants = [(cpu, r) for cpu in (True, False) for r in ((dict(repeats), {}) if repeats else ({},))]
+    variants = [(cpu, r, False) for cpu in (True, False) for r in ((dict(repeats), {}) if repeats else ({},))]
+    variants += [(False, dict(repeats), "interpret")] if repeats else []  # the Pallas kernel, interpreted
     out.append((slow(x, dims, {d: m[n] for n, d in zip(names, dims)}),
-                {f"cpu={cpu} repeats={r}": _gather(x, list(dims), list(names), m, r, cpu=cpu)
-                 for cpu, r in variants}))
+                {f"cpu={cpu} repeats={r} pallas={k}": _gather(x, list(dims), list(names), m, r, cpu=cpu, pallas=k)
+                 for cpu, r, k in variants}))
   return out
 
 
@@ -119,6 +120,25 @@ def test_transfer_cpu_path_matches_accelerator_path(monkeypatch):
     for u, v in zip(jax.tree.leaves(rcjax.unbox(got)), jax.tree.leaves(rcjax.unbox(want))):
       assert u.shape == v.shape
       np.testing.assert_array_equal(np.asarray(u).view(np.uint8), np.asarray(v).view(np.uint8), err_msg=sampler)
+
+
+def test_transfer_with_the_pallas_kernel_is_bitwise_the_same(monkeypatch):
+  # rcjax.kernels.ENABLED routes the integer repeats of every leaf it takes through the kernel (here
+  # interpreted on the CPU): a GPT grown 2x (1-D to 4-D leaves, bf16) and a 3x growth, bitwise as without.
+  model = rcjax.nn.GPT(vocab=24, width=16, depth=2, heads=4, kv_heads=2, style="llama", dtype=jnp.bfloat16)
+  p = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 4), jnp.int32))["params"], jax.random.key(0))
+  p = jax.tree.map(lambda b: b.replace(value=jax.random.normal(jax.random.key(len(b.shape)), b.shape, jnp.bfloat16)),
+                   p, is_leaf=rcjax.is_rc)
+  for sizes in ({"embed": 32, "mlp": 96, "heads": 8, "kv_heads": 4}, {"embed": 48, "mlp": 144}):
+    want = rcjax.transfer(p, jax.random.key(1), sizes)
+    with monkeypatch.context() as m:
+      m.setattr(rcjax.kernels, "ENABLED", "interpret")
+      got = rcjax.transfer(p, jax.random.key(1), sizes)
+    for u, v in zip(jax.tree.leaves(rcjax.unbox(got)), jax.tree.leaves(rcjax.unbox(want))):
+      np.testing.assert_array_equal(np.asarray(u).view(np.uint16), np.asarray(v).view(np.uint16))
+  assert not rcjax.kernels.supports((4, 6), {1: 3})  # a last dim repeated 3x: not a power of two
+  with pytest.raises(ValueError, match="does not take shape"):
+    rcjax.kernels.repeat(jnp.ones((4, 6)), {1: 3})
 
 
 def test_transfer_holds_no_index_arrays_of_the_output_size():

@@ -1,0 +1,120 @@
+"""A Pallas kernel for transfer's integer repeats (GPUs; opt in with `rcjax.kernels.ENABLED = True`).
+
+XLA moves the 16-bit leaves of a GPT grown 2x at 0.57-0.69 of copy bandwidth on an H200 (its loops work
+on 16-bit entries; benchmarks/README.md). This kernel copies blocks instead: a leaf's dims are first
+merged (`merged`) so every repeated dim carries the unrepeated dims before it, leaving 1 to 3 repeated
+dims and at most one unrepeated trailing dim. The output, viewed with a `(n, k)` pair per repeated dim, is
+then written block by block: each program reads one input block once and writes it broadcast over the k
+copies of each dim repeated by a small power of two (always the last: rows stay contiguous), and to one
+of the k slabs of any other repeated dim (the grid runs over those). Bitwise equal to `jnp.repeat` per dim (tests/test_transfer_fast.py, in interpret mode
+on the CPU). Not the default: its speed on a GPU has not been measured yet.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Integer repeats of unsharded leaves on GPUs by `repeat` instead of XLA's broadcast: read by each
+# `rcjax.transfer` / `grow` / `shrink` / `apply_maps` call. Off until its speed is measured on a GPU.
+# 'interpret': the kernel in Pallas's interpreter on any backend (tests).
+ENABLED: bool | str = False
+
+
+def merged(shape: tuple, reps: dict[int, int]) -> tuple[tuple, dict[int, int]]:
+  """`shape` with each repeated dim merged with the unrepeated dims before it, and the trailing unrepeated
+  dims merged into one; `reps` renumbered. Repeating a merged dim k times is the same as repeating its
+  last part (row-major, prefix p, entry j of a dim of size n: (p * n * k + j') // k = p * n + j' // k)."""
+  out, new_reps, run = [], {}, 1
+  for d, n in enumerate(shape):
+    run *= n
+    if reps.get(d, 1) != 1:
+      new_reps[len(out)] = reps[d]
+      out.append(run)
+      run = 1
+  if run > 1 or not out:
+    out.append(run)
+  return tuple(out), new_reps
+
+
+def supports(shape: tuple, reps: dict[int, int]) -> bool:
+  """Whether `repeat` takes this leaf: 1 to 3 repeated dims after merging, and a repeated last dim (one
+  with no unrepeated dims after it) repeated by a power of two (Triton's block dims are powers of two)."""
+  mshape, mreps = merged(shape, reps)
+  last = len(mshape) - 1
+  if not 1 <= len(mreps) <= 3:
+    return False
+  return last not in mreps or mreps[last] & (mreps[last] - 1) == 0
+
+
+def _pow2_at_most(n: int, cap: int) -> int:
+  return min(cap, 1 << max(0, (n - 1).bit_length()))
+
+
+def repeat(x: jax.Array, reps: dict[int, int], *, interpret: bool = False) -> jax.Array:
+  """`x` repeated `reps[d]` times along each dim d (as `jnp.repeat`), by one Pallas kernel."""
+  from jax.experimental import pallas as pl
+
+  out_shape = tuple(n * reps.get(d, 1) for d, n in enumerate(x.shape))
+  shape, mreps = merged(x.shape, reps)
+  if not supports(x.shape, reps):
+    raise ValueError(f"rcjax.kernels.repeat does not take shape {x.shape} with repeats {reps}")
+  x = x.reshape(shape)
+  last = len(shape) - 1
+  # A repeat by a small power of two is broadcast inside the block (the input block is read once);
+  # other repeats run over the grid (one slab per program). The last dim's must be in the block.
+  in_block = {d: k for d, k in mreps.items() if k & (k - 1) == 0 and (k <= 8 or d == last)}
+  # Block sizes (powers of two): about 8K input entries per block, the contiguous last dim widest.
+  blocks = [1] * len(shape)
+  blocks[last] = _pow2_at_most(shape[last], 1024 if last not in in_block else 512)
+  budget = max(1, (1 << 13) // blocks[last])
+  for d in range(last - 1, -1, -1):
+    blocks[d] = _pow2_at_most(shape[d], budget)
+    budget = max(1, budget // blocks[d])
+  # Grid: per dim, its blocks, and after each repeated dim run over the grid its k slabs.
+  grid, in_pos, out_pos = [], [], []
+  for d, n in enumerate(shape):
+    in_pos.append(len(grid))
+    grid.append(pl.cdiv(n, blocks[d]))
+    slab = d in mreps and d not in in_block
+    out_pos.append((len(grid) - 1, len(grid) if slab else None))
+    if slab:
+      grid.append(mreps[d])
+  view, out_block = [], []
+  for d, n in enumerate(shape):
+    view.append(n)
+    out_block.append(blocks[d])
+    if d in mreps:
+      view.append(mreps[d])
+      out_block.append(in_block.get(d))  # None: a squeezed slab dim
+
+  def in_map(*g):
+    return tuple(g[p] for p in in_pos)
+
+  def out_map(*g):
+    idx = []
+    for d, (b, a) in enumerate(out_pos):
+      idx.append(g[b])
+      if d in mreps:
+        idx.append(0 if a is None else g[a])
+    return tuple(idx)
+
+  def kernel(x_ref, o_ref):
+    v = x_ref[...]
+    for i, d in enumerate(sorted(in_block)):  # a new axis after each dim repeated in the block
+      v = jnp.expand_dims(v, d + 1 + i)
+    o_ref[...] = jnp.broadcast_to(v, o_ref.shape) if in_block else v
+
+  out = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(tuple(view), x.dtype), grid=tuple(grid),
+                       in_specs=[pl.BlockSpec(tuple(blocks), in_map)],
+                       out_specs=pl.BlockSpec(tuple(out_block), out_map), interpret=interpret,
+                       name="rcjax_repeat")(x)
+  return out.reshape(out_shape)
+
+
+def repeat_reference(x: jax.Array, reps: dict[int, int]) -> jax.Array:
+  """`jnp.repeat` per dim (what `repeat` must equal)."""
+  for d, k in reps.items():
+    x = jnp.repeat(x, k, axis=d)
+  return x
+
