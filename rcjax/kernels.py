@@ -38,11 +38,15 @@ def merged(shape: tuple, reps: dict[int, int]) -> tuple[tuple, dict[int, int]]:
 
 
 def supports(shape: tuple, reps: dict[int, int]) -> bool:
-  """Whether `repeat` takes this leaf: 1 to 3 repeated dims after merging, and a repeated last dim (one
-  with no unrepeated dims after it) repeated by a power of two (Triton's block dims are powers of two)."""
+  """Whether `repeat` takes this leaf: 1 to 3 repeated dims after merging, a repeated last dim (one with
+  no unrepeated dims after it) repeated by a power of two (Triton's block dims are powers of two), and an
+  output of fewer than 2**31 entries (offsets in int32)."""
   mshape, mreps = merged(shape, reps)
   last = len(mshape) - 1
-  if not 1 <= len(mreps) <= 3:
+  size = 1
+  for d, n in enumerate(mshape):
+    size *= n * mreps.get(d, 1)
+  if not 1 <= len(mreps) <= 3 or size >= 2**31:
     return False
   return last not in mreps or mreps[last] & (mreps[last] - 1) == 0
 

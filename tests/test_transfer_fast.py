@@ -137,6 +137,7 @@ def test_transfer_with_the_pallas_kernel_is_bitwise_the_same(monkeypatch):
     for u, v in zip(jax.tree.leaves(rcjax.unbox(got)), jax.tree.leaves(rcjax.unbox(want))):
       np.testing.assert_array_equal(np.asarray(u).view(np.uint16), np.asarray(v).view(np.uint16))
   assert not rcjax.kernels.supports((4, 6), {1: 3})  # a last dim repeated 3x: not a power of two
+  assert not rcjax.kernels.supports((32, 4096, 11008), {1: 2, 2: 2})  # 2**32 entries out: int32 offsets
   with pytest.raises(ValueError, match="does not take shape"):
     rcjax.kernels.repeat(jnp.ones((4, 6)), {1: 3})
 
