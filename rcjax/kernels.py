@@ -6,8 +6,9 @@ merged (`merged`) so every repeated dim carries the unrepeated dims before it, l
 dims and at most one unrepeated trailing dim. The output, viewed with a `(n, k)` pair per repeated dim, is
 then written block by block: each program reads one input block once and writes it broadcast over the k
 copies of each dim repeated by a small power of two (always the last: rows stay contiguous), and to one
-of the k slabs of any other repeated dim (the grid runs over those). Bitwise equal to `jnp.repeat` per dim (tests/test_transfer_fast.py, in interpret mode
-on the CPU). Not the default: its speed on a GPU has not been measured yet.
+of the k slabs of any other repeated dim (the grid runs over those). Bitwise equal to `jnp.repeat` per
+dim (tests/test_transfer_fast.py, in interpret mode on the CPU). Not the default: its speed on a GPU has
+not been measured yet.
 """
 
 from __future__ import annotations
