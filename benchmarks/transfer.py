@@ -227,7 +227,8 @@ def main(argv=None) -> list[dict]:
       peak = row["peak_over_in_out"]
       print(f"{label:34s} {row['bytes_moved_GB']:7.3f} GB  rcjax {row['rcjax_GBps']:8.1f} GB/s "
             f"= {row['rcjax_vs_copy']:.2f} of copy ({row['copy_GBps']:.1f} GB/s"
-            + (f"; dtype {row['copy_dtype_GBps']:.0f}, words {row['copy_words_GBps']:.0f}" if row["copy_words_GBps"] else "")
+            + (f"; dtype {row['copy_dtype_GBps']:.0f}, words {row['copy_words_GBps']:.0f}"
+               if row["copy_words_GBps"] else "")
             + f")  naive {row['naive_vs_copy']:.2f}  rcjax/naive {row['rcjax_vs_naive']:.2f}x"
             + (f"  numpy {row['numpy_vs_copy']:.2f}" if "numpy_vs_copy" in row else "")
             + (f"  peak/(in+out) {peak:.2f}" if peak is not None else "")
