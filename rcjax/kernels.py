@@ -60,10 +60,10 @@ def repeat(x: jax.Array, reps: dict[int, int], *, interpret: bool = False) -> ja
   """`x` repeated `reps[d]` times along each dim d (as `jnp.repeat`), by one Pallas kernel."""
   from jax.experimental import pallas as pl
 
-  out_shape = tuple(n * reps.get(d, 1) for d, n in enumerate(x.shape))
-  shape, mreps = merged(x.shape, reps)
   if not supports(x.shape, reps):
     raise ValueError(f"rcjax.kernels.repeat does not take shape {x.shape} with repeats {reps}")
+  out_shape = tuple(n * reps.get(d, 1) for d, n in enumerate(x.shape))
+  shape, mreps = merged(x.shape, reps)
   x = x.reshape(shape)
   last = len(shape) - 1
   # A repeat by a small power of two is broadcast inside the block (the input block is read once);
@@ -115,11 +115,4 @@ def repeat(x: jax.Array, reps: dict[int, int], *, interpret: bool = False) -> ja
                        out_specs=pl.BlockSpec(tuple(out_block), out_map), interpret=interpret,
                        name="rcjax_repeat")(x)
   return out.reshape(out_shape)
-
-
-def repeat_reference(x: jax.Array, reps: dict[int, int]) -> jax.Array:
-  """`jnp.repeat` per dim (what `repeat` must equal)."""
-  for d, k in reps.items():
-    x = jnp.repeat(x, k, axis=d)
-  return x
 
