@@ -56,9 +56,16 @@ def _pow2_at_most(n: int, cap: int) -> int:
   return min(cap, 1 << max(0, (n - 1).bit_length()))
 
 
-def repeat(x: jax.Array, reps: dict[int, int], *, interpret: bool = False) -> jax.Array:
-  """`x` repeated `reps[d]` times along each dim d (as `jnp.repeat`), by one Pallas kernel."""
+def repeat(x: jax.Array, reps: dict[int, int], *, interpret: bool = False, block: int = 1 << 13,
+           num_warps: int = 4) -> jax.Array:
+  """`x` repeated `reps[d]` times along each dim d (as `jnp.repeat`), by one Pallas kernel whose programs
+  each read about `block` input entries (benchmarks/repeat_kernel.py tunes `block` and `num_warps`)."""
   from jax.experimental import pallas as pl
+  try:  # Triton, not JAX's default on GPUs, Mosaic GPU (its copies take at most 256 entries per dim)
+    from jax.experimental.pallas import triton as pltriton
+    params = pltriton.CompilerParams(num_warps=num_warps)
+  except (ImportError, AttributeError):  # noqa: PERF203 - a JAX without Pallas's Triton backend
+    params = None
 
   if not supports(x.shape, reps):
     raise ValueError(f"rcjax.kernels.repeat does not take shape {x.shape} with repeats {reps}")
@@ -69,10 +76,12 @@ def repeat(x: jax.Array, reps: dict[int, int], *, interpret: bool = False) -> ja
   # A repeat by a small power of two is broadcast inside the block (the input block is read once);
   # other repeats run over the grid (one slab per program). The last dim's must be in the block.
   in_block = {d: k for d, k in mreps.items() if k & (k - 1) == 0 and (k <= 8 or d == last)}
-  # Block sizes (powers of two): about 8K input entries per block, the contiguous last dim widest.
+  # Block sizes (powers of two): about `block` input entries per block, the contiguous last dim widest,
+  # at most 1024 entries (512 when repeated in the block), or block/2 for a leaf merged into one dim
+  # (512 would make ~10^5 tiny programs for an embedding).
   blocks = [1] * len(shape)
-  blocks[last] = _pow2_at_most(shape[last], 1024 if last not in in_block else 512)
-  budget = max(1, (1 << 13) // blocks[last])
+  blocks[last] = _pow2_at_most(shape[last], block // 2 if last == 0 else 512 if last in in_block else 1024)
+  budget = max(1, block // blocks[last])
   for d in range(last - 1, -1, -1):
     blocks[d] = _pow2_at_most(shape[d], budget)
     budget = max(1, budget // blocks[d])
@@ -113,6 +122,6 @@ def repeat(x: jax.Array, reps: dict[int, int], *, interpret: bool = False) -> ja
   out = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(tuple(view), x.dtype), grid=tuple(grid),
                        in_specs=[pl.BlockSpec(tuple(blocks), in_map)],
                        out_specs=pl.BlockSpec(tuple(out_block), out_map), interpret=interpret,
-                       name="rcjax_repeat")(x)
+                       compiler_params=params, name="rcjax_repeat")(x)
   return out.reshape(out_shape)
 

@@ -64,3 +64,12 @@ def test_device_check_passes_on_cpu():
   from benchmarks import device_check
 
   assert device_check.main(["--smoke"]) == 0
+
+
+def test_repeat_kernel_benchmark_smoke(tmp_path):
+  from benchmarks import repeat_kernel
+
+  rows = repeat_kernel.main(["--smoke", "--json", str(tmp_path / "r.json")])
+  assert {r["impl"] for r in rows} >= {"xla", "pallas block=4096 warps=4"}
+  assert all(r.get("bitwise_equal_to_xla") for r in rows), [r for r in rows if not r.get("bitwise_equal_to_xla")]
+  assert json.loads((tmp_path / "r.json").read_text()) == rows

@@ -142,6 +142,21 @@ def test_transfer_with_the_pallas_kernel_is_bitwise_the_same(monkeypatch):
     rcjax.kernels.repeat(jnp.ones((4, 6)), {1: 3})
 
 
+def test_pallas_kernel_lowers_to_triton_for_cuda():
+  # Without a GPU: lowering for CUDA runs Pallas's Triton lowering (block shapes, index maps), which JAX's
+  # default GPU backend (Mosaic GPU) would refuse for these blocks. Compiling the Triton IR needs a GPU.
+  from jax import export
+
+  for shape, reps in (((64, 300), {0: 2, 1: 2}), ((3, 16, 8, 100), {1: 2, 3: 2}), ((5000,), {0: 2}),
+                      ((10, 64, 6), {1: 3})):
+    fn = jax.jit(lambda x, reps=reps: rcjax.kernels.repeat(x, reps))
+    exp = export.export(fn, platforms=["cuda"],
+                        disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
+        jax.ShapeDtypeStruct(shape, jnp.bfloat16))
+    assert "xla.gpu.triton" in exp.mlir_module()
+    assert exp.out_avals[0].shape == tuple(n * reps.get(d, 1) for d, n in enumerate(shape))
+
+
 def test_transfer_holds_no_index_arrays_of_the_output_size():
   # Leaves of one shape share their gather's index; it must stay a fused broadcast, not an array as large
   # as the output (peak memory <= input + output + small maps).

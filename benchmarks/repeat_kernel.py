@@ -1,0 +1,102 @@
+"""The Pallas repeat kernel (rcjax.kernels) on single leaves, side by side with XLA and a copy.
+
+For leaves shaped as in a GPT grown 2x, times `rcjax.kernels.repeat` at several block sizes and warp
+counts, the XLA form `rcjax.transfer` uses (broadcast + reshape per dim), and an elementwise copy of an
+array of the output's size in its dtype and as 32-bit words (the faster is the baseline, as in
+transfer.py). Each kernel's output is checked bit for bit against XLA's. GPUs only, except `--smoke`
+(tiny shapes, the kernel interpreted on any backend; for the test suite).
+
+  python benchmarks/repeat_kernel.py [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from benchmarks.transfer import timeit  # noqa: E402
+from rcjax import kernels  # noqa: E402
+from rcjax.transfer import _repeat  # noqa: E402
+
+# (name, input shape, repeats per dim): gpt-medium's leaves (stacked over 24 layers) grown 2x.
+CASES = [("mlp (L,E,M) 2x2", (24, 1024, 4096), {1: 2, 2: 2}),
+         ("q (L,E,H,D) 2x2.", (24, 1024, 16, 64), {1: 2, 2: 2}),
+         ("o (L,H,D,E) 2x.2", (24, 16, 64, 1024), {1: 2, 3: 2}),
+         ("embedding (V,E) .2", (50304, 1024), {1: 2}),
+         ("norm (L,E) .2", (24, 1024), {1: 2})]
+SMOKE = [("smoke (L,E,M)", (2, 24, 40), {1: 2, 2: 2}), ("smoke (L,E,H,D)", (2, 8, 4, 6), {1: 2, 2: 2}),
+         ("smoke (V,E)", (50, 16), {1: 2})]
+CONFIGS = [(4096, 4), (8192, 4), (8192, 8), (16384, 8), (32768, 8)]
+
+
+def xla_repeat(x, reps):
+  for d in sorted(reps):
+    x = _repeat(x, d, reps[d])
+  return x
+
+
+def copy_seconds(shape, dtype, reps: int) -> float:
+  """The faster of an elementwise copy (+1) in `dtype` and, for 16-bit dtypes, as 32-bit words."""
+  y = jnp.zeros(shape, dtype)
+  t = timeit(jax.jit(lambda y: y + jnp.ones((), dtype)), y, reps=reps)
+  if jnp.dtype(dtype).itemsize == 2 and shape[-1] % 2 == 0:
+    w = jnp.zeros(shape[:-1] + (shape[-1] // 2,), jnp.uint32)
+    t = min(t, timeit(jax.jit(lambda w: w + jnp.uint32(1)), w, reps=reps))
+  return t
+
+
+def main(argv=None) -> list[dict]:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--smoke", action="store_true", help="tiny shapes, kernel interpreted (for the test suite)")
+  ap.add_argument("--reps", type=int, default=20)
+  ap.add_argument("--json", help="write the rows as JSON to this file")
+  args = ap.parse_args(argv)
+  dev = jax.devices()[0]
+  print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}", flush=True)
+  if not args.smoke and dev.platform != "gpu":
+    print("the kernel runs on GPUs only (use --smoke to interpret it here)")
+    return []
+  cases, configs, reps = (SMOKE, CONFIGS[:2], 2) if args.smoke else (CASES, CONFIGS, args.reps)
+  rows = []
+  for dtype in (jnp.bfloat16,) if args.smoke else (jnp.bfloat16, jnp.float32):
+    for name, shape, rep in cases:
+      x = jax.random.normal(jax.random.key(0), shape, dtype)
+      out_shape = tuple(n * rep.get(d, 1) for d, n in enumerate(shape))
+      out_bytes = math.prod(out_shape) * x.dtype.itemsize
+      moved = x.size * x.dtype.itemsize + out_bytes  # read + written
+      copy_gbs = 2 * out_bytes / copy_seconds(out_shape, dtype, reps) / 1e9
+      xla = jax.jit(lambda x, rep=rep: xla_repeat(x, rep))
+      want = jax.lax.bitcast_convert_type(xla(x), jnp.uint16 if x.dtype.itemsize == 2 else jnp.uint32)
+      variants = [("xla", xla)] + [(f"pallas block={b} warps={w}", jax.jit(
+          lambda x, rep=rep, b=b, w=w: kernels.repeat(x, rep, block=b, num_warps=w, interpret=args.smoke)))
+          for b, w in configs]
+      for label, fn in variants:
+        row = {"case": f"{name} {jnp.dtype(dtype).name}", "impl": label, "device": dev.device_kind,
+               "copy_GBps": copy_gbs}
+        try:
+          got = jax.lax.bitcast_convert_type(fn(x), want.dtype)
+          row["bitwise_equal_to_xla"] = bool(jnp.array_equal(got, want))
+          t = timeit(fn, x, reps=reps)
+          row.update(seconds=t, GBps=moved / t / 1e9, vs_copy=moved / t / 1e9 / copy_gbs)
+          print(f"{row['case']:28s} {label:30s} {row['GBps']:8.1f} GB/s = {row['vs_copy']:.2f} of copy "
+                f"({copy_gbs:.0f} GB/s)  bitwise=xla {row['bitwise_equal_to_xla']}", flush=True)
+        except Exception as e:  # noqa: BLE001 - a config Triton refuses: report it, go on
+          row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+          print(f"{row['case']:28s} {label:30s} error: {row['error']}", flush=True)
+        rows.append(row)
+        if args.json:
+          with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+  return rows
+
+
+if __name__ == "__main__":
+  main()
