@@ -38,28 +38,54 @@ def merged(shape: tuple, reps: dict[int, int]) -> tuple[tuple, dict[int, int]]:
   return tuple(out), new_reps
 
 
-def supports(shape: tuple, reps: dict[int, int]) -> bool:
+def _pow2_divisor(n: int, cap: int) -> int:
+  """The largest power of two dividing n, at most cap."""
+  return min(cap, n & -n)
+
+
+def _plan(shape: tuple, reps: dict[int, int], block: int):
+  """(dims repeated inside a block -> k, block shape) for a merged `shape`, or None if the kernel does
+  not take it. Blocks tile the dims exactly: on a GPU, a block partly out of bounds was written wrongly
+  (measured on an H100, 2026-11-27), so each block dim is the largest power of two dividing its dim."""
+  last = len(shape) - 1
+  # A repeat by a small power of two is broadcast inside the block (the input block is read once);
+  # other repeats run over the grid (one slab per program). The last dim's must be in the block.
+  in_block = {d: k for d, k in reps.items() if k & (k - 1) == 0 and (k <= 8 or d == last)}
+  if last in reps and last not in in_block:
+    return None
+  # About `block` input entries per block, the contiguous last dim widest: at most 1024 entries (512 when
+  # repeated in the block), or block/2 for a leaf merged into one dim.
+  blocks = [1] * len(shape)
+  blocks[last] = _pow2_divisor(shape[last], block // 2 if last == 0 else 512 if last in in_block else 1024)
+  if blocks[last] < min(32, shape[last]):
+    return None  # rows too narrow for coalesced copies (e.g. a last dim of 1000 = 8 * 125): XLA does better
+  budget = max(1, block // blocks[last])
+  for d in range(last - 1, -1, -1):
+    blocks[d] = _pow2_divisor(shape[d], budget)
+    budget = max(1, budget // blocks[d])
+  return in_block, blocks
+
+
+def supports(shape: tuple, reps: dict[int, int], block: int = 1 << 13) -> bool:
   """Whether `repeat` takes this leaf: 1 to 3 repeated dims after merging, a repeated last dim (one with
-  no unrepeated dims after it) repeated by a power of two (Triton's block dims are powers of two), and an
-  output of fewer than 2**31 entries (offsets in int32)."""
+  no unrepeated dims after it) repeated by a power of two (Triton's block dims are powers of two), a last
+  dim with a power-of-two factor of at least 32 (blocks tile the dims exactly), and an output of fewer
+  than 2**31 entries (offsets in int32)."""
   mshape, mreps = merged(shape, reps)
-  last = len(mshape) - 1
   size = 1
   for d, n in enumerate(mshape):
     size *= n * mreps.get(d, 1)
   if not 1 <= len(mreps) <= 3 or size >= 2**31:
     return False
-  return last not in mreps or mreps[last] & (mreps[last] - 1) == 0
+  return _plan(mshape, mreps, block) is not None
 
 
-def _pow2_at_most(n: int, cap: int) -> int:
-  return min(cap, 1 << max(0, (n - 1).bit_length()))
-
-
-def repeat(x: jax.Array, reps: dict[int, int], *, interpret: bool = False, block: int = 1 << 13,
-           num_warps: int = 4) -> jax.Array:
+def repeat(x: jax.Array, reps: dict[int, int], *, scale: float | None = None, interpret: bool = False,
+           block: int = 1 << 13, num_warps: int = 4) -> jax.Array:
   """`x` repeated `reps[d]` times along each dim d (as `jnp.repeat`), by one Pallas kernel whose programs
-  each read about `block` input entries (benchmarks/repeat_kernel.py tunes `block` and `num_warps`)."""
+  each read about `block` input entries (benchmarks/repeat_kernel.py tunes `block` and `num_warps`).
+  With `scale`: `(x.astype(float32) * scale).astype(x.dtype)` repeated, in the same pass (a fan-in
+  leaf's rescaling, which XLA would otherwise do in a second pass over the output)."""
   from jax.experimental import pallas as pl
   try:  # Triton, not JAX's default on GPUs, Mosaic GPU (its copies take at most 256 entries per dim)
     from jax.experimental.pallas import triton as pltriton
@@ -67,24 +93,13 @@ def repeat(x: jax.Array, reps: dict[int, int], *, interpret: bool = False, block
   except (ImportError, AttributeError):  # noqa: PERF203 - a JAX without Pallas's Triton backend
     params = None
 
-  if not supports(x.shape, reps):
+  if not supports(x.shape, reps, block):
     raise ValueError(f"rcjax.kernels.repeat does not take shape {x.shape} with repeats {reps}")
   out_shape = tuple(n * reps.get(d, 1) for d, n in enumerate(x.shape))
+  dtype = x.dtype
   shape, mreps = merged(x.shape, reps)
   x = x.reshape(shape)
-  last = len(shape) - 1
-  # A repeat by a small power of two is broadcast inside the block (the input block is read once);
-  # other repeats run over the grid (one slab per program). The last dim's must be in the block.
-  in_block = {d: k for d, k in mreps.items() if k & (k - 1) == 0 and (k <= 8 or d == last)}
-  # Block sizes (powers of two): about `block` input entries per block, the contiguous last dim widest,
-  # at most 1024 entries (512 when repeated in the block), or block/2 for a leaf merged into one dim
-  # (512 would make ~10^5 tiny programs for an embedding).
-  blocks = [1] * len(shape)
-  blocks[last] = _pow2_at_most(shape[last], block // 2 if last == 0 else 512 if last in in_block else 1024)
-  budget = max(1, block // blocks[last])
-  for d in range(last - 1, -1, -1):
-    blocks[d] = _pow2_at_most(shape[d], budget)
-    budget = max(1, budget // blocks[d])
+  in_block, blocks = _plan(shape, mreps, block)
   # Grid: per dim, its blocks, and after each repeated dim run over the grid its k slabs.
   grid, in_pos, out_pos = [], [], []
   for d, n in enumerate(shape):
@@ -115,6 +130,8 @@ def repeat(x: jax.Array, reps: dict[int, int], *, interpret: bool = False, block
 
   def kernel(x_ref, o_ref):
     v = x_ref[...]
+    if scale is not None:
+      v = (v.astype(jnp.float32) * jnp.float32(scale)).astype(dtype)
     for i, d in enumerate(sorted(in_block)):  # a new axis after each dim repeated in the block
       v = jnp.expand_dims(v, d + 1 + i)
     o_ref[...] = jnp.broadcast_to(v, o_ref.shape) if in_block else v

@@ -244,7 +244,7 @@ def _gather_rows(x: jax.Array, dims: list[int], names: list[str], maps) -> jax.A
 
 
 def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict[str, int],
-            cpu: bool | None = None, pallas: bool | str = False) -> jax.Array:
+            cpu: bool | None = None, pallas: bool | str = False, scale: float | None = None) -> jax.Array:
   """`x` gathered along `dims` with the maps of `names`, in one pass over the output.
 
   Identity maps (`repeats` of 1: a kept size, e.g. `head_dim`) are dropped. Integer-factor maps of
@@ -255,18 +255,27 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
 
   On the CPU (`cpu`; default: whether the default backend is the CPU) the general gather is
   `_gather_rows`. `pallas` (True on GPUs, or 'interpret' anywhere, for tests): integer repeats by
-  `rcjax.kernels.repeat` where it takes the leaf.
+  `rcjax.kernels.repeat` where it takes the leaf. `scale`: the output is `(out.astype(float32) *
+  scale).astype(x.dtype)` (inside the kernel's one pass when it runs; XLA fuses it otherwise).
   """
   cpu = _on_cpu() if cpu is None else cpu
   keep = [i for i, n in enumerate(names) if repeats.get(n) != 1]
   dims, names = [dims[i] for i in keep], [names[i] for i in keep]
+  if dims and all(n in repeats for n in names):
+    reps = {d: repeats[n] for d, n in zip(dims, names)}
+    # Not for a 16-bit matrix with only its last dim doubled: XLA's word form is faster there.
+    words = x.ndim == 2 and x.dtype.itemsize == 2 and reps == {1: 2}
+    if (pallas == "interpret" or (pallas and not cpu and jax.default_backend() == "gpu")) and not words and \
+        kernels.supports(x.shape, reps):
+      return kernels.repeat(x, reps, scale=scale, interpret=pallas == "interpret")
+  x = _gather_unscaled(x, dims, names, maps, repeats, cpu)
+  return x if scale is None else (x.astype(jnp.float32) * scale).astype(x.dtype)
+
+
+def _gather_unscaled(x, dims, names, maps, repeats, cpu):
   if not dims:
     return x
   if all(n in repeats for n in names):
-    reps = {d: repeats[n] for d, n in zip(dims, names)}
-    if (pallas == "interpret" or (pallas and not cpu and jax.default_backend() == "gpu")) and \
-        kernels.supports(x.shape, reps):
-      return kernels.repeat(x, reps, interpret=pallas == "interpret")
     for d, n in zip(dims, names):  # in order: a doubled last axis of a 16-bit matrix comes last
       x = _repeat(x, d, repeats[n])
     return x
@@ -290,22 +299,7 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
   x, old_shape = box.value, box.shape
   names = [box.axes[d] for d in mapped]
   spec0 = None if sharding is None else spec_tuple(sharding, len(old_shape))
-  if sharding is None or all(n in repeats for n in names):
-    # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives).
-    x = _gather(x, mapped, names, maps, repeats, pallas=pallas and sharding is None)
-  else:
-    # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
-    spec = spec0
-    for i, d in enumerate(mapped):
-      if spec[d]:
-        moved = move_off(spec, x.shape, d, sharding.mesh, avoid=set(mapped[i + 1:]))
-        if moved is not None:
-          spec = moved
-          x = constrain(x, sharding.mesh, spec)
-      x = jnp.take(x, maps[box.axes[d]], axis=d, unique_indices=False, indices_are_sorted=True)
-      spec = fit_spec(spec, x.shape, sharding.mesh)  # pin the gather's output layout
-      x = constrain(x, sharding.mesh, spec)
-  new_shape = x.shape
+  new_shape = tuple(maps[box.axes[d]].shape[0] if d in mapped else n for d, n in enumerate(old_shape))
   ndim = len(new_shape)
 
   # Rescaling: params (power 0) along fan-in; gradient statistics (power p) along width fan-out.
@@ -327,7 +321,27 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
   if factor is not None:
     factor = (factor ** power if power > 1 else factor) * scalar
   elif scalar != 1.0:
-    factor = scalar
+    factor = float(scalar)
+
+  if sharding is None or all(n in repeats for n in names):
+    # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives). A scalar
+    # factor goes with the gather (into the Pallas kernel's pass, where it runs).
+    fused = isinstance(factor, float)
+    x = _gather(x, mapped, names, maps, repeats, pallas=pallas if sharding is None else False, scale=factor if fused else None)
+    factor = None if fused else factor
+  else:
+    # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
+    spec = spec0
+    for i, d in enumerate(mapped):
+      if spec[d]:
+        moved = move_off(spec, x.shape, d, sharding.mesh, avoid=set(mapped[i + 1:]))
+        if moved is not None:
+          spec = moved
+          x = constrain(x, sharding.mesh, spec)
+      x = jnp.take(x, maps[box.axes[d]], axis=d, unique_indices=False, indices_are_sorted=True)
+      spec = fit_spec(spec, x.shape, sharding.mesh)  # pin the gather's output layout
+      x = constrain(x, sharding.mesh, spec)
+  assert x.shape == new_shape, (x.shape, new_shape)
   if factor is not None:
     x = (x.astype(jnp.float32) * factor).astype(box.value.dtype)
 

@@ -129,7 +129,7 @@ def test_transfer_with_the_pallas_kernel_is_bitwise_the_same(monkeypatch):
   p = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 4), jnp.int32))["params"], jax.random.key(0))
   p = jax.tree.map(lambda b: b.replace(value=jax.random.normal(jax.random.key(len(b.shape)), b.shape, jnp.bfloat16)),
                    p, is_leaf=rcjax.is_rc)
-  for sizes in ({"embed": 32, "mlp": 96, "heads": 8, "kv_heads": 4}, {"embed": 48, "mlp": 144}):
+  for sizes in ({"embed": 32, "mlp": 128, "heads": 8, "kv_heads": 4}, {"embed": 48, "mlp": 192}):
     want = rcjax.transfer(p, jax.random.key(1), sizes)
     with monkeypatch.context() as m:
       m.setattr(rcjax.kernels, "ENABLED", "interpret")
@@ -137,6 +137,16 @@ def test_transfer_with_the_pallas_kernel_is_bitwise_the_same(monkeypatch):
     for u, v in zip(jax.tree.leaves(rcjax.unbox(got)), jax.tree.leaves(rcjax.unbox(want))):
       np.testing.assert_array_equal(np.asarray(u).view(np.uint16), np.asarray(v).view(np.uint16))
   assert not rcjax.kernels.supports((4, 6), {1: 3})  # a last dim repeated 3x: not a power of two
+  assert not rcjax.kernels.supports((1000, 1000), {0: 2, 1: 2})  # rows of 8-entry blocks (1000 = 8 * 125)
+  assert rcjax.kernels.supports((1000, 1024), {0: 2, 1: 2}) and rcjax.kernels.supports((24, 16), {1: 2})
+  for shape, reps in (((24576, 16, 64), {0: 2, 1: 2}), ((1000, 96), {0: 3}), ((24 * 1024,), {0: 2})):
+    _, blocks = rcjax.kernels._plan(shape, reps, 1 << 13)  # blocks tile the dims exactly (GPUs: see _plan)
+    assert all(n % b == 0 for n, b in zip(shape, blocks)), (shape, blocks)
+  # A fan-in leaf's rescaling in the kernel's pass: bitwise as XLA's multiply after the repeat.
+  x = jax.random.normal(jax.random.key(2), (8, 12, 32), jnp.bfloat16)
+  got = rcjax.kernels.repeat(x, {1: 2, 2: 2}, scale=0.5 / 3, interpret=True)
+  want = (jnp.repeat(jnp.repeat(x, 2, 1), 2, 2).astype(jnp.float32) * (0.5 / 3)).astype(jnp.bfloat16)
+  np.testing.assert_array_equal(np.asarray(got).view(np.uint16), np.asarray(want).view(np.uint16))
   assert not rcjax.kernels.supports((32, 4096, 11008), {1: 2, 2: 2})  # 2**32 entries out: int32 offsets
   with pytest.raises(ValueError, match="does not take shape"):
     rcjax.kernels.repeat(jnp.ones((4, 6)), {1: 3})
@@ -147,8 +157,8 @@ def test_pallas_kernel_lowers_to_triton_for_cuda():
   # default GPU backend (Mosaic GPU) would refuse for these blocks. Compiling the Triton IR needs a GPU.
   from jax import export
 
-  for shape, reps in (((64, 300), {0: 2, 1: 2}), ((3, 16, 8, 100), {1: 2, 3: 2}), ((5000,), {0: 2}),
-                      ((10, 64, 6), {1: 3})):
+  for shape, reps in (((64, 320), {0: 2, 1: 2}), ((3, 16, 8, 96), {1: 2, 3: 2}), ((5120,), {0: 2}),
+                      ((10, 64, 64), {1: 3})):
     fn = jax.jit(lambda x, reps=reps: rcjax.kernels.repeat(x, reps))
     exp = export.export(fn, platforms=["cuda"],
                         disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
