@@ -160,9 +160,14 @@ def test_pallas_kernel_lowers_to_triton_for_cuda():
   for shape, reps in (((64, 320), {0: 2, 1: 2}), ((3, 16, 8, 96), {1: 2, 3: 2}), ((5120,), {0: 2}),
                       ((10, 64, 64), {1: 3})):
     fn = jax.jit(lambda x, reps=reps: rcjax.kernels.repeat(x, reps))
-    exp = export.export(fn, platforms=["cuda"],
-                        disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
-        jax.ShapeDtypeStruct(shape, jnp.bfloat16))
+    try:
+      exp = export.export(fn, platforms=["cuda"],
+                          disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
+          jax.ShapeDtypeStruct(shape, jnp.bfloat16))
+    except RuntimeError as e:  # JAX 0.11 lowers Triton only with a GPU present (seen on the GPU machine's CPUs)
+      if "No supported GPU devices found" not in str(e):
+        raise
+      pytest.skip(f"this JAX ({jax.__version__}) lowers Pallas's Triton kernels only with a GPU: {e}")
     assert "xla.gpu.triton" in exp.mlir_module()
     assert exp.out_avals[0].shape == tuple(n * reps.get(d, 1) for d, n in enumerate(shape))
 
