@@ -21,7 +21,7 @@ else
   GPTX=(--big --reps 5 --no-numpy --only "bfloat16 2x,float32 2x"); REST=(--big --reps 5 --no-numpy --only mlp,matrix)
 fi
 { date -u; nvidia-smi -L 2>&1; $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"; } 2>&1 | tee "$O/checks.txt"
-{ JAX_PLATFORMS=cpu nice -n 19 timeout 300 $PY -m pytest -q -x -n 6 -p no:cacheprovider tests/test_rc.py \
+{ JAX_PLATFORMS=cpu nice -n 19 timeout "$(left 10)" $PY -m pytest -q -x -n 6 -p no:cacheprovider tests/test_rc.py \
   tests/test_transfer.py tests/test_transfer_fast.py tests/test_optimizer_transfer.py tests/test_gpt.py \
   tests/test_sharding.py tests/test_checkpoint.py > /tmp/rcjax_tests.txt 2>&1; echo "pytest exit $?" >> /tmp/rcjax_tests.txt; } &
 TESTS=$!
@@ -39,6 +39,6 @@ if [ -n "${PROFILE:-}" ]; then
   timeout "$(left 45)" $PY benchmarks/profile_step.py $PROF --out /tmp/rcjax_prof 2>&1 | tee -a "$O/train_step.txt"
 fi
 timeout "$(left 5)" $PY benchmarks/device_check.py 2>&1 | tee -a "$O/checks.txt"
-kill -0 $TESTS 2>/dev/null && sleep "$(left 0)"
+wait $TESTS  # under its timeout: done by the deadline
 tail -5 /tmp/rcjax_tests.txt | tee -a "$O/checks.txt"
 echo "session done at ${SECONDS}s"
