@@ -227,7 +227,8 @@ def main(argv=None) -> list[dict]:
                             with_numpy=not args.no_numpy and not pallas, base=base)
         if pallas and ref is not None:  # the kernel's output, bit for bit as XLA's (u16/u32 views)
           row["bitwise_equal_to_xla"] = all(
-              bool(jnp.array_equal(jax.lax.bitcast_convert_type(u, _uint(u)), jax.lax.bitcast_convert_type(v, _uint(v))))
+              bool(jnp.array_equal(jax.lax.bitcast_convert_type(u, _uint(u)),
+                                   jax.lax.bitcast_convert_type(v, _uint(v))))
               for u, v in zip(jax.tree.leaves(rcjax.unbox(out)), jax.tree.leaves(rcjax.unbox(ref))))
         base, ref = (row, out) if not pallas else (None, None)
       except Exception as e:  # noqa: BLE001 - e.g. the kernel does not compile here: report it, go on

@@ -263,8 +263,8 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
   dims, names = [dims[i] for i in keep], [names[i] for i in keep]
   if dims and all(n in repeats for n in names):
     reps = {d: repeats[n] for d, n in zip(dims, names)}
-    # Not for a 16-bit matrix with only its last dim doubled: XLA's word form is faster there.
-    words = x.ndim == 2 and x.dtype.itemsize == 2 and reps == {1: 2}
+    # Not for a 16-bit matrix with its last dim doubled: XLA's word form (`_repeat`) is faster there.
+    words = x.ndim == 2 and x.dtype.itemsize == 2 and reps.get(1) == 2
     if (pallas == "interpret" or (pallas and not cpu and jax.default_backend() == "gpu")) and not words and \
         kernels.supports(x.shape, reps):
       return kernels.repeat(x, reps, scale=scale, interpret=pallas == "interpret")
@@ -273,6 +273,7 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
 
 
 def _gather_unscaled(x, dims, names, maps, repeats, cpu):
+  """`_gather` by XLA, without the rescaling (`dims` without identity maps)."""
   if not dims:
     return x
   if all(n in repeats for n in names):
@@ -326,9 +327,8 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
   if sharding is None or all(n in repeats for n in names):
     # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives). A scalar
     # factor goes with the gather (into the Pallas kernel's pass, where it runs).
-    fused = isinstance(factor, float)
-    x = _gather(x, mapped, names, maps, repeats, pallas=pallas if sharding is None else False, scale=factor if fused else None)
-    factor = None if fused else factor
+    scale, factor = (factor, None) if isinstance(factor, float) else (None, factor)
+    x = _gather(x, mapped, names, maps, repeats, pallas=pallas if sharding is None else False, scale=scale)
   else:
     # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
     spec = spec0
