@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks.transfer import timeit  # noqa: E402
+from benchmarks.transfer import bitwise_equal, copy_seconds, timeit  # noqa: E402
 from rcjax import kernels  # noqa: E402
 from rcjax.transfer import _repeat  # noqa: E402
 
@@ -41,16 +41,6 @@ def xla_repeat(x, reps):
   for d in sorted(reps):
     x = _repeat(x, d, reps[d])
   return x
-
-
-def copy_seconds(shape, dtype, reps: int) -> float:
-  """The faster of an elementwise copy (+1) in `dtype` and, for 16-bit dtypes, as 32-bit words."""
-  y = jnp.zeros(shape, dtype)
-  t = timeit(jax.jit(lambda y: y + jnp.ones((), dtype)), y, reps=reps)
-  if jnp.dtype(dtype).itemsize == 2 and shape[-1] % 2 == 0:
-    w = jnp.zeros(shape[:-1] + (shape[-1] // 2,), jnp.uint32)
-    t = min(t, timeit(jax.jit(lambda w: w + jnp.uint32(1)), w, reps=reps))
-  return t
 
 
 def main(argv=None) -> list[dict]:
@@ -72,9 +62,10 @@ def main(argv=None) -> list[dict]:
       out_shape = tuple(n * rep.get(d, 1) for d, n in enumerate(shape))
       out_bytes = math.prod(out_shape) * x.dtype.itemsize
       moved = x.size * x.dtype.itemsize + out_bytes  # read + written
-      copy_gbs = 2 * out_bytes / copy_seconds(out_shape, dtype, reps) / 1e9
+      t_copy, t_words = copy_seconds([jnp.zeros(out_shape, dtype)], reps)  # in the dtype / as 32-bit words
+      copy_gbs = 2 * out_bytes / min(t_copy, t_words or t_copy) / 1e9
       xla = jax.jit(lambda x, rep=rep: xla_repeat(x, rep))
-      want = jax.lax.bitcast_convert_type(xla(x), jnp.uint16 if x.dtype.itemsize == 2 else jnp.uint32)
+      want = xla(x)
       variants = [("xla", xla)] + [(f"pallas block={b} warps={w}", jax.jit(
           lambda x, rep=rep, b=b, w=w: kernels.repeat(x, rep, block=b, num_warps=w, interpret=args.smoke)))
           for b, w in configs]
@@ -82,8 +73,7 @@ def main(argv=None) -> list[dict]:
         row = {"case": f"{name} {jnp.dtype(dtype).name}", "impl": label, "device": dev.device_kind,
                "copy_GBps": copy_gbs}
         try:
-          got = jax.lax.bitcast_convert_type(fn(x), want.dtype)
-          row["bitwise_equal_to_xla"] = bool(jnp.array_equal(got, want))
+          row["bitwise_equal_to_xla"] = bitwise_equal(fn(x), want)
           t = timeit(fn, x, reps=reps)
           row.update(seconds=t, GBps=moved / t / 1e9, vs_copy=moved / t / 1e9 / copy_gbs)
           print(f"{row['case']:28s} {label:30s} {row['GBps']:8.1f} GB/s = {row['vs_copy']:.2f} of copy "

@@ -130,8 +130,13 @@ def peak_ratio(compiled, in_out_bytes: int) -> float | None:
     return None
 
 
-def _uint(x):
-  return {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[x.dtype.itemsize]
+def bitwise_equal(a, b) -> bool:
+  """Whether two pytrees (of arrays or RC leaves) hold the same bits, leaf by leaf (unsigned-int views)."""
+  def bits(x):
+    uint = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, uint)
+  return all(bool(jnp.array_equal(bits(u), bits(v)))
+             for u, v in zip(jax.tree.leaves(rcjax.unbox(a)), jax.tree.leaves(rcjax.unbox(b))))
 
 
 def run_case(name: str, tree, target: dict, *, reps: int, with_numpy: bool, base: dict | None = None):
@@ -225,11 +230,8 @@ def main(argv=None) -> list[dict]:
       try:
         row, out = run_case(label, tree, target, reps=2 if args.smoke else args.reps,
                             with_numpy=not args.no_numpy and not pallas, base=base)
-        if pallas and ref is not None:  # the kernel's output, bit for bit as XLA's (u16/u32 views)
-          row["bitwise_equal_to_xla"] = all(
-              bool(jnp.array_equal(jax.lax.bitcast_convert_type(u, _uint(u)),
-                                   jax.lax.bitcast_convert_type(v, _uint(v))))
-              for u, v in zip(jax.tree.leaves(rcjax.unbox(out)), jax.tree.leaves(rcjax.unbox(ref))))
+        if pallas and ref is not None:  # the kernel's output, bit for bit as XLA's
+          row["bitwise_equal_to_xla"] = bitwise_equal(out, ref)
         base, ref = (row, out) if not pallas else (None, None)
       except Exception as e:  # noqa: BLE001 - e.g. the kernel does not compile here: report it, go on
         row = {"case": label, "error": f"{type(e).__name__}: {str(e)[:300]}"}
