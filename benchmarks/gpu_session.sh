@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU, as one short session under a deadline (SECONDS_MAX, default 540 s; each
 # step gets what is left, with a reserve for the steps after it), most wanted first. Results in $OUT
-# (7 files; the device tool brings back 8 at most): checks.txt (versions, device_check.py, the tests),
-# transfer.{txt,json}, train_step.{txt,json}, repeat_kernel.{txt,json} (the Pallas kernel per leaf).
-# MED: the ~350M step's preset:batch (default gpt-medium:48, which fits an H100's 80 GB; 64 on an H200).
+# (8 files; the device tool brings back 8 at most): checks.txt (versions, device_check.py, the tests),
+# transfer.{txt,json}, train_step.{txt,json}, train_step_big.json, repeat_kernel.{txt,json} (the Pallas
+# kernel per leaf).
+# MED: the ~350M step's preset:batch (default gpt-medium:48, which fits an H100's 80 GB; 64 on an H200);
+# BIG: a larger batch tried with the loss fused into the readout (no logits stored; default gpt-medium:64).
 # PROFILE=1 adds profile_step.py's summary to train_step.txt.
 # Run from the repository root:  OUT=/tmp/gpu bash benchmarks/gpu_session.sh   (SMOKE=1: tiny sizes)
 # The library's tests run meanwhile on the machine's CPU cores (niced), under its JAX (0.11 there).
@@ -14,10 +16,10 @@ PY=${PYTHON:-python3}
 END=$((SECONDS + ${SECONDS_MAX:-540}))
 left() { local s=$((END - SECONDS - ${1:-0})); [ "$s" -gt 5 ] && echo "$s" || echo 5; }  # seconds left, minus a reserve
 if [ -n "${SMOKE:-}" ]; then
-  MED="tiny:8"; SMALL="tiny:4"; REP="--smoke"; PROF="--smoke"
+  MED="tiny:8"; BIG="tiny:16"; SMALL="tiny:4"; REP="--smoke"; PROF="--smoke"
   GPTX=(--smoke --only gpt); REST=(--smoke --only mlp,matrix)
 else
-  MED=${MED:-gpt-medium:48}; SMALL="gpt-small"; REP="--reps 10"; PROF="--gpt gpt-medium:48 --steps 3"
+  MED=${MED:-gpt-medium:48}; BIG=${BIG:-gpt-medium:64}; SMALL="gpt-small"; REP="--reps 10"; PROF="--gpt gpt-medium:48 --steps 3"
   GPTX=(--big --reps 5 --no-numpy --only "bfloat16 2x,float32 2x"); REST=(--big --reps 5 --no-numpy --only mlp,matrix)
 fi
 { date -u; nvidia-smi -L 2>&1; $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"; } 2>&1 | tee "$O/checks.txt"
@@ -27,9 +29,12 @@ fi
 TESTS=$!
 # 1. The GPT pytree grown 2x (bf16, f32), with and without the Pallas kernel (bitwise checked).
 timeout "$(left 360)" $PY benchmarks/transfer.py "${GPTX[@]}" --pallas --json "$O/transfer.json" 2>&1 | tee "$O/transfer.txt"
-# 2. train.gpt's step at ~350M params (MFU goal), and the bf16 residual stream beside it.
-timeout "$(left 200)" $PY benchmarks/train_step.py --only gpt --gpt "$MED" --variants default,bf16residual --reps 10 \
+# 2. train.gpt's step at ~350M params (MFU goal), and the bf16 residual stream beside it; then a larger
+#    batch with the fused loss (B=64 did not fit an H100 with the logits stored).
+timeout "$(left 240)" $PY benchmarks/train_step.py --only gpt --gpt "$MED" --variants default,bf16residual --reps 10 \
   --json "$O/train_step.json" 2>&1 | tee "$O/train_step.txt"
+timeout "$(left 150)" $PY benchmarks/train_step.py --only gpt --gpt "$BIG" --variants fusedloss+bf16residual,fusedloss \
+  --reps 10 --json "$O/train_step_big.json" 2>&1 | tee -a "$O/train_step.txt"
 # 3. The kernel per leaf: block sizes and warps, next to XLA and a copy (bitwise checked).
 timeout "$(left 120)" $PY benchmarks/repeat_kernel.py $REP --json "$O/repeat_kernel.json" 2>&1 | tee "$O/repeat_kernel.txt"
 # 4. The rest: ~125M step, the MLP and matrix transfer cases (XLA path), checks against the host.

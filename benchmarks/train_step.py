@@ -89,6 +89,7 @@ VARIANTS = {
     "scan": {"unroll": 1},                       # the scan over blocks as a loop
     "unscanned": {"scan": False},                # a module per block (params: block_0, block_1, ...)
     "bf16residual": {"residual_dtype": "compute"},  # residual stream in the compute dtype (not float32)
+    "fusedloss": {"loss_chunks": 8},             # readout fused into the loss, 8 sequence chunks: no logits stored
 }
 
 

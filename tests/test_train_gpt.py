@@ -47,6 +47,8 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
     gpt.validate(Config(**TINY, grow_at=1, grow_to=36))
   with pytest.raises(ValueError, match=r"unroll must be >= 0 \(0: all blocks\), got -1"):
     gpt.validate(Config(**TINY, unroll=-1))
+  with pytest.raises(ValueError, match=r"loss_chunks must be in \[0, seq_len"):
+    gpt.validate(Config(**TINY, loss_chunks=-1))
   assert gpt.build_model(Config(**TINY)).unroll == TINY.get("depth", Config.depth)  # unrolled by default
 
 

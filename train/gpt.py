@@ -67,6 +67,8 @@ class Config:
   attention: str = "auto"       # auto (cudnn on GPU when it applies, else xla) | xla | cudnn
   remat: bool = False           # rematerialise blocks in the backward pass
   unroll: int = 0               # blocks per iteration of the scan over blocks (0: all; 1: a loop, faster compiles)
+  loss_chunks: int = 0          # fuse the readout into the loss over this many slices of the sequence: no
+                                # (B, T, vocab) logits stored, for larger batches (0: off)
   mesh: str = "data=-1"         # device mesh, e.g. data=2,fsdp=2,tensor=2 (-1: the rest)
   seed: int = 0
   dataset: str = "markov"       # markov (offline synthetic language) | tiny_shakespeare | lm1b (TFDS)
@@ -102,8 +104,8 @@ PRESETS = {
     "llama-small": dict(style="llama", width=768, depth=12, heads=12, kv_heads=4, vocab=32000, seq_len=1024,
                         batch_size=32, lr=6e-4, warmup=200, steps=10000, log_every=10),  # 125M, GQA
 }
-RESUMABLE = ("steps", "unroll", "mesh", "log_every", "eval_every", "ckpt_every", "save_steps", "keep", "progress",
-             "peak_flops", "attention", "preset")
+RESUMABLE = ("steps", "unroll", "loss_chunks", "mesh", "log_every", "eval_every", "ckpt_every", "save_steps",
+             "keep", "progress", "peak_flops", "attention", "preset")
 # Dense bf16 peak FLOP/s per device (vendor data sheets); matched in order against jax device_kind.
 PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
               ("A100", 312e12), ("L4", 121e12), ("TPU v4", 275e12), ("TPU v5 lite", 197e12),
@@ -159,12 +161,13 @@ def build_model(cfg: Config, base: bool = True) -> rcjax.nn.GPT:
     return m.clone(width=cfg.width, depth=cfg.depth, heads=cfg.heads, kv_heads=cfg.kv_heads or None,
                    head_dim=cfg.head_dim or None, mlp=cfg.mlp or None, max_len=max_len, tied=tied,
                    param=cfg.param, kernel_init=cfg.init, base=bases, remat=cfg.remat, unroll=_unroll(cfg),
-                   dtype=jnp.dtype(cfg.dtype),
+                   loss_chunks=cfg.loss_chunks, dtype=jnp.dtype(cfg.dtype),
                    param_dtype=jnp.float32, attention=_attention(cfg))
   return rcjax.nn.GPT(vocab=cfg.vocab, width=cfg.width, depth=cfg.depth, heads=cfg.heads,
                       kv_heads=cfg.kv_heads or None, head_dim=cfg.head_dim or None, mlp=cfg.mlp or None,
                       max_len=cfg.seq_len, style=cfg.style, tied=tied, param=cfg.param, kernel_init=cfg.init,
-                      base=bases, remat=cfg.remat, unroll=_unroll(cfg), dtype=jnp.dtype(cfg.dtype),
+                      base=bases, remat=cfg.remat, unroll=_unroll(cfg), loss_chunks=cfg.loss_chunks,
+                      dtype=jnp.dtype(cfg.dtype),
                       attention=_attention(cfg))
 
 
@@ -212,14 +215,6 @@ def peak_flops(cfg: Config) -> float | None:
   return next((v for k, v in PEAK_FLOPS if k in kind), None)
 
 
-def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
-  """Mean next-token cross-entropy, logsumexp(logits) - logits[target], accumulated in float32. The cast
-  sits inside the reductions, so XLA fuses it and no float32 copy of the (B, T, V) logits is stored."""
-  lse_BxT = jax.nn.logsumexp(logits_BxTxV.astype(jnp.float32), axis=-1)
-  target_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-  return jnp.mean(lse_BxT - target_BxT.astype(jnp.float32))
-
-
 class Trainer:
   """Jitted, sharded train and eval steps for one set of param shapes (rebuilt after growth)."""
 
@@ -227,9 +222,9 @@ class Trainer:
     self.p_sh, self.o_sh = sharding.shardings(params, mesh), sharding.shardings(opt_state, mesh)
     self.b_sh = sharding.batch_sharding(mesh)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    # Logits in the compute dtype: the loss upcasts inside its reductions (no float32 copy of (B, T, V)).
-    lm = model.clone(logits_dtype=model.dtype)
-    loss_fn = lambda p, b: cross_entropy(lm.apply({"params": p}, b[:, :-1]), b[:, 1:])
+    # The model's loss: logits in the compute dtype, upcast inside the loss's reductions (no float32 copy
+    # of (B, T, V)); with model.loss_chunks, fused with the readout (no (B, T, V) logits at all).
+    loss_fn = lambda p, b: model.apply({"params": p}, b[:, :-1], b[:, 1:])
 
     def step(p, s, b):
       loss, g = jax.value_and_grad(loss_fn)(p, b)
@@ -385,6 +380,8 @@ def validate(cfg: Config) -> None:
   for name in ("width", "depth", "heads", "seq_len", "batch_size", "steps", "vocab", "log_every"):
     if getattr(cfg, name) <= 0:
       raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+  if not 0 <= cfg.loss_chunks <= cfg.seq_len:
+    raise ValueError(f"loss_chunks must be in [0, seq_len {cfg.seq_len}] (0: off), got {cfg.loss_chunks}")
   build_model(cfg).arch()
   mesh = sharding.parse_mesh(cfg.mesh)
   shards = mesh["data"] * mesh["fsdp"]

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from rcjax import parametrization as pz
 from rcjax.nn.layers import rc_param
+from rcjax.nn.loss import cross_entropy, linear_cross_entropy
 
 WIDTH_AXES = ("embed", "heads", "kv_heads", "head_dim", "mlp")
 STYLES = {  # style -> defaults of (norm, positions, activation, tied, bias, parallel_residual)
@@ -182,7 +183,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-  """Decoder-only transformer: tokens `int32[B, T]` -> logits `float32[B, T, vocab]`.
+  """Decoder-only transformer: tokens `int32[B, T]` -> logits `float32[B, T, vocab]`, or with
+  `targets` (`int32[B, T]`) -> their mean cross-entropy (float32 scalar; logits in the compute dtype).
 
   Attributes:
     vocab: vocabulary size (a fixed axis).
@@ -217,6 +219,9 @@ class GPT(nn.Module):
     residual_dtype: dtype of the residual stream between blocks (None: the embedding's, the params' dtype).
     logits_dtype: dtype of the returned logits (float32; a loss that upcasts inside its reductions can
       take `dtype` and skip a float32 copy of the (B, T, vocab) logits).
+    loss_chunks: with `targets`, fuse the readout into the loss over this many slices of the sequence
+      (`rcjax.nn.loss.linear_cross_entropy`: the (B, T, vocab) logits and their gradient are never
+      stored, same FLOPs); 0: the readout's logits, then the loss.
 
   >>> import jax, jax.numpy as jnp, rcjax
   >>> model = GPT(vocab=16, width=32, depth=2, heads=4, kv_heads=2, style='llama', param='mup')
@@ -262,6 +267,7 @@ class GPT(nn.Module):
   param_dtype: Any = jnp.float32
   residual_dtype: Any = None
   logits_dtype: Any = jnp.float32
+  loss_chunks: int = 0
 
   def arch(self) -> dict:
     """Resolved architecture: style defaults, sizes and bases, validated (ValueError on bad sizes)."""
@@ -301,7 +307,7 @@ class GPT(nn.Module):
     return a
 
   @nn.compact
-  def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
+  def __call__(self, tokens_BxT: jax.Array, targets_BxT: jax.Array | None = None) -> jax.Array:
     a = self.arch()
     sizes, bases = a["sizes"], a["bases"]
     embed = lambda name, axes, shape: rc_param(
@@ -333,12 +339,20 @@ class GPT(nn.Module):
       for i in range(self.depth):
         x_BxTxE, _ = block(**kw, name=f"block_{i}")(x_BxTxE, None)
     h = _FinalNorm(**kw, name="final")(x_BxTxE)
-    if a["tied"]:
-      w = wte.replace(fan_in=(1,))  # the readout use of the tied table: fan-in embed (an output leaf)
-      return _mm(h, w, "bte,ve->btv", self.dtype).astype(self.logits_dtype)
-    w = rc_param(self, "readout", (sizes["embed"], self.vocab), axes=("embed", "vocab"), fan_in=(0,),
-                 base=(bases["embed"], None), param=self.param, init=self.kernel_init, dtype=self.param_dtype)
-    return _mm(h, w, "bte,ev->btv", self.dtype).astype(self.logits_dtype)
+    if a["tied"]:  # the readout use of the tied table: fan-in embed (an output leaf)
+      w, spec = wte.replace(fan_in=(1,)), "bte,ve->btv"
+    else:
+      w = rc_param(self, "readout", (sizes["embed"], self.vocab), axes=("embed", "vocab"), fan_in=(0,),
+                   base=(bases["embed"], None), param=self.param, init=self.kernel_init, dtype=self.param_dtype)
+      spec = "bte,ev->btv"
+    if targets_BxT is None:
+      return _mm(h, w, spec, self.dtype).astype(self.logits_dtype)
+    if targets_BxT.shape != tokens_BxT.shape:
+      raise ValueError(f"targets shape {targets_BxT.shape} differs from tokens shape {tokens_BxT.shape}")
+    if self.loss_chunks:
+      return linear_cross_entropy(h, w.value, targets_BxT, chunks=self.loss_chunks, spec=spec,
+                                  multiplier=pz.multiplier(w), dtype=self.dtype)
+    return cross_entropy(_mm(h, w, spec, self.dtype), targets_BxT)
 
 
 class _FinalNorm(Block):
