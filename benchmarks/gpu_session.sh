@@ -40,6 +40,12 @@ timeout "$(left 120)" $PY benchmarks/repeat_kernel.py $REP --json "$O/repeat_ker
 # 4. The rest: ~125M step, the MLP and matrix transfer cases (XLA path), checks against the host.
 timeout "$(left 90)" $PY benchmarks/train_step.py --only gpt --gpt "$SMALL" --reps 10 2>&1 | tee -a "$O/train_step.txt"
 timeout "$(left 60)" $PY benchmarks/transfer.py "${REST[@]}" 2>&1 | tee -a "$O/transfer.txt"
+# 5. With the time left: the ~350M step with XLA's cuBLASLt epilogues (bias, GELU fused into the matmuls)
+#    and cuDNN layer norm, next to the default (both printed to train_step.txt).
+FLAGS_TRY=${FLAGS_TRY:---xla_gpu_enable_cublaslt=true --xla_gpu_enable_cudnn_layer_norm=true}
+echo "XLA_FLAGS=$FLAGS_TRY for the next rows" | tee -a "$O/train_step.txt"
+XLA_FLAGS="$FLAGS_TRY" timeout "$(left 25)" $PY benchmarks/train_step.py --only gpt --gpt "$MED" --reps 10 2>&1 \
+  | tee -a "$O/train_step.txt"
 if [ -n "${PROFILE:-}" ]; then
   timeout "$(left 45)" $PY benchmarks/profile_step.py $PROF --out /tmp/rcjax_prof 2>&1 | tee -a "$O/train_step.txt"
 fi
