@@ -64,7 +64,10 @@ def test_gpt_fused_loss_equals_logits_loss(style, tied):
   model = rcjax.nn.GPT(vocab=40, width=32, depth=1, heads=4, max_len=16, style=style, tied=tied, param="mup",
                        base={"embed": 16})  # readout multiplier 1/2 under muP
   x = jax.random.randint(jax.random.key(1), (2, 12), 0, 40)
-  p = model.init(jax.random.key(2), x)["params"]
+  rng = np.random.default_rng(0)  # random values at the init scale (XLA compiles threefry init slowly on CPU)
+  fill = lambda b: b.replace(value=jnp.asarray(rng.standard_normal(b.shape), jnp.float32)
+                             * (rcjax.init_scale(b) if b.fan_in else 0.3))
+  p = jax.tree.map(fill, jax.eval_shape(lambda k: model.init(k, x)["params"], jax.random.key(2)), is_leaf=rcjax.is_rc)
   ref = lambda q: cross_entropy(model.apply({"params": q}, x[:, :-1]), x[:, 1:])
   want, g_want = jax.value_and_grad(ref)(p)
   np.testing.assert_allclose(model.apply({"params": p}, x[:, :-1], x[:, 1:]), want, rtol=1e-6)
@@ -100,15 +103,15 @@ def test_sharded_train_step_with_fused_loss():
   cfg = dataclasses.replace(train_gpt.Config(), vocab=64, width=32, seq_len=16, batch_size=4, dtype="float32",
                             mesh="data=2,fsdp=2,tensor=2")
   mesh = sharding.make_mesh(cfg.mesh)
+  model, tx = train_gpt.build_model(cfg), train_gpt.build_optimizer(cfg)
+  params = sharding.init(model.init, jax.random.key(0), jnp.ones((1, 16), jnp.int32), mesh=mesh)["params"]
+  opt = jax.jit(tx.init)(params)
   out = []
   for chunks in (0, 3):
-    model = train_gpt.build_model(dataclasses.replace(cfg, loss_chunks=chunks))
-    tx = train_gpt.build_optimizer(cfg)
-    params = sharding.init(model.init, jax.random.key(0), jnp.ones((1, 16), jnp.int32), mesh=mesh)["params"]
-    opt = jax.jit(tx.init)(params)
-    trainer = train_gpt.Trainer(model, tx, mesh, params, opt)
+    trainer = train_gpt.Trainer(model.clone(loss_chunks=chunks), tx, mesh, params, opt)
     batch = jax.device_put(jax.random.randint(jax.random.key(1), (4, 17), 0, 64), trainer.b_sh)
-    p, _, loss = trainer.step(params, jax.device_put(opt, trainer.o_sh), batch)
+    copy = lambda t, sh: jax.device_put(jax.tree.map(jnp.copy, t), sh)  # the step donates its inputs
+    p, _, loss = trainer.step(copy(params, trainer.p_sh), copy(opt, trainer.o_sh), batch)
     out.append((float(loss), jax.tree.map(np.asarray, rcjax.unbox(p))))
   np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(out[1][1]), jax.tree.leaves(out[0][1])):

@@ -18,6 +18,10 @@ import jax
 import jax.numpy as jnp
 
 
+# readout spec -> the einsum specs of dL/dh and dL/dw from dL/dlogits
+_GRAD_SPECS = {"bte,ev->btv": ("btv,ev->bte", "bte,btv->ev"), "bte,ve->btv": ("btv,ve->bte", "bte,btv->ve")}
+
+
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
   """Mean next-token cross-entropy, logsumexp(logits) - logits[target], accumulated in float32. The cast
   sits inside the reductions, so XLA fuses it and no float32 copy of the (B, T, V) logits is stored."""
@@ -44,7 +48,7 @@ def linear_cross_entropy(h_BxTxE: jax.Array, w: jax.Array, targets_BxT: jax.Arra
       logits for the backward pass).
     multiplier: the readout's parametrization multiplier.
   """
-  if spec not in ("bte,ev->btv", "bte,ve->btv"):
+  if spec not in _GRAD_SPECS:
     raise ValueError(f"spec must be 'bte,ev->btv' or 'bte,ve->btv', got {spec!r}")
   if chunks < 1:
     raise ValueError(f"chunks must be at least 1, got {chunks}")
@@ -61,7 +65,7 @@ def _split(x, chunks, fill):
 
 
 def _scan(h, w, targets, chunks, spec, mult, dtype, grad: bool):
-  """Sum of the per-position losses; with `grad`, also d(mean loss)/dh (h's shape) and /dw (float32)."""
+  """The mean loss; with `grad`, also its gradients with respect to h and w (in their dtypes)."""
   b, t = targets.shape
   w_dt = w.astype(dtype)
   scale = 1.0 / (b * t)
@@ -81,15 +85,12 @@ def _scan(h, w, targets, chunks, spec, mult, dtype, grad: bool):
       return dw, (loss, None)
     p = jnp.exp(lf - lse[..., None])
     hit = jax.lax.broadcasted_iota(jnp.int32, p.shape, p.ndim - 1) == t_c[..., None]
-    g = ((jnp.where(hit, p - 1.0, p) * (m_c * scale)[..., None]).astype(dtype))
+    g = (jnp.where(hit, p - 1.0, p) * (m_c * scale)[..., None]).astype(dtype)  # dL/dlogits
     if mult != 1.0:
       g = g * jnp.asarray(mult, dtype)
-    if spec == "bte,ev->btv":
-      dh_c = jnp.einsum("btv,ev->bte", g, w_dt, preferred_element_type=dtype)
-      dw_c = jnp.einsum("bte,btv->ev", h_c, g, preferred_element_type=jnp.float32)
-    else:
-      dh_c = jnp.einsum("btv,ve->bte", g, w_dt, preferred_element_type=dtype)
-      dw_c = jnp.einsum("bte,btv->ve", h_c, g, preferred_element_type=jnp.float32)
+    dh_spec, dw_spec = _GRAD_SPECS[spec]
+    dh_c = jnp.einsum(dh_spec, g, w_dt, preferred_element_type=dtype)
+    dw_c = jnp.einsum(dw_spec, h_c, g, preferred_element_type=jnp.float32)
     return dw + dw_c, (loss, dh_c)
 
   xs = (_split(h, chunks, 0), _split(targets, chunks, 0), valid)
