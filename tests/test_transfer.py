@@ -104,6 +104,28 @@ def test_stratified_map_counts():
   assert rcjax.index_maps(jax.random.key(0), {"h": 10}, {"h": 4}, "stride")["h"].tolist() == [0, 2, 5, 7]
 
 
+def test_stratified_subsets_are_the_smallest_draws_and_uniform():
+  from rcjax.transfer import _smallest, _subset
+
+  def reference(bits, k):  # the first k of a stable sort of the draws
+    return np.isin(np.arange(len(bits)), np.argsort(np.asarray(bits), kind="stable")[:k])
+  for n, k in ((1000, 100), (4096, 1000), (7, 7), (5, 0), (1, 1)):
+    for seed in range(3):
+      key = jax.random.key(seed)
+      np.testing.assert_array_equal(_subset(key, n, k), reference(jax.random.bits(key, (n,), jnp.uint32), k))
+  ties = jnp.array([5, 3, 5, 1, 5, 3, 5], jnp.uint32)  # ties at the k-th value go to the lower index
+  for k in range(8):
+    np.testing.assert_array_equal(_smallest(ties, k), reference(ties, k))
+  # every 2-subset of 5 neurons equally often: 20000 draws, 2000 expected each (sd 42)
+  maps = jax.vmap(lambda k: rcjax.index_maps(k, {"h": 5}, {"h": 2})["h"])(jax.random.split(jax.random.key(1), 20000))
+  counts = np.bincount(np.asarray(maps[:, 0] * 5 + maps[:, 1]), minlength=25)
+  pairs = [i * 5 + j for i in range(5) for j in range(i + 1, 5)]
+  assert counts.sum() == counts[pairs].sum() and np.all(np.abs(counts[pairs] - 2000) < 200), counts[pairs]
+  extra = jax.vmap(lambda k: rcjax.index_maps(k, {"h": 5}, {"h": 7})["h"])(jax.random.split(jax.random.key(2), 20000))
+  twice = np.asarray(jax.vmap(lambda m: jnp.bincount(m, length=5))(extra))  # 2 of 5 neurons drawn twice
+  assert np.all(twice.sum(1) == 7) and np.all(np.abs((twice == 2).sum(0) - 8000) < 400)
+
+
 def test_iid_growth_preserves_function_in_expectation():
   model, p = mlp("mf", width=12, depth=1, activation=jnp.tanh)
   small = out(model, p)
