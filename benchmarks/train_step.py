@@ -157,6 +157,30 @@ def bench_gpt(preset: str, reps: int, variant: str = "default", **overrides) -> 
           "mfu": tokens * fpt / t / (peak * jax.device_count()) if peak else None}
 
 
+def gpt_memory(preset: str, variant: str = "default", **overrides) -> dict:
+  """Compiled memory of train.gpt's step (abstract params and state: nothing is allocated or run): XLA's
+  temporaries and the arguments (params, AdamW state, batch), in GiB."""
+  import dataclasses
+
+  from rcjax import sharding
+  from train import gpt as train_gpt
+
+  cfg = dataclasses.replace(train_gpt.Config(), **{**train_gpt.PRESETS.get(preset, {}), **overrides})
+  model = train_gpt.build_model(cfg).clone(**variant_fields(variant, cfg.dtype))
+  tx, mesh = train_gpt.build_optimizer(cfg), sharding.make_mesh(cfg.mesh)
+  params = jax.eval_shape(lambda k: model.init(k, jnp.ones((1, cfg.seq_len), jnp.int32))["params"],
+                          jax.random.key(0))
+  state = jax.eval_shape(tx.init, params)
+  trainer = train_gpt.Trainer(model, tx, mesh, params, state)
+  batch = jax.ShapeDtypeStruct((cfg.batch_size, cfg.seq_len + 1), jnp.int32)
+  t0 = time.perf_counter()
+  m = trainer.step.lower(params, state, batch).compile().memory_analysis()
+  return {"case": f"gpt {preset} B={cfg.batch_size} T={cfg.seq_len} {cfg.dtype} memory"
+          + ("" if variant == "default" else f" {variant}"),
+          "temp_GiB": m.temp_size_in_bytes / 2**30, "args_GiB": m.argument_size_in_bytes / 2**30,
+          "compile_s": time.perf_counter() - t0}
+
+
 def main(argv=None) -> list[dict]:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--smoke", action="store_true", help="tiny shapes (for the test suite)")
@@ -167,13 +191,15 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--variants", default="default",
                   help="comma-separated model variants measured side by side, each some of "
                   f"{sorted(VARIANTS)} joined by '+' (e.g. default,scan,bf16residual)")
+  ap.add_argument("--memory", action="store_true",
+                  help="GPT: only compile each step and report its memory (XLA's temporaries, arguments)")
   ap.add_argument("--reps", type=int, default=20)
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, jax {jax.__version__}")
   rows = []
-  if args.only in (None, "mlp"):
+  if args.only in (None, "mlp") and not args.memory:
     width, batch, d_in = (32, 16, 64) if args.smoke else (1000, 64, 3072)
     _report(rows, bench_mlp(width, batch, d_in, reps=3 if args.smoke else args.reps), args.json)
   if args.only in (None, "gpt"):
@@ -185,7 +211,10 @@ def main(argv=None) -> list[dict]:
         over["remat"] = True
       for variant in args.variants.split(","):
         try:
-          row = bench_gpt(preset, 3 if args.smoke else max(3, args.reps // 2), variant=variant, **over)
+          if args.memory:
+            row = gpt_memory(preset, variant=variant, **over)
+          else:
+            row = bench_gpt(preset, 3 if args.smoke else max(3, args.reps // 2), variant=variant, **over)
         except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch: report it, go on
           row = {"case": f"gpt {spec} {variant}", "error": f"{type(e).__name__}: {str(e)[:300]}"}
         _report(rows, row, args.json)

@@ -37,6 +37,8 @@ def test_train_step_variants_and_profile_smoke(tmp_path):
   rows = bench_train.main(["--smoke", "--only", "gpt", "--variants", "default,scan+fusedloss"])
   assert [r["case"].split()[-1] for r in rows] == ["bfloat16", "scan+fusedloss"]
   assert all("error" not in r for r in rows)
+  mem = bench_train.main(["--smoke", "--only", "gpt", "--memory", "--variants", "fusedloss"])
+  assert mem[0]["case"].endswith("memory fusedloss") and mem[0]["temp_GiB"] > 0 and mem[0]["args_GiB"] > 0
   s = profile_step.main(["--smoke", "--steps", "2", "--out", str(tmp_path / "trace"),
                          "--json", str(tmp_path / "p.json")])
   assert json.loads((tmp_path / "p.json").read_text())["case"] == s["case"]
