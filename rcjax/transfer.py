@@ -58,9 +58,9 @@ def _check_sampler(sampler: str) -> None:
 def _subset(key: jax.Array, n: int, k: int) -> jax.Array:
   """bool[n], true at the k entries with the smallest of n iid uint32 draws (ties at the k-th value go to
   the lower index): a uniform k-subset unless the k-th and (k+1)-th smallest draws are equal, which has
-  probability about n / 2**32 (a permutation's sort keys must all differ: about n**2 / 2**33). It sorts
-  the draws alone, which XLA:CPU does with a built-in comparison; the key-value sort of
-  `jax.random.permutation` calls a compiled comparator per comparison (7x slower at n = 4096)."""
+  probability about n / 2**32 (one round of a sort-based shuffle needs all n keys distinct: about
+  n**2 / 2**33). It sorts the draws alone, which XLA:CPU does with a built-in comparison; the key-value
+  sort of `jax.random.permutation` calls a compiled comparator per comparison (6-7x slower at n >= 3000)."""
   return _smallest(jax.random.bits(key, (n,), jnp.uint32), k)
 
 

@@ -118,12 +118,13 @@ def test_stratified_subsets_are_the_smallest_draws_and_uniform():
   for k in range(8):
     np.testing.assert_array_equal(_smallest(ties, k), reference(ties, k))
   # every 2-subset of 5 neurons equally often: 20000 draws, 2000 expected each (sd 42)
-  maps = jax.vmap(lambda k: rcjax.index_maps(k, {"h": 5}, {"h": 2})["h"])(jax.random.split(jax.random.key(1), 20000))
+  draw = lambda seed, n: jax.vmap(lambda k: rcjax.index_maps(k, {"h": 5}, {"h": n})["h"])(
+      jax.random.split(jax.random.key(seed), 20000))
+  maps = draw(1, 2)
   counts = np.bincount(np.asarray(maps[:, 0] * 5 + maps[:, 1]), minlength=25)
   pairs = [i * 5 + j for i in range(5) for j in range(i + 1, 5)]
   assert counts.sum() == counts[pairs].sum() and np.all(np.abs(counts[pairs] - 2000) < 200), counts[pairs]
-  extra = jax.vmap(lambda k: rcjax.index_maps(k, {"h": 5}, {"h": 7})["h"])(jax.random.split(jax.random.key(2), 20000))
-  twice = np.asarray(jax.vmap(lambda m: jnp.bincount(m, length=5))(extra))  # 2 of 5 neurons drawn twice
+  twice = np.asarray(jax.vmap(lambda m: jnp.bincount(m, length=5))(draw(2, 7)))  # 2 of 5 neurons drawn twice
   assert np.all(twice.sum(1) == 7) and np.all(np.abs((twice == 2).sum(0) - 8000) < 400)
 
 
