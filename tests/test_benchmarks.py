@@ -17,7 +17,7 @@ def test_transfer_benchmark_smoke(tmp_path):
       assert row[k] > 0, (row["case"], k)
 
 
-def test_train_step_benchmark_smoke(tmp_path):
+def test_train_step_benchmark_smoke(tmp_path, fast_compiles):
   from benchmarks import train_step as bench_train
 
   rows = bench_train.main(["--smoke", "--json", str(tmp_path / "s.json")])
@@ -27,7 +27,7 @@ def test_train_step_benchmark_smoke(tmp_path):
     assert row["step_s"] > 0 and (row.get("examples_per_s", 0) > 0 or row.get("tokens_per_s", 0) > 0)
 
 
-def test_train_step_variants_and_profile_smoke(tmp_path):
+def test_train_step_variants_and_profile_smoke(tmp_path, fast_compiles):
   from benchmarks import profile_step
   from benchmarks import train_step as bench_train
 
@@ -63,7 +63,7 @@ def test_profile_summary_counts_device_streams_only():
   assert s["classes"]["elementwise fusion"]["share"] == pytest.approx(0.4)
 
 
-def test_device_check_passes_on_cpu():
+def test_device_check_passes_on_cpu(fast_compiles):
   from benchmarks import device_check
 
   assert device_check.main(["--smoke"]) == 0
