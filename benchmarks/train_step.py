@@ -103,20 +103,28 @@ def variant_fields(spec: str, dtype) -> dict:
   return out
 
 
-def gpt_step(preset: str, variant: str = "default", **overrides):
-  """train.gpt's jitted, sharded step at `preset` (all local devices on the data axis) for a model
-  `variant` (VARIANTS), with params, AdamW state and a random batch: returns (step, state, cfg,
-  attention); `step()` runs one step and waits."""
+def _gpt_setup(preset: str, variant: str, overrides: dict):
+  """train.gpt's config, model (as `variant`), optimizer and mesh at `preset` with `overrides`."""
   import dataclasses
-  import sys
 
   from rcjax import sharding
   from train import gpt as train_gpt
 
   cfg = dataclasses.replace(train_gpt.Config(), **{**train_gpt.PRESETS.get(preset, {}), **overrides})
   model = train_gpt.build_model(cfg).clone(**variant_fields(variant, cfg.dtype))
-  tx = train_gpt.build_optimizer(cfg)
-  mesh = sharding.make_mesh(cfg.mesh)
+  return cfg, model, train_gpt.build_optimizer(cfg), sharding.make_mesh(cfg.mesh)
+
+
+def gpt_step(preset: str, variant: str = "default", **overrides):
+  """train.gpt's jitted, sharded step at `preset` (all local devices on the data axis) for a model
+  `variant` (VARIANTS), with params, AdamW state and a random batch: returns (step, state, cfg,
+  attention); `step()` runs one step and waits."""
+  import sys
+
+  from rcjax import sharding
+  from train import gpt as train_gpt
+
+  cfg, model, tx, mesh = _gpt_setup(preset, variant, overrides)
   params = sharding.init(model.init, jax.random.key(0), jnp.ones((1, cfg.seq_len), jnp.int32), mesh=mesh)["params"]
   opt_state = jax.jit(tx.init, out_shardings=sharding.shardings(jax.eval_shape(tx.init, params), mesh))(params)
   trainer = train_gpt.Trainer(model, tx, mesh, params, opt_state)
@@ -160,14 +168,9 @@ def bench_gpt(preset: str, reps: int, variant: str = "default", **overrides) -> 
 def gpt_memory(preset: str, variant: str = "default", **overrides) -> dict:
   """Compiled memory of train.gpt's step (abstract params and state: nothing is allocated or run): XLA's
   temporaries and the arguments (params, AdamW state, batch), in GiB."""
-  import dataclasses
-
-  from rcjax import sharding
   from train import gpt as train_gpt
 
-  cfg = dataclasses.replace(train_gpt.Config(), **{**train_gpt.PRESETS.get(preset, {}), **overrides})
-  model = train_gpt.build_model(cfg).clone(**variant_fields(variant, cfg.dtype))
-  tx, mesh = train_gpt.build_optimizer(cfg), sharding.make_mesh(cfg.mesh)
+  cfg, model, tx, mesh = _gpt_setup(preset, variant, overrides)
   params = jax.eval_shape(lambda k: model.init(k, jnp.ones((1, cfg.seq_len), jnp.int32))["params"],
                           jax.random.key(0))
   state = jax.eval_shape(tx.init, params)
