@@ -71,13 +71,15 @@ def main(argv=None) -> list[dict]:
           for b, w in configs]
       for label, fn in variants:
         row = {"case": f"{name} {jnp.dtype(dtype).name}", "impl": label, "device": dev.device_kind,
-               "copy_GBps": copy_gbs}
+               "copy_GBps": copy_gbs, "library_config": label == "pallas block={} warps={}".format(
+                   *kernels.config(shape, rep, dtype))}  # the one rcjax.transfer uses
         try:
           row["bitwise_equal_to_xla"] = bitwise_equal(fn(x), want)
           t = timeit(fn, x, reps=reps)
           row.update(seconds=t, GBps=moved / t / 1e9, vs_copy=moved / t / 1e9 / copy_gbs)
           print(f"{row['case']:28s} {label:30s} {row['GBps']:8.1f} GB/s = {row['vs_copy']:.2f} of copy "
-                f"({copy_gbs:.0f} GB/s)  bitwise=xla {row['bitwise_equal_to_xla']}", flush=True)
+                f"({copy_gbs:.0f} GB/s)  bitwise=xla {row['bitwise_equal_to_xla']}"
+                + ("  (library's)" if row["library_config"] else ""), flush=True)
         except Exception as e:  # noqa: BLE001 - a config Triton refuses: report it, go on
           row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
           print(f"{row['case']:28s} {label:30s} error: {row['error']}", flush=True)

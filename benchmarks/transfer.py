@@ -213,10 +213,18 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--no-numpy", action="store_true", help="skip the host numpy reference")
   ap.add_argument("--only", help="run only the cases whose name contains this text, or one of these "
                   "comma-separated texts (e.g. 'gpt' or 'bfloat16 2x,float32 2x')")
-  ap.add_argument("--pallas", action="store_true",
-                  help="also run each case with rcjax.kernels.ENABLED (the Pallas repeat kernel, GPUs), side by side")
+  ap.add_argument("--kernel", default="auto",
+                  help="rcjax.kernels.ENABLED modes to run each case with, side by side, comma-separated: auto "
+                  "(the library's default: the Pallas kernel for 16-bit leaves on GPUs), off (XLA), on (the "
+                  "kernel for every dtype, GPUs), interpret (the kernel in Pallas's interpreter, any device); "
+                  "rows after the first are checked bit for bit against it")
+  ap.add_argument("--pallas", action="store_true", help="short for --kernel off,on")
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)
+  names = {"auto": "auto", "off": False, "on": True, "interpret": "interpret"}
+  modes = ["off", "on"] if args.pallas else [m.strip() for m in args.kernel.split(",")]
+  if not modes or any(m not in names for m in modes):
+    ap.error(f"--kernel takes some of {sorted(names)}, comma-separated; got {args.kernel!r}")
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}")
   rows = []
@@ -224,22 +232,23 @@ def main(argv=None) -> list[dict]:
     if args.only and not any(part in name for part in args.only.split(",")):
       continue
     base = ref = None
-    for pallas in (False, True) if args.pallas else (False,):
-      label = name + (" pallas" if pallas else "")
-      rcjax.kernels.ENABLED = pallas
+    for i, mode in enumerate(modes):
+      label = name + (f" kernel={mode}" if modes != ["auto"] else "")
+      rcjax.kernels.ENABLED = names[mode]
       try:
         row, out = run_case(label, tree, target, reps=2 if args.smoke else args.reps,
-                            with_numpy=not args.no_numpy and not pallas, base=base)
-        if pallas and ref is not None:  # the kernel's output, bit for bit as XLA's
-          row["bitwise_equal_to_xla"] = bitwise_equal(out, ref)
-        base, ref = (row, out) if not pallas else (None, None)
+                            with_numpy=not args.no_numpy and i == 0, base=base)
+        if i > 0 and ref is not None:  # bit for bit as the first mode's output
+          row["bitwise_equal_to_first"] = bitwise_equal(out, ref)
+        if i == 0:
+          base, ref = row, out
       except Exception as e:  # noqa: BLE001 - e.g. the kernel does not compile here: report it, go on
         row = {"case": label, "error": f"{type(e).__name__}: {str(e)[:300]}"}
         print(f"{label:34s} error: {row['error']}", flush=True)
       finally:
-        rcjax.kernels.ENABLED = False
+        rcjax.kernels.ENABLED = "auto"
         out = None
-      row.update(device=dev.device_kind, pallas=pallas)
+      row.update(device=dev.device_kind, kernel=mode)
       rows.append(row)
       if args.json:  # after every case, so a run cut short keeps what it measured
         with open(args.json, "w") as f:
@@ -255,7 +264,8 @@ def main(argv=None) -> list[dict]:
             + (f"  numpy {row['numpy_vs_copy']:.2f}" if "numpy_vs_copy" in row else "")
             + (f"  peak/(in+out) {peak:.2f}" if peak is not None else "")
             + f"  call overhead {1e3 * row['call_overhead_s']:.2f} ms"
-            + (f"  bitwise=xla {row['bitwise_equal_to_xla']}" if "bitwise_equal_to_xla" in row else ""), flush=True)
+            + (f"  bitwise={modes[0]} {row['bitwise_equal_to_first']}" if "bitwise_equal_to_first" in row else ""),
+            flush=True)
   return rows
 
 

@@ -1,6 +1,6 @@
-"""A Pallas kernel for transfer's integer repeats (GPUs; opt in with `rcjax.kernels.ENABLED = True`).
+"""A Pallas kernel for transfer's integer repeats, used on GPUs for 16-bit leaves (`rcjax.kernels.ENABLED`).
 
-XLA moves the 16-bit 3-D/4-D leaves of a GPT grown 2x at 0.54-0.65 of copy bandwidth (H100 and H200;
+XLA moves the 16-bit 3-D/4-D leaves of a GPT grown 2x at 0.54-0.70 of copy bandwidth (H100 and H200;
 benchmarks/README.md). This kernel copies blocks instead: a leaf's dims are first merged (`merged`) so
 every repeated dim carries the unrepeated dims before it, leaving 1 to 3 repeated dims and at most one
 unrepeated trailing dim. The output, viewed with a `(n, k)` pair per repeated dim, is then written block
@@ -8,13 +8,14 @@ by block: each program reads one input block once, applies the leaf's fan-in res
 writes it broadcast over the k copies of each dim repeated by a small power of two (always the last:
 rows stay contiguous), and to one of the k slabs of any other repeated dim (the grid runs over those).
 Blocks tile the dims exactly (`_plan`). Bitwise equal to `jnp.repeat` per dim (tests/test_transfer_fast.py,
-in interpret mode on the CPU; on an H100, benchmarks/repeat_kernel.py checks every leaf it times).
+in interpret mode on the CPU; on an H100, benchmarks/repeat_kernel.py and transfer.py --pallas check
+every leaf and pytree they time).
 
-Measured per leaf on an H100 (2026-11-27): 0.66-0.82 of copy for gpt-medium's bf16 matrices, where XLA
-reaches 0.54-0.65. Not the default yet: the whole-pytree run on that H100 came before the rescaling was
-fused into the kernel (a second pass over the output then made it slower than XLA), and the fused form
-has not run on a GPU. It uses Pallas's Triton backend, which JAX 0.11 marks deprecated (its default,
-Mosaic GPU, refuses these blocks); the lasting form is a Mosaic GPU kernel.
+Measured on an H100 (2026-11-27, benchmarks/results/2026-11-27-h100-c): gpt-medium's pytree grown 2x in
+bf16 at 0.79 and 0.74 of copy in two runs, against 0.69 and 0.67 for XLA (bitwise equal); in float32 at
+0.85 against XLA's 0.88. Hence the default, 'auto': the kernel for 16-bit leaves on GPUs, XLA otherwise.
+It uses Pallas's Triton backend, which JAX 0.11 marks deprecated (its default, Mosaic GPU, refuses these
+blocks); the lasting form is a Mosaic GPU kernel.
 """
 
 from __future__ import annotations
@@ -22,10 +23,43 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# Integer repeats of unsharded leaves on GPUs by `repeat` instead of XLA's broadcast: read by each
-# `rcjax.transfer` / `grow` / `shrink` / `apply_maps` call. Off until its speed is measured on a GPU.
-# 'interpret': the kernel in Pallas's interpreter on any backend (tests).
-ENABLED: bool | str = False
+# Which integer repeats of unsharded leaves `rcjax.transfer` / `grow` / `shrink` / `apply_maps` run by
+# `repeat` instead of XLA's broadcast, read at each call: 'auto' (on GPUs, leaves of at most 16 bits per
+# entry), True (on GPUs, every dtype), False (never), 'interpret' (every leaf, in Pallas's interpreter on
+# any backend: tests).
+ENABLED: bool | str = "auto"
+MODES = ("auto", True, False, "interpret")
+
+
+def mode() -> bool | str:
+  """`ENABLED`, checked."""
+  if ENABLED not in MODES:
+    raise ValueError(f"rcjax.kernels.ENABLED must be one of {MODES}, got {ENABLED!r}")
+  return ENABLED
+
+
+def chosen(mode, dtype, platform: str) -> str | None:
+  """How `mode` (an `ENABLED` value) runs a leaf of `dtype` on `platform`: 'gpu' (compiled), 'interpret',
+  or None (XLA's path)."""
+  if mode not in MODES:
+    raise ValueError(f"rcjax.kernels.ENABLED must be one of {MODES}, got {mode!r}")
+  if mode == "interpret":
+    return "interpret"
+  if platform != "gpu" or mode is False or (mode == "auto" and jnp.dtype(dtype).itemsize > 2):
+    return None
+  return "gpu"
+
+
+def config(shape: tuple, reps: dict[int, int], dtype) -> tuple[int, int]:
+  """(block, num_warps) for a leaf: 8192 input entries and 4 warps, the best or near it for most of
+  gpt-medium's leaves in two sweeps on H100s (benchmarks/repeat_kernel.py); 16384 and 8 warps for a 16-bit
+  leaf whose rows are short (an unrepeated last dim of at most 64 entries after merging, e.g. q's head_dim),
+  which moved q at 0.83 and 0.82 of copy there against 0.66 and 0.77 with the default."""
+  mshape, mreps = merged(tuple(shape), reps)
+  last = len(mshape) - 1
+  if jnp.dtype(dtype).itemsize <= 2 and last not in mreps and mshape[last] <= 64:
+    return 1 << 14, 8
+  return 1 << 13, 4
 
 
 def merged(shape: tuple, reps: dict[int, int]) -> tuple[tuple, dict[int, int]]:
@@ -72,7 +106,7 @@ def _plan(shape: tuple, reps: dict[int, int], block: int):
   return in_block, blocks
 
 
-def supports(shape: tuple, reps: dict[int, int], block: int = 1 << 13) -> bool:
+def supports(shape: tuple, reps: dict[int, int], block: int = 1 << 13) -> bool:  # config's least block
   """Whether `repeat` takes this leaf: 1 to 3 repeated dims after merging, a repeated last dim (one with
   no unrepeated dims after it) repeated by a power of two (Triton's block dims are powers of two), a last
   dim with a power-of-two factor of at least 32 (blocks tile the dims exactly), and an output of fewer
@@ -87,12 +121,15 @@ def supports(shape: tuple, reps: dict[int, int], block: int = 1 << 13) -> bool:
 
 
 def repeat(x: jax.Array, reps: dict[int, int], *, scale: float | None = None, interpret: bool = False,
-           block: int = 1 << 13, num_warps: int = 4) -> jax.Array:
+           block: int | None = None, num_warps: int | None = None) -> jax.Array:
   """`x` repeated `reps[d]` times along each dim d (as `jnp.repeat`), by one Pallas kernel whose programs
-  each read about `block` input entries (benchmarks/repeat_kernel.py tunes `block` and `num_warps`).
+  each read about `block` input entries (None: `config`'s; benchmarks/repeat_kernel.py tunes `block` and
+  `num_warps`).
   With `scale`: `(x.astype(float32) * scale).astype(x.dtype)` repeated, in the same pass (a fan-in
   leaf's rescaling, which XLA would otherwise do in a second pass over the output)."""
   from jax.experimental import pallas as pl
+  default_block, default_warps = config(x.shape, reps, x.dtype)
+  block, num_warps = block or default_block, num_warps or default_warps
   try:  # Triton, not JAX's default on GPUs, Mosaic GPU (its copies take at most 256 entries per dim)
     from jax.experimental.pallas import triton as pltriton
     params = pltriton.CompilerParams(num_warps=num_warps)

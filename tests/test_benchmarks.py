@@ -10,11 +10,15 @@ from benchmarks import transfer as bench_transfer
 
 def test_transfer_benchmark_smoke(tmp_path):
   out = tmp_path / "t.json"
-  rows = bench_transfer.main(["--smoke", "--json", str(out)])
+  rows = bench_transfer.main(["--smoke", "--kernel", "auto,interpret", "--json", str(out)])
   assert json.loads(out.read_text()) == json.loads(json.dumps(rows))
+  assert {r["kernel"] for r in rows} == {"auto", "interpret"} and len(rows) % 2 == 0
   for row in rows:
+    assert "error" not in row, row
     for k in ("rcjax_s", "rcjax_GBps", "copy_GBps", "rcjax_vs_copy", "naive_vs_copy", "bytes_moved_GB"):
       assert row[k] > 0, (row["case"], k)
+    # the kernel (interpreted here) gives the default path's output bit for bit
+    assert row.get("bitwise_equal_to_first") is (True if row["kernel"] == "interpret" else None), row["case"]
 
 
 def test_train_step_benchmark_smoke(tmp_path, fast_compiles):
@@ -32,6 +36,10 @@ def test_train_step_variants_and_profile_smoke(tmp_path, fast_compiles):
   from benchmarks import train_step as bench_train
 
   assert bench_train.variant_fields("scan+bf16residual", "bfloat16") == {"unroll": 1, "residual_dtype": jnp.bfloat16}
+  assert bench_train.variant_fields("fusedloss4+bf16residual", "bfloat16") == {"loss_chunks": 4,
+                                                                                "residual_dtype": jnp.bfloat16}
+  with pytest.raises(ValueError, match="unknown variant 'fusedloss0'"):
+    bench_train.variant_fields("fusedloss0", "bfloat16")
   with pytest.raises(ValueError, match="unknown variant 'fast'"):
     bench_train.variant_fields("fast", "bfloat16")
   rows = bench_train.main(["--smoke", "--only", "gpt", "--variants", "default,scan+fusedloss"])

@@ -194,3 +194,34 @@ def test_apply_maps_detects_repeats_and_agrees_with_transfer():
       b = rcjax.transfer(p, jax.random.key(4), sizes, exact=exact)
       for x, y in zip(jax.tree.leaves(rcjax.unbox(a)), jax.tree.leaves(rcjax.unbox(b))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_kernel_modes_and_configs():
+  # 'auto' (the default) takes 16-bit leaves on GPUs only, as measured (benchmarks/README.md); f32 and the
+  # CPU stay with XLA.
+  k = rcjax.kernels
+  assert k.ENABLED == "auto"
+  assert k.chosen("auto", jnp.bfloat16, "gpu") == "gpu" and k.chosen("auto", jnp.float16, "gpu") == "gpu"
+  assert k.chosen("auto", jnp.float32, "gpu") is None and k.chosen("auto", jnp.bfloat16, "cpu") is None
+  assert k.chosen(True, jnp.float32, "gpu") == "gpu" and k.chosen(True, jnp.bfloat16, "cpu") is None
+  assert k.chosen(False, jnp.bfloat16, "gpu") is None and k.chosen("interpret", jnp.float32, "cpu") == "interpret"
+  with pytest.raises(ValueError, match="ENABLED must be one of"):
+    k.chosen("yes", jnp.bfloat16, "gpu")
+  # Blocks: 16384 entries and 8 warps for 16-bit leaves with short unrepeated rows (q: head_dim last).
+  assert k.config((24, 1024, 16, 64), {1: 2, 2: 2}, jnp.bfloat16) == (1 << 14, 8)
+  assert k.config((24, 1024, 16, 64), {1: 2, 2: 2}, jnp.float32) == (1 << 13, 4)
+  assert k.config((24, 1024, 4096), {1: 2, 2: 2}, jnp.bfloat16) == (1 << 13, 4)  # mlp: last dim repeated
+  assert k.config((24, 16, 64, 1024), {1: 2, 3: 2}, jnp.bfloat16) == (1 << 13, 4)  # o
+  x = jax.random.normal(jax.random.key(4), (2, 16, 4, 64), jnp.bfloat16)
+  for reps in ({1: 2, 2: 2}, {1: 2}):  # the larger block, bitwise as jnp.repeat (interpreted)
+    want = x
+    for d, r in reps.items():
+      want = jnp.repeat(want, r, d)
+    got = k.repeat(x, reps, interpret=True)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint16), np.asarray(want).view(np.uint16))
+  # A bad mode is refused at the call, before any leaf is looked at.
+  p = {"b": rcjax.RC(jnp.ones((4,)), axes=("embed",), base=(4,), param="mup")}
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(k, "ENABLED", "always")
+    with pytest.raises(ValueError, match="ENABLED must be one of"):
+      rcjax.grow(p, jax.random.key(0), sizes={"embed": 8})
