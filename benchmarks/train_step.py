@@ -90,15 +90,19 @@ VARIANTS = {
     "unscanned": {"scan": False},                # a module per block (params: block_0, block_1, ...)
     "bf16residual": {"residual_dtype": "compute"},  # residual stream in the compute dtype (not float32)
     "fusedloss": {"loss_chunks": 8},             # readout fused into the loss, 8 sequence chunks: no logits stored
-}
+}                                                # (fusedlossK: K chunks)
 
 
 def variant_fields(spec: str, dtype) -> dict:
   """'scan+bf16residual' -> the GPT fields of those variants ('compute': the compute dtype)."""
   out = {}
   for part in spec.split("+"):
+    if part.startswith("fusedloss") and part[9:].isdigit() and int(part[9:]) > 0:
+      out["loss_chunks"] = int(part[9:])
+      continue
     if part not in VARIANTS:
-      raise ValueError(f"unknown variant {part!r}; expected some of {sorted(VARIANTS)} joined by '+'")
+      raise ValueError(f"unknown variant {part!r}; expected some of {sorted(VARIANTS)} (or fusedlossK) "
+                       "joined by '+'")
     out.update({k: (jnp.dtype(dtype) if v == "compute" else v) for k, v in VARIANTS[part].items()})
   return out
 

@@ -11,6 +11,7 @@ import time
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -50,6 +51,12 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
   with pytest.raises(ValueError, match=r"loss_chunks must be in \[0, seq_len"):
     gpt.validate(Config(**TINY, loss_chunks=-1))
   assert gpt.build_model(Config(**TINY)).unroll == TINY.get("depth", Config.depth)  # unrolled by default
+  with pytest.raises(ValueError, match=r"residual_dtype must be one of \('float32', 'compute'\)"):
+    gpt.validate(Config(**TINY, residual_dtype="bfloat16"))
+  assert gpt.build_model(Config(**TINY)).residual_dtype is None  # float32, the params' dtype
+  bf16 = Config(**{**TINY, "dtype": "bfloat16"}, residual_dtype="compute")
+  assert gpt.build_model(bf16).residual_dtype == jnp.bfloat16
+  assert "residual_dtype" in gpt.RESUMABLE  # no param depends on it
 
 
 def test_grow_mid_training_restore_elsewhere_and_transfer(tmp_path):
