@@ -105,6 +105,8 @@ PRESETS = {
                        warmup=200, steps=10000, log_every=10),                      # GPT-2 medium, 355M
     "llama-small": dict(style="llama", width=768, depth=12, heads=12, kv_heads=4, vocab=32000, seq_len=1024,
                         batch_size=32, lr=6e-4, warmup=200, steps=10000, log_every=10),  # 125M, GQA
+    "llama-medium": dict(style="llama", width=1024, depth=24, heads=16, kv_heads=4, vocab=32000, seq_len=1024,
+                         batch_size=32, lr=3e-4, warmup=200, steps=10000, log_every=10),  # ~330M, GQA
 }
 RESUMABLE = ("steps", "unroll", "loss_chunks", "residual_dtype", "mesh", "log_every", "eval_every", "ckpt_every",
              "save_steps", "keep", "progress", "peak_flops", "attention", "preset")
