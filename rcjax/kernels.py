@@ -20,6 +20,9 @@ blocks); the lasting form is a Mosaic GPU kernel.
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import jax
 import jax.numpy as jnp
 
@@ -32,10 +35,32 @@ MODES = ("auto", True, False, "interpret")
 
 
 def mode() -> bool | str:
-  """`ENABLED`, checked."""
+  """`ENABLED`, checked; False where it would compile the kernel for a GPU on which it does not run
+  (`available`), so that transfer takes XLA's path there instead of failing."""
   if ENABLED not in MODES:
     raise ValueError(f"rcjax.kernels.ENABLED must be one of {MODES}, got {ENABLED!r}")
+  if ENABLED in ("auto", True) and jax.default_backend() == "gpu" and not available():
+    return False
   return ENABLED
+
+
+@functools.cache
+def available(interpret: bool = False) -> bool:
+  """Whether the kernel compiles and runs on this process's default device: checked once, on a small
+  leaf against `jnp.repeat`, bit for bit. Pallas's Triton backend, which it needs on GPUs, is deprecated
+  in JAX 0.11 and absent from some GPU builds; where it fails this warns once and returns False."""
+  try:
+    with jax.ensure_compile_time_eval():  # also when first asked while a caller's jit is tracing
+      x = jnp.arange(32 * 64, dtype=jnp.float32).reshape(32, 64).astype(jnp.bfloat16)
+      got = jax.jit(lambda x: repeat(x, {0: 2, 1: 2}, interpret=interpret))(x)
+      ok = bool(jnp.array_equal(got.view(jnp.uint16), jnp.repeat(jnp.repeat(x, 2, 0), 2, 1).view(jnp.uint16)))
+    problem = None if ok else "its output differs from jnp.repeat"
+  except Exception as e:  # noqa: BLE001 - any failure to lower, compile or run: fall back to XLA
+    problem = f"{type(e).__name__}: {str(e)[:300]}"
+  if problem:
+    warnings.warn(f"rcjax.kernels: the Pallas repeat kernel does not run here ({problem}); transfers use "
+                  "XLA's path", RuntimeWarning, stacklevel=2)
+  return problem is None
 
 
 def chosen(mode, dtype, platform: str) -> str | None:

@@ -162,3 +162,12 @@ def test_tfds_text_path_with_mock_data(tmp_path):
   np.testing.assert_array_equal(np.asarray(batch)[2:4], data.batch(3, range(2, 4)))
   assert int(batch.max()) < 256 and data.loss_floor() is None
   assert not np.array_equal(data.batch(3, range(2)), data.batch(3, range(2), eval=True))
+
+
+def test_presets_have_their_published_sizes():
+  # Parameter counts as the README states them (abstract init: nothing is allocated).
+  want = {"gpt-small": 124.5, "gpt-medium": 354.9, "llama-small": 124.7, "llama-medium": 331.4}
+  for name, millions in want.items():
+    model = gpt.build_model(Config(**{**gpt.PRESETS[name], "preset": name}))
+    p = jax.eval_shape(lambda k, m=model: m.init(k, jnp.zeros((1, 8), jnp.int32))["params"], jax.random.key(0))
+    assert round(sum(x.size for x in jax.tree.leaves(rcjax.unbox(p))) / 1e6, 1) == millions, name

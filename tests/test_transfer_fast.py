@@ -225,3 +225,26 @@ def test_kernel_modes_and_configs():
     m.setattr(k, "ENABLED", "always")
     with pytest.raises(ValueError, match="ENABLED must be one of"):
       rcjax.grow(p, jax.random.key(0), sizes={"embed": 8})
+
+
+def test_kernel_availability_probe_falls_back_to_xla(monkeypatch):
+  # The probe runs the kernel once on a small leaf (interpreted here), also when first asked inside a
+  # caller's jit; where the kernel fails (e.g. a JAX without Pallas's Triton backend), transfer on a GPU
+  # takes XLA's path with a warning instead of failing.
+  k = rcjax.kernels
+  k.available.cache_clear()
+  assert jax.jit(lambda x: x + k.available(interpret=True))(1) == 2
+  k.available.cache_clear()
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("no Triton here")
+
+  monkeypatch.setattr(k, "repeat", broken)
+  with pytest.warns(RuntimeWarning, match="does not run here .RuntimeError: no Triton here.; transfers use XLA"):
+    assert k.available() is False
+  assert k.available() is False  # checked once per process
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert k.mode() is False and k.chosen(k.mode(), jnp.bfloat16, "gpu") is None
+  monkeypatch.setattr(k, "ENABLED", "interpret")
+  assert k.mode() == "interpret"  # no probe for the interpreter
+  k.available.cache_clear()
