@@ -8,8 +8,9 @@ by block: each program reads one input block once, applies the leaf's fan-in res
 writes it broadcast over the k copies of each dim repeated by a small power of two (always the last:
 rows stay contiguous), and to one of the k slabs of any other repeated dim (the grid runs over those).
 Blocks tile the dims exactly (`_plan`). Bitwise equal to `jnp.repeat` per dim (tests/test_transfer_fast.py,
-in interpret mode on the CPU; on an H100, benchmarks/repeat_kernel.py and transfer.py --pallas check
-every leaf and pytree they time).
+in interpret mode on the CPU; on an H100, benchmarks/repeat_kernel.py and transfer.py --kernel check
+every leaf and pytree they time). `available` checks once per process that it runs before a transfer
+on a GPU uses it.
 
 Measured on an H100 (2026-11-27, benchmarks/results/2026-11-27-h100-c): gpt-medium's pytree grown 2x in
 bf16 at 0.79 and 0.74 of copy in two runs, against 0.69 and 0.67 for XLA (bitwise equal); in float32 at
@@ -131,7 +132,7 @@ def _plan(shape: tuple, reps: dict[int, int], block: int):
   return in_block, blocks
 
 
-def supports(shape: tuple, reps: dict[int, int], block: int = 1 << 13) -> bool:  # config's least block
+def supports(shape: tuple, reps: dict[int, int], block: int = 1 << 13) -> bool:  # `config`'s smallest block
   """Whether `repeat` takes this leaf: 1 to 3 repeated dims after merging, a repeated last dim (one with
   no unrepeated dims after it) repeated by a power of two (Triton's block dims are powers of two), a last
   dim with a power-of-two factor of at least 32 (blocks tile the dims exactly), and an output of fewer
