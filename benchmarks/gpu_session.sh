@@ -29,24 +29,24 @@ fi
   tests/test_sharding.py tests/test_checkpoint.py > /tmp/rcjax_tests.txt 2>&1; echo "pytest exit $?" >> /tmp/rcjax_tests.txt; } &
 TESTS=$!
 # 1. The GPT pytree grown 2x (bf16, f32): the library's default (the Pallas kernel for 16-bit leaves on
-#    GPUs) next to XLA's path, bitwise checked.
-step 1; timeout "$(left 420)" $PY benchmarks/transfer.py "${GPTX[@]}" --kernel off,auto --json "$O/transfer.json" 2>&1 \
-  | tee "$O/transfer.txt"
+#    GPUs) next to XLA's path and the kernel's word form (rcjax.kernels.WORDS), bitwise checked.
+step 1; timeout "$(left 440)" $PY benchmarks/transfer.py "${GPTX[@]}" --kernel off,auto,words --json "$O/transfer.json" \
+  2>&1 | tee "$O/transfer.txt"
 # 2. train.gpt's step at ~350M params (MFU goal): the best setting measured on an H100 (B=64, fused loss,
 #    bf16 residual) with 4 chunks beside 8; then at B=48 with and without the fused loss (its own cost).
-step 2; timeout "$(left 300)" $PY benchmarks/train_step.py --only gpt --gpt "$MED" --reps 10 \
+step 2; timeout "$(left 320)" $PY benchmarks/train_step.py --only gpt --gpt "$MED" --reps 10 \
   --variants fusedloss+bf16residual,fusedloss4+bf16residual --json "$O/train_step.json" 2>&1 | tee "$O/train_step.txt"
-step 2b; timeout "$(left 220)" $PY benchmarks/train_step.py --only gpt --gpt "$MED48" --reps 10 \
+step 2b; timeout "$(left 230)" $PY benchmarks/train_step.py --only gpt --gpt "$MED48" --reps 10 \
   --variants bf16residual,fusedloss+bf16residual 2>&1 | tee -a "$O/train_step.txt"
-# 3. A Llama-style ~330M (no biases, RMSNorm, SwiGLU, vocab 32000) at the same settings.
-step 3; timeout "$(left 150)" $PY benchmarks/train_step.py --only gpt --gpt "$LLAMA" --reps 10 \
-  --variants fusedloss+bf16residual,bf16residual --json "$O/train_step_llama.json" 2>&1 | tee -a "$O/train_step.txt"
-# 4. Where the best setting's step goes (kernel classes, top kernels).
-step 4; timeout "$(left 90)" $PY benchmarks/profile_step.py $PROF --out /tmp/rcjax_prof --json "$O/profile.json" 2>&1 \
+# 3. Where the best setting's step goes (kernel classes, top kernels).
+step 3; timeout "$(left 150)" $PY benchmarks/profile_step.py $PROF --out /tmp/rcjax_prof --json "$O/profile.json" 2>&1 \
   | tee -a "$O/train_step.txt"
+# 4. A Llama-style ~330M (no biases, RMSNorm, SwiGLU, vocab 32000) at the best setting.
+step 4; timeout "$(left 70)" $PY benchmarks/train_step.py --only gpt --gpt "$LLAMA" --reps 10 \
+  --variants fusedloss+bf16residual --json "$O/train_step_llama.json" 2>&1 | tee -a "$O/train_step.txt"
 # 5. The rest: the MLP and matrix transfer cases, the kernel per leaf (block sizes, warps; bitwise checked).
-step 5; timeout "$(left 60)" $PY benchmarks/transfer.py "${REST[@]}" 2>&1 | tee -a "$O/transfer.txt"
-timeout "$(left 25)" $PY benchmarks/repeat_kernel.py $REP --json "$O/repeat_kernel.json" 2>&1 | tee -a "$O/transfer.txt"
+step 5; timeout "$(left 40)" $PY benchmarks/transfer.py "${REST[@]}" 2>&1 | tee -a "$O/transfer.txt"
+timeout "$(left 20)" $PY benchmarks/repeat_kernel.py $REP --json "$O/repeat_kernel.json" 2>&1 | tee -a "$O/transfer.txt"
 step 6; timeout "$(left 5)" $PY benchmarks/device_check.py 2>&1 | tee -a "$O/checks.txt"
 wait $TESTS  # under its timeout: done by the deadline
 tail -5 /tmp/rcjax_tests.txt | tee -a "$O/checks.txt"

@@ -7,6 +7,10 @@ transfer.py). Each kernel's output is checked bit for bit against XLA's. GPUs on
 (tiny shapes, the kernel interpreted on any backend; for the test suite).
 
   python benchmarks/repeat_kernel.py [--json FILE]
+  python benchmarks/repeat_kernel.py --dtypes bfloat16 --configs 8192:4,8192:4:words,16384:8:words
+
+A config is BLOCK:WARPS, with ':words' for the kernel's 32-bit word form of a doubled last dim (16-bit
+leaves; `kernels.repeat(words=True)`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,19 @@ CASES = [("mlp (L,E,M) 2x2", (24, 1024, 4096), {1: 2, 2: 2}),
          ("norm (L,E) .2", (24, 1024), {1: 2})]
 SMOKE = [("smoke (L,E,M)", (2, 24, 64), {1: 2, 2: 2}), ("smoke (L,E,H,D)", (2, 8, 4, 16), {1: 2, 2: 2}),
          ("smoke (V,E)", (50, 16), {1: 2})]
-CONFIGS = [(4096, 4), (8192, 4), (8192, 8), (16384, 8), (32768, 8)]
+CONFIGS = [(4096, 4, False), (8192, 4, False), (8192, 8, False), (16384, 8, False), (32768, 8, False),
+           (8192, 4, True), (16384, 8, True)]
+
+
+def parse_configs(text: str) -> list[tuple[int, int, bool]]:
+  """'8192:4,16384:8:words' -> [(8192, 4, False), (16384, 8, True)]."""
+  out = []
+  for part in filter(None, text.split(",")):
+    f = part.split(":")
+    if len(f) not in (2, 3) or not (f[0].isdigit() and f[1].isdigit()) or f[2:] not in ([], ["words"]):
+      raise ValueError(f"a config is BLOCK:WARPS or BLOCK:WARPS:words, got {part!r}")
+    out.append((int(f[0]), int(f[1]), f[2:] == ["words"]))
+  return out
 
 
 def xla_repeat(x, reps):
@@ -47,16 +63,19 @@ def main(argv=None) -> list[dict]:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--smoke", action="store_true", help="tiny shapes, kernel interpreted (for the test suite)")
   ap.add_argument("--reps", type=int, default=20)
+  ap.add_argument("--configs", help="comma-separated BLOCK:WARPS[:words] (default: a sweep of seven)")
+  ap.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated dtypes")
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)
+  configs = parse_configs(args.configs) if args.configs else CONFIGS
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}", flush=True)
   if not args.smoke and dev.platform != "gpu":
     print("the kernel runs on GPUs only (use --smoke to interpret it here)")
     return []
-  cases, configs, reps = (SMOKE, CONFIGS[:2], 2) if args.smoke else (CASES, CONFIGS, args.reps)
+  cases, configs, reps = (SMOKE, configs[:2] + [configs[-1]], 2) if args.smoke else (CASES, configs, args.reps)
   rows = []
-  for dtype in (jnp.bfloat16,) if args.smoke else (jnp.bfloat16, jnp.float32):
+  for dtype in (jnp.bfloat16,) if args.smoke else [jnp.dtype(d) for d in args.dtypes.split(",")]:
     for name, shape, rep in cases:
       x = jax.random.normal(jax.random.key(0), shape, dtype)
       out_shape = tuple(n * rep.get(d, 1) for d, n in enumerate(shape))
@@ -66,9 +85,10 @@ def main(argv=None) -> list[dict]:
       copy_gbs = 2 * out_bytes / min(t_copy, t_words or t_copy) / 1e9
       xla = jax.jit(lambda x, rep=rep: xla_repeat(x, rep))
       want = xla(x)
-      variants = [("xla", xla)] + [(f"pallas block={b} warps={w}", jax.jit(
-          lambda x, rep=rep, b=b, w=w: kernels.repeat(x, rep, block=b, num_warps=w, interpret=args.smoke)))
-          for b, w in configs]
+      variants = [("xla", xla)] + [(f"pallas {'words ' if p else ''}block={b} warps={w}", jax.jit(
+          lambda x, rep=rep, b=b, w=w, p=p: kernels.repeat(x, rep, block=b, num_warps=w, words=p,
+                                                           interpret=args.smoke)))
+          for b, w, p in configs if not p or kernels.packs(shape, rep, dtype)]
       for label, fn in variants:
         row = {"case": f"{name} {jnp.dtype(dtype).name}", "impl": label, "device": dev.device_kind,
                "copy_GBps": copy_gbs, "library_config": label == "pallas block={} warps={}".format(
@@ -77,12 +97,12 @@ def main(argv=None) -> list[dict]:
           row["bitwise_equal_to_xla"] = bitwise_equal(fn(x), want)
           t = timeit(fn, x, reps=reps)
           row.update(seconds=t, GBps=moved / t / 1e9, vs_copy=moved / t / 1e9 / copy_gbs)
-          print(f"{row['case']:28s} {label:30s} {row['GBps']:8.1f} GB/s = {row['vs_copy']:.2f} of copy "
+          print(f"{row['case']:28s} {label:34s} {row['GBps']:8.1f} GB/s = {row['vs_copy']:.2f} of copy "
                 f"({copy_gbs:.0f} GB/s)  bitwise=xla {row['bitwise_equal_to_xla']}"
                 + ("  (library's)" if row["library_config"] else ""), flush=True)
         except Exception as e:  # noqa: BLE001 - a config Triton refuses: report it, go on
           row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-          print(f"{row['case']:28s} {label:30s} error: {row['error']}", flush=True)
+          print(f"{row['case']:28s} {label:34s} error: {row['error']}", flush=True)
         rows.append(row)
         if args.json:
           with open(args.json, "w") as f:

@@ -216,12 +216,14 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--kernel", default="auto",
                   help="rcjax.kernels.ENABLED modes to run each case with, side by side, comma-separated: auto "
                   "(the library's default: the Pallas kernel for 16-bit leaves on GPUs), off (XLA), on (the "
-                  "kernel for every dtype, GPUs), interpret (the kernel in Pallas's interpreter, any device); "
-                  "rows after the first are checked bit for bit against it")
+                  "kernel for every dtype, GPUs), words (auto, with rcjax.kernels.WORDS: doubled last dims of "
+                  "16-bit leaves written as 32-bit words), interpret (the kernel in Pallas's interpreter, any "
+                  "device); rows after the first are checked bit for bit against it")
   ap.add_argument("--pallas", action="store_true", help="short for --kernel off,on")
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)
-  names = {"auto": "auto", "off": False, "on": True, "interpret": "interpret"}
+  names = {"auto": ("auto", False), "off": (False, False), "on": (True, False), "words": ("auto", True),
+           "interpret": ("interpret", False)}
   modes = ["off", "on"] if args.pallas else [m.strip() for m in args.kernel.split(",")]
   if not modes or any(m not in names for m in modes):
     ap.error(f"--kernel takes some of {sorted(names)}, comma-separated; got {args.kernel!r}")
@@ -234,7 +236,7 @@ def main(argv=None) -> list[dict]:
     base = ref = None
     for i, mode in enumerate(modes):
       label = name + (f" kernel={mode}" if modes != ["auto"] else "")
-      rcjax.kernels.ENABLED = names[mode]
+      rcjax.kernels.ENABLED, rcjax.kernels.WORDS = names[mode]
       try:
         row, out = run_case(label, tree, target, reps=2 if args.smoke else args.reps,
                             with_numpy=not args.no_numpy and i == 0, base=base)
@@ -246,7 +248,7 @@ def main(argv=None) -> list[dict]:
         row = {"case": label, "error": f"{type(e).__name__}: {str(e)[:300]}"}
         print(f"{label:34s} error: {row['error']}", flush=True)
       finally:
-        rcjax.kernels.ENABLED = "auto"
+        rcjax.kernels.ENABLED, rcjax.kernels.WORDS = "auto", False
         out = None
       row.update(device=dev.device_kind, kernel=mode)
       rows.append(row)

@@ -33,6 +33,14 @@ import jax.numpy as jnp
 # any backend: tests).
 ENABLED: bool | str = "auto"
 MODES = ("auto", True, False, "interpret")
+# Whether 16-bit leaves with a doubled last dim are written as 32-bit words (`repeat(words=True)`): off
+# until measured on a GPU (benchmarks/repeat_kernel.py, transfer.py --kernel off,auto,words).
+WORDS: bool = False
+
+
+def settings() -> tuple[bool | str, bool]:
+  """(`mode()`, `WORDS`): what `rcjax.transfer` passes down (a static argument of its jit)."""
+  return mode(), bool(WORDS)
 
 
 def mode() -> bool | str:
@@ -132,6 +140,13 @@ def _plan(shape: tuple, reps: dict[int, int], block: int):
   return in_block, blocks
 
 
+def packs(shape: tuple, reps: dict[int, int], dtype) -> bool:
+  """Whether `repeat(..., words=True)` writes this leaf as 32-bit words: 16-bit entries and a last merged
+  dim repeated exactly twice."""
+  mshape, mreps = merged(tuple(shape), reps)
+  return jnp.dtype(dtype).itemsize == 2 and mreps.get(len(mshape) - 1) == 2
+
+
 def supports(shape: tuple, reps: dict[int, int], block: int = 1 << 13) -> bool:  # `config`'s smallest block
   """Whether `repeat` takes this leaf: 1 to 3 repeated dims after merging, a repeated last dim (one with
   no unrepeated dims after it) repeated by a power of two (Triton's block dims are powers of two), a last
@@ -147,12 +162,16 @@ def supports(shape: tuple, reps: dict[int, int], block: int = 1 << 13) -> bool: 
 
 
 def repeat(x: jax.Array, reps: dict[int, int], *, scale: float | None = None, interpret: bool = False,
-           block: int | None = None, num_warps: int | None = None) -> jax.Array:
+           block: int | None = None, num_warps: int | None = None, words: bool = False) -> jax.Array:
   """`x` repeated `reps[d]` times along each dim d (as `jnp.repeat`), by one Pallas kernel whose programs
   each read about `block` input entries (None: `config`'s; benchmarks/repeat_kernel.py tunes `block` and
   `num_warps`).
   With `scale`: `(x.astype(float32) * scale).astype(x.dtype)` repeated, in the same pass (a fan-in
-  leaf's rescaling, which XLA would otherwise do in a second pass over the output)."""
+  leaf's rescaling, which XLA would otherwise do in a second pass over the output).
+  With `words`, a 16-bit leaf whose last merged dim is doubled writes each pair of copies as one 32-bit
+  word (`v | v << 16`), so the block is broadcast along its outer dims only and the kernel stores half
+  as many elements (XLA's word form of the same was faster for 2-D leaves; not measured in the kernel
+  yet, so off by default)."""
   from jax.experimental import pallas as pl
   default_block, default_warps = config(x.shape, reps, x.dtype)
   block, num_warps = block or default_block, num_warps or default_warps
@@ -169,6 +188,9 @@ def repeat(x: jax.Array, reps: dict[int, int], *, scale: float | None = None, in
   shape, mreps = merged(x.shape, reps)
   x = x.reshape(shape)
   in_block, blocks = _plan(shape, mreps, block)
+  last = len(shape) - 1
+  pack = words and jnp.dtype(dtype).itemsize == 2 and mreps.get(last) == 2  # `packs`: copy pairs as words
+  bcast = sorted(d for d in in_block if not (pack and d == last))  # dims broadcast inside the block
   # Grid: per dim, its blocks, and after each repeated dim run over the grid its k slabs.
   grid, in_pos, out_pos = [], [], []
   for d, n in enumerate(shape):
@@ -182,7 +204,7 @@ def repeat(x: jax.Array, reps: dict[int, int], *, scale: float | None = None, in
   for d, n in enumerate(shape):
     view.append(n)
     out_block.append(blocks[d])
-    if d in mreps:
+    if d in mreps and not (pack and d == last):
       view.append(mreps[d])
       out_block.append(in_block.get(d))  # None: a squeezed slab dim
 
@@ -193,7 +215,7 @@ def repeat(x: jax.Array, reps: dict[int, int], *, scale: float | None = None, in
     idx = []
     for d, (b, a) in enumerate(out_pos):
       idx.append(g[b])
-      if d in mreps:
+      if d in mreps and not (pack and d == last):
         idx.append(0 if a is None else g[a])
     return tuple(idx)
 
@@ -201,13 +223,18 @@ def repeat(x: jax.Array, reps: dict[int, int], *, scale: float | None = None, in
     v = x_ref[...]
     if scale is not None:
       v = (v.astype(jnp.float32) * jnp.float32(scale)).astype(dtype)
-    for i, d in enumerate(sorted(in_block)):  # a new axis after each dim repeated in the block
+    if pack:  # little-endian: the word's two halves are the entry's two copies
+      u = jax.lax.bitcast_convert_type(v, jnp.uint16).astype(jnp.uint32)
+      v = u | (u << 16)
+    for i, d in enumerate(bcast):  # a new axis after each dim repeated in the block
       v = jnp.expand_dims(v, d + 1 + i)
-    o_ref[...] = jnp.broadcast_to(v, o_ref.shape) if in_block else v
+    o_ref[...] = jnp.broadcast_to(v, o_ref.shape) if bcast else v
 
-  out = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(tuple(view), x.dtype), grid=tuple(grid),
-                       in_specs=[pl.BlockSpec(tuple(blocks), in_map)],
+  out = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(tuple(view), jnp.uint32 if pack else dtype),
+                       grid=tuple(grid), in_specs=[pl.BlockSpec(tuple(blocks), in_map)],
                        out_specs=pl.BlockSpec(tuple(out_block), out_map), interpret=interpret,
                        compiler_params=params, name="rcjax_repeat")(x)
+  if pack:
+    out = jax.lax.bitcast_convert_type(out, dtype)  # (..., n, 2)
   return out.reshape(out_shape)
 

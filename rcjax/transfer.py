@@ -262,7 +262,7 @@ def _gather_rows(x: jax.Array, dims: list[int], names: list[str], maps) -> jax.A
 
 
 def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict[str, int],
-            cpu: bool | None = None, pallas: bool | str = False, scale: float | None = None) -> jax.Array:
+            cpu: bool | None = None, pallas: bool | str | tuple = False, scale: float | None = None) -> jax.Array:
   """`x` gathered along `dims` with the maps of `names`, in one pass over the output.
 
   Identity maps (`repeats` of 1: a kept size, e.g. `head_dim`) are dropped. Integer-factor maps of
@@ -272,9 +272,10 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
   `arange`), instead of one full pass per axis.
 
   On the CPU (`cpu`; default: whether the default backend is the CPU) the general gather is
-  `_gather_rows`. `pallas` (a `rcjax.kernels.ENABLED` mode; see `kernels.chosen`): integer repeats by
-  `rcjax.kernels.repeat` where it takes the leaf. `scale`: the output is `(out.astype(float32) *
-  scale).astype(x.dtype)` (inside the kernel's one pass when it runs; XLA fuses it otherwise).
+  `_gather_rows`. `pallas` (a `rcjax.kernels.ENABLED` mode, see `kernels.chosen`; or `kernels.settings()`,
+  the mode and `WORDS`): integer repeats by `rcjax.kernels.repeat` where it takes the leaf. `scale`: the
+  output is `(out.astype(float32) * scale).astype(x.dtype)` (inside the kernel's one pass when it runs;
+  XLA fuses it otherwise).
   """
   cpu = _on_cpu() if cpu is None else cpu
   keep = [i for i, n in enumerate(names) if repeats.get(n) != 1]
@@ -283,9 +284,10 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
     reps = {d: repeats[n] for d, n in zip(dims, names)}
     # Not for a 16-bit matrix with its last dim doubled: XLA's word form (`_repeat`) is faster there.
     words = x.ndim == 2 and x.dtype.itemsize == 2 and reps.get(1) == 2
-    how = kernels.chosen(pallas, x.dtype, "cpu" if cpu else jax.default_backend())
+    mode, packed = pallas if isinstance(pallas, tuple) else (pallas, False)
+    how = kernels.chosen(mode, x.dtype, "cpu" if cpu else jax.default_backend())
     if how and not words and kernels.supports(x.shape, reps):
-      return kernels.repeat(x, reps, scale=scale, interpret=how == "interpret")
+      return kernels.repeat(x, reps, scale=scale, interpret=how == "interpret", words=packed)
   x = _gather_unscaled(x, dims, names, maps, repeats, cpu)
   return x if scale is None else (x.astype(jnp.float32) * scale).astype(x.dtype)
 
@@ -311,7 +313,7 @@ def _gather_unscaled(x, dims, names, maps, repeats, cpu):
 
 
 def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float,
-              repeats: dict[str, int], sharding: NamedSharding | None = None, pallas: bool | str = False):
+              repeats: dict[str, int], sharding: NamedSharding | None = None, pallas: bool | str | tuple = False):
   mapped = [d for d in box.width_dims if box.axes[d] in maps]
   if not mapped:
     return box
@@ -389,7 +391,7 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
 
 
 def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, repeats: tuple = (),
-           shardings: tuple = (), pallas: bool | str = False):
+           shardings: tuple = (), pallas: bool | str | tuple = False):
   old = width_axes(tree)
   repeats, shardings = dict(repeats), dict(shardings)
   counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items() if name not in repeats}
@@ -446,7 +448,7 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
     raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
   repeats = tuple(sorted((k, f) for k, m in maps.items() if (f := _repeat_factor(m, widths[k]))))
   return _apply_maps_jit(tree, maps, exact=exact, moment=moment, repeats=repeats,
-                         shardings=leaf_shardings(tree), pallas=kernels.mode())
+                         shardings=leaf_shardings(tree), pallas=kernels.settings())
 
 
 # --- grow / shrink / transfer -------------------------------------------------------------------
@@ -590,7 +592,7 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   return _transfer_jit(params, key, old=tuple(sorted((k, all_sizes[k]) for k in need)), new=new,
                        sampler=sampler, r1=float(random_rate), r2=float(norm_rate), exact=bool(exact),
                        moment=moment, blocks=tuple(sorted(blocks.items())),
-                       shardings=leaf_shardings(params), pallas=kernels.mode())
+                       shardings=leaf_shardings(params), pallas=kernels.settings())
 
 
 def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,

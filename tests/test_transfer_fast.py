@@ -219,6 +219,29 @@ def test_kernel_modes_and_configs():
       want = jnp.repeat(want, r, d)
     got = k.repeat(x, reps, interpret=True)
     np.testing.assert_array_equal(np.asarray(got).view(np.uint16), np.asarray(want).view(np.uint16))
+  # The word form (a doubled last dim of a 16-bit leaf as 32-bit words), bitwise too, alone and in a
+  # whole transfer (interpreted), with the fan-in rescale; float32 and other last-dim repeats keep entries.
+  assert k.packs((24, 1024, 4096), {1: 2, 2: 2}, jnp.bfloat16) and k.packs((50, 16), {1: 2}, jnp.float16)
+  assert not k.packs((24, 1024, 4096), {1: 2, 2: 2}, jnp.float32) and not k.packs((8, 64), {1: 4}, jnp.bfloat16)
+  assert not k.packs((24, 1024, 16, 64), {1: 2, 2: 2}, jnp.bfloat16)  # q: head_dim last, unrepeated
+  for shape, reps in (((2, 16, 64), {1: 2, 2: 2}), ((2, 4, 8, 64), {1: 2, 3: 2}), ((5120,), {0: 2}),
+                      ((3, 64, 32), {0: 3, 2: 2}), ((8, 64), {1: 4})):
+    x = jax.random.normal(jax.random.key(5), shape, jnp.bfloat16)
+    want = (x.astype(jnp.float32) * 0.3).astype(jnp.bfloat16)
+    for d, r in reps.items():
+      want = jnp.repeat(want, r, d)
+    got = k.repeat(x, reps, scale=0.3, words=True, interpret=True)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint16), np.asarray(want).view(np.uint16), str(shape))
+  model = rcjax.nn.GPT(vocab=24, width=32, depth=1, heads=2, max_len=8, dtype=jnp.bfloat16)
+  p = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  p = jax.tree.map(lambda b: b.replace(value=b.value.astype(jnp.bfloat16)), p, is_leaf=rcjax.is_rc)
+  want = rcjax.grow(p, jax.random.key(1), factor=2)
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(k, "ENABLED", "interpret")
+    m.setattr(k, "WORDS", True)
+    got = rcjax.grow(p, jax.random.key(1), factor=2)
+  for u, v in zip(jax.tree.leaves(rcjax.unbox(got)), jax.tree.leaves(rcjax.unbox(want))):
+    np.testing.assert_array_equal(np.asarray(u).view(np.uint16), np.asarray(v).view(np.uint16))
   # A bad mode is refused at the call, before any leaf is looked at.
   p = {"b": rcjax.RC(jnp.ones((4,)), axes=("embed",), base=(4,), param="mup")}
   with pytest.MonkeyPatch.context() as m:
