@@ -232,14 +232,18 @@ def test_kernel_modes_and_configs():
       want = jnp.repeat(want, r, d)
     got = k.repeat(x, reps, scale=0.3, words=True, interpret=True)
     np.testing.assert_array_equal(np.asarray(got).view(np.uint16), np.asarray(want).view(np.uint16), str(shape))
-  model = rcjax.nn.GPT(vocab=24, width=32, depth=1, heads=2, max_len=8, dtype=jnp.bfloat16)
-  p = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-  p = jax.tree.map(lambda b: b.replace(value=b.value.astype(jnp.bfloat16)), p, is_leaf=rcjax.is_rc)
+  w = jax.random.normal(jax.random.key(6), (2, 16, 64), jnp.bfloat16)
+  p = {"up": rcjax.RC(w, axes=("layers", "embed", "mlp"), fan_in=(1,), base=(None, 16, 64), param="mup"),
+       "down": rcjax.RC(jnp.swapaxes(w, 1, 2), axes=("layers", "mlp", "embed"), fan_in=(1,), base=(None, 64, 16),
+                        param="mup")}
   want = rcjax.grow(p, jax.random.key(1), factor=2)
+  calls, repeat = [], k.repeat
   with pytest.MonkeyPatch.context() as m:
     m.setattr(k, "ENABLED", "interpret")
     m.setattr(k, "WORDS", True)
+    m.setattr(k, "repeat", lambda x, reps, **kw: calls.append(kw["words"]) or repeat(x, reps, **kw))
     got = rcjax.grow(p, jax.random.key(1), factor=2)
+  assert calls == [True, True]  # both leaves through the kernel's word form
   for u, v in zip(jax.tree.leaves(rcjax.unbox(got)), jax.tree.leaves(rcjax.unbox(want))):
     np.testing.assert_array_equal(np.asarray(u).view(np.uint16), np.asarray(v).view(np.uint16))
   # A bad mode is refused at the call, before any leaf is looked at.
