@@ -185,11 +185,11 @@ def repeat(x: jax.Array, reps: dict[int, int], *, scale: float | None = None, in
     raise ValueError(f"rcjax.kernels.repeat does not take shape {x.shape} with repeats {reps}")
   out_shape = tuple(n * reps.get(d, 1) for d, n in enumerate(x.shape))
   dtype = x.dtype
+  pack = words and packs(x.shape, reps, dtype)  # pairs of copies as 32-bit words
   shape, mreps = merged(x.shape, reps)
   x = x.reshape(shape)
   in_block, blocks = _plan(shape, mreps, block)
   last = len(shape) - 1
-  pack = words and jnp.dtype(dtype).itemsize == 2 and mreps.get(last) == 2  # `packs`: copy pairs as words
   bcast = sorted(d for d in in_block if not (pack and d == last))  # dims broadcast inside the block
   # Grid: per dim, its blocks, and after each repeated dim run over the grid its k slabs.
   grid, in_pos, out_pos = [], [], []

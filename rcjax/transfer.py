@@ -262,7 +262,7 @@ def _gather_rows(x: jax.Array, dims: list[int], names: list[str], maps) -> jax.A
 
 
 def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict[str, int],
-            cpu: bool | None = None, pallas: bool | str | tuple = False, scale: float | None = None) -> jax.Array:
+            cpu: bool | None = None, pallas: tuple = (False, False), scale: float | None = None) -> jax.Array:
   """`x` gathered along `dims` with the maps of `names`, in one pass over the output.
 
   Identity maps (`repeats` of 1: a kept size, e.g. `head_dim`) are dropped. Integer-factor maps of
@@ -272,8 +272,8 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
   `arange`), instead of one full pass per axis.
 
   On the CPU (`cpu`; default: whether the default backend is the CPU) the general gather is
-  `_gather_rows`. `pallas` (a `rcjax.kernels.ENABLED` mode, see `kernels.chosen`; or `kernels.settings()`,
-  the mode and `WORDS`): integer repeats by `rcjax.kernels.repeat` where it takes the leaf. `scale`: the
+  `_gather_rows`. `pallas` (`kernels.settings()`: an `ENABLED` mode, see `kernels.chosen`, and `WORDS`):
+  integer repeats by `rcjax.kernels.repeat` where it takes the leaf. `scale`: the
   output is `(out.astype(float32) * scale).astype(x.dtype)` (inside the kernel's one pass when it runs;
   XLA fuses it otherwise).
   """
@@ -283,11 +283,11 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
   if dims and all(n in repeats for n in names):
     reps = {d: repeats[n] for d, n in zip(dims, names)}
     # Not for a 16-bit matrix with its last dim doubled: XLA's word form (`_repeat`) is faster there.
-    words = x.ndim == 2 and x.dtype.itemsize == 2 and reps.get(1) == 2
-    mode, packed = pallas if isinstance(pallas, tuple) else (pallas, False)
+    xla_words = x.ndim == 2 and x.dtype.itemsize == 2 and reps.get(1) == 2
+    mode, words = pallas
     how = kernels.chosen(mode, x.dtype, "cpu" if cpu else jax.default_backend())
-    if how and not words and kernels.supports(x.shape, reps):
-      return kernels.repeat(x, reps, scale=scale, interpret=how == "interpret", words=packed)
+    if how and not xla_words and kernels.supports(x.shape, reps):
+      return kernels.repeat(x, reps, scale=scale, interpret=how == "interpret", words=words)
   x = _gather_unscaled(x, dims, names, maps, repeats, cpu)
   return x if scale is None else (x.astype(jnp.float32) * scale).astype(x.dtype)
 
@@ -313,7 +313,7 @@ def _gather_unscaled(x, dims, names, maps, repeats, cpu):
 
 
 def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float,
-              repeats: dict[str, int], sharding: NamedSharding | None = None, pallas: bool | str | tuple = False):
+              repeats: dict[str, int], sharding: NamedSharding | None = None, pallas: tuple = (False, False)):
   mapped = [d for d in box.width_dims if box.axes[d] in maps]
   if not mapped:
     return box
@@ -348,7 +348,8 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
     # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives). A scalar
     # factor goes with the gather (into the Pallas kernel's pass, where it runs).
     scale, factor = (factor, None) if isinstance(factor, float) else (None, factor)
-    x = _gather(x, mapped, names, maps, repeats, pallas=pallas if sharding is None else False, scale=scale)
+    x = _gather(x, mapped, names, maps, repeats, pallas=pallas if sharding is None else (False, False),
+                scale=scale)
   else:
     # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
     spec = spec0
@@ -391,7 +392,7 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
 
 
 def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, repeats: tuple = (),
-           shardings: tuple = (), pallas: bool | str | tuple = False):
+           shardings: tuple = (), pallas: tuple = (False, False)):
   old = width_axes(tree)
   repeats, shardings = dict(repeats), dict(shardings)
   counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items() if name not in repeats}
@@ -409,7 +410,7 @@ def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, r
 
 
 @functools.partial(jax.jit, static_argnames=("exact", "moment", "repeats", "shardings", "pallas"))
-def _apply_maps_jit(tree, maps, *, exact, moment, repeats, shardings, pallas=False):
+def _apply_maps_jit(tree, maps, *, exact, moment, repeats, shardings, pallas=(False, False)):
   return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment, repeats, shardings, pallas)
 
 
@@ -514,7 +515,8 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
 
 @functools.partial(jax.jit, static_argnames=("old", "new", "sampler", "r1", "r2", "exact", "moment",
                                              "blocks", "shardings", "pallas"))
-def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings, pallas=False):
+def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings,
+                  pallas=(False, False)):
   maps = _maps(key, old, new, sampler, blocks)
   if _on_cpu():
     # An identity on (sorted) maps that XLA:CPU does not fuse: without it the maps' computation (cumsum,

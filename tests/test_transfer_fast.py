@@ -41,7 +41,8 @@ def all_paths(x, maps, dims, cases):
     variants = [(cpu, r, False) for cpu in (True, False) for r in ((dict(repeats), {}) if repeats else ({},))]
     variants += [(False, dict(repeats), "interpret")] if repeats else []  # the Pallas kernel, interpreted
     out.append((slow(x, dims, {d: m[n] for n, d in zip(names, dims)}),
-                {f"cpu={cpu} repeats={r} pallas={k}": _gather(x, list(dims), list(names), m, r, cpu=cpu, pallas=k)
+                {f"cpu={cpu} repeats={r} pallas={k}": _gather(x, list(dims), list(names), m, r, cpu=cpu,
+                                                              pallas=(k, False))
                  for cpu, r, k in variants}))
   return out
 
