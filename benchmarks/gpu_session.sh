@@ -5,7 +5,7 @@
 # time each step started), transfer.{txt,json}, train_step.{txt,json}, train_step_llama.json,
 # profile.json, repeat_kernel.json (the Pallas kernel per leaf; its table goes to transfer.txt).
 # MED: the ~350M step's preset:batch at the best measured H100 setting (gpt-medium:64 with the loss fused
-# into the readout and a bf16 residual stream: 43.7% MFU); MED48: the same model at B=48.
+# into the readout and a bf16 residual stream: 43.7% MFU).
 # Run from the repository root:  OUT=/tmp/gpu bash benchmarks/gpu_session.sh   (SMOKE=1: tiny sizes)
 # The library's tests run meanwhile on the machine's CPU cores (niced), under its JAX (0.11 there).
 set -u
@@ -16,10 +16,10 @@ END=$((SECONDS + ${SECONDS_MAX:-540}))
 left() { local s=$((END - SECONDS - ${1:-0})); [ "$s" -gt 5 ] && echo "$s" || echo 5; }  # seconds left, minus a reserve
 step() { echo "step $1 at ${SECONDS}s" >> "$O/checks.txt"; }
 if [ -n "${SMOKE:-}" ]; then
-  MED="tiny:16"; MED48="tiny:8"; LLAMA="tiny-llama:16"; REP="--smoke"; PROF="--smoke"
+  MED="tiny:16"; LLAMA="tiny-llama:16"; REP="--smoke"; PROF="--smoke"
   GPTX=(--smoke --only gpt); REST=(--smoke --only mlp,matrix)
 else
-  MED=${MED:-gpt-medium:64}; MED48=${MED48:-gpt-medium:48}; LLAMA=${LLAMA:-llama-medium:64}; REP="--reps 10"
+  MED=${MED:-gpt-medium:64}; LLAMA=${LLAMA:-llama-medium:64}; REP="--reps 10"
   PROF="--gpt $MED --variant fusedloss+bf16residual --steps 3"
   GPTX=(--big --reps 10 --no-numpy --only "bfloat16 2x,float32 2x"); REST=(--big --reps 5 --no-numpy --only mlp,matrix)
 fi
@@ -33,17 +33,23 @@ TESTS=$!
 step 1; timeout "$(left 440)" $PY benchmarks/transfer.py "${GPTX[@]}" --kernel off,auto,words --json "$O/transfer.json" \
   2>&1 | tee "$O/transfer.txt"
 # 2. train.gpt's step at ~350M params (MFU goal): the best setting measured on an H100 (B=64, fused loss,
-#    bf16 residual) with 4 chunks beside 8; then at B=48 with and without the fused loss (its own cost).
-step 2; timeout "$(left 320)" $PY benchmarks/train_step.py --only gpt --gpt "$MED" --reps 10 \
-  --variants fusedloss+bf16residual,fusedloss4+bf16residual --json "$O/train_step.json" 2>&1 | tee "$O/train_step.txt"
-step 2b; timeout "$(left 230)" $PY benchmarks/train_step.py --only gpt --gpt "$MED48" --reps 10 \
-  --variants bf16residual,fusedloss+bf16residual 2>&1 | tee -a "$O/train_step.txt"
+#    bf16 residual), with q/k/v fused into one matmul (fusedproj) and with 4 loss chunks instead of 8.
+step 2; timeout "$(left 330)" $PY benchmarks/train_step.py --only gpt --gpt "$MED" --reps 10 \
+  --variants fusedloss+bf16residual,fusedproj+fusedloss+bf16residual,fusedloss4+bf16residual \
+  --json "$O/train_step.json" 2>&1 | tee "$O/train_step.txt"
+# 2b. The same best setting with XLA's dot merger allowed to merge large dots (its default threshold,
+#     32 MB, leaves q/k/v separate at this size): does XLA fuse the projections by itself?
+step 2b; XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_dot_merger_threshold_mb=4096" timeout "$(left 240)" $PY \
+  benchmarks/train_step.py --only gpt --gpt "$MED" --reps 10 --variants fusedloss+bf16residual 2>&1 \
+  | tee -a "$O/train_step.txt"
 # 3. Where the best setting's step goes (kernel classes, top kernels).
 step 3; timeout "$(left 150)" $PY benchmarks/profile_step.py $PROF --out /tmp/rcjax_prof --json "$O/profile.json" 2>&1 \
   | tee -a "$O/train_step.txt"
-# 4. A Llama-style ~330M (no biases, RMSNorm, SwiGLU, vocab 32000) at the best setting.
+# 4. A Llama-style ~330M (no biases, RMSNorm, SwiGLU, vocab 32000) at the best setting, unfused and with
+#    q/k/v and up/gate fused.
 step 4; timeout "$(left 70)" $PY benchmarks/train_step.py --only gpt --gpt "$LLAMA" --reps 10 \
-  --variants fusedloss+bf16residual --json "$O/train_step_llama.json" 2>&1 | tee -a "$O/train_step.txt"
+  --variants fusedloss+bf16residual,fusedproj+fusedloss+bf16residual --json "$O/train_step_llama.json" 2>&1 \
+  | tee -a "$O/train_step.txt"
 # 5. The rest: the MLP and matrix transfer cases, the kernel per leaf (block sizes, warps; bitwise checked).
 step 5; timeout "$(left 40)" $PY benchmarks/transfer.py "${REST[@]}" 2>&1 | tee -a "$O/transfer.txt"
 timeout "$(left 20)" $PY benchmarks/repeat_kernel.py $REP --json "$O/repeat_kernel.json" 2>&1 | tee -a "$O/transfer.txt"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import jax
@@ -90,6 +91,7 @@ VARIANTS = {
     "unscanned": {"scan": False},                # a module per block (params: block_0, block_1, ...)
     "bf16residual": {"residual_dtype": "compute"},  # residual stream in the compute dtype (not float32)
     "fusedloss": {"loss_chunks": 8},             # readout fused into the loss, 8 sequence chunks: no logits stored
+    "fusedproj": {"fuse_projections": True},     # q/k/v (and SwiGLU up/gate) as one matmul each
 }                                                # (fusedlossK: K chunks)
 
 
@@ -231,6 +233,8 @@ def main(argv=None) -> list[dict]:
 def _report(rows: list[dict], row: dict, path: str | None) -> None:
   """Print a row and rewrite the JSON file (after every row: a run cut short keeps what it measured)."""
   row["device"] = jax.devices()[0].device_kind
+  if os.environ.get("XLA_FLAGS", "").strip():  # compiler flags change what is measured: keep them with it
+    row["xla_flags"] = os.environ["XLA_FLAGS"].strip()
   rows.append(row)
   print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
   if path:

@@ -38,6 +38,7 @@ def test_train_step_variants_and_profile_smoke(tmp_path, fast_compiles):
   assert bench_train.variant_fields("scan+bf16residual", "bfloat16") == {"unroll": 1, "residual_dtype": jnp.bfloat16}
   assert bench_train.variant_fields("fusedloss4+bf16residual", "bfloat16") == {"loss_chunks": 4,
                                                                                 "residual_dtype": jnp.bfloat16}
+  assert bench_train.variant_fields("fusedproj+fusedloss", "bfloat16") == {"fuse_projections": True, "loss_chunks": 8}
   with pytest.raises(ValueError, match="unknown variant 'fusedloss0'"):
     bench_train.variant_fields("fusedloss0", "bfloat16")
   with pytest.raises(ValueError, match="unknown variant 'fast'"):

@@ -186,3 +186,20 @@ def test_residual_and_logits_dtypes():
   got = logits(res, p)
   assert got.dtype == jnp.float32 and not np.array_equal(np.asarray(got), np.asarray(base))
   assert float(jnp.max(jnp.abs(got - base)) / jnp.max(jnp.abs(base))) < 0.05  # bf16 rounding, not a bug
+
+
+def test_fused_projections_keep_params_and_function():
+  # fuse_projections computes q/k/v and SwiGLU's up/gate as one matmul each: same params (tree, and init
+  # values: it creates them in the same order), same logits and gradients to float tolerance.
+  model, p = gpt("llama", "mup", depth=1, qkv_bias=True, mlp_bias=True)
+  fused = model.clone(fuse_projections=True)
+  init = [jax.jit(lambda k, m=m: m.init(k, X)["params"])(jax.random.key(3)) for m in (model, fused)]
+  assert jax.tree.structure(init[0]) == jax.tree.structure(init[1])
+  for a, b in zip(jax.tree.leaves(init[0]), jax.tree.leaves(init[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_allclose(logits(fused, p), logits(model, p), rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(lambda q, m=m: jnp.sum(m.apply({"params": q}, X) ** 2))(p) for m in (model, fused)]
+  leaves = [jax.tree.leaves(rcjax.unbox(g)) for g in grads]
+  scale = max(float(np.abs(b).max()) for b in leaves[0])  # k's bias has zero gradient: roundoff only
+  for a, b in zip(*leaves):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)

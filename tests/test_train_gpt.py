@@ -57,6 +57,9 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
   bf16 = Config(**{**TINY, "dtype": "bfloat16"}, residual_dtype="compute")
   assert gpt.build_model(bf16).residual_dtype == jnp.bfloat16
   assert "residual_dtype" in gpt.RESUMABLE  # no param depends on it
+  cfg, _ = gpt.parse(["--preset", "tiny", "--fuse-projections", "true"])
+  assert gpt.build_model(cfg).fuse_projections and not gpt.build_model(Config(**TINY)).fuse_projections
+  assert "fuse_projections" in gpt.RESUMABLE  # same params, fused or not
 
 
 def test_grow_mid_training_restore_elsewhere_and_transfer(tmp_path):

@@ -71,6 +71,7 @@ class Config:
                                 # (B, T, vocab) logits stored, for larger batches (0: off)
   residual_dtype: str = "float32"  # residual stream between blocks: float32 | compute (the compute dtype:
                                 # less memory traffic, 42.9% vs 40.5% MFU for gpt-medium on an H100)
+  fuse_projections: bool = False  # q/k/v (and SwiGLU up/gate) as one matmul each; same params (see rcjax.nn.GPT)
   mesh: str = "data=-1"         # device mesh, e.g. data=2,fsdp=2,tensor=2 (-1: the rest)
   seed: int = 0
   dataset: str = "markov"       # markov (offline synthetic language) | tiny_shakespeare | lm1b (TFDS)
@@ -108,8 +109,8 @@ PRESETS = {
     "llama-medium": dict(style="llama", width=1024, depth=24, heads=16, kv_heads=4, vocab=32000, seq_len=1024,
                          batch_size=32, lr=3e-4, warmup=200, steps=10000, log_every=10),  # ~330M, GQA
 }
-RESUMABLE = ("steps", "unroll", "loss_chunks", "residual_dtype", "mesh", "log_every", "eval_every", "ckpt_every",
-             "save_steps", "keep", "progress", "peak_flops", "attention", "preset")
+RESUMABLE = ("steps", "unroll", "loss_chunks", "residual_dtype", "fuse_projections", "mesh", "log_every",
+             "eval_every", "ckpt_every", "save_steps", "keep", "progress", "peak_flops", "attention", "preset")
 # Dense bf16 peak FLOP/s per device (vendor data sheets); matched in order against jax device_kind.
 PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
               ("A100", 312e12), ("L4", 121e12), ("TPU v4", 275e12), ("TPU v5 lite", 197e12),
@@ -166,12 +167,13 @@ def build_model(cfg: Config, base: bool = True) -> rcjax.nn.GPT:
                    head_dim=cfg.head_dim or None, mlp=cfg.mlp or None, max_len=max_len, tied=tied,
                    param=cfg.param, kernel_init=cfg.init, base=bases, remat=cfg.remat, unroll=_unroll(cfg),
                    loss_chunks=cfg.loss_chunks, residual_dtype=_residual(cfg), dtype=jnp.dtype(cfg.dtype),
-                   param_dtype=jnp.float32, attention=_attention(cfg))
+                   param_dtype=jnp.float32, attention=_attention(cfg), fuse_projections=cfg.fuse_projections)
   return rcjax.nn.GPT(vocab=cfg.vocab, width=cfg.width, depth=cfg.depth, heads=cfg.heads,
                       kv_heads=cfg.kv_heads or None, head_dim=cfg.head_dim or None, mlp=cfg.mlp or None,
                       max_len=cfg.seq_len, style=cfg.style, tied=tied, param=cfg.param, kernel_init=cfg.init,
                       base=bases, remat=cfg.remat, unroll=_unroll(cfg), loss_chunks=cfg.loss_chunks,
-                      residual_dtype=_residual(cfg), dtype=jnp.dtype(cfg.dtype), attention=_attention(cfg))
+                      residual_dtype=_residual(cfg), dtype=jnp.dtype(cfg.dtype), attention=_attention(cfg),
+                      fuse_projections=cfg.fuse_projections)
 
 
 def _residual(cfg: Config):

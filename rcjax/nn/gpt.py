@@ -48,6 +48,29 @@ def _mm(x, box, spec: str, dtype):
   return y if m == 1.0 else y * jnp.asarray(m, dtype)
 
 
+def _plus(y, bias):
+  """`y + bias` in y's dtype (None: no bias)."""
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
+def _mm_fused(x_BxTxE, boxes, dtype) -> list:
+  """`[_mm(x, W, 'bte,e...->bt...', dtype) for W in boxes]` as one matmul: the weights (each with the
+  contracted embed axis first) flattened to (E, n_i), concatenated along n, and the result split
+  (each piece times its own multiplier). One larger GEMM reads x once and, in the backward pass, gives
+  dx as one GEMM instead of a sum of several. Same FLOPs; rounding may differ from `_mm` by the GEMM's
+  accumulation order."""
+  e = x_BxTxE.shape[-1]
+  ws = [box.value.astype(dtype).reshape(e, -1) for box in boxes]
+  y = jnp.einsum("bte,en->btn", x_BxTxE.astype(dtype), jnp.concatenate(ws, axis=1), preferred_element_type=dtype)
+  out, start = [], 0
+  for box, w in zip(boxes, ws):
+    piece = y[..., start:start + w.shape[1]].reshape(y.shape[:2] + box.shape[1:])
+    start += w.shape[1]
+    m = pz.multiplier(box)
+    out.append(piece if m == 1.0 else piece * jnp.asarray(m, dtype))
+  return out
+
+
 ROPE_SCALINGS = {"linear": ("factor",),
                  "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 
@@ -115,6 +138,7 @@ class Block(nn.Module):
   rope_scaling: tuple | None = None
   sliding_window: int | None = None
   attention: str | None = None
+  fuse_projections: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -134,8 +158,12 @@ class Block(nn.Module):
       x = x + self.rc(f"{name}_bias", ("embed",), (), "zeros").value
     return x.astype(self.dtype)
 
+  def bias_value(self, name, axes, blocks=(), on=True):
+    """The value of bias leaf `name` (created on first use, so params follow the call order); None: off."""
+    return self.rc(name, axes, (), "zeros", blocks).value if on else None
+
   def add_bias(self, y, name, axes, blocks=(), on=True):
-    return y + self.rc(name, axes, (), "zeros", blocks).value.astype(y.dtype) if on else y
+    return _plus(y, self.bias_value(name, axes, blocks, on))
 
   @nn.compact
   def __call__(self, x_BxTxE, _=None):
@@ -147,9 +175,13 @@ class Block(nn.Module):
     wq = self.rc("q", ("embed", "heads", "head_dim"), (0,), self.kernel_init, qb)
     wk = self.rc("k", ("embed", "kv_heads", "head_dim"), (0,), self.kernel_init, hb)
     wv = self.rc("v", ("embed", "kv_heads", "head_dim"), (0,), self.kernel_init)
-    q = self.add_bias(_mm(h, wq, "bte,ehd->bthd", dt), "q_bias", ("heads", "head_dim"), qb, self.qkv_bias)
-    k = self.add_bias(_mm(h, wk, "bte,ekd->btkd", dt), "k_bias", ("kv_heads", "head_dim"), hb, self.qkv_bias)
-    v = self.add_bias(_mm(h, wv, "bte,ekd->btkd", dt), "v_bias", ("kv_heads", "head_dim"), (), self.qkv_bias)
+    if self.fuse_projections:
+      q, k, v = _mm_fused(h, (wq, wk, wv), dt)
+    else:
+      q, k, v = (_mm(h, wq, "bte,ehd->bthd", dt), _mm(h, wk, "bte,ekd->btkd", dt), _mm(h, wv, "bte,ekd->btkd", dt))
+    q = self.add_bias(q, "q_bias", ("heads", "head_dim"), qb, self.qkv_bias)
+    k = self.add_bias(k, "k_bias", ("kv_heads", "head_dim"), hb, self.qkv_bias)
+    v = self.add_bias(v, "v_bias", ("kv_heads", "head_dim"), (), self.qkv_bias)
     d = q.shape[-1]
     if partial and d != dict(self.sizes)["head_dim"]:
       raise ValueError(f"partial rotary embedding (rotary_dim {self.rotary_dim} of head_dim "
@@ -167,14 +199,18 @@ class Block(nn.Module):
       x_BxTxE = x_BxTxE + attn.astype(x_BxTxE.dtype)
 
     h = self.normalize(x_BxTxE, "mlp_norm")
-    up = self.add_bias(_mm(h, self.rc("up", ("embed", "mlp"), (0,), self.kernel_init), "bte,ef->btf", dt),
-                       "up_bias", ("mlp",), (), self.mlp_bias)
+    w_up = self.rc("up", ("embed", "mlp"), (0,), self.kernel_init)
+    b_up = self.bias_value("up_bias", ("mlp",), (), self.mlp_bias)
     if self.activation == "swiglu":
-      gate = self.add_bias(_mm(h, self.rc("gate", ("embed", "mlp"), (0,), self.kernel_init), "bte,ef->btf", dt),
-                           "gate_bias", ("mlp",), (), self.mlp_bias)
-      a_BxTxF = jax.nn.silu(gate) * up
+      w_gate = self.rc("gate", ("embed", "mlp"), (0,), self.kernel_init)
+      b_gate = self.bias_value("gate_bias", ("mlp",), (), self.mlp_bias)
+      if self.fuse_projections:
+        up, gate = _mm_fused(h, (w_up, w_gate), dt)
+      else:
+        up, gate = _mm(h, w_up, "bte,ef->btf", dt), _mm(h, w_gate, "bte,ef->btf", dt)
+      a_BxTxF = jax.nn.silu(_plus(gate, b_gate)) * _plus(up, b_up)
     else:
-      a_BxTxF = ACTIVATIONS[self.activation](up)
+      a_BxTxF = ACTIVATIONS[self.activation](_plus(_mm(h, w_up, "bte,ef->btf", dt), b_up))
     down = self.rc("down", ("mlp", "embed"), (0,), self.kernel_init)
     y = self.add_bias(_mm(a_BxTxF, down, "btf,fe->bte", dt), "down_bias", ("embed",), (), self.mlp_bias)
     if self.parallel_residual:  # GPT-NeoX: x + attn(norm1(x)) + mlp(norm2(x))
@@ -212,6 +248,9 @@ class GPT(nn.Module):
     rope_scaling: `(('rope_type', 'linear' | 'llama3'), (key, value), ...)` (see `rope_frequencies`), or None.
     sliding_window: each token attends to itself and the `sliding_window - 1` tokens before it (Mistral).
     attention: `jax.nn.dot_product_attention` implementation (None: XLA; 'cudnn' on GPUs).
+    fuse_projections: compute q, k, v (and SwiGLU's up and gate) as one matmul each over concatenated
+      weights; the params stay separate leaves (same pytree, same transfer). Same FLOPs, one read of the
+      normed input and one GEMM for its gradient; rounding may differ slightly.
     scan / remat: scan the blocks (one compiled block) / rematerialise them in the backward pass.
     unroll: blocks per iteration of the scan (`depth`: fully unrolled, the params keep their stacked
       `layers` axis; measured on an H200 in benchmarks/README.md).
@@ -260,6 +299,7 @@ class GPT(nn.Module):
   rope_scaling: tuple | None = None
   sliding_window: int | None = None
   attention: str | None = None
+  fuse_projections: bool = False
   scan: bool = True
   remat: bool = False
   unroll: int = 1
@@ -328,7 +368,7 @@ class GPT(nn.Module):
               qkv_bias=a["qkv_bias"], o_bias=a["o_bias"], mlp_bias=a["mlp_bias"],
               parallel_residual=a["parallel_residual"], norm_eps=self.norm_eps, rotary_dim=self.rotary_dim,
               rope_base=self.rope_base, rope_scaling=self.rope_scaling, sliding_window=self.sliding_window,
-              attention=self.attention, dtype=self.dtype,
+              attention=self.attention, fuse_projections=self.fuse_projections, dtype=self.dtype,
               param_dtype=self.param_dtype)
     block = nn.remat(Block, prevent_cse=not self.scan) if self.remat else Block
     if self.scan:
