@@ -2,6 +2,7 @@
 
     python benchmarks/hf_memory.py                       # ~0.5 GB synthetic Llama-shaped bf16 checkpoint in /tmp
     python benchmarks/hf_memory.py --embed 1024 --mlp 4096 --blocks 2 8   # other shapes / block counts
+    python benchmarks/hf_memory.py --smoke --json out.json                 # tiny shapes (the test suite's)
 
 Writes a synthetic Llama-shaped checkpoint (bf16, sharded, random weights) per block count, then runs the
 same analysis as `python -m rcjax.analyze` (without figures) in a fresh process and reports, next to the
@@ -56,7 +57,7 @@ def measure(path: str, trace: bool) -> dict:
   return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def main():
+def main(argv: list[str] | None = None) -> list[dict]:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--embed", type=int, default=2048)
   ap.add_argument("--heads", type=int, default=16)
@@ -64,7 +65,11 @@ def main():
   ap.add_argument("--mlp", type=int, default=8192)
   ap.add_argument("--blocks", type=int, nargs="+", default=[2, 4])
   ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "rcjax_hf_memory"))
-  a = ap.parse_args()
+  ap.add_argument("--smoke", action="store_true", help="tiny shapes, one block count (checks the script runs)")
+  ap.add_argument("--json", help="write the rows as JSON to this file")
+  a = ap.parse_args(argv)
+  if a.smoke:
+    a.embed, a.heads, a.kv_heads, a.mlp, a.blocks = 64, 4, 2, 128, [2]
   sys.path.insert(0, ROOT)
   from rcjax.hf_synthetic import write_synthetic
 
@@ -72,6 +77,7 @@ def main():
   block_bytes = 2 * (2 * e * e + 2 * e * kvd + 3 * e * m + 2 * e)
   print(f"Llama-shaped bf16: embed {e}, heads {a.heads}, kv heads {a.kv_heads}, mlp {m}; one block "
         f"{block_bytes / 2**20:.0f} MiB, largest tensor {2 * e * m / 2**20:.0f} MiB")
+  rows = []
   for n in a.blocks:
     path = os.path.join(a.dir, f"llama_{e}_{m}_{n}")
     shutil.rmtree(path, ignore_errors=True)
@@ -84,7 +90,14 @@ def main():
           f"rss base {plain['rss_base_mb']:.0f} MiB, rss peak {plain['rss_peak_mb']:.0f} MiB "
           f"(+{plain['rss_peak_mb'] - plain['rss_base_mb']:.0f}), numpy peak {traced['numpy_peak_mb']:.0f} MiB; "
           f"{plain['seconds']:.1f} s = {size / 2**30 / plain['seconds']:.2f} GiB/s")
+    rows.append({"blocks": n, "embed": e, "mlp": m, "checkpoint_mb": size / 2**20, "block_mb": block_bytes / 2**20,
+                 **{k: v for k, v in plain.items() if k != "max_abs_corr"},
+                 "numpy_peak_mb": traced["numpy_peak_mb"], "max_abs_corr": plain["max_abs_corr"]})
     shutil.rmtree(path, ignore_errors=True)
+    if a.json:  # after every row: a run cut short keeps what it measured
+      with open(a.json, "w") as f:
+        json.dump(rows, f, indent=1)
+  return rows
 
 
 if __name__ == "__main__":

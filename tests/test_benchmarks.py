@@ -88,3 +88,13 @@ def test_repeat_kernel_benchmark_smoke(tmp_path):
   assert repeat_kernel.parse_configs("8192:4,16384:8:words") == [(8192, 4, False), (16384, 8, True)]
   with pytest.raises(ValueError, match="BLOCK:WARPS or BLOCK:WARPS:words"):
     repeat_kernel.parse_configs("8192:4:bytes")
+
+
+def test_hf_memory_benchmark_smoke(tmp_path):
+  from benchmarks import hf_memory
+
+  rows = hf_memory.main(["--smoke", "--dir", str(tmp_path / "ckpt"), "--json", str(tmp_path / "m.json")])
+  assert [r["blocks"] for r in rows] == [2] and rows[0]["num_blocks"] == 2
+  assert rows[0]["rss_peak_mb"] >= rows[0]["rss_base_mb"] > 0 and rows[0]["numpy_peak_mb"] > 0
+  assert json.loads((tmp_path / "m.json").read_text()) == rows
+  assert not (tmp_path / "ckpt" / "llama_64_128_2").exists()  # the synthetic checkpoint is removed
