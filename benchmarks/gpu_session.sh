@@ -28,9 +28,10 @@ fi
   tests/test_transfer.py tests/test_transfer_fast.py tests/test_optimizer_transfer.py tests/test_gpt.py \
   tests/test_sharding.py tests/test_checkpoint.py > /tmp/rcjax_tests.txt 2>&1; echo "pytest exit $?" >> /tmp/rcjax_tests.txt; } &
 TESTS=$!
-# 1. The GPT pytree grown 2x (bf16, f32): the library's default (the Pallas kernel for 16-bit leaves on
-#    GPUs) next to XLA's path and the kernel's word form (rcjax.kernels.WORDS), bitwise checked.
-step 1; timeout "$(left 440)" $PY benchmarks/transfer.py "${GPTX[@]}" --kernel off,auto,words --json "$O/transfer.json" \
+# 1. The GPT pytree grown 2x (bf16, f32): the library's default (the Pallas kernel for 16-bit leaves of
+#    at least 1 MiB out on GPUs) next to XLA's path, the kernel for every leaf ('on': also the small norm
+#    and bias leaves, as before kernels.AUTO_MIN_BYTES) and the kernel's word form (WORDS), bitwise checked.
+step 1; timeout "$(left 440)" $PY benchmarks/transfer.py "${GPTX[@]}" --kernel off,auto,on,words --json "$O/transfer.json" \
   2>&1 | tee "$O/transfer.txt"
 # 2. train.gpt's step at ~350M params (MFU goal): the best setting measured on an H100 (B=64, fused loss,
 #    bf16 residual), with q/k/v fused into one matmul (fusedproj) and with 4 loss chunks instead of 8.

@@ -33,6 +33,10 @@ import jax.numpy as jnp
 # any backend: tests).
 ENABLED: bool | str = "auto"
 MODES = ("auto", True, False, "interpret")
+# 'auto' leaves smaller than this (output bytes) to XLA: a norm scale or a bias is a launch of its own in
+# the kernel, while XLA fuses such small loops across leaves into one (horizontal fusion). Not measured
+# separately yet (transfer.py --kernel off,auto,on: 'on' sends every leaf to the kernel).
+AUTO_MIN_BYTES = 1 << 20
 # Whether 16-bit leaves with a doubled last dim are written as 32-bit words (`repeat(words=True)`): off
 # until measured on a GPU (benchmarks/repeat_kernel.py, transfer.py --kernel off,auto,words).
 WORDS: bool = False
@@ -72,14 +76,16 @@ def available(interpret: bool = False) -> bool:
   return problem is None
 
 
-def chosen(mode, dtype, platform: str) -> str | None:
-  """How `mode` (an `ENABLED` value) runs a leaf of `dtype` on `platform`: 'gpu' (compiled), 'interpret',
-  or None (XLA's path)."""
+def chosen(mode, dtype, platform: str, nbytes: int | None = None) -> str | None:
+  """How `mode` (an `ENABLED` value) runs a leaf of `dtype` on `platform` whose output has `nbytes` bytes
+  (None: unknown, taken as large): 'gpu' (compiled), 'interpret', or None (XLA's path)."""
   if mode not in MODES:
     raise ValueError(f"rcjax.kernels.ENABLED must be one of {MODES}, got {mode!r}")
   if mode == "interpret":
     return "interpret"
-  if platform != "gpu" or mode is False or (mode == "auto" and jnp.dtype(dtype).itemsize > 2):
+  if platform != "gpu" or mode is False:
+    return None
+  if mode == "auto" and (jnp.dtype(dtype).itemsize > 2 or (nbytes is not None and nbytes < AUTO_MIN_BYTES)):
     return None
   return "gpu"
 

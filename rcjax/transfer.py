@@ -285,7 +285,8 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
     # Not for a 16-bit matrix with its last dim doubled: XLA's word form (`_repeat`) is faster there.
     xla_words = x.ndim == 2 and x.dtype.itemsize == 2 and reps.get(1) == 2
     mode, words = pallas
-    how = kernels.chosen(mode, x.dtype, "cpu" if cpu else jax.default_backend())
+    nbytes = x.size * math.prod(reps.values()) * x.dtype.itemsize  # the output's
+    how = kernels.chosen(mode, x.dtype, "cpu" if cpu else jax.default_backend(), nbytes)
     if how and not xla_words and kernels.supports(x.shape, reps):
       return kernels.repeat(x, reps, scale=scale, interpret=how == "interpret", words=words)
   x = _gather_unscaled(x, dims, names, maps, repeats, cpu)

@@ -206,6 +206,10 @@ def test_kernel_modes_and_configs():
   assert k.chosen("auto", jnp.float32, "gpu") is None and k.chosen("auto", jnp.bfloat16, "cpu") is None
   assert k.chosen(True, jnp.float32, "gpu") == "gpu" and k.chosen(True, jnp.bfloat16, "cpu") is None
   assert k.chosen(False, jnp.bfloat16, "gpu") is None and k.chosen("interpret", jnp.float32, "cpu") == "interpret"
+  small, large = k.AUTO_MIN_BYTES - 2, k.AUTO_MIN_BYTES  # 'auto' leaves small outputs (norms, biases) to XLA
+  assert k.chosen("auto", jnp.bfloat16, "gpu", small) is None and k.chosen("auto", jnp.bfloat16, "gpu", large) == "gpu"
+  assert k.chosen(True, jnp.bfloat16, "gpu", small) == "gpu"
+  assert k.chosen("interpret", jnp.bfloat16, "cpu", 2) == "interpret"
   with pytest.raises(ValueError, match="ENABLED must be one of"):
     k.chosen("yes", jnp.bfloat16, "gpu")
   # Blocks: 16384 entries and 8 warps for 16-bit leaves with short unrepeated rows (q: head_dim last).
