@@ -158,8 +158,10 @@ def bench_gpt(preset: str, reps: int, variant: str = "default", **overrides) -> 
   """tokens/s and MFU of train.gpt's jitted, sharded step (all local devices on the data axis)."""
   from train import gpt as train_gpt
 
+  t0 = time.perf_counter()
   step, state, cfg, attention = gpt_step(preset, variant, **overrides)
   t = _median_time(step, reps)
+  total = time.perf_counter() - t0  # init, compile, warm-up and the timed steps: for planning GPU sessions
   tokens = cfg.batch_size * cfg.seq_len
   fpt = train_gpt.flops_per_token(state[0], cfg.seq_len)
   peak = train_gpt.peak_flops(cfg)
@@ -168,7 +170,7 @@ def bench_gpt(preset: str, reps: int, variant: str = "default", **overrides) -> 
           + ("" if variant == "default" else f" {variant}"),
           "params_M": n_params / 1e6, "attention": attention, "step_s": t, "tokens_per_s": tokens / t,
           "TFLOPs_per_device": tokens * fpt / t / 1e12 / jax.device_count(),
-          "mfu": tokens * fpt / t / (peak * jax.device_count()) if peak else None}
+          "mfu": tokens * fpt / t / (peak * jax.device_count()) if peak else None, "wall_s": total}
 
 
 def gpt_memory(preset: str, variant: str = "default", **overrides) -> dict:

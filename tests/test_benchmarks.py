@@ -29,6 +29,8 @@ def test_train_step_benchmark_smoke(tmp_path, fast_compiles):
   for row in rows:
     assert "error" not in row, row
     assert row["step_s"] > 0 and (row.get("examples_per_s", 0) > 0 or row.get("tokens_per_s", 0) > 0)
+  gpt = next(r for r in rows if r["case"].startswith("gpt"))
+  assert gpt["wall_s"] > gpt["step_s"]  # setup, compile and every step: what a GPU session budgets
 
 
 def test_train_step_variants_and_profile_smoke(tmp_path, fast_compiles):
