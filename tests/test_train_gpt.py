@@ -109,6 +109,16 @@ def test_grow_mid_training_restore_elsewhere_and_transfer(tmp_path):
   assert rec["from_sizes"]["embed"] == 64 and summary["sizes"]["embed"] == 128
 
 
+def test_grow_mid_training_keeps_a_tied_sp_gpt2(tmp_path):
+  # GPT-2 in SP with tied embeddings: the leaf-wise rules alone double the readout's sum over a doubled
+  # embed; train.gpt grows through rcjax.nn.gpt.transfer, whose final-norm correction keeps the loss.
+  out = str(tmp_path / "run")
+  gpt.run(Config(**TINY, param="sp", steps=2, grow_at=1, grow_to=64, out=out))
+  grow = [r for r in metrics(out) if r.get("event") == "grow"][0]
+  assert grow["sizes"]["embed"] == 64
+  np.testing.assert_allclose(grow["loss_after"], grow["loss_before"], rtol=1e-5)
+
+
 def test_kill_resume_and_loss_floor(tmp_path):
   """Kill a run (an order-1 Markov language over 8 letters) mid-way, restart the same command: it resumes
   from the last complete checkpoint, logs bitwise the same losses as before the kill, and ends near the

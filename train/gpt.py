@@ -347,9 +347,10 @@ def _initial_state(cfg, model, tx, mesh, ckpt, log):
     _check_arch(template, abstract, cfg.transfer_from)
     params = src.restore(params=sharding.abstract(template, mesh))["params"]
     target = rcjax.width_axes(abstract)
-    params = rcjax.transfer(params, jax.random.fold_in(key, 7), target, random_rate=cfg.random_rate,
-                            norm_rate=cfg.norm_rate, exact=cfg.grow_exact and all(
-                                target[k] >= v for k, v in rcjax.width_axes(params).items()))
+    params = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(key, 7), target,
+                                   random_rate=cfg.random_rate, norm_rate=cfg.norm_rate,
+                                   exact=cfg.grow_exact and all(
+                                       target[k] >= v for k, v in rcjax.width_axes(params).items()))
     params = jax.device_put(params, sharding.shardings(params, mesh))
     log({"event": "transfer", "step": 0, "from": cfg.transfer_from, "from_sizes": rcjax.width_axes(template)})
   else:
@@ -526,9 +527,11 @@ def _grow(cfg, params, opt_state, model, tx, mesh, data, step):
   fixed = global_batch(data, 0, cfg.batch_size, trainer.b_sh, eval=True)
   before = float(trainer.loss(params, fixed))
   sizes = scaled_sizes(cfg, cfg.grow_to)
-  params, opt_state = rcjax.grow((params, opt_state), jax.random.fold_in(jax.random.key(cfg.seed), step),
-                                 sizes=sizes, random_rate=cfg.random_rate, norm_rate=cfg.norm_rate,
-                                 exact=cfg.grow_exact)
+  # rcjax.nn.gpt.transfer: the leaf-wise rules plus the GPT's own (a tied readout in SP, RMSNorm at
+  # non-integer ratios with exact=True), so the function is kept wherever the math allows.
+  params, opt_state = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(jax.random.key(cfg.seed), step),
+                                            sizes, opt_state=opt_state, random_rate=cfg.random_rate,
+                                            norm_rate=cfg.norm_rate, exact=cfg.grow_exact)
   # grow keeps each leaf's mesh axes; put any leaf the rules shard differently at the new sizes on its rule.
   params = jax.device_put(params, sharding.shardings(params, mesh))
   opt_state = jax.device_put(opt_state, sharding.shardings(opt_state, mesh))

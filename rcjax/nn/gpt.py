@@ -403,7 +403,8 @@ class _FinalNorm(Block):
     return self.normalize(x_BxTxE, "norm")
 
 
-def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], **kwargs) -> Any:
+def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], *, opt_state: Any = None,
+             **kwargs) -> Any:
   """`rcjax.transfer` for GPT params, function-preserving in two more cases than the leaf-wise rules give.
 
   Tied embeddings. A tied table is the input embedding (fan-in vocab: its entries are not rescaled, so
@@ -420,11 +421,24 @@ def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], 
   now carry a_j, gets another 1/a_j in the final norm). (LayerNorm's mean cannot be
   kept this way: a non-integer embed ratio stays inexact there.)
 
-  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact).
+  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact). With `opt_state` (an
+  optax state of these params) returns `(params, opt_state)`, both transferred with the same maps as
+  `rcjax.transfer((params, opt_state), ...)` does; the corrections above go to the params only
+  (rescaling an entry's Adam moments with it, m by 1/s and v by 1/s^2, would leave Adam's step
+  m / sqrt(v) as it is, up to eps).
   """
-  from rcjax.transfer import index_maps, transfer as rc_transfer
+  from rcjax.transfer import transfer as rc_transfer
 
-  out = rc_transfer(params, key, sizes, **kwargs)
+  if opt_state is not None:
+    out, opt_out = rc_transfer((params, opt_state), key, sizes, **kwargs)
+    return _corrected(model, params, out, key, kwargs), opt_out
+  return _corrected(model, params, rc_transfer(params, key, sizes, **kwargs), key, kwargs)
+
+
+def _corrected(model: GPT, params: Any, out: Any, key: jax.Array, kwargs: dict) -> Any:
+  """`transfer`'s corrections of `out`, the leaf-wise transfer of `params`."""
+  from rcjax.transfer import index_maps
+
   e_old, e_new = params["embed"].shape[1], out["embed"].shape[1]
   if e_old == e_new:
     return out
