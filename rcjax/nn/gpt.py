@@ -43,7 +43,12 @@ ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2's ge
 
 def _mm(x, box, spec: str, dtype):
   """`einsum(spec, x, W) * multiplier(W)` computed in `dtype`."""
-  y = jnp.einsum(spec, x.astype(dtype), box.value.astype(dtype), preferred_element_type=dtype)
+  return _times_multiplier(jnp.einsum(spec, x.astype(dtype), box.value.astype(dtype), preferred_element_type=dtype),
+                           box, dtype)
+
+
+def _times_multiplier(y, box, dtype):
+  """`y * multiplier(box)` in `dtype` (skipped when the multiplier is 1)."""
   m = pz.multiplier(box)
   return y if m == 1.0 else y * jnp.asarray(m, dtype)
 
@@ -64,10 +69,8 @@ def _mm_fused(x_BxTxE, boxes, dtype) -> list:
   y = jnp.einsum("bte,en->btn", x_BxTxE.astype(dtype), jnp.concatenate(ws, axis=1), preferred_element_type=dtype)
   out, start = [], 0
   for box, w in zip(boxes, ws):
-    piece = y[..., start:start + w.shape[1]].reshape(y.shape[:2] + box.shape[1:])
+    out.append(_times_multiplier(y[..., start:start + w.shape[1]].reshape(y.shape[:2] + box.shape[1:]), box, dtype))
     start += w.shape[1]
-    m = pz.multiplier(box)
-    out.append(piece if m == 1.0 else piece * jnp.asarray(m, dtype))
   return out
 
 
