@@ -10,7 +10,9 @@ written (input + output,
 the least any transfer must move), achieved GB/s, the copy bandwidth measured on an array of the output
 size in the same run, their ratio, the same for a naive baseline (one `jnp.take` per mapped axis with
 unsorted index maps) and for a numpy reference on the host, and the compiled peak memory of the transfer
-relative to input + output.
+relative to input + output. The "donate" cases grow one axis of a GPT (the MLP's) as `grow(...)` and as
+`grow(..., donate=True)`, which returns the leaves the transfer does not touch instead of copying them:
+both times, and the bytes each call newly allocates.
 """
 
 from __future__ import annotations
@@ -179,6 +181,35 @@ def run_case(name: str, tree, target: dict, *, reps: int, with_numpy: bool, base
   return row, out
 
 
+def run_donate_case(name: str, tree, target: dict, *, reps: int) -> dict:
+  """`grow(tree)` next to `grow(copy, donate=True)` (each rep on a fresh copy, made outside the timing):
+  times and the bytes of output arrays each call allocates (the donated call shares the untouched ones)."""
+  key = jax.random.key(0)
+  out = rcjax.grow(tree, key, sizes=target)
+  t_plain = timeit(lambda t: rcjax.grow(t, key, sizes=target), tree, reps=reps)
+  times, new_bytes = [], None
+  for _ in range(reps + 1):  # the first is the warm-up (compile)
+    given = jax.block_until_ready(jax.tree.map(jnp.copy, tree))
+    t = time.perf_counter()
+    got = jax.block_until_ready(rcjax.grow(given, key, sizes=target, donate=True))
+    times.append(time.perf_counter() - t)
+    ids = {id(x) for x in jax.tree.leaves(rcjax.unbox(given))}
+    new_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(rcjax.unbox(got)) if id(x) not in ids)
+    del given, got
+  t_donate = float(np.median(times[1:]))
+  return {"case": name, "direction": "grow", "dtype": str(jax.tree.leaves(rcjax.unbox(tree))[0].dtype),
+          "params_M": sum(x.size for x in jax.tree.leaves(rcjax.unbox(tree))) / 1e6,
+          "rcjax_s": t_plain, "donate_s": t_donate, "donate_speedup": t_plain / t_donate,
+          "out_GB": nbytes(out) / 1e9, "new_GB": nbytes(out) / 1e9, "new_GB_donate": new_bytes / 1e9}
+
+
+def donate_cases(smoke: bool, big: bool):
+  """A GPT with only its MLP width grown 2x: attention, norms and embeddings pass untouched."""
+  preset, over = ("tiny-llama", {}) if smoke else (("gpt-medium", {}) if big else ("gpt-small", dict(depth=4)))
+  g, cfg = gpt_tree(preset, jnp.bfloat16, **over)
+  yield f"gpt {preset} L={cfg.depth} bfloat16 mlp 2x, donate", g, {"mlp": 2 * rcjax.sizes(g)["mlp"]}
+
+
 def cases(smoke: bool, big: bool):
   from train import gpt as train_gpt
 
@@ -268,6 +299,18 @@ def main(argv=None) -> list[dict]:
             + f"  call overhead {1e3 * row['call_overhead_s']:.2f} ms"
             + (f"  bitwise={modes[0]} {row['bitwise_equal_to_first']}" if "bitwise_equal_to_first" in row else ""),
             flush=True)
+  for name, tree, target in donate_cases(args.smoke, args.big):
+    if args.only and not any(part in name for part in args.only.split(",")):
+      continue
+    row = run_donate_case(name, tree, target, reps=2 if args.smoke else args.reps)
+    row.update(device=dev.device_kind, kernel="auto")
+    rows.append(row)
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(rows, f, indent=1)
+    print(f"{name:34s} grow {1e3 * row['rcjax_s']:8.2f} ms, allocates {row['new_GB']:.3f} GB; "
+          f"donate=True {1e3 * row['donate_s']:8.2f} ms ({row['donate_speedup']:.2f}x), allocates "
+          f"{row['new_GB_donate']:.3f} GB", flush=True)
   return rows
 
 

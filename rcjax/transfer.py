@@ -21,8 +21,8 @@ weights would need lr'/lr = k). tests/test_optimizer_transfer.py checks all eigh
 
 from __future__ import annotations
 
-import functools
 import math
+import warnings
 from typing import Any, Mapping
 
 import jax
@@ -410,9 +410,38 @@ def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, r
   return jax.tree.unflatten(treedef, out)
 
 
-@functools.partial(jax.jit, static_argnames=("exact", "moment", "repeats", "shardings", "pallas"))
-def _apply_maps_jit(tree, maps, *, exact, moment, repeats, shardings, pallas=(False, False)):
+def _apply_maps_impl(tree, maps, *, exact, moment, repeats, shardings, pallas=(False, False)):
   return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment, repeats, shardings, pallas)
+
+
+_APPLY_STATIC = ("exact", "moment", "repeats", "shardings", "pallas")
+_apply_maps_jit = jax.jit(_apply_maps_impl, static_argnames=_APPLY_STATIC)
+_apply_maps_jit_donated = jax.jit(_apply_maps_impl, static_argnames=_APPLY_STATIC, donate_argnums=0)
+
+
+def _touched(leaf: Any, names) -> bool:
+  """Whether a transfer over the axes `names` changes this leaf (an RC leaf with such a width axis)."""
+  return is_rc(leaf) and any(leaf.axes[d] in names for d in leaf.width_dims)
+
+
+def _donated(fn, tree, names):
+  """`fn(tree)`, a donating jitted transfer over the axes `names`, on the leaves it changes; the other
+  leaves pass as they are.
+
+  The untouched leaves are left out of the call (not copied; the tree keeps its paths, so every leaf's
+  key and the outputs are bitwise those of the whole tree). XLA reuses a donated buffer only for an
+  output of the same shape and dtype (a leaf remapped at its size); its warning about the others,
+  which are most leaves of a grown tree, is silenced.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_rc)
+  mask = [_touched(leaf, names) for leaf in leaves]
+  if not any(mask):
+    return tree
+  part = jax.tree.unflatten(treedef, [leaf if m else None for leaf, m in zip(leaves, mask)])
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    out = iter(jax.tree.leaves(fn(part), is_leaf=is_rc))
+  return jax.tree.unflatten(treedef, [next(out) if m else leaf for leaf, m in zip(leaves, mask)])
 
 
 def _repeat_factor(m: Any, n_old: int) -> int | None:
@@ -424,7 +453,7 @@ def _repeat_factor(m: Any, n_old: int) -> int | None:
 
 
 def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
-               moment: int | None = None) -> Any:
+               moment: int | None = None, donate: bool = False) -> Any:
   """Gather every RC leaf of `tree` along its mapped width axes and rescale it (deterministic).
 
   Args:
@@ -434,6 +463,7 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
     moment: what the RC leaves hold: 0 params, 1 gradient-like (momentum, Adam mu), 2 squared
       gradients (Adam nu). None reads it from optax state field names (`mu`, `trace`: 1; `nu`: 2) and
       treats everything else as params.
+    donate: `tree` may be consumed (see `transfer`).
 
   Returns:
     A pytree of the same structure with leaves at the new sizes.
@@ -449,8 +479,11 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
   if moment not in (None, 0, 1, 2):
     raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
   repeats = tuple(sorted((k, f) for k, m in maps.items() if (f := _repeat_factor(m, widths[k]))))
-  return _apply_maps_jit(tree, maps, exact=exact, moment=moment, repeats=repeats,
-                         shardings=leaf_shardings(tree), pallas=kernels.settings())
+  kw = dict(exact=exact, moment=moment, repeats=repeats, pallas=kernels.settings())
+  if donate:
+    return _donated(lambda t: _apply_maps_jit_donated(t, maps, shardings=leaf_shardings(t), **kw),
+                    tree, set(maps))
+  return _apply_maps_jit(tree, maps, shardings=leaf_shardings(tree), **kw)
 
 
 # --- grow / shrink / transfer -------------------------------------------------------------------
@@ -514,10 +547,8 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
   return target
 
 
-@functools.partial(jax.jit, static_argnames=("old", "new", "sampler", "r1", "r2", "exact", "moment",
-                                             "blocks", "shardings", "pallas"))
-def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings,
-                  pallas=(False, False)):
+def _transfer_impl(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings,
+                   pallas=(False, False)):
   maps = _maps(key, old, new, sampler, blocks)
   if _on_cpu():
     # An identity on (sorted) maps that XLA:CPU does not fuse: without it the maps' computation (cumsum,
@@ -542,9 +573,15 @@ def _transfer_jit(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks
   return _apply(tree, maps, fresh, key, exact, r2, moment, repeats, shardings, pallas)
 
 
+_TRANSFER_STATIC = ("old", "new", "sampler", "r1", "r2", "exact", "moment", "blocks", "shardings", "pallas")
+_transfer_jit = jax.jit(_transfer_impl, static_argnames=_TRANSFER_STATIC)
+_transfer_jit_donated = jax.jit(_transfer_impl, static_argnames=_TRANSFER_STATIC, donate_argnums=0)
+
+
 def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: str = "stratified",
              random_rate: float = 0.0, norm_rate: float = 0.0, exact: bool = False,
-             check_finite: bool = False, moment: int | None = None, _direction: str = "transfer") -> Any:
+             check_finite: bool = False, moment: int | None = None, donate: bool = False,
+             _direction: str = "transfer") -> Any:
   """Transfer a pytree of RC leaves to new sizes of its width axes (grow or shrink, per axis).
 
   Args:
@@ -560,6 +597,12 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
     exact: count-corrected fan-in weights, function-preserving for any ratio N'/N >= 1.
     check_finite: raise if a leaf holds NaN or inf (needs concrete arrays).
     moment: see `apply_maps`.
+    donate: the caller gives `params` up (e.g. `params = rcjax.grow(params, key, donate=True)`): leaves
+      that no transferred axis touches (and non-RC leaves, such as an optimizer's step count) are
+      returned as they are instead of copied, and the arrays of the others are donated to the jitted
+      transfer, which reuses them for outputs of the same shape and dtype (axes remapped at their size).
+      Do not use `params` afterwards: the output shares arrays with it, and donated ones are deleted.
+      The result is bitwise the same either way. Without it, every output leaf is a new array.
 
   Returns:
     The transferred pytree.
@@ -592,15 +635,19 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   new = tuple(sorted(target.items()))
   blocks = {k: v for k, v in blocks.items() if k in target}
   need = set(target) | {v for v in blocks.values() if isinstance(v, str)}
-  return _transfer_jit(params, key, old=tuple(sorted((k, all_sizes[k]) for k in need)), new=new,
-                       sampler=sampler, r1=float(random_rate), r2=float(norm_rate), exact=bool(exact),
-                       moment=moment, blocks=tuple(sorted(blocks.items())),
-                       shardings=leaf_shardings(params), pallas=kernels.settings())
+  kw = dict(old=tuple(sorted((k, all_sizes[k]) for k in need)), new=new, sampler=sampler,
+            r1=float(random_rate), r2=float(norm_rate), exact=bool(exact), moment=moment,
+            blocks=tuple(sorted(blocks.items())), pallas=kernels.settings())
+  if donate:
+    return _donated(lambda t: _transfer_jit_donated(t, key, shardings=leaf_shardings(t), **kw),
+                    params, set(target))
+  return _transfer_jit(params, key, shardings=leaf_shardings(params), **kw)
 
 
 def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,
          sampler: str = "stratified", random_rate: float = 0.0, norm_rate: float = 0.0,
-         exact: bool = False, check_finite: bool = False, moment: int | None = None) -> Any:
+         exact: bool = False, check_finite: bool = False, moment: int | None = None,
+         donate: bool = False) -> Any:
   """Grow every width axis by `factor` (default 2), or the axes named in `sizes`.
 
   Pure and jit-compiled (sizes static). With the default sampler and an integer factor the grown model
@@ -614,12 +661,12 @@ def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Map
   """
   target = _target_sizes(params, factor, sizes, "grow")
   return transfer(params, key, target, sampler=sampler, random_rate=random_rate, norm_rate=norm_rate,
-                  exact=exact, check_finite=check_finite, moment=moment, _direction="grow")
+                  exact=exact, check_finite=check_finite, moment=moment, donate=donate, _direction="grow")
 
 
 def shrink(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,
            sampler: str = "stratified", random_rate: float = 0.0, norm_rate: float = 0.0,
-           check_finite: bool = False, moment: int | None = None) -> Any:
+           check_finite: bool = False, moment: int | None = None, donate: bool = False) -> Any:
   """Shrink (prune) every width axis by `factor` (default 0.5), or the axes named in `sizes`.
 
   Neurons are kept as a uniform subset ('stratified'), evenly spaced ('stride') or drawn with
@@ -627,4 +674,4 @@ def shrink(params: Any, key: jax.Array, *, factor: float | None = None, sizes: M
   """
   target = _target_sizes(params, factor, sizes, "shrink")
   return transfer(params, key, target, sampler=sampler, random_rate=random_rate, norm_rate=norm_rate,
-                  check_finite=check_finite, moment=moment, _direction="shrink")
+                  check_finite=check_finite, moment=moment, donate=donate, _direction="shrink")

@@ -12,7 +12,11 @@ def test_transfer_benchmark_smoke(tmp_path):
   out = tmp_path / "t.json"
   rows = bench_transfer.main(["--smoke", "--kernel", "auto,interpret", "--json", str(out)])
   assert json.loads(out.read_text()) == json.loads(json.dumps(rows))
+  donated = [r for r in rows if "donate_s" in r]
+  rows = [r for r in rows if "donate_s" not in r]
   assert {r["kernel"] for r in rows} == {"auto", "interpret"} and len(rows) % 2 == 0
+  # grow(donate=True) on a GPT whose MLP alone grows: the untouched leaves are shared, not allocated again
+  assert len(donated) == 1 and 0 < donated[0]["new_GB_donate"] < donated[0]["new_GB"], donated
   for row in rows:
     assert "error" not in row, row
     for k in ("rcjax_s", "rcjax_GBps", "copy_GBps", "rcjax_vs_copy", "naive_vs_copy", "bytes_moved_GB"):

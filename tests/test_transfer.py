@@ -268,3 +268,50 @@ def test_grow_works_on_optimizer_state_with_the_same_maps():
   big_p, big_s = rcjax.grow((p, s), jax.random.key(0), factor=2, random_rate=0.5)
   assert big_s[0].mu["Dense_1"]["kernel"].shape == (20, 20)
   assert int(big_s[0].count) == 0
+
+
+def test_donate_passes_untouched_leaves_through_and_gives_the_same_bits():
+  import warnings
+
+  _, p = mlp("mup", width=10)
+  tree = (p, {"count": jnp.zeros([], jnp.int32)})  # a non-RC leaf, as an optimizer's step count
+  copy = lambda t: jax.tree.map(jnp.copy, t)
+  kw = dict(sizes={"hidden_1": 23}, norm_rate=0.1)  # Dense_0 has no hidden_1 axis; noise keys come from paths
+  want = rcjax.grow(tree, jax.random.key(5), **kw)
+  given = copy(tree)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    got = rcjax.grow(given, jax.random.key(5), donate=True, **kw)
+  assert not [w for w in caught if "donat" in str(w.message)]
+  chex.assert_trees_all_equal(rcjax.unbox(got), rcjax.unbox(want))
+  assert got[0]["Dense_0"]["kernel"].value is given[0]["Dense_0"]["kernel"].value  # not copied
+  assert got[1]["count"] is given[1]["count"]  # non-RC leaves too
+  # Without donate every output leaf is a new array and the input stays usable.
+  assert want[0]["Dense_0"]["kernel"].value is not p["Dense_0"]["kernel"].value
+  assert not any(x.is_deleted() for x in jax.tree.leaves(rcjax.unbox(tree)))
+  # Under an outer jit (nothing to donate there) it is the same transfer.
+  traced = jax.jit(lambda t, k: rcjax.grow(t, k, donate=True, **kw))(copy(tree), jax.random.key(5))
+  chex.assert_trees_all_close(rcjax.unbox(traced), rcjax.unbox(want), rtol=1e-6, atol=1e-6)
+
+
+def test_donate_reuses_the_buffers_of_leaves_remapped_at_their_size():
+  _, p = mlp("mup", width=10)
+  mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("a", "b"))
+  for shard in (False, True):
+    given = jax.tree.map(jnp.copy, p)
+    if shard:
+      last = lambda x: "b" if x.shape[-1] % 2 == 0 else None
+      given = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P(*[None] * (x.ndim - 1), last(x)))),
+                           given)
+    want = rcjax.transfer(given, jax.random.key(2), {"hidden_1": 10}, sampler="iid")  # same size, new neurons
+    got = rcjax.transfer(given, jax.random.key(2), {"hidden_1": 10}, sampler="iid", donate=True)
+    chex.assert_trees_all_equal(rcjax.unbox(got), rcjax.unbox(want))
+    assert given["Dense_1"]["kernel"].value.is_deleted()  # its buffer now holds the output
+    assert got["Dense_0"]["kernel"].value is given["Dense_0"]["kernel"].value
+    assert not given["Dense_0"]["kernel"].value.is_deleted()
+  maps = {"hidden_1": jnp.arange(10)[::-1]}  # apply_maps: the same with given maps
+  want = rcjax.apply_maps(p, maps)
+  given = jax.tree.map(jnp.copy, p)
+  got = rcjax.apply_maps(given, maps, donate=True)
+  chex.assert_trees_all_equal(rcjax.unbox(got), rcjax.unbox(want))
+  assert given["Dense_1"]["kernel"].value.is_deleted() and got["Dense_0"]["bias"].value is given["Dense_0"]["bias"].value
