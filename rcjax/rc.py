@@ -18,6 +18,9 @@ from flax.linen import meta
 PARAMS = ("sp", "ntk", "mup", "mf")
 
 
+_NORMALISED: dict = {}  # RC metadata as given -> normalised (see RC.__post_init__)
+
+
 class RC(struct.PyTreeNode, meta.AxisMetadata):
   """A parameter (or optimizer-moment) array with row-column structure.
 
@@ -51,25 +54,40 @@ class RC(struct.PyTreeNode, meta.AxisMetadata):
   blocks: tuple[tuple[str, str | int], ...] = struct.field(pytree_node=False, default=())
 
   def __post_init__(self):
-    # Normalise the metadata so two boxes describing the same leaf compare (and hash) equal.
+    # Normalise the metadata so two boxes describing the same leaf compare (and hash) equal. Every
+    # unflatten (each jit output) builds boxes again from the same metadata: those are looked up.
+    try:
+      raw = (self.axes, self.fan_in, self.base, self.param, self.blocks)
+      norm = _NORMALISED.get(raw)
+    except TypeError:  # unhashable (lists): normalise, uncached
+      raw, norm = None, None
+    if norm is None:
+      norm = self._normalised()
+      if raw is not None:
+        if len(_NORMALISED) >= 4096:
+          _NORMALISED.clear()
+        _NORMALISED[raw] = norm
+    for name, value in zip(("axes", "fan_in", "base", "blocks"), norm):
+      object.__setattr__(self, name, value)
+
+  def _normalised(self) -> tuple:
+    """(axes, fan_in, base, blocks) normalised and checked against each other and `param`."""
     axes = tuple(self.axes)
     base = (None,) * len(axes) if self.base is None else tuple(
         None if b is None else int(b) for b in self.base)
-    object.__setattr__(self, "axes", axes)
-    object.__setattr__(self, "base", base)
-    object.__setattr__(self, "fan_in", tuple(sorted(int(d) + len(axes) * (int(d) < 0) for d in self.fan_in)))
+    fan_in = tuple(sorted(int(d) + len(axes) * (int(d) < 0) for d in self.fan_in))
     if len(base) != len(axes):
       raise ValueError(f"RC: base {base} has {len(base)} entries for {len(axes)} axes {axes}")
     if self.param not in PARAMS:
       raise ValueError(f"RC: unknown parametrization {self.param!r}; expected one of {PARAMS}")
-    if any(not 0 <= d < len(axes) for d in self.fan_in):
-      raise ValueError(f"RC: fan_in {self.fan_in} out of range for axes {axes}")
+    if any(not 0 <= d < len(axes) for d in fan_in):
+      raise ValueError(f"RC: fan_in {fan_in} out of range for axes {axes}")
     blocks = tuple(sorted((str(a), o if isinstance(o, str) else int(o)) for a, o in dict(self.blocks).items()))
-    object.__setattr__(self, "blocks", blocks)
     for a, o in blocks:
       if a not in axes or (isinstance(o, int) and o <= 0) or o == a:
         raise ValueError(f"RC: bad blocks entry {(a, o)} for axes {axes}: need an axis of this leaf and "
                          "another axis name or a positive number of blocks")
+    return axes, fan_in, base, blocks
 
   # --- flax AxisMetadata protocol -------------------------------------------------------------
   def unbox(self) -> Any:
@@ -134,8 +152,44 @@ def path_hash(path: str) -> int:
 
 def _iter_axes(tree: Any) -> Iterator[tuple[str, str, int, bool]]:
   for path, box in leaves_with_paths(tree):
-    for d, (name, b) in enumerate(zip(box.axes, box.base)):
-      yield path, name, box.shape[d], b is not None
+    for d, (name, b, n) in enumerate(zip(box.axes, box.base, box.shape)):
+      yield path, name, n, b is not None
+
+
+# sizes() of pytrees by structure: (treedef, leaf shapes) -> (sizes, width axis names). The RC metadata
+# (axes, base) is static pytree data, so it is part of the treedef: the key fixes the answer. Calls on
+# the same structure (every grow/shrink of it, each validating its argument) skip the walk over leaves.
+_SIZES_CACHE: dict = {}
+
+
+def _axes_info(params: Any) -> tuple[dict[str, int], frozenset[str]]:
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  key = (treedef, tuple(x.shape if hasattr(x, "shape") else np.shape(x) for x in leaves))
+  try:
+    hit = _SIZES_CACHE.get(key)
+  except TypeError:  # a pytree node with unhashable static data: no caching
+    key, hit = None, None
+  if hit is not None:
+    return hit
+  seen: dict[str, tuple[int, bool, str]] = {}
+  for path, name, size, width in _iter_axes(params):
+    if name not in seen:
+      seen[name] = (size, width, path)
+      continue
+    size0, width0, path0 = seen[name]
+    if size != size0:
+      raise ValueError(f"axis {name!r} has size {size0} at {path0} but {size} at {path}")
+    if width != width0:
+      kind = lambda w: "a width axis" if w else "a fixed axis"
+      raise ValueError(f"axis {name!r} is {kind(width0)} at {path0} but {kind(width)} at {path}")
+  if not seen:
+    raise ValueError("no RC leaves in this pytree: build params with rcjax.nn or wrap arrays in rcjax.RC")
+  hit = ({name: s for name, (s, _, _) in seen.items()}, frozenset(n for n, (_, w, _) in seen.items() if w))
+  if key is not None:
+    if len(_SIZES_CACHE) >= 256:
+      _SIZES_CACHE.clear()
+    _SIZES_CACHE[key] = hit
+  return hit
 
 
 def sizes(params: Any) -> dict[str, int]:
@@ -150,26 +204,12 @@ def sizes(params: Any) -> dict[str, int]:
   >>> sizes(p)
   {'hidden': 4, 'input': 3}
   """
-  seen: dict[str, tuple[int, bool, str]] = {}
-  for path, name, size, width in _iter_axes(params):
-    if name not in seen:
-      seen[name] = (size, width, path)
-      continue
-    size0, width0, path0 = seen[name]
-    if size != size0:
-      raise ValueError(f"axis {name!r} has size {size0} at {path0} but {size} at {path}")
-    if width != width0:
-      kind = lambda w: "a width axis" if w else "a fixed axis"
-      raise ValueError(f"axis {name!r} is {kind(width0)} at {path0} but {kind(width)} at {path}")
-  if not seen:
-    raise ValueError("no RC leaves in this pytree: build params with rcjax.nn or wrap arrays in rcjax.RC")
-  return {name: s for name, (s, _, _) in seen.items()}
+  return dict(_axes_info(params)[0])
 
 
 def width_axes(params: Any) -> dict[str, int]:
   """Like `sizes`, restricted to width axes (base not None)."""
-  all_sizes = sizes(params)
-  widths = {name for _, name, _, w in _iter_axes(params) if w}
+  all_sizes, widths = _axes_info(params)
   return {k: v for k, v in all_sizes.items() if k in widths}
 
 

@@ -110,6 +110,26 @@ def test_sizes_errors_name_paths():
     rcjax.sizes({"w": jnp.zeros(3)})
 
 
+def test_sizes_and_box_metadata_caches_give_what_the_walk_gives():
+  # sizes() is cached per (structure, leaf shapes); boxes normalise their metadata through a cache.
+  a = RC(jnp.zeros((3, 4)), axes=("input", "hidden"), fan_in=(0,), base=(None, 4))
+  b = RC(jnp.zeros((4,)), axes=("hidden",), base=(4,))
+  assert rcjax.sizes({"a": a, "b": b}) == {"input": 3, "hidden": 4}
+  rcjax.sizes({"a": a, "b": b})["hidden"] = 99  # the caller's copy
+  assert rcjax.width_axes({"a": a, "b": b}) == {"hidden": 4}
+  wide = {"a": a.replace(value=jnp.zeros((3, 8))), "b": b.replace(value=jnp.zeros((8,)))}  # same treedef
+  assert rcjax.sizes(wide) == {"input": 3, "hidden": 8}
+  bad = {"a": a, "b": b.replace(value=jnp.zeros((5,)))}
+  for _ in range(2):  # errors are not cached
+    with pytest.raises(ValueError, match="axis 'hidden' has size 4"):
+      rcjax.sizes(bad)
+  for _ in range(2):  # unhashable metadata is normalised too (uncached), and cached tuples the same way
+    r = RC(jnp.zeros((2, 3)), axes=["x", "y"], fan_in=[-1], base=[None, 3], blocks={"y": 3})
+    assert (r.axes, r.fan_in, r.base, r.blocks) == (("x", "y"), (1,), (None, 3), (("y", 3),))
+    t = RC(jnp.zeros((2, 3)), axes=("x", "y"), fan_in=(-1,), base=(None, 3.0))
+    assert (t.axes, t.fan_in, t.base) == (("x", "y"), (1,), (None, 3)) and type(t.base[1]) is int
+
+
 def test_box_rejects_bad_metadata():
   with pytest.raises(ValueError, match="unknown parametrization"):
     RC(jnp.zeros(3), axes=("a",), param="muP")
