@@ -424,7 +424,7 @@ def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], 
   now carry a_j, gets another 1/a_j in the final norm). (LayerNorm's mean cannot be
   kept this way: a non-integer embed ratio stays inexact there.)
 
-  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact). With `opt_state` (an
+  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact, donate). With `opt_state` (an
   optax state of these params) returns `(params, opt_state)`, both transferred with the same maps as
   `rcjax.transfer((params, opt_state), ...)` does; the corrections above go to the params only
   (rescaling an entry's Adam moments with it, m by 1/s and v by 1/s^2, would leave Adam's step
