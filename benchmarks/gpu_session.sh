@@ -20,7 +20,7 @@ if [ -n "${SMOKE:-}" ]; then
   GPTX=(--smoke --only gpt); REST=(--smoke --only mlp,matrix)
 else
   MED=${MED:-gpt-medium:64}; BIG=${BIG:-gpt-medium:80}; LLAMA=${LLAMA:-llama-medium:64}; REP="--reps 10"
-  PROF="--gpt $MED --variant fusedloss+bf16residual --steps 3"
+  PROF="--gpt $MED --steps 3"
   GPTX=(--big --reps 10 --no-numpy --only "bfloat16 2x,float32 2x"); REST=(--big --reps 5 --no-numpy --only mlp,matrix)
 fi
 { date -u; nvidia-smi -L 2>&1; $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"; } 2>&1 | tee "$O/checks.txt"
@@ -39,19 +39,25 @@ step 1; timeout "$(left 440)" $PY benchmarks/transfer.py "${GPTX[@]}" --kernel o
 step 2; timeout "$(left 320)" $PY benchmarks/train_step.py --only gpt --gpt "$MED" --reps 10 \
   --variants fusedloss+bf16residual,fusedproj+fusedloss+bf16residual \
   --json "$O/train_step.json" 2>&1 | tee "$O/train_step.txt"
+# The faster of step 2's variants (by tokens/s; the known best if none ran) for steps 2c and 3.
+BEST=$($PY -c "import json, sys
+rows = [r for r in json.load(open(sys.argv[1])) if r.get('tokens_per_s')]
+print(max(rows, key=lambda r: r['tokens_per_s'])['case'].split()[-1] if rows else 'fusedloss+bf16residual')" \
+  "$O/train_step.json" 2>/dev/null || echo fusedloss+bf16residual)
+echo "best of step 2: $BEST" | tee -a "$O/checks.txt"
 # 2b. The same best setting with XLA's dot merger allowed to merge large dots (its default threshold,
 #     32 MB, leaves q/k/v separate at this size): does XLA fuse the projections by itself?
 step 2b; XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_dot_merger_threshold_mb=4096" timeout "$(left 250)" $PY \
   benchmarks/train_step.py --only gpt --gpt "$MED" --reps 10 --variants fusedloss+bf16residual 2>&1 \
   | tee -a "$O/train_step.txt"
-# 2c. A larger batch at the best setting: B=64 with stored logits asked for 70.4 GiB, and the fused loss
+# 2c. A larger batch at step 2's best variant: B=64 with stored logits asked for 70.4 GiB, and the fused loss
 #     drops the (B, T, vocab) logits and their gradient, so B=80 may fit in the H100's 80 GB (B=48 -> 64
 #     gave +1.3 points on the H200). An out-of-memory error is reported as the row. (Its row goes to
 #     train_step.txt only: the device tool brings back 8 files.)
 step 2c; timeout "$(left 190)" $PY benchmarks/train_step.py --only gpt --gpt "$BIG" --reps 10 \
-  --variants fusedloss+bf16residual 2>&1 | tee -a "$O/train_step.txt"
-# 3. Where the best setting's step goes (kernel classes, top kernels).
-step 3; timeout "$(left 130)" $PY benchmarks/profile_step.py $PROF --out /tmp/rcjax_prof --json "$O/profile.json" 2>&1 \
+  --variants "$BEST" 2>&1 | tee -a "$O/train_step.txt"
+# 3. Where step 2's best variant's step goes (kernel classes, top kernels).
+step 3; timeout "$(left 130)" $PY benchmarks/profile_step.py $PROF --variant "$BEST" --out /tmp/rcjax_prof --json "$O/profile.json" 2>&1 \
   | tee -a "$O/train_step.txt"
 # 4. A Llama-style ~330M (no biases, RMSNorm, SwiGLU, vocab 32000) at the best setting, unfused and with
 #    q/k/v and up/gate fused.

@@ -152,8 +152,9 @@ def path_hash(path: str) -> int:
 
 def _iter_axes(tree: Any) -> Iterator[tuple[str, str, int, bool]]:
   for path, box in leaves_with_paths(tree):
-    for d, (name, b, n) in enumerate(zip(box.axes, box.base, box.shape)):
-      yield path, name, n, b is not None
+    shape = box.shape
+    for d, (name, b) in enumerate(zip(box.axes, box.base)):
+      yield path, name, shape[d], b is not None
 
 
 # sizes() of pytrees by structure: (treedef, leaf shapes) -> (sizes, width axis names). The RC metadata
