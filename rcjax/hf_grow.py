@@ -175,22 +175,7 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       out_(f"    {ax:9s} {old[ax]:>7d} -> {new[ax]:<7d}{mark}")
     target = {k: v for k, v in new.items() if v != old[k]}
     key = jax.random.key(args.seed)
-    if target:
-      say(f"{direction}ing: sampler {args.sampler}, exact {args.exact}, r1 {args.random_rate}, r2 {args.norm_rate}")
-      grown = gpt_transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
-                           norm_rate=args.norm_rate, exact=args.exact)
-    else:
-      grown = params
-    n_new = _count(grown)
-    out_(f"    params    {n_old / 1e6:.2f}M -> {n_new / 1e6:.2f}M  (x{n_new / n_old:.3f})")
-    new_model = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
-                            head_dim=new["head_dim"], mlp=new["mlp"])
-    say(f"writing {dst}")
-    out = hf_model.save(new_model, grown, dst, config=src_config, dtype=args.dtype or src_dtype,
-                        max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
-                        extra_files=hf_model.tokenizer_files(args.src), progress=True)
-    say(f"wrote {len(out['files'])} file(s), {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB")
-    if not args.no_check:
+    if not args.no_check:  # SRC's logits first, so SRC's params can go before DST is written
       T = min(args.check_len, model.max_len) if a["positions"] == "learned" else args.check_len
       host = np.random.default_rng(1234).integers(0, model.vocab, (args.check_batch, T)).astype(np.int32)
       tokens = jnp.asarray(host)
@@ -198,7 +183,26 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
         rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         tokens = jax.make_array_from_callback(host.shape, rep, lambda idx: host[idx])
       src_logits = jax.jit(model.apply)({"params": params}, tokens)
-      del params, grown
+    if target:
+      say(f"{direction}ing: sampler {args.sampler}, exact {args.exact}, r1 {args.random_rate}, r2 {args.norm_rate}")
+      # donate: tensors no changed axis touches (all attention tensors when only mlp changes, ...) are
+      # kept, not copied, and SRC's other tensors are freed once DST's exist (memory: DST, not SRC + DST).
+      grown = gpt_transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
+                           norm_rate=args.norm_rate, exact=args.exact, donate=True)
+    else:
+      grown = params
+    del params
+    n_new = _count(grown)
+    out_(f"    params    {n_old / 1e6:.2f}M -> {n_new / 1e6:.2f}M  (x{n_new / n_old:.3f})")
+    new_model = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
+                            head_dim=new["head_dim"], mlp=new["mlp"])
+    say(f"writing {dst}")
+    out = hf_model.save(new_model, grown, dst, config=src_config, dtype=args.dtype or src_dtype,
+                        max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
+                        extra_files=hf_model.tokenizer_files(args.src), progress=True, consume=True)
+    say(f"wrote {len(out['files'])} file(s), {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB")
+    if not args.no_check:
+      del grown
       dst_model, dst_params = hf_model.load(dst, dtype=jnp.float32, mesh=mesh)
       dst_logits = jax.jit(dst_model.apply)({"params": dst_params}, tokens)
       diff = float(jnp.max(jnp.abs(src_logits - dst_logits)))

@@ -575,7 +575,7 @@ def _progress(items: list, on: bool, desc: str):
 
 def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
          dtype: Any = None, max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False,
-         extra_files: Mapping[str, str] | None = None, progress: bool = False) -> dict:
+         extra_files: Mapping[str, str] | None = None, progress: bool = False, consume: bool = False) -> dict:
   """Write `(model, params)` as an HF checkpoint directory that `transformers` loads unchanged.
 
   Args:
@@ -587,6 +587,8 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
     max_shard_size: bytes per safetensors file before the checkpoint is split and indexed.
     extra_files: `{name: source path}` copied into the output (tokenizer files).
     progress: a tqdm progress bar over the params (process 0).
+    consume: the caller gives `params` up: each leaf's array is deleted once it is written, so the
+      params' memory drains as the files fill (`python -m rcjax.grow` writes this way).
 
   Returns:
     `{'path', 'files', 'tensors', 'bytes', 'max_chunk_bytes'}` (max_chunk_bytes: the largest single
@@ -640,6 +642,8 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
           lo, hi, _ = index[0].indices(box.shape[0])
           if lo <= layer < hi:
             dst[index[1:]] = x[layer - lo].astype(dst.dtype)
+      if consume and isinstance(box.value, jax.Array) and not box.value.is_deleted():
+        box.value.delete()
     for m in files._maps.values():
       m.flush()
     del files

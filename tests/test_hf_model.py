@@ -80,6 +80,12 @@ def test_round_trip_is_bit_identical(tmp_path, case):
   assert set(saved) == set(orig)
   for k in orig:
     assert saved[k].dtype == orig[k].dtype and np.array_equal(saved[k].view(np.uint8), orig[k].view(np.uint8)), k
+  # consume=True (the CLI's): the same bytes, and every param array is freed once written
+  again = hf_model.save(model, params, tmp_path / "again", config=json.load(open(os.path.join(src, "config.json"))),
+                        consume=True)
+  assert all(x.is_deleted() for x in jax.tree.leaves(rcjax.unbox(params)))
+  read = lambda d: open(os.path.join(d, "model.safetensors"), "rb").read()
+  assert read(again["path"]) == read(out["path"])
 
 
 def test_save_splits_into_indexed_shards(tmp_path):
