@@ -424,9 +424,10 @@ def _touched(leaf: Any, names) -> bool:
   return is_rc(leaf) and any(leaf.axes[d] in names for d in leaf.width_dims)
 
 
-def _donated(fn, tree, names):
-  """`fn(tree)`, a donating jitted transfer over the axes `names`, on the leaves it changes; the other
-  leaves pass as they are.
+def _donated(donating, plain, tree, names):
+  """`donating(tree)`, a jitted transfer over the axes `names` that donates its argument, on the leaves
+  it changes; the other leaves pass as they are (`plain`, the same transfer without donation, where one
+  array sits in two places of the tree: it cannot be donated twice, nor donated and passed on).
 
   The untouched leaves are left out of the call (not copied; the tree keeps its paths, so every leaf's
   key and the outputs are bitwise those of the whole tree). XLA reuses a donated buffer only for an
@@ -438,6 +439,8 @@ def _donated(fn, tree, names):
   if not any(mask):
     return tree
   part = jax.tree.unflatten(treedef, [leaf if m else None for leaf, m in zip(leaves, mask)])
+  ids = [id(x) for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+  fn = donating if len(ids) == len(set(ids)) else plain
   with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
     out = iter(jax.tree.leaves(fn(part), is_leaf=is_rc))
@@ -481,8 +484,8 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
   repeats = tuple(sorted((k, f) for k, m in maps.items() if (f := _repeat_factor(m, widths[k]))))
   kw = dict(exact=exact, moment=moment, repeats=repeats, pallas=kernels.settings())
   if donate:
-    return _donated(lambda t: _apply_maps_jit_donated(t, maps, shardings=leaf_shardings(t), **kw),
-                    tree, set(maps))
+    call = lambda jitted: lambda t: jitted(t, maps, shardings=leaf_shardings(t), **kw)
+    return _donated(call(_apply_maps_jit_donated), call(_apply_maps_jit), tree, set(maps))
   return _apply_maps_jit(tree, maps, shardings=leaf_shardings(tree), **kw)
 
 
@@ -639,8 +642,8 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
             r1=float(random_rate), r2=float(norm_rate), exact=bool(exact), moment=moment,
             blocks=tuple(sorted(blocks.items())), pallas=kernels.settings())
   if donate:
-    return _donated(lambda t: _transfer_jit_donated(t, key, shardings=leaf_shardings(t), **kw),
-                    params, set(target))
+    call = lambda jitted: lambda t: jitted(t, key, shardings=leaf_shardings(t), **kw)
+    return _donated(call(_transfer_jit_donated), call(_transfer_jit), params, set(target))
   return _transfer_jit(params, key, shardings=leaf_shardings(params), **kw)
 
 

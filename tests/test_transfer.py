@@ -309,6 +309,16 @@ def test_donate_reuses_the_buffers_of_leaves_remapped_at_their_size():
     assert given["Dense_1"]["kernel"].value.is_deleted()  # its buffer now holds the output
     assert got["Dense_0"]["kernel"].value is given["Dense_0"]["kernel"].value
     assert not given["Dense_0"]["kernel"].value.is_deleted()
+  # One array in two places (a tied table, an optimizer state holding the params): not donated (XLA
+  # refuses a buffer donated twice, and a donated one must not also pass through untouched).
+  x = jnp.ones((4, 8))
+  shared = {"a": rcjax.RC(x, axes=("input", "hidden_1"), fan_in=(0,), base=(None, 8)),
+            "b": rcjax.RC(x, axes=("input", "hidden_1"), fan_in=(0,), base=(None, 8)),
+            "c": rcjax.RC(x, axes=("input", "other"), fan_in=(0,), base=(None, 8))}
+  got = rcjax.transfer(shared, jax.random.key(2), {"hidden_1": 8}, sampler="iid", donate=True)
+  assert not x.is_deleted() and got["c"].value is x
+  chex.assert_trees_all_equal(rcjax.unbox(got), rcjax.unbox(rcjax.transfer(shared, jax.random.key(2), {"hidden_1": 8},
+                                                                            sampler="iid")))
   maps = {"hidden_1": jnp.arange(10)[::-1]}  # apply_maps: the same with given maps
   want = rcjax.apply_maps(p, maps)
   given = jax.tree.map(jnp.copy, p)
