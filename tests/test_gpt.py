@@ -203,3 +203,32 @@ def test_fused_projections_keep_params_and_function():
   scale = max(float(np.abs(b).max()) for b in leaves[0])  # k's bias has zero gradient: roundoff only
   for a, b in zip(*leaves):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_fused_projections_stay_local_under_tensor_parallelism():
+  # Heads and mlp sharded over `tensor`: the fused weights are laid out so that the matmul and the split
+  # need no communication (concatenating along heads needed collective permutes); the gradient's
+  # all-reduces move no more bytes than unfused.
+  import math
+  import re
+  from rcjax import sharding
+
+  mesh = sharding.make_mesh("data=4,tensor=2")
+  x = jnp.zeros((8, 10), jnp.int32)
+
+  def comms(model, p):
+    ps = jax.device_put(p, sharding.shardings(p, mesh))
+    loss = lambda q: jnp.sum(model.apply({"params": q}, x).astype(jnp.float32) ** 2)
+    hlo = jax.jit(jax.grad(loss)).lower(ps).compile().as_text()
+    ops = re.findall(r"= (.+?) (all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter)(?:-start)?\(", hlo)
+    size = {"f32": 4, "bf16": 2}
+    nbytes = sum(size[t] * math.prod(int(n) for n in dims.split(",") if n)
+                 for shape, op in ops if op == "all-reduce" for t, dims in re.findall(r"(f32|bf16)\[([\d,]*)\]", shape))
+    return {op for _, op in ops} - {"all-reduce"}, nbytes
+
+  for style in ("llama", "gpt2"):
+    model, p = gpt(style, "mup", depth=1, width=32, heads=4, kv_heads=2 if style == "llama" else None, mlp=64)
+    other, plain = comms(model, p)
+    other_fused, fused = comms(model.clone(fuse_projections=True), p)
+    assert other_fused <= other, (style, other_fused)
+    assert fused <= plain, (style, fused, plain)
