@@ -200,7 +200,7 @@ def run_donate_case(name: str, tree, target: dict, *, reps: int) -> dict:
   return {"case": name, "direction": "grow", "dtype": str(jax.tree.leaves(rcjax.unbox(tree))[0].dtype),
           "params_M": sum(x.size for x in jax.tree.leaves(rcjax.unbox(tree))) / 1e6,
           "rcjax_s": t_plain, "donate_s": t_donate, "donate_speedup": t_plain / t_donate,
-          "out_GB": nbytes(out) / 1e9, "new_GB": nbytes(out) / 1e9, "new_GB_donate": new_bytes / 1e9}
+          "new_GB": nbytes(out) / 1e9, "new_GB_donate": new_bytes / 1e9}
 
 
 def donate_cases(smoke: bool, big: bool):
@@ -261,8 +261,16 @@ def main(argv=None) -> list[dict]:
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}")
   rows = []
+  wanted = lambda name: not args.only or any(part in name for part in args.only.split(","))
+
+  def record(row):  # after every case, so a run cut short keeps what it measured
+    rows.append(row)
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(rows, f, indent=1)
+
   for name, tree, target in cases(args.smoke, args.big):
-    if args.only and not any(part in name for part in args.only.split(",")):
+    if not wanted(name):
       continue
     base = ref = None
     for i, mode in enumerate(modes):
@@ -282,10 +290,7 @@ def main(argv=None) -> list[dict]:
         rcjax.kernels.ENABLED, rcjax.kernels.WORDS = "auto", False
         out = None
       row.update(device=dev.device_kind, kernel=mode)
-      rows.append(row)
-      if args.json:  # after every case, so a run cut short keeps what it measured
-        with open(args.json, "w") as f:
-          json.dump(rows, f, indent=1)
+      record(row)
       if "error" in row:
         continue
       peak = row["peak_over_in_out"]
@@ -300,14 +305,11 @@ def main(argv=None) -> list[dict]:
             + (f"  bitwise={modes[0]} {row['bitwise_equal_to_first']}" if "bitwise_equal_to_first" in row else ""),
             flush=True)
   for name, tree, target in donate_cases(args.smoke, args.big):
-    if args.only and not any(part in name for part in args.only.split(",")):
+    if not wanted(name):
       continue
     row = run_donate_case(name, tree, target, reps=2 if args.smoke else args.reps)
     row.update(device=dev.device_kind, kernel="auto")
-    rows.append(row)
-    if args.json:
-      with open(args.json, "w") as f:
-        json.dump(rows, f, indent=1)
+    record(row)
     print(f"{name:34s} grow {1e3 * row['rcjax_s']:8.2f} ms, allocates {row['new_GB']:.3f} GB; "
           f"donate=True {1e3 * row['donate_s']:8.2f} ms ({row['donate_speedup']:.2f}x), allocates "
           f"{row['new_GB_donate']:.3f} GB", flush=True)
