@@ -1,5 +1,6 @@
 """Test setup: 8 simulated CPU devices (set before JAX is imported anywhere)."""
 
+import contextlib
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -14,11 +15,27 @@ jax.config.update("jax_default_matmul_precision", "highest")
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="module")
+@contextlib.contextmanager
 def fast_compiles():
-  """For modules compiling dozens of tiny programs (compile time dominates on CPU, not run time):
-  `pytestmark = pytest.mark.usefixtures("fast_compiles")`."""
+  """XLA's optimizations off, for code that compiles many tiny programs (compile time dominates on CPU,
+  not run time): `with fast_compiles(): ...` (`from conftest import fast_compiles`), or the fixtures below."""
   old = jax.config.values["jax_disable_most_optimizations"]
   jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture(scope="module", name="fast_compiles")
+def fast_compiles_module():
+  """`fast_compiles` for a module: `pytestmark = pytest.mark.usefixtures("fast_compiles")`."""
+  with fast_compiles():
+    yield
+
+
+@pytest.fixture
+def fast_compiles_here():
+  """`fast_compiles` for one test: `@pytest.mark.usefixtures("fast_compiles_here")`."""
+  with fast_compiles():
+    yield

@@ -5,9 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import rcjax
+from conftest import fast_compiles
 from reference import apply_maps_np
 
 PARAMS = ("sp", "ntk", "mup", "mf")
@@ -93,6 +95,38 @@ def test_matches_numpy_reference(param, sampler, exact):
   # grow(key) is index_maps(key) + apply_maps when r1 = r2 = 0.
   grown = rcjax.transfer(p, jax.random.key(5), {"hidden_0": 15, "hidden_1": 9}, sampler=sampler, exact=exact)
   chex.assert_trees_all_equal(rcjax.unbox(grown), rcjax.unbox(got))
+
+
+@pytest.mark.usefixtures("fast_compiles_here")
+@settings(max_examples=4, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(param=st.sampled_from(PARAMS), old=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+       new=st.lists(st.integers(1, 30), min_size=3, max_size=3), sampler=st.sampled_from(["stratified", "iid", "stride"]),
+       exact=st.booleans(), dtype=st.sampled_from(["float32", "bfloat16"]))
+@example(param="mf", old=[4, 3], new=[4, 7, 1], sampler="stratified", exact=True, dtype="float32")  # kept + grown
+@example(param="sp", old=[6, 5, 1], new=[2, 5, 3], sampler="iid", exact=False, dtype="float32")  # pruned, kept, 1 -> 3
+@example(param="ntk", old=[1, 1], new=[3, 1, 1], sampler="stride", exact=True, dtype="float32")
+def test_random_widths_and_directions_match_the_numpy_reference(param, old, new, sampler, exact, dtype):
+  """Any depth and widths, each axis grown, pruned or kept (sizes of 1 included): transfer equals the numpy
+  reference on its maps, donating gives the same bits, and growth with exact=True keeps the function
+  (checked in float32)."""
+  model = rcjax.nn.MLP(features=tuple(old), out_features=3, param=param, activation=jax.nn.relu)
+  rng = np.random.default_rng(sum(old))  # values from numpy: an eager init compiles op by op (seconds)
+  p = jax.tree.map(lambda b: b.replace(value=jnp.asarray(rng.standard_normal(b.shape), dtype)),
+                   jax.eval_shape(lambda k: model.init(k, X)["params"], jax.random.key(0)), is_leaf=rcjax.is_rc)
+  sizes = {f"hidden_{i}": new[i] for i in range(len(old))}
+  exact = exact and sampler != "iid" and all(n >= o for n, o in zip(new, old))
+  got = rcjax.transfer(p, jax.random.key(5), sizes, sampler=sampler, exact=exact)
+  want = apply_maps_np(p, rcjax.index_maps(jax.random.key(5), rcjax.sizes(p), sizes, sampler), exact=exact)
+  tol = 1e-6 if dtype == "float32" else 1e-2
+  for path, box in rcjax.rc.leaves_with_paths(got):
+    assert box.value.dtype == dtype, path
+    np.testing.assert_allclose(np.asarray(box.value, np.float64), want[path], rtol=tol, atol=tol, err_msg=path)
+  if exact and dtype == "float32":
+    np.testing.assert_allclose(out(model, got), out(model, p), rtol=1e-5, atol=1e-5)
+  copy = jax.tree.map(lambda b: b.replace(value=b.value.copy()), p, is_leaf=rcjax.is_rc)
+  donated = rcjax.transfer(copy, jax.random.key(5), sizes, sampler=sampler, exact=exact, donate=True)
+  chex.assert_trees_all_equal(rcjax.unbox(donated), rcjax.unbox(got))
 
 
 def test_stratified_map_counts():
@@ -201,7 +235,7 @@ def test_jit_and_no_jit_agree():
   kw = dict(sizes={"hidden_0": 23, "hidden_1": 17}, random_rate=0.3, norm_rate=0.1)
   a = rcjax.grow(p, jax.random.key(3), **kw)
   b = jax.jit(lambda p, k: rcjax.grow(p, k, **kw))(p, jax.random.key(3))
-  with jax.disable_jit():
+  with jax.disable_jit(), fast_compiles():  # op by op: each op compiles on its own
     c = rcjax.grow(p, jax.random.key(3), **kw)
   # Equal up to float reassociation (XLA fuses the noise RMS reduction differently op by op).
   chex.assert_trees_all_close(rcjax.unbox(a), rcjax.unbox(b), rtol=1e-6, atol=1e-6)
