@@ -33,6 +33,11 @@ TESTS=$!
 #    and bias leaves, as before kernels.AUTO_MIN_BYTES) and the kernel's word form (WORDS), bitwise checked.
 step 1; timeout "$(left 440)" $PY benchmarks/transfer.py "${GPTX[@]}" --kernel off,auto,on,words --json "$O/transfer.json" \
   2>&1 | tee "$O/transfer.txt"
+# 1b. The bf16 leaves grown 2x with the copies in tiled order (whole rows written k times, another order of
+#     the same new neurons) next to XLA's repeat and the kernel: does XLA reach copy speed that way? (Rows
+#     to transfer.txt; step 5's sweep has them too.)
+step 1b; timeout "$(left 400)" $PY benchmarks/repeat_kernel.py $REP --dtypes bfloat16 --configs 8192:4 2>&1 \
+  | tee -a "$O/transfer.txt"
 # 2. train.gpt's step at ~350M params (MFU goal): the best setting measured on an H100 (B=64, fused loss,
 #    bf16 residual), then with q/k/v fused into one matmul (fusedproj). Each row's wall_s is its setup,
 #    compile and steps: the time a variant costs a session.

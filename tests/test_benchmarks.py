@@ -88,8 +88,10 @@ def test_repeat_kernel_benchmark_smoke(tmp_path):
   from benchmarks import repeat_kernel
 
   rows = repeat_kernel.main(["--smoke", "--json", str(tmp_path / "r.json")])
-  assert {r["impl"] for r in rows} >= {"xla", "pallas block=4096 warps=4", "pallas words block=16384 warps=8"}
-  assert all(r.get("bitwise_equal_to_xla") for r in rows), [r for r in rows if not r.get("bitwise_equal_to_xla")]
+  assert {r["impl"] for r in rows} >= {"xla", "pallas block=4096 warps=4", "pallas words block=16384 warps=8",
+                                      "xla tiled order"}
+  ok = [r.get("bitwise_equal_to_takes" if r["impl"] == "xla tiled order" else "bitwise_equal_to_xla") for r in rows]
+  assert all(ok), [r for r, o in zip(rows, ok) if not o]
   assert json.loads((tmp_path / "r.json").read_text()) == rows
   assert repeat_kernel.parse_configs("8192:4,16384:8:words") == [(8192, 4, False), (16384, 8, True)]
   with pytest.raises(ValueError, match="BLOCK:WARPS or BLOCK:WARPS:words"):
