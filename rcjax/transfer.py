@@ -236,14 +236,16 @@ def _on_cpu() -> bool:
   return jax.default_backend() == "cpu"
 
 
-def _gather_rows(x: jax.Array, dims: list[int], names: list[str], maps) -> jax.Array:
+def _gather_rows(x: jax.Array, dims: list[int], names: list[str], maps, trusted: bool = True) -> jax.Array:
   """The CPU's general gather: `x` as rows (its dims up to the last mapped one) of contiguous trailing
   entries, gathered with one flat row index per output row (the maps and `arange` for the unmapped dims
   in front, weighted by their strides, summed: a broadcast XLA fuses into the gather).
 
   With unmapped dims in front as gather slices, XLA:CPU writes the gather in a transposed layout and copies
   it back (measured on the GPT pytree grown x1.5: 3x slower); an index of stacked per-dim tuples is
-  materialised when leaves of one shape share it (hundreds of MB for embedding-sized leaves)."""
+  materialised when leaves of one shape share it (hundreds of MB for embedding-sized leaves).
+  `trusted`: the maps are sorted and in bounds (as `index_maps` draws them), which the gather is promised;
+  else it is promised nothing (and clips)."""
   hi = dims[-1]
   lead, trail = x.shape[:hi + 1], x.shape[hi + 1:]
   flat, stride, out_lead = None, 1, []
@@ -256,13 +258,15 @@ def _gather_rows(x: jax.Array, dims: list[int], names: list[str], maps) -> jax.A
   rows = x.reshape((stride, math.prod(trail)))
   dnums = jax.lax.GatherDimensionNumbers(offset_dims=(hi + 1,), collapsed_slice_dims=(0,), start_index_map=(0,))
   # Row indices of sorted maps in lexicographic order: sorted, all in bounds.
+  mode = jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS if trusted else jax.lax.GatherScatterMode.CLIP
   out = jax.lax.gather(rows, jnp.broadcast_to(flat, tuple(out_lead))[..., None], dnums, (1, rows.shape[1]),
-                       indices_are_sorted=True, mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+                       indices_are_sorted=trusted, mode=mode)
   return out.reshape(tuple(out_lead) + trail)
 
 
 def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict[str, int],
-            cpu: bool | None = None, pallas: tuple = (False, False), scale: float | None = None) -> jax.Array:
+            cpu: bool | None = None, pallas: tuple = (False, False), scale: float | None = None,
+            trusted: bool = True) -> jax.Array:
   """`x` gathered along `dims` with the maps of `names`, in one pass over the output.
 
   Identity maps (`repeats` of 1: a kept size, e.g. `head_dim`) are dropped. Integer-factor maps of
@@ -275,7 +279,7 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
   `_gather_rows`. `pallas` (`kernels.settings()`: an `ENABLED` mode, see `kernels.chosen`, and `WORDS`):
   integer repeats by `rcjax.kernels.repeat` where it takes the leaf. `scale`: the
   output is `(out.astype(float32) * scale).astype(x.dtype)` (inside the kernel's one pass when it runs;
-  XLA fuses it otherwise).
+  XLA fuses it otherwise). `trusted`: the maps are sorted and in bounds (see `_gather_rows`).
   """
   cpu = _on_cpu() if cpu is None else cpu
   keep = [i for i, n in enumerate(names) if repeats.get(n) != 1]
@@ -289,11 +293,11 @@ def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict
     how = kernels.chosen(mode, x.dtype, "cpu" if cpu else jax.default_backend(), nbytes)
     if how and not xla_words and kernels.supports(x.shape, reps):
       return kernels.repeat(x, reps, scale=scale, interpret=how == "interpret", words=words)
-  x = _gather_unscaled(x, dims, names, maps, repeats, cpu)
+  x = _gather_unscaled(x, dims, names, maps, repeats, cpu, trusted)
   return x if scale is None else (x.astype(jnp.float32) * scale).astype(x.dtype)
 
 
-def _gather_unscaled(x, dims, names, maps, repeats, cpu):
+def _gather_unscaled(x, dims, names, maps, repeats, cpu, trusted=True):
   """`_gather` by XLA, without the rescaling (`dims` without identity maps)."""
   if not dims:
     return x
@@ -302,7 +306,7 @@ def _gather_unscaled(x, dims, names, maps, repeats, cpu):
       x = _repeat(x, d, repeats[n])
     return x
   if cpu and math.prod(x.shape[:dims[-1] + 1]) < 2**31:  # row indices fit int32
-    return _gather_rows(x, dims, names, maps)
+    return _gather_rows(x, dims, names, maps, trusted)
   lo, hi = dims[0], dims[-1]
   span = hi - lo + 1
   index = []
@@ -310,11 +314,13 @@ def _gather_unscaled(x, dims, names, maps, repeats, cpu):
     m = maps[names[dims.index(d)]] if d in dims else jnp.arange(x.shape[d], dtype=jnp.int32)
     index.append(m.reshape((1,) * i + (-1,) + (1,) * (span - i - 1)))
   # Outer products of sorted maps are lexicographically sorted index tuples, all in bounds.
-  return x.at[(slice(None),) * lo + tuple(index)].get(indices_are_sorted=True, mode="promise_in_bounds")
+  return x.at[(slice(None),) * lo + tuple(index)].get(indices_are_sorted=trusted,
+                                                      mode="promise_in_bounds" if trusted else "clip")
 
 
 def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float,
-              repeats: dict[str, int], sharding: NamedSharding | None = None, pallas: tuple = (False, False)):
+              repeats: dict[str, int], sharding: NamedSharding | None = None, pallas: tuple = (False, False),
+              trusted: bool = True):
   mapped = [d for d in box.width_dims if box.axes[d] in maps]
   if not mapped:
     return box
@@ -350,7 +356,7 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
     # factor goes with the gather (into the Pallas kernel's pass, where it runs).
     scale, factor = (factor, None) if isinstance(factor, float) else (None, factor)
     x = _gather(x, mapped, names, maps, repeats, pallas=pallas if sharding is None else (False, False),
-                scale=scale)
+                scale=scale, trusted=trusted)
   else:
     # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
     spec = spec0
@@ -360,7 +366,8 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
         if moved is not None:
           spec = moved
           x = constrain(x, sharding.mesh, spec)
-      x = jnp.take(x, maps[box.axes[d]], axis=d, unique_indices=False, indices_are_sorted=True)
+      x = jnp.take(x, maps[box.axes[d]], axis=d, unique_indices=False, indices_are_sorted=trusted,
+                   mode=None if trusted else "clip")
       spec = fit_spec(spec, x.shape, sharding.mesh)  # pin the gather's output layout
       x = constrain(x, sharding.mesh, spec)
   assert x.shape == new_shape, (x.shape, new_shape)
@@ -393,7 +400,9 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
 
 
 def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, repeats: tuple = (),
-           shardings: tuple = (), pallas: tuple = (False, False)):
+           shardings: tuple = (), pallas: tuple = (False, False), trusted: bool = True):
+  """Every RC leaf of `tree` mapped (`_map_leaf`). `trusted`: the maps are sorted and in bounds, as
+  `index_maps` draws them (the gathers are promised both); False for maps `apply_maps` was given."""
   old = width_axes(tree)
   repeats, shardings = dict(repeats), dict(shardings)
   counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items() if name not in repeats}
@@ -405,16 +414,16 @@ def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, r
       power = moment if moment is not None else _moment_power(path, 0)
       path = jax.tree_util.keystr(path)
       leaf = _map_leaf(leaf, path, power, maps, counts, fresh, key, exact, r2, repeats, shardings.get(path),
-                       pallas)
+                       pallas, trusted)
     out.append(leaf)
   return jax.tree.unflatten(treedef, out)
 
 
-def _apply_maps_impl(tree, maps, *, exact, moment, repeats, shardings, pallas=(False, False)):
-  return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment, repeats, shardings, pallas)
+def _apply_maps_impl(tree, maps, *, exact, moment, repeats, shardings, pallas=(False, False), trusted=False):
+  return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment, repeats, shardings, pallas, trusted)
 
 
-_APPLY_STATIC = ("exact", "moment", "repeats", "shardings", "pallas")
+_APPLY_STATIC = ("exact", "moment", "repeats", "shardings", "pallas", "trusted")
 _apply_maps_jit = jax.jit(_apply_maps_impl, static_argnames=_APPLY_STATIC)
 _apply_maps_jit_donated = jax.jit(_apply_maps_impl, static_argnames=_APPLY_STATIC, donate_argnums=0)
 
@@ -461,7 +470,10 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
 
   Args:
     tree: params, an optax state mirroring boxed params, or any pytree holding both.
-    maps: `{axis: int32[new]}` from `index_maps` (axes not in `maps` are left alone).
+    maps: `{axis: int32[new]}`, e.g. from `index_maps` (axes not in `maps` are left alone). Any map
+      with entries in [0, N) works, sorted or not (a ValueError names one that is out of range; under
+      `jax.jit`, where the maps are traced, out-of-range entries are clipped); concrete sorted maps take
+      the fast paths.
     exact: count-corrected fan-in weights (function-preserving when every old neuron is mapped to).
     moment: what the RC leaves hold: 0 params, 1 gradient-like (momentum, Adam mu), 2 squared
       gradients (Adam nu). None reads it from optax state field names (`mu`, `trace`: 1; `nu`: 2) and
@@ -481,8 +493,19 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
   maps = {k: jnp.asarray(v) for k, v in maps.items() if k in widths}
   if moment not in (None, 0, 1, 2):
     raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
+  trusted = True  # every map concrete, in bounds and sorted: the gathers may be promised both
+  for name, m in maps.items():
+    if isinstance(m, jax.core.Tracer):
+      trusted = False
+      continue
+    v = np.asarray(m)
+    if v.size and (v.min() < 0 or v.max() >= widths[name]):
+      bad = v[(v < 0) | (v >= widths[name])][0]
+      raise ValueError(f"apply_maps: the map of axis {name!r} holds {bad}, outside [0, {widths[name]}) "
+                       f"(the axis has {widths[name]} neurons)")
+    trusted = trusted and bool(np.all(v[1:] >= v[:-1]))
   repeats = tuple(sorted((k, f) for k, m in maps.items() if (f := _repeat_factor(m, widths[k]))))
-  kw = dict(exact=exact, moment=moment, repeats=repeats, pallas=kernels.settings())
+  kw = dict(exact=exact, moment=moment, repeats=repeats, pallas=kernels.settings(), trusted=trusted)
   if donate:
     call = lambda jitted: lambda t: jitted(t, maps, shardings=leaf_shardings(t), **kw)
     return _donated(call(_apply_maps_jit_donated), call(_apply_maps_jit), tree, set(maps))

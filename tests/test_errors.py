@@ -121,6 +121,9 @@ def test_apply_maps_errors(params):
     rcjax.apply_maps(params, {"hidden_0": jnp.ones(3)})
   with pytest.raises(ValueError, match="moment"):
     rcjax.apply_maps(params, {}, moment=3)
+  for bad in ([0, 4, 1], [0, -1, 1]):  # hidden_0 has 4 neurons
+    with pytest.raises(ValueError, match=rf"axis 'hidden_0' holds {bad[1]}, outside \[0, 4\)"):
+      rcjax.apply_maps(params, {"hidden_0": jnp.array(bad, jnp.int32)})
 
 
 def test_boxes_rejects_rank_mismatch(params):

@@ -129,6 +129,23 @@ def test_random_widths_and_directions_match_the_numpy_reference(param, old, new,
   chex.assert_trees_all_equal(rcjax.unbox(donated), rcjax.unbox(got))
 
 
+
+def test_apply_maps_takes_unsorted_maps_without_promising_sorted_indices():
+  """apply_maps takes any in-range maps (e.g. another order of the new neurons): equal to the numpy
+  reference, and its gathers are promised sorted indices only for sorted maps (a broken promise is
+  undefined behaviour on accelerators)."""
+  _, p = mlp("sp", width=6)
+  unsorted = {"hidden_0": jnp.array([5, 0, 3, 3, 1, 2, 4, 0, 1], jnp.int32), "hidden_1": jnp.array([4, 2, 0, 1, 5])}
+  for exact, jit in ((False, False), (True, False), (True, True)):  # under jit the maps are traced
+    fn = lambda p, maps: rcjax.apply_maps(p, maps, exact=exact)
+    got = (jax.jit(fn) if jit else fn)(p, unsorted)
+    want = apply_maps_np(p, unsorted, exact=exact)
+    for path, box in rcjax.rc.leaves_with_paths(got):
+      np.testing.assert_allclose(np.asarray(box.value), want[path], rtol=1e-6, atol=1e-7, err_msg=path)
+  sorted_maps = {k: jnp.sort(m) for k, m in unsorted.items()}
+  promised = lambda maps: "indices_are_sorted=True" in str(jax.make_jaxpr(lambda: rcjax.apply_maps(p, maps))())
+  assert promised(sorted_maps) and not promised(unsorted)
+
 def test_stratified_map_counts():
   m = rcjax.index_maps(jax.random.key(0), {"h": 100}, {"h": 257})["h"]
   counts = np.bincount(np.asarray(m), minlength=100)
