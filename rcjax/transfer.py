@@ -402,7 +402,8 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
 def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, repeats: tuple = (),
            shardings: tuple = (), pallas: tuple = (False, False), trusted: bool = True):
   """Every RC leaf of `tree` mapped (`_map_leaf`). `trusted`: the maps are sorted and in bounds, as
-  `index_maps` draws them (the gathers are promised both); False for maps `apply_maps` was given."""
+  `index_maps` draws them (the gathers are promised both); False where that is not known (`apply_maps`
+  given traced or unsorted maps)."""
   old = width_axes(tree)
   repeats, shardings = dict(repeats), dict(shardings)
   counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items() if name not in repeats}
