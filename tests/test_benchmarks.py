@@ -8,7 +8,7 @@ import pytest
 from benchmarks import transfer as bench_transfer
 
 
-def test_transfer_benchmark_smoke(tmp_path):
+def test_transfer_benchmark_smoke(tmp_path, fast_compiles_here):
   out = tmp_path / "t.json"
   rows = bench_transfer.main(["--smoke", "--kernel", "auto,interpret", "--json", str(out)])
   assert json.loads(out.read_text()) == json.loads(json.dumps(rows))
@@ -25,7 +25,7 @@ def test_transfer_benchmark_smoke(tmp_path):
     assert row.get("bitwise_equal_to_first") is (True if row["kernel"] == "interpret" else None), row["case"]
 
 
-def test_train_step_benchmark_smoke(tmp_path, fast_compiles):
+def test_train_step_benchmark_smoke(tmp_path, fast_compiles_here):
   from benchmarks import train_step as bench_train
 
   rows = bench_train.main(["--smoke", "--json", str(tmp_path / "s.json")])
@@ -37,7 +37,7 @@ def test_train_step_benchmark_smoke(tmp_path, fast_compiles):
   assert gpt["wall_s"] > gpt["step_s"]  # setup, compile and every step: what a GPU session budgets
 
 
-def test_train_step_variants_and_profile_smoke(tmp_path, fast_compiles):
+def test_train_step_variants_and_profile_smoke(tmp_path, fast_compiles_here):
   from benchmarks import profile_step
   from benchmarks import train_step as bench_train
 
@@ -78,7 +78,7 @@ def test_profile_summary_counts_device_streams_only():
   assert s["classes"]["elementwise fusion"]["share"] == pytest.approx(0.4)
 
 
-def test_device_check_passes_on_cpu(fast_compiles):
+def test_device_check_passes_on_cpu(fast_compiles_here):
   from benchmarks import device_check
 
   assert device_check.main(["--smoke"]) == 0

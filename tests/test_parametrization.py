@@ -65,6 +65,7 @@ def slopes(param, widths=(64, 128, 256, 512, 1024)):
   return np.polyfit(np.log(widths), np.log(np.array(rows)), 1)[0]
 
 
+@pytest.mark.usefixtures("fast_compiles_here")
 def test_coordinate_check():
   # muP and mean-field: updates of outputs and features, and the features themselves, are O(1) in width.
   for param in ("mup", "mf"):

@@ -57,6 +57,7 @@ def test_non_exact_non_integer_growth_changes_function():
   assert np.max(np.abs(out(model, big) - out(model, p))) > 1e-3
 
 
+@pytest.mark.usefixtures("fast_compiles_here")
 @pytest.mark.parametrize("param", PARAMS)
 def test_cnn_growth_preserves_function(param):
   import flax.linen as nn
