@@ -22,6 +22,23 @@ from rcjax.parametrization import (
 from rcjax.rc import RC, boxes, is_rc, sizes, unbox, width_axes
 from rcjax.transfer import apply_maps, grow, index_maps, inverse_maps, shrink, transfer
 
+# Submodules that `import rcjax` does not load (orbax, safetensors, matplotlib behind them), imported on
+# first use as attributes: `rcjax.checkpoint.Checkpointer(...)`, `rcjax.hf.load(...)`, as the README shows.
+_LAZY = ("analyze", "checkpoint", "diagnostics", "hf", "hf_model", "plots")
+
+
+def __getattr__(name: str):
+  if name in _LAZY:
+    import importlib
+
+    return importlib.import_module(f"rcjax.{name}")
+  raise AttributeError(f"module 'rcjax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "RC", "adamw", "apply_maps", "boxes", "grow", "index_maps", "init_scale", "inverse_maps", "is_rc",
     "leaf_class", "lr_multiplier", "multiplier", "nn", "sample", "scale_by_parametrization", "sgd",

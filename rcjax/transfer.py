@@ -490,6 +490,8 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
       continue
     if not (isinstance(m, (jax.Array, np.ndarray)) and m.ndim == 1 and jnp.issubdtype(m.dtype, jnp.integer)):
       raise TypeError(f"apply_maps: map of axis {name!r} must be a 1-D integer array")
+    if m.shape[0] == 0:
+      raise ValueError(f"apply_maps: the map of axis {name!r} is empty (an axis keeps at least one neuron)")
   widths = width_axes(tree)
   maps = {k: jnp.asarray(v) for k, v in maps.items() if k in widths}
   if moment not in (None, 0, 1, 2):

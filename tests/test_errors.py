@@ -121,6 +121,8 @@ def test_apply_maps_errors(params):
     rcjax.apply_maps(params, {"hidden_0": jnp.ones(3)})
   with pytest.raises(ValueError, match="moment"):
     rcjax.apply_maps(params, {}, moment=3)
+  with pytest.raises(ValueError, match="map of axis 'hidden_0' is empty"):
+    rcjax.apply_maps(params, {"hidden_0": jnp.zeros((0,), jnp.int32)})
   for bad in ([0, 4, 1], [0, -1, 1]):  # hidden_0 has 4 neurons
     with pytest.raises(ValueError, match=rf"axis 'hidden_0' holds {bad[1]}, outside \[0, 4\)"):
       rcjax.apply_maps(params, {"hidden_0": jnp.array(bad, jnp.int32)})

@@ -137,3 +137,21 @@ def test_box_rejects_bad_metadata():
     RC(jnp.zeros((3, 4)), axes=("a", "b"), base=(3,))
   with pytest.raises(ValueError, match="fan_in"):
     RC(jnp.zeros(3), axes=("a",), fan_in=(1,))
+
+
+def test_submodules_the_readme_names_are_attributes_of_the_package():
+  # In a fresh interpreter (here other tests have imported them): `import rcjax` loads none of the heavy
+  # ones, and `rcjax.checkpoint.Checkpointer` etc. import on first use.
+  import subprocess
+  import sys
+
+  code = ("import sys, rcjax; lazy = ('analyze', 'checkpoint', 'diagnostics', 'hf', 'hf_model', 'plots'); "
+          "assert not [m for m in lazy if 'rcjax.' + m in sys.modules]; "
+          "assert rcjax.checkpoint.Checkpointer and rcjax.hf.load and rcjax.diagnostics and rcjax.plots; "
+          "assert 'rcjax.checkpoint' in sys.modules and set(lazy) <= set(dir(rcjax)); "
+          "assert rcjax.grow.__name__ == 'grow'\n"
+          "try:\n  rcjax.nope\nexcept AttributeError as e:\n  assert \"no attribute 'nope'\" in str(e)\n"
+          "else:\n  raise SystemExit('rcjax.nope did not raise')")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                     env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+  assert r.returncode == 0, r.stderr[-2000:]
