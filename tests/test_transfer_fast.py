@@ -123,6 +123,7 @@ def test_transfer_cpu_path_matches_accelerator_path(monkeypatch):
       np.testing.assert_array_equal(np.asarray(u).view(np.uint8), np.asarray(v).view(np.uint8), err_msg=sampler)
 
 
+@pytest.mark.usefixtures("fast_compiles_here")  # the interpreted kernel compiles many small programs
 def test_transfer_with_the_pallas_kernel_is_bitwise_the_same(monkeypatch):
   # rcjax.kernels.ENABLED routes the integer repeats of every leaf it takes through the kernel (here
   # interpreted on the CPU): a GPT grown 2x (1-D to 4-D leaves, bf16) and a 3x growth, bitwise as without.
@@ -197,6 +198,7 @@ def test_apply_maps_detects_repeats_and_agrees_with_transfer():
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.usefixtures("fast_compiles_here")  # the interpreted kernel compiles many small programs
 def test_kernel_modes_and_configs():
   # 'auto' (the default) takes 16-bit leaves on GPUs only, as measured (benchmarks/README.md); f32 and the
   # CPU stay with XLA.
