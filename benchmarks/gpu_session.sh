@@ -30,8 +30,9 @@ fi
 TESTS=$!
 # 1. The GPT pytree grown 2x (bf16, f32): the library's default (the Pallas kernel for 16-bit leaves of
 #    at least 1 MiB out on GPUs) next to XLA's path, the kernel for every leaf ('on': also the small norm
-#    and bias leaves, as before kernels.AUTO_MIN_BYTES) and the kernel's word form (WORDS), bitwise checked.
-step 1; timeout "$(left 440)" $PY benchmarks/transfer.py "${GPTX[@]}" --kernel off,auto,on,words --json "$O/transfer.json" \
+#    and bias leaves, as before kernels.AUTO_MIN_BYTES) and the kernel's word form (WORDS), bitwise checked;
+#    'tiled': the probe with the new neurons in tiled order (whole rows copied; checked against apply_maps).
+step 1; timeout "$(left 440)" $PY benchmarks/transfer.py "${GPTX[@]}" --kernel off,auto,tiled,on,words --json "$O/transfer.json" \
   2>&1 | tee "$O/transfer.txt"
 # 1b. The bf16 leaves grown 2x with the copies in tiled order (whole rows written k times, another order of
 #     the same new neurons) next to XLA's repeat and the kernel: does XLA reach copy speed that way? (Rows

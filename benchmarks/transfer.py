@@ -13,6 +13,11 @@ unsorted index maps) and for a numpy reference on the host, and the compiled pea
 relative to input + output. The "donate" cases grow one axis of a GPT (the MLP's) as `grow(...)` and as
 `grow(..., donate=True)`, which returns the leaves the transfer does not touch instead of copying them:
 both times, and the bytes each call newly allocates.
+
+`--kernel tiled` is a probe, not the library: each integer growth (2x) done with the new neurons in tiled
+order (`tile(arange(N), k)`: each leaf's input block written k times, rows kept whole) instead of rcjax's
+sorted order (each entry k times in a row), with the same fan-in rescaling, in one jit; checked bit for
+bit against `rcjax.apply_maps` with the tiled maps. Cases with other ratios are skipped for it.
 """
 
 from __future__ import annotations
@@ -141,14 +146,48 @@ def bitwise_equal(a, b) -> bool:
              for u, v in zip(jax.tree.leaves(rcjax.unbox(a)), jax.tree.leaves(rcjax.unbox(b))))
 
 
-def run_case(name: str, tree, target: dict, *, reps: int, with_numpy: bool, base: dict | None = None):
+def tiled_maps(tree, target: dict) -> dict | None:
+  """`{axis: tile(arange(N), k)}` for the axes `target` grows by an integer k (None if one grows otherwise)."""
+  old = rcjax.width_axes(tree)
+  if any(n % old[a] for a, n in target.items()):
+    return None
+  return {a: jnp.tile(jnp.arange(old[a], dtype=jnp.int32), n // old[a]) for a, n in target.items() if n != old[a]}
+
+
+def tiled_fn(tree, target: dict):
+  """The tiled-order probe (see the module docstring): per leaf, a broadcast of the whole input block k times
+  along each grown dim, then the fan-in rescaling as `rcjax.transfer` computes it (a scalar for integer
+  factors), in one jit. Same signature as the transfer it stands in for: `fn(tree, key)`."""
+  from benchmarks.repeat_kernel import xla_tile
+
+  old = rcjax.width_axes(tree)
+
+  def leaf(b):
+    reps = {d: target[a] // old[a] for d, a in enumerate(b.axes)
+            if b.base[d] is not None and target.get(a, old.get(a)) != old.get(a)}
+    if not reps:
+      return b
+    new_shape = tuple(n * reps.get(d, 1) for d, n in enumerate(b.shape))
+    scale = rcjax.multiplier(b) / rcjax.multiplier(b, new_shape)
+    for d in b.fan_in:
+      if d in reps:
+        scale *= b.shape[d] / new_shape[d]
+    x = xla_tile(b.value, reps)
+    return b.replace(value=x if scale == 1.0 else (x.astype(jnp.float32) * scale).astype(x.dtype))
+
+  return jax.jit(lambda t, key: jax.tree.map(leaf, t, is_leaf=rcjax.is_rc))
+
+
+def run_case(name: str, tree, target: dict, *, reps: int, with_numpy: bool, base: dict | None = None,
+             fn=None):
   """One transfer measured next to copy and the naive baseline; returns (row, output). With `base` (the
-  row of the same case without the Pallas kernel) its copy and naive times are reused, not re-measured."""
+  row of the same case without the Pallas kernel) its copy and naive times are reused, not re-measured.
+  `fn(tree, key)`: what to time instead of `rcjax.grow`/`shrink` (the tiled probe)."""
   key = jax.random.key(0)
   old = rcjax.width_axes(tree)
   direction = "grow" if all(target[k] >= old[k] for k in target) else "shrink"
-  fn = (lambda t, k: rcjax.grow(t, k, sizes=target)) if direction == "grow" else (
-      lambda t, k: rcjax.shrink(t, k, sizes=target))
+  fn = fn or ((lambda t, k: rcjax.grow(t, k, sizes=target)) if direction == "grow" else (
+      lambda t, k: rcjax.shrink(t, k, sizes=target)))
   out = fn(tree, key)
   moved = nbytes(tree) + nbytes(out)
   t_call = timeit(fn, tree, key, reps=reps)  # as users call it: validation, then the cached jitted transfer
@@ -249,12 +288,13 @@ def main(argv=None) -> list[dict]:
                   "(the library's default: the Pallas kernel for 16-bit leaves on GPUs), off (XLA), on (the "
                   "kernel for every dtype, GPUs), words (auto, with rcjax.kernels.WORDS: doubled last dims of "
                   "16-bit leaves written as 32-bit words), interpret (the kernel in Pallas's interpreter, any "
-                  "device); rows after the first are checked bit for bit against it")
+                  "device), tiled (a probe: integer growths with the new neurons in tiled order, checked against "
+                  "apply_maps with tiled maps); rows after the first are checked bit for bit against it")
   ap.add_argument("--pallas", action="store_true", help="short for --kernel off,on")
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)
   names = {"auto": ("auto", False), "off": (False, False), "on": (True, False), "words": ("auto", True),
-           "interpret": ("interpret", False)}
+           "interpret": ("interpret", False), "tiled": ("auto", False)}
   modes = ["off", "on"] if args.pallas else [m.strip() for m in args.kernel.split(",")]
   if not modes or any(m not in names for m in modes):
     ap.error(f"--kernel takes some of {sorted(names)}, comma-separated; got {args.kernel!r}")
@@ -276,10 +316,17 @@ def main(argv=None) -> list[dict]:
     for i, mode in enumerate(modes):
       label = name + (f" kernel={mode}" if modes != ["auto"] else "")
       rcjax.kernels.ENABLED, rcjax.kernels.WORDS = names[mode]
+      tiled = mode == "tiled" and tiled_maps(tree, target)
+      if mode == "tiled" and not tiled:
+        print(f"{label:34s} skipped: the tiled probe takes integer growths only", flush=True)
+        continue
       try:
         row, out = run_case(label, tree, target, reps=2 if args.smoke else args.reps,
-                            with_numpy=not args.no_numpy and i == 0, base=base)
-        if i > 0 and ref is not None:  # bit for bit as the first mode's output
+                            with_numpy=not args.no_numpy and i == 0, base=base,
+                            fn=tiled_fn(tree, target) if tiled else None)
+        if tiled:  # another order of the new neurons: against its own reference
+          row["bitwise_equal_to_takes"] = bitwise_equal(out, rcjax.apply_maps(tree, tiled))
+        elif i > 0 and ref is not None:  # bit for bit as the first mode's output
           row["bitwise_equal_to_first"] = bitwise_equal(out, ref)
         if i == 0:
           base, ref = row, out
@@ -302,7 +349,8 @@ def main(argv=None) -> list[dict]:
             + (f"  numpy {row['numpy_vs_copy']:.2f}" if "numpy_vs_copy" in row else "")
             + (f"  peak/(in+out) {peak:.2f}" if peak is not None else "")
             + f"  call overhead {1e3 * row['call_overhead_s']:.2f} ms"
-            + (f"  bitwise={modes[0]} {row['bitwise_equal_to_first']}" if "bitwise_equal_to_first" in row else ""),
+            + (f"  bitwise={modes[0]} {row['bitwise_equal_to_first']}" if "bitwise_equal_to_first" in row else "")
+            + (f"  bitwise=takes {row['bitwise_equal_to_takes']}" if "bitwise_equal_to_takes" in row else ""),
             flush=True)
   for name, tree, target in donate_cases(args.smoke, args.big):
     if not wanted(name):

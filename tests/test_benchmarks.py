@@ -10,10 +10,16 @@ from benchmarks import transfer as bench_transfer
 
 def test_transfer_benchmark_smoke(tmp_path, fast_compiles_here):
   out = tmp_path / "t.json"
-  rows = bench_transfer.main(["--smoke", "--kernel", "auto,interpret", "--json", str(out)])
+  rows = bench_transfer.main(["--smoke", "--kernel", "auto,interpret,tiled", "--json", str(out)])
   assert json.loads(out.read_text()) == json.loads(json.dumps(rows))
   donated = [r for r in rows if "donate_s" in r]
   rows = [r for r in rows if "donate_s" not in r]
+  # the tiled-order probe: integer growths only (the MLP and the GPT 2x, not the shrink), checked against
+  # apply_maps with tiled maps
+  tiled = [r for r in rows if r["kernel"] == "tiled"]
+  assert [r["case"] for r in tiled] == ["mlp N=16 2x kernel=tiled", "gpt tiny-llama 2x bf16 kernel=tiled"]
+  assert all(r["bitwise_equal_to_takes"] is True and r["rcjax_vs_copy"] > 0 for r in tiled), tiled
+  rows = [r for r in rows if r["kernel"] != "tiled"]
   assert {r["kernel"] for r in rows} == {"auto", "interpret"} and len(rows) % 2 == 0
   # grow(donate=True) on a GPT whose MLP alone grows: the untouched leaves are shared, not allocated again
   assert len(donated) == 1 and 0 < donated[0]["new_GB_donate"] < donated[0]["new_GB"], donated
