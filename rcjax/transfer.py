@@ -457,12 +457,12 @@ def _donated(donating, plain, tree, names):
   return jax.tree.unflatten(treedef, [next(out) if m else leaf for leaf, m in zip(leaves, mask)])
 
 
-def _repeat_factor(m: Any, n_old: int) -> int | None:
-  """k if the (concrete) map is exactly repeat(arange(n_old), k), else None."""
-  if isinstance(m, jax.core.Tracer) or len(m) % n_old:
+def _repeat_factor(m: np.ndarray, n_old: int) -> int | None:
+  """k if the map is exactly repeat(arange(n_old), k), else None."""
+  if len(m) % n_old:
     return None
   k = len(m) // n_old
-  return k if np.array_equal(np.asarray(m), np.repeat(np.arange(n_old), k)) else None
+  return k if np.array_equal(m, np.repeat(np.arange(n_old), k)) else None
 
 
 def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
@@ -496,18 +496,20 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
   maps = {k: jnp.asarray(v) for k, v in maps.items() if k in widths}
   if moment not in (None, 0, 1, 2):
     raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
-  trusted = True  # every map concrete, in bounds and sorted: the gathers may be promised both
+  trusted, repeats = True, []  # trusted: every map concrete, in bounds and sorted (the gathers' promises)
   for name, m in maps.items():
     if isinstance(m, jax.core.Tracer):
       trusted = False
       continue
     v = np.asarray(m)
-    if v.size and (v.min() < 0 or v.max() >= widths[name]):
+    if v.min() < 0 or v.max() >= widths[name]:
       bad = v[(v < 0) | (v >= widths[name])][0]
       raise ValueError(f"apply_maps: the map of axis {name!r} holds {bad}, outside [0, {widths[name]}) "
                        f"(the axis has {widths[name]} neurons)")
     trusted = trusted and bool(np.all(v[1:] >= v[:-1]))
-  repeats = tuple(sorted((k, f) for k, m in maps.items() if (f := _repeat_factor(m, widths[k]))))
+    if f := _repeat_factor(v, widths[name]):
+      repeats.append((name, f))
+  repeats = tuple(sorted(repeats))
   kw = dict(exact=exact, moment=moment, repeats=repeats, pallas=kernels.settings(), trusted=trusted)
   if donate:
     call = lambda jitted: lambda t: jitted(t, maps, shardings=leaf_shardings(t), **kw)
