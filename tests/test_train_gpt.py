@@ -109,6 +109,50 @@ def test_grow_mid_training_restore_elsewhere_and_transfer(tmp_path):
   assert rec["from_sizes"]["embed"] == 64 and summary["sizes"]["embed"] == 128
 
 
+def test_transfer_from_a_run_keeps_its_parametrization_through_a_resume(tmp_path):
+  """A muP run transferred 32 -> 64 (and grown to 128 after step 1) keeps the source's RC metadata (base
+  32); resumed mid-way it logs bitwise the losses and FLOPs of an uninterrupted run; another --param or --base-width is refused; a
+  finished run directory returns its summary and writes nothing; growth leaves head_dim out."""
+  src = str(tmp_path / "src")
+  gpt.run(Config(**TINY, steps=2, out=src))
+  kw = dict(TINY, width=64, transfer_from=src, ckpt_every=1, grow_at=1, grow_to=128)
+  whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
+  gpt.run(Config(**kw, steps=3, out=whole))
+  gpt.run(Config(**kw, steps=2, out=part))
+  gpt.run(Config(**kw, steps=3, out=part))  # resumes from step 2
+  losses = lambda d: [(r["step"], r["loss"], r["flops"]) for r in metrics(d) if "loss" in r and "event" not in r]
+  assert losses(part)[-1][0] == 3 and losses(part) == losses(whole)
+  saved = Checkpointer(os.path.join(part, "checkpoints")).metadata(3)["leaves"]["['embed']"]
+  assert saved["shape"] == [256, 128] and saved["base"] == [None, 32]  # the source's muP base
+  for flags, match in ((dict(param="sp"), "trained with param 'mup'.*pass --param mup"),
+                       (dict(init="normal:0,2"), "trained with init 'normal'"),
+                       (dict(base_width=64), "muP base .* leave --base-width out")):
+    with pytest.raises(ValueError, match=match):
+      gpt.run(Config(**{**kw, **flags}, steps=1, out=str(tmp_path / "bad")))
+  assert not os.path.exists(tmp_path / "bad")
+  # The same command again: the end record's summary, nothing written.
+  before = open(os.path.join(part, "metrics.jsonl")).read()
+  again = gpt.run(Config(**kw, steps=3, out=part))
+  assert again["finished_before"] and again["loss"] == losses(part)[-1][1]
+  assert open(os.path.join(part, "metrics.jsonl")).read() == before
+  with pytest.raises(ValueError, match="holds step 3, past --steps 2"):
+    gpt.run(Config(**kw, steps=2, out=part))
+  # Growth names only the axes that change (r1 > 0 draws fresh neurons along every axis it is given).
+  assert "head_dim" not in gpt._changed(gpt.scaled_sizes(Config(**TINY), 64), gpt.load_params(
+      src, sharding.make_mesh("data=1", jax.devices()[:1])))
+
+
+def test_bad_flags_fail_before_training(capsys):
+  for flags, match in ((dict(head_dim=-8), "head_dim must be >= 0"), (dict(mlp=-5), "mlp must be >= 0"),
+                       (dict(markov_symbols=0), r"markov_symbols must be in \[1, 62\]"),
+                       (dict(random_rate=1.5), r"random_rate must be in \[0, 1\]"),
+                       (dict(grow_at=5, grow_to=64, steps=2), "grow_at 5 is after the last step")):
+    with pytest.raises(ValueError, match=match):
+      gpt.validate(Config(**{**TINY, **flags}))
+  assert gpt.main(["--head-dim", "-8", "--progress", "false"]) == 2
+  assert "train.gpt: error: head_dim must be >= 0, got -8" in capsys.readouterr().err
+
+
 def test_grow_mid_training_keeps_a_tied_sp_gpt2(tmp_path):
   # GPT-2 in SP with tied embeddings: the leaf-wise rules alone double the readout's sum over a doubled
   # embed; train.gpt grows through rcjax.nn.gpt.transfer, whose final-norm correction keeps the loss.

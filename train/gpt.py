@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -52,7 +53,8 @@ class Config:
   tied: str = "auto"            # tie input and output embeddings: auto (style) | yes | no
   param: str = "mup"            # parametrization: sp | ntk | mup | mf
   init: str = "normal"          # init distribution of every weight matrix, e.g. normal:1,3
-  base_width: int = 0           # width whose sizes are the muP base (0: this run's initial width)
+  base_width: int = 0           # width whose sizes are the muP base (0: this run's initial width, or with
+                                # --transfer-from RUN_DIR the source run's base)
   seq_len: int = 64             # tokens per sequence
   batch_size: int = 16          # sequences per step (global, over all devices and processes)
   steps: int = 300              # training steps
@@ -293,12 +295,28 @@ def _check_arch(template: Any, abstract: Any, where: str) -> dict:
   return rcjax.sizes(template)
 
 
-def _at_sizes(abstract: Any, sizes: dict) -> Any:
-  widths = rcjax.width_axes(abstract)
-  target = {k: v for k, v in sizes.items() if k in widths and v != widths[k]}
-  if not target:
-    return abstract
-  return jax.eval_shape(lambda p: rcjax.transfer(p, jax.random.key(0), target), abstract)
+def _check_source(template: Any, abstract: Any, cfg: Config) -> None:
+  """Raise unless the run `cfg.transfer_from` (its checkpoint `template`) has this run's parametrization
+  and init, and, if --base-width is given, its muP base: transfer keeps every leaf's RC metadata."""
+  saved = dict(leaves_with_paths(template))
+  for p, b in leaves_with_paths(abstract):
+    s = saved[p]
+    for name, flag in (("param", "--param"), ("init", "--init")):
+      if getattr(s, name) != getattr(b, name):
+        raise ValueError(f"{cfg.transfer_from} was trained with {name} {getattr(s, name)!r} (leaf {p}), this "
+                         f"run has {flag} {getattr(b, name)!r}: transfer keeps the source's parametrization "
+                         f"and init; pass {flag} {getattr(s, name)}")
+    if cfg.base_width and s.base != b.base:
+      raise ValueError(f"{cfg.transfer_from} has the muP base {s.base} at leaf {p}, --base-width "
+                       f"{cfg.base_width} gives {b.base}: transfer keeps the source's base; leave "
+                       "--base-width out (0)")
+
+
+def _changed(sizes: dict, params: Any) -> dict:
+  """The entries of `sizes` that differ from the params' sizes: an axis kept at its size (head_dim) is
+  left out of a transfer, so `--random-rate` draws no fresh neurons along it."""
+  now = rcjax.sizes(params)
+  return {k: v for k, v in sizes.items() if now[k] != v}
 
 
 def load_params(run_dir: str, mesh, step: int | None = None) -> Any:
@@ -319,8 +337,9 @@ def _preflight(cfg: Config, model) -> None:
     ckpt = Checkpointer(own, read_only=True)
     _check_arch(ckpt.params_template(ckpt.latest_step()), abstract, own)
   elif cfg.transfer_from and hf_source(cfg.transfer_from) is None:
-    _check_arch(Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"), read_only=True).params_template(),
-                abstract, cfg.transfer_from)
+    template = Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"), read_only=True).params_template()
+    _check_arch(template, abstract, cfg.transfer_from)
+    _check_source(template, abstract, cfg)
   sharding.sync("train.gpt:preflight done")
 
 
@@ -330,13 +349,13 @@ def _initial_state(cfg, model, tx, mesh, ckpt, log):
   init_fn = lambda k: model.init(k, x)["params"]
   abstract = jax.eval_shape(init_fn, key)
   latest = ckpt.latest_step() if ckpt else None
-  if latest is not None:  # resume, at the saved widths, onto this mesh
-    sizes = _check_arch(ckpt.params_template(latest), abstract, ckpt.directory)
-    abstract = _at_sizes(abstract, sizes)
-    r = ckpt.restore(latest, params=sharding.abstract(abstract, mesh),
-                     opt_state=sharding.abstract(jax.eval_shape(tx.init, abstract), mesh))
+  if latest is not None:  # resume as saved (widths and RC metadata, e.g. a transferred muP base), onto this mesh
+    template = ckpt.params_template(latest)
+    _check_arch(template, abstract, ckpt.directory)
+    r = ckpt.restore(latest, params=sharding.abstract(template, mesh),
+                     opt_state=sharding.abstract(jax.eval_shape(tx.init, template), mesh))
     log({"event": "resume", "step": latest})
-    return r["params"], r["opt_state"], latest
+    return r["params"], r["opt_state"], latest, r["extra"].get("flops")
   if cfg.transfer_from and hf_source(cfg.transfer_from) is not None:
     params = _from_hf(cfg, model, abstract, mesh, jax.random.fold_in(key, 7))
     log({"event": "transfer", "step": 0, "from": cfg.transfer_from, "from_sizes": hf_arch(
@@ -346,17 +365,17 @@ def _initial_state(cfg, model, tx, mesh, ckpt, log):
     template = src.params_template()
     _check_arch(template, abstract, cfg.transfer_from)
     params = src.restore(params=sharding.abstract(template, mesh))["params"]
-    target = rcjax.width_axes(abstract)
+    target = _changed(rcjax.width_axes(abstract), params)
     params = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(key, 7), target,
                                    random_rate=cfg.random_rate, norm_rate=cfg.norm_rate,
                                    exact=cfg.grow_exact and all(
-                                       target[k] >= v for k, v in rcjax.width_axes(params).items()))
+                                       n >= rcjax.sizes(params)[k] for k, n in target.items()))
     params = jax.device_put(params, sharding.shardings(params, mesh))
     log({"event": "transfer", "step": 0, "from": cfg.transfer_from, "from_sizes": rcjax.width_axes(template)})
   else:
     params = sharding.init(init_fn, key, mesh=mesh)
   opt_state = jax.jit(tx.init, out_shardings=sharding.shardings(jax.eval_shape(tx.init, params), mesh))(params)
-  return params, opt_state, 0
+  return params, opt_state, 0, 0.0
 
 
 def _from_hf(cfg: Config, model, abstract, mesh, key) -> Any:
@@ -370,8 +389,8 @@ def _from_hf(cfg: Config, model, abstract, mesh, key) -> Any:
   _, factors = hf_model.as_sp(model, template)
   params = jax.tree_util.tree_map_with_path(
       lambda kp, b: b.replace(value=b.value / factors.get(tuple(k.key for k in kp), 1.0)), template, is_leaf=is_rc)
-  target = rcjax.width_axes(abstract)
-  if target != rcjax.width_axes(params):
+  target = _changed(rcjax.width_axes(abstract), params)
+  if target:
     params = rcjax.nn.gpt.transfer(model, params, key, target, random_rate=cfg.random_rate,
                                    norm_rate=cfg.norm_rate, exact=cfg.grow_exact)
   return jax.device_put(params, sharding.shardings(params, mesh))
@@ -392,8 +411,24 @@ def validate(cfg: Config) -> None:
   for name in ("width", "depth", "heads", "seq_len", "batch_size", "steps", "vocab", "log_every"):
     if getattr(cfg, name) <= 0:
       raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+  for name in ("kv_heads", "head_dim", "mlp", "base_width", "grow_at", "grow_to", "ckpt_every", "keep",
+               "eval_every", "warmup", "markov_order"):
+    if getattr(cfg, name) < 0:
+      raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+  for name, lo, hi in (("random_rate", 0, 1), ("norm_rate", 0, math.inf), ("lr", 0, math.inf),
+                       ("min_lr", 0, math.inf), ("clip", 0, math.inf), ("weight_decay", 0, math.inf)):
+    if not lo <= getattr(cfg, name) <= hi:
+      raise ValueError(f"{name} must be in [{lo}, {hi}], got {getattr(cfg, name)}")
   if not 0 <= cfg.loss_chunks <= cfg.seq_len:
     raise ValueError(f"loss_chunks must be in [0, seq_len {cfg.seq_len}] (0: off), got {cfg.loss_chunks}")
+  if cfg.grow_at > cfg.steps:
+    raise ValueError(f"grow_at {cfg.grow_at} is after the last step ({cfg.steps}): the run would never grow")
+  if cfg.eval_every and cfg.eval_batches <= 0:
+    raise ValueError(f"eval_batches must be positive with eval_every, got {cfg.eval_batches}")
+  from train.text_data import ALPHABET
+  if cfg.dataset == "markov" and not (1 <= cfg.markov_symbols <= len(ALPHABET) and cfg.markov_alpha > 0):
+    raise ValueError(f"markov_symbols must be in [1, {len(ALPHABET)}] and markov_alpha positive, got "
+                     f"{cfg.markov_symbols} and {cfg.markov_alpha}")
   build_model(cfg).arch()
   mesh = sharding.parse_mesh(cfg.mesh)
   shards = mesh["data"] * mesh["fsdp"]
@@ -410,7 +445,6 @@ def validate(cfg: Config) -> None:
       and hf_source(cfg.transfer_from) is None:
     raise ValueError(f"--transfer-from {cfg.transfer_from}: neither a run (no checkpoints/ folder) nor a "
                      "HuggingFace checkpoint (config.json + safetensors)")
-  from train.text_data import ALPHABET
   need = max(ALPHABET[:cfg.markov_symbols]) + 1 if cfg.dataset == "markov" else 256  # tokens are bytes
   if cfg.vocab < need:
     raise ValueError(f"vocab {cfg.vocab} is too small for dataset {cfg.dataset!r}, whose byte tokens need "
@@ -432,6 +466,8 @@ def run(cfg: Config) -> dict:
   model, tx = build_model(cfg), build_optimizer(cfg)
   _preflight(cfg, model)  # reads checkpoint metadata only: a bad source fails before anything is written
   ckpt = Checkpointer(os.path.join(cfg.out, "checkpoints"), max_to_keep=cfg.keep or None) if cfg.out else None
+  if ckpt and (done := _finished(cfg, ckpt)) is not None:
+    return done
   metrics_file = None
   if cfg.out and main:
     os.makedirs(cfg.out, exist_ok=True)
@@ -446,7 +482,7 @@ def run(cfg: Config) -> dict:
       metrics_file.write(json.dumps(rec) + "\n")
       metrics_file.flush()
 
-  params, opt_state, start = _initial_state(cfg, model, tx, mesh, ckpt, log)
+  params, opt_state, start, flops_done = _initial_state(cfg, model, tx, mesh, ckpt, log)
   trainer = Trainer(model, tx, mesh, params, opt_state)
   save_steps = {int(s) for s in filter(None, cfg.save_steps.split(","))} | {cfg.steps}
   peak, n_dev = peak_flops(cfg), jax.device_count()
@@ -456,7 +492,8 @@ def run(cfg: Config) -> dict:
                   for i in range(cfg.eval_batches if cfg.eval_every else 0)]
   bar = tqdm(total=cfg.steps, initial=start, disable=not (main and cfg.progress), desc="train.gpt")
   speeds, t_last, steps_since, paused, loss = [], None, 0, 0.0, None
-  flops_done = start * tokens_per_step * fpt
+  if flops_done is None:  # a checkpoint written before the FLOPs were saved with it
+    flops_done = start * tokens_per_step * fpt
   for step in range(start + 1, cfg.steps + 1):
     batch = global_batch(data, step, cfg.batch_size, trainer.b_sh)
     if t_last is None and model.attention == "cudnn" and cfg.attention == "auto":
@@ -500,7 +537,7 @@ def run(cfg: Config) -> dict:
         log({"step": step, "eval_loss": float(np.mean([float(trainer.loss(params, b)) for b in eval_batches]))})
       if do_save:
         ckpt.save(step, params=params, opt_state=opt_state, config=dataclasses.asdict(cfg),
-                  extra={"tokens": step * tokens_per_step, "sizes": rcjax.sizes(params)})
+                  extra={"tokens": step * tokens_per_step, "sizes": rcjax.sizes(params), "flops": flops_done})
       paused += time.perf_counter() - t0
   bar.close()
   if ckpt:
@@ -520,13 +557,37 @@ def run(cfg: Config) -> dict:
   return summary
 
 
+def _finished(cfg: Config, ckpt: Checkpointer) -> dict | None:
+  """For a run directory that already holds step `cfg.steps`: its summary (the `end` record of
+  metrics.jsonl, or the step alone), and nothing is written; None if there is training left to do."""
+  latest = ckpt.latest_step()
+  if latest is None or latest < cfg.steps:
+    return None
+  ckpt.close()
+  if latest > cfg.steps:
+    raise ValueError(f"{cfg.out} holds step {latest}, past --steps {cfg.steps}; use a new --out (or more steps)")
+  path = os.path.join(cfg.out, "metrics.jsonl")
+  ends = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          rec = json.loads(line)
+        except ValueError:  # a partial last line of a killed run
+          continue
+        if rec.get("event") == "end":
+          ends.append(rec)
+  summary = {k: v for k, v in ends[-1].items() if k != "event"} if ends else {"steps": latest, "loss": None}
+  return {**summary, "finished_before": True}
+
+
 def _grow(cfg, params, opt_state, model, tx, mesh, data, step):
   """Grow params and AdamW state to `grow_to`; returns them, a new Trainer and a metrics record with the
   loss on one fixed batch right before and right after growth."""
   trainer = Trainer(model, tx, mesh, params, opt_state)
   fixed = global_batch(data, 0, cfg.batch_size, trainer.b_sh, eval=True)
   before = float(trainer.loss(params, fixed))
-  sizes = scaled_sizes(cfg, cfg.grow_to)
+  sizes = _changed(scaled_sizes(cfg, cfg.grow_to), params)
   # rcjax.nn.gpt.transfer: the leaf-wise rules plus the GPT's own (a tied readout in SP, RMSNorm at
   # non-integer ratios with exact=True), so the function is kept wherever the math allows.
   params, opt_state = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(jax.random.key(cfg.seed), step),
@@ -621,6 +682,10 @@ def main(argv: list[str] | None = None) -> int:
   except (ValueError, RuntimeError, FileNotFoundError) as e:
     print(f"train.gpt: error: {e}", file=sys.stderr)
     return 2
+  if summary.get("finished_before"):
+    print(f"train.gpt: {cfg.out} already holds the last step ({cfg.steps}); nothing to train", file=sys.stderr)
+  if summary.get("loss") is None:
+    return 0
   tps, mfu = summary.get("tokens_per_s"), summary.get("mfu")
   print(f"process {jax.process_index()}: step {summary['steps']} loss {summary['loss']:.6f}"
         + (f" floor {summary['loss_floor']:.4f}" if summary["loss_floor"] is not None else "")
