@@ -36,8 +36,12 @@ from rcjax.sharding import constrain, fit_spec, leaf_shardings, move_off, spec_t
 from rcjax.rc import RC, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
 
 SAMPLERS = ("stratified", "iid", "stride")
-# Optimizer-state fields holding gradient statistics: power 1 (linear in the gradient) or 2 (squared).
-MOMENT_FIELDS = {"mu": 1, "trace": 1, "momentum": 1, "acc_grads": 1, "ema": 1, "grad_acc": 1, "nu": 2}
+# Optimizer-state fields holding gradient statistics: power 1 (linear in the gradient) or 2 (squared):
+# momentum, Adam/Lion/AdaBelief `mu`, `nu`, AMSGrad `nu_max`, Adagrad/RSS `sum_of_squares`, Adadelta `e_g`.
+MOMENT_FIELDS = {"mu": 1, "trace": 1, "momentum": 1, "acc_grads": 1, "ema": 1, "grad_acc": 1, "nu": 2,
+                 "nu_max": 2, "sum_of_squares": 2, "e_g": 2}
+# Fields no power describes: refused rather than transferred as if they were params.
+UNSUPPORTED_FIELDS = {"e_x": "Adadelta's squared updates"}
 
 
 # --- index maps ---------------------------------------------------------------------------------
@@ -186,7 +190,9 @@ def inverse_maps(maps: Mapping[str, jax.Array], old_sizes: Mapping[str, int]) ->
   """For growth maps that hit every old neuron, maps back: `inv[i]` is the first new neuron copying `i`.
 
   `apply_maps(apply_maps(p, maps), inverse_maps(maps, sizes(p))) == p` (up to float rounding of the
-  fan-in rescaling, exact for power-of-two ratios). Raises ValueError if a map misses an old neuron.
+  fan-in rescaling, exact for power-of-two ratios), for growth with `exact=False` (uniform rescaling,
+  which the way back undoes); an `exact=True` growth at a non-integer ratio rescales each copy by its
+  own count, which no map undoes. Raises ValueError if a map misses an old neuron.
   """
   out = {}
   for name, m in maps.items():
@@ -208,6 +214,10 @@ def _moment_power(path: tuple, default: int) -> int:
     name = getattr(k, "name", None)
     if name in MOMENT_FIELDS:
       power = MOMENT_FIELDS[name]
+    elif name in UNSUPPORTED_FIELDS:
+      raise ValueError(f"cannot transfer optimizer state {jax.tree_util.keystr(path)}: {name!r} holds "
+                       f"{UNSUPPORTED_FIELDS[name]}, which no gradient power describes (transfer the params "
+                       "alone and start this optimizer afresh)")
   return power
 
 
@@ -471,14 +481,17 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
 
   Args:
     tree: params, an optax state mirroring boxed params, or any pytree holding both.
-    maps: `{axis: int32[new]}`, e.g. from `index_maps` (axes not in `maps` are left alone). Any map
+    maps: `{axis: int32[new]}`, e.g. from `index_maps` (axes not in `maps` are left alone, and maps of
+      axes the tree does not have are ignored, so one set of maps applies to any part of a model). Any map
       with entries in [0, N) works, sorted or not (a ValueError names one that is out of range; under
       `jax.jit`, where the maps are traced, out-of-range entries are clipped); concrete sorted maps take
       the fast paths.
-    exact: count-corrected fan-in weights (function-preserving when every old neuron is mapped to).
+    exact: count-corrected fan-in weights (function-preserving when every old neuron is mapped to; a
+      concrete map that misses one is a ValueError).
     moment: what the RC leaves hold: 0 params, 1 gradient-like (momentum, Adam mu), 2 squared
-      gradients (Adam nu). None reads it from optax state field names (`mu`, `trace`: 1; `nu`: 2) and
-      treats everything else as params.
+      gradients (Adam nu). None reads it from optax state field names (`MOMENT_FIELDS`: `mu`, `trace`:
+      1; `nu`, `nu_max`, `sum_of_squares`: 2; Adadelta's `e_x` is refused) and treats everything else
+      as params.
     donate: `tree` may be consumed (see `transfer`).
 
   Returns:
@@ -507,6 +520,10 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
       raise ValueError(f"apply_maps: the map of axis {name!r} holds {bad}, outside [0, {widths[name]}) "
                        f"(the axis has {widths[name]} neurons)")
     trusted = trusted and bool(np.all(v[1:] >= v[:-1]))
+    if exact and len(np.unique(v)) < widths[name]:
+      raise ValueError(f"apply_maps: exact=True needs every old neuron mapped to, but the map of axis {name!r} "
+                       f"misses {widths[name] - len(np.unique(v))} of its {widths[name]} neurons (pruning or "
+                       "iid maps: use exact=False)")
     if f := _repeat_factor(v, widths[name]):
       repeats.append((name, f))
   repeats = tuple(sorted(repeats))

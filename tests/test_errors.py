@@ -126,6 +126,10 @@ def test_apply_maps_errors(params):
   for bad in ([0, 4, 1], [0, -1, 1]):  # hidden_0 has 4 neurons
     with pytest.raises(ValueError, match=rf"axis 'hidden_0' holds {bad[1]}, outside \[0, 4\)"):
       rcjax.apply_maps(params, {"hidden_0": jnp.array(bad, jnp.int32)})
+  prune = jnp.array([0, 2], jnp.int32)  # exact=True would drop the N/N' fan-in rescaling silently
+  with pytest.raises(ValueError, match="exact=True needs every old neuron mapped to.*misses 2 of its 4"):
+    rcjax.apply_maps(params, {"hidden_0": prune}, exact=True)
+  rcjax.apply_maps(params, {"hidden_0": prune})
 
 
 def test_boxes_rejects_rank_mismatch(params):

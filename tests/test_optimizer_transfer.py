@@ -16,6 +16,11 @@ OPTIMIZERS = {
     "sgd": lambda: rcjax.sgd(0.05),
     "momentum": lambda: rcjax.sgd(0.05, momentum=0.9),
     "adam": lambda: rcjax.adamw(1e-2, eps=0.0),
+    # Adagrad (sum_of_squares) and AMSGrad (nu_max): the Adam rule, their second moments power 2
+    "adagrad": lambda: optax.chain(optax.scale_by_rss(initial_accumulator_value=0.0, eps=0.0),
+                                   rcjax.scale_by_parametrization("adam"), optax.scale(-1e-2)),
+    "amsgrad": lambda: optax.chain(optax.scale_by_amsgrad(eps=0.0), rcjax.scale_by_parametrization("adam"),
+                                   optax.scale(-1e-2)),
 }
 
 
@@ -89,6 +94,13 @@ def test_state_scaling_by_field_name():
   # moment= overrides the field names (e.g. for a tree of gradients).
   g = rcjax.apply_maps(s[0].mu, {"hidden_1": m}, moment=1)
   np.testing.assert_allclose(g["Dense_2"]["kernel"].value, mu[m] / 2, rtol=1e-6)
+
+
+def test_a_state_no_power_describes_is_refused():
+  _, _, p, _ = setup("mf", "sgd")
+  s = optax.adadelta(1.0).init(p)
+  with pytest.raises(ValueError, match=r"'e_x' holds Adadelta's squared updates"):
+    rcjax.grow((p, s), jax.random.key(0))
 
 
 def test_fresh_neurons_get_empty_first_moments():
