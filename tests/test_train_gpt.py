@@ -115,7 +115,7 @@ def test_transfer_from_a_run_keeps_its_parametrization_through_a_resume(tmp_path
   finished run directory returns its summary and writes nothing; growth leaves head_dim out."""
   src = str(tmp_path / "src")
   gpt.run(Config(**TINY, steps=2, out=src))
-  kw = dict(TINY, width=64, transfer_from=src, ckpt_every=1, grow_at=1, grow_to=128)
+  kw = dict(TINY, width=64, transfer_from=src, grow_at=1, grow_to=128)
   whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
   gpt.run(Config(**kw, steps=3, out=whole))
   gpt.run(Config(**kw, steps=2, out=part))
