@@ -198,6 +198,29 @@ def test_cli_shrink_below_one_head(tmp_path, capsys):
   assert code == 2 and "cannot shrink below 1 head" in out.err
 
 
+@pytest.mark.parametrize("flags", [["--kv-heads", "4"], ["--heads", "8", "--kv-heads", "8"]])
+def test_grow_refuses_fewer_query_heads_per_kv_head(tmp_path, capsys, monkeypatch, flags):
+  """4 heads on 2 kv heads -> 1 query head per kv head would drop half the query heads (integer factors of
+  heads and kv_heads, yet not a growth): refused, before SRC's tensors are read."""
+  src = _tiny(tmp_path, "llama-gqa")
+  monkeypatch.setattr(hf_model, "load", lambda *a, **k: pytest.fail("SRC's tensors were read"))
+  code, out = _grow(src, str(tmp_path / "dst"), *flags, capsys=capsys)
+  assert code == 2 and "query heads per kv head from 2 to 1" in out.err, out.err
+  assert not os.path.exists(tmp_path / "dst")
+
+
+def test_non_integer_query_heads_per_kv_head_is_reported_inexact(tmp_path, capsys):
+  """heads x3 and kv_heads x2 are integer factors, but 2 -> 3 query heads per kv head is not: inexact
+  without --exact (and said so), exact with it."""
+  src = _tiny(tmp_path, "llama-gqa")
+  code, out = _grow(src, str(tmp_path / "dst"), "--heads", "12", "--kv-heads", "4", capsys=capsys)
+  assert code == 0 and "non-integer ratio of query heads per kv head 3/2 without --exact" in out.out, out.out
+  assert np.max(np.abs(reference_logits(str(tmp_path / "dst"), TOKENS) - reference_logits(src, TOKENS))) > 1e-2
+  code, out = _grow(src, str(tmp_path / "dst2"), "--heads", "12", "--kv-heads", "4", "--exact", capsys=capsys)
+  assert code == 0 and "function-preserving by construction" in out.out and "not function" not in out.out
+  _assert_close(reference_logits(str(tmp_path / "dst2"), TOKENS), reference_logits(src, TOKENS))
+
+
 def test_cli_refuses_existing_destination_and_unsupported_family(tmp_path, capsys):
   src = _tiny(tmp_path, "gpt2")
   dst = tmp_path / "dst"
