@@ -2,7 +2,7 @@
 narrower). The command lines live here, in `rcjax.hf_grow`.
 
     python -m rcjax.grow gpt2 gpt2-x2 --factor 2                  # embed, mlp, heads x2; head_dim fixed
-    python -m rcjax.grow llama-1b llama-wide --mlp 12288 --heads 48 --kv-heads 12 --exact
+    python -m rcjax.grow llama-1b llama-wide --embed 3072 --mlp 12288 --heads 48 --kv-heads 12 --exact
     python -m rcjax.grow pythia-160m big --factor 2 --mesh fsdp=-1     # sharded: no tensor on one host
     python -m rcjax.shrink llama-1b llama-half --factor 0.5
 
@@ -177,6 +177,9 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     if model.rotary_dim is not None and new["head_dim"] != old["head_dim"]:
       raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
                        "head_dim cannot change")
+    resized = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
+                          head_dim=new["head_dim"], mlp=new["mlp"])
+    hf_model.config_for(resized, _abstract(resized), src_config, args.dtype)  # what save would refuse
     mesh = sharding.make_mesh(args.mesh) if args.mesh else None
     say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
     model, params = hf_model.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,

@@ -63,6 +63,10 @@ _ST_DTYPE = {np.dtype(v): k for k, v in _DTYPES.items()}
 _TORCH_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                   "gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM"}
+# model types whose transformers config refuses hidden_size % num_attention_heads != 0 even with an explicit
+# head_dim (LlamaConfig.validate_architecture in transformers 5; Mistral's and Qwen2's accept it; GPT-2 and
+# GPT-NeoX derive head_dim = hidden_size / heads, checked apart)
+HEADS_DIVIDE_HIDDEN = ("llama",)
 DEFAULT_MAX_SHARD_SIZE = 5 * 2**30
 View = Callable[[np.ndarray], np.ndarray]
 
@@ -320,6 +324,12 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
         raise ValueError("no HF Llama-family model has these biases: Llama has q/k/v/o biases together "
                          "(attention_bias), Qwen2 q/k/v only")
       mt = "qwen2" if qwen_like else "llama"
+  if mt in HEADS_DIVIDE_HIDDEN and a["embed"] % a["heads"]:
+    E, H = a["embed"], a["heads"]
+    near = " or ".join(str(e) for e in (E // H * H, E // H * H + H) if e > 0)
+    raise ValueError(f"transformers refuses a {mt} config whose hidden_size {E} is not a multiple of "
+                     f"num_attention_heads {H}, even with an explicit head_dim: choose embed {near} for {H} "
+                     f"heads, or heads dividing {E}")
   if fam == "gpt2" and a["heads"] * a["head_dim"] != a["embed"]:
     raise ValueError(f"GPT-2 needs heads * head_dim == embed (HF derives head_dim = n_embd / n_head), got "
                      f"{a['heads']} * {a['head_dim']} != {a['embed']}")

@@ -107,7 +107,7 @@ def _grow(src, dst, *flags, direction="grow", capsys=None):
 
 GROW = {  # case -> (exact 2x flags, exact non-integer flags)
     "llama-gqa": (["--factor", "2"], ["--factor", "1.5", "--exact"]),  # embed 32 -> 48: RMSNorm stays exact
-    "llama-tied-bias-headdim": (["--factor", "2"], ["--embed", "40", "--heads", "6", "--kv-heads", "3",
+    "llama-tied-bias-headdim": (["--factor", "2"], ["--embed", "48", "--heads", "6", "--kv-heads", "3",
                                                     "--mlp", "150", "--exact"]),
     "gpt2": (["--factor", "2"], ["--mlp", "77", "--exact"]),
     "llama3-rope": (["--factor", "2"], ["--factor", "1.5", "--exact"]),
@@ -211,14 +211,36 @@ def test_grow_refuses_fewer_query_heads_per_kv_head(tmp_path, capsys, monkeypatc
 
 def test_non_integer_query_heads_per_kv_head_is_reported_inexact(tmp_path, capsys):
   """heads x3 and kv_heads x2 are integer factors, but 2 -> 3 query heads per kv head is not: inexact
-  without --exact (and said so), exact with it."""
-  src = _tiny(tmp_path, "llama-gqa")
+  without --exact (and said so), exact with it (Mistral: a Llama config needs embed 32 a multiple of heads)."""
+  src = _tiny(tmp_path, "mistral")
   code, out = _grow(src, str(tmp_path / "dst"), "--heads", "12", "--kv-heads", "4", capsys=capsys)
   assert code == 0 and "non-integer ratio of query heads per kv head 3/2 without --exact" in out.out, out.out
   assert np.max(np.abs(reference_logits(str(tmp_path / "dst"), TOKENS) - reference_logits(src, TOKENS))) > 1e-2
   code, out = _grow(src, str(tmp_path / "dst2"), "--heads", "12", "--kv-heads", "4", "--exact", capsys=capsys)
   assert code == 0 and "function-preserving by construction" in out.out and "not function" not in out.out
   _assert_close(reference_logits(str(tmp_path / "dst2"), TOKENS), reference_logits(src, TOKENS))
+
+
+def test_llama_output_needs_embed_a_multiple_of_heads(tmp_path, capsys, monkeypatch):
+  """transformers' LlamaConfig refuses hidden_size % num_attention_heads != 0 even with an explicit head_dim:
+  the CLI refuses such sizes before reading SRC, save before writing; Mistral takes them."""
+  src = _tiny(tmp_path, "llama-gqa")  # embed 32, heads 4, kv_heads 2
+  real = hf_model.load
+  monkeypatch.setattr(hf_model, "load", lambda *a, **k: pytest.fail("SRC's tensors were read"))
+  for flags in (["--heads", "6", "--exact"], ["--embed", "34", "--exact"]):
+    code, out = _grow(src, str(tmp_path / "dst"), *flags, capsys=capsys)
+    assert code == 2 and "not a multiple of num_attention_heads" in out.err, out.err
+    assert not os.path.exists(tmp_path / "dst")
+  monkeypatch.setattr(hf_model, "load", real)
+  model, params = hf_model.load(src)
+  grown = rcjax.nn.gpt.transfer(model, params, jax.random.key(0), {"heads": 6, "kv_heads": 3}, exact=True)
+  with pytest.raises(ValueError, match="hidden_size 32 is not a multiple of num_attention_heads 6"):
+    hf_model.save(model.clone(heads=6, kv_heads=3), grown, tmp_path / "out")
+  assert not os.path.exists(tmp_path / "out")
+  mistral = _tiny(tmp_path, "mistral", "mistral")
+  code, out = _grow(mistral, str(tmp_path / "m6"), "--heads", "6", "--kv-heads", "3", "--exact", capsys=capsys)
+  assert code == 0 and "function-preserving by construction" in out.out, out.err
+  _assert_close(reference_logits(str(tmp_path / "m6"), TOKENS), reference_logits(mistral, TOKENS))
 
 
 def test_cli_refuses_existing_destination_and_unsupported_family(tmp_path, capsys):
@@ -324,6 +346,21 @@ def test_transformers_loads_the_grown_checkpoint(tmp_path, case):
     theirs = hf(torch.as_tensor(TOKENS)).logits.double().numpy()
   _assert_close(_logits(dst), theirs)
   _assert_close(theirs, reference_logits(src, TOKENS))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
+def test_embed_multiple_of_heads_rule_matches_transformers(model_type):
+  """`hf_model.HEADS_DIVIDE_HIDDEN` lists exactly the model types whose transformers config refuses
+  hidden_size 32 with 6 heads of head_dim 8."""
+  transformers = pytest.importorskip("transformers")
+  try:
+    transformers.AutoConfig.for_model(model_type, hidden_size=32, num_attention_heads=6, num_key_value_heads=3,
+                                      head_dim=8, intermediate_size=64)
+    refused = False
+  except Exception as e:  # noqa: BLE001 - transformers 5 raises huggingface_hub's StrictDataclassClassValidationError
+    assert "attention heads" in str(e), e
+    refused = True
+  assert refused == (model_type in hf_model.HEADS_DIVIDE_HIDDEN)
 
 
 @pytest.mark.parametrize("case, width", [("llama-gqa", None), ("llama-gqa", 64), ("gpt2", 64)])
