@@ -595,7 +595,8 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
     config: a base config.json dict whose other fields (token ids, ...) are kept, e.g. the source's.
     dtype: output dtype (default: the params' dtype).
     max_shard_size: bytes per safetensors file before the checkpoint is split and indexed.
-    extra_files: `{name: source path}` copied into the output (tokenizer files).
+    extra_files: `{name: source path}` copied into the output (tokenizer files; a name may hold a
+      subdirectory, e.g. 'additional_chat_templates/tool_use.jinja').
     progress: a tqdm progress bar over the params (process 0).
     consume: the caller gives `params` up: each leaf's array is deleted once it is written, so the
       params' memory drains as the files fill (`python -m rcjax.grow` writes this way).
@@ -665,6 +666,7 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
           json.dump({"metadata": {"total_size": total},
                      "weight_map": {e.name: n for n, es in zip(names, plan) for e in es}}, fh, indent=2)
       for name, src in (extra_files or {}).items():
+        os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
         shutil.copyfile(src, os.path.join(tmp, name))
       with open(os.path.join(tmp, "config.json"), "w") as fh:
         json.dump(cfg, fh, indent=2, sort_keys=True)
@@ -684,9 +686,17 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "tokenizer.model", "generation_config.json", "added_tokens.json")
+                   "merges.txt", "tokenizer.model", "generation_config.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json")
+TOKENIZER_DIRS = ("additional_chat_templates",)  # transformers >= 4.47: named chat templates, one .jinja each
 
 
 def tokenizer_files(src: str) -> dict[str, str]:
-  """The tokenizer and generation files of an HF directory, `{name: path}` (for `save(extra_files=)`)."""
-  return {n: os.path.join(src, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(src, n))}
+  """The tokenizer, chat template and generation files of an HF directory, `{name: path}` (names relative to
+  `src`, e.g. 'additional_chat_templates/tool_use.jinja'; for `save(extra_files=)`)."""
+  out = {n: os.path.join(src, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(src, n))}
+  for d in TOKENIZER_DIRS:
+    for root, _, names in sorted(os.walk(os.path.join(src, d))):
+      for n in sorted(names):
+        out[os.path.relpath(os.path.join(root, n), src)] = os.path.join(root, n)
+  return out

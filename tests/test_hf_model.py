@@ -271,6 +271,21 @@ def test_truncated_source_and_rope_scaling_fail_cleanly(tmp_path, capsys):
     hf_model.load(src2)
 
 
+def test_grow_copies_tokenizer_and_chat_templates(tmp_path):
+  """DST keeps SRC's tokenizer files, chat templates included (transformers >= 4.47 writes them apart:
+  chat_template.jinja / .json and the additional_chat_templates/ directory)."""
+  src = _tiny(tmp_path, "llama-gqa")
+  files = {"tokenizer_config.json": '{"eos_token": "t1"}', "chat_template.jinja": "{{ messages[0]['content'] }}",
+           "chat_template.json": '{"chat_template": "{{ messages }}"}',
+           "additional_chat_templates/tool_use.jinja": "{{ tools }}"}
+  for name, text in files.items():
+    os.makedirs(os.path.dirname(os.path.join(src, name)), exist_ok=True)
+    open(os.path.join(src, name), "w").write(text)
+  dst = str(tmp_path / "dst")
+  assert hf_grow.main([src, dst, "--factor", "2", "--no-check"]) == 0
+  assert {n: open(os.path.join(dst, n)).read() for n in files} == files
+
+
 def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
   src = _tiny(tmp_path, "llama-gqa")
   model, params = hf_model.load(src)
