@@ -364,7 +364,8 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
     c.setdefault("scale_attn_weights", True)
   else:
     act = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu"}[a["activation"]]
-    pct = (model.rotary_dim or a["head_dim"]) / a["head_dim"]
+    pct = _rotary_pct(a["head_dim"], model.rotary_dim or a["head_dim"],
+                      _rope_dict(c).get("partial_rotary_factor", c.get("rotary_pct")))
     c.update(hidden_size=a["embed"], intermediate_size=a["mlp"], num_hidden_layers=a["layers"],
              num_attention_heads=a["heads"], hidden_act=act, rotary_pct=pct, rotary_emb_base=model.rope_base,
              use_parallel_residual=bool(a["parallel_residual"]), layer_norm_eps=model.norm_eps,
@@ -372,6 +373,15 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
                                                                                  model.max_len))
     _write_rope(c, model, pct)
   return c
+
+
+def _rotary_pct(head_dim: int, rotary_dim: int, keep: float | None = None) -> float:
+  """A rotary_pct from which transformers' `int(head_dim * pct)` gives `rotary_dim` back: `keep` (the
+  source's) or rotary_dim / head_dim where they do, else (rotary_dim + 0.5) / head_dim (30 / 44 gives 29)."""
+  for pct in (keep, rotary_dim / head_dim, (rotary_dim + 0.5) / head_dim):
+    if pct is not None and int(head_dim * float(pct)) == rotary_dim:
+      return float(pct)
+  raise AssertionError(f"internal: no rotary_pct for {rotary_dim} of {head_dim} dims")
 
 
 def _write_rope(c: dict, model: GPT, pct: float | None = None) -> None:

@@ -434,6 +434,31 @@ def test_rope_scaling_is_written_without_a_base_config(tmp_path):
   _assert_close(reference_logits(out["path"], TOKENS), reference_logits(src, TOKENS), 1e-9)
 
 
+def test_rotary_pct_round_trips_through_int_head_dim_times_pct():
+  """transformers takes int(head_dim * rotary_pct) rotary dims; r / head_dim can round down to r - 1
+  (44 * (30 / 44) = 29.999...), so the written pct must give r back, for every head_dim and r."""
+  for d in range(1, 257):
+    for r in range(d + 1):
+      assert int(d * hf_model._rotary_pct(d, r)) == r, (d, r)
+      assert int(d * hf_model._rotary_pct(d, r, keep=0.7)) == r, (d, r)
+  assert hf_model._rotary_pct(44, 30, keep=0.7) == 0.7 and hf_model._rotary_pct(64, 16) == 0.25
+
+
+def test_partial_rotary_with_an_inexact_pct_survives_save(tmp_path):
+  """GPT-NeoX, head_dim 44, rotary_pct 0.7 (30 rotary dims): the saved config keeps 0.7 and, written
+  without the source's config, still gives 30 dims."""
+  src = str(tmp_path / "src")
+  write_tiny(src, "gpt_neox", embed=88, heads=2, mlp=64, rotary_pct=0.7)
+  model, params = hf_model.load(src)
+  assert model.rotary_dim == 30
+  for name, base in (("kept", json.load(open(os.path.join(src, "config.json")))), ("bare", None)):
+    out = hf_model.save(model, params, tmp_path / name, config=base)["path"]
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert int(44 * cfg["rotary_pct"]) == int(44 * cfg["rope_parameters"]["partial_rotary_factor"]) == 30
+    _assert_close(reference_logits(out, TOKENS), reference_logits(src, TOKENS), 1e-9)
+  assert cfg["rotary_pct"] != 0.7 and json.load(open(tmp_path / "kept" / "config.json"))["rotary_pct"] == 0.7
+
+
 def test_transfer_in_the_source_dtype_is_bit_identical(tmp_path, monkeypatch):
   """--transfer-dtype source holds bf16 params (half the memory); the rescaling is computed in float32 inside
   the transfer either way, so the written files equal those of the float32 transfer, at 2x and 1.5x."""
