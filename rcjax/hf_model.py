@@ -267,7 +267,7 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
     raise ValueError(f"{where}: hidden_act {c.get('hidden_act')!r} is not supported")
   E, H = int(c["hidden_size"]), int(c["num_attention_heads"])
   D = E // H
-  pct = float(_rope_dict(c).get("partial_rotary_factor", c.get("rotary_pct", 1.0)))
+  pct = float(_rope_dict(c).get("partial_rotary_factor", c.get("rotary_pct", 0.25)))  # GPTNeoXConfig's default
   bias = bool(c.get("attention_bias", True))
   return GPT(**common, width=E, depth=int(c["num_hidden_layers"]), heads=H, mlp=int(c["intermediate_size"]),
              max_len=int(c.get("max_position_embeddings", 2048)), style="neox", activation=act,

@@ -459,6 +459,18 @@ def test_partial_rotary_with_an_inexact_pct_survives_save(tmp_path):
   assert cfg["rotary_pct"] != 0.7 and json.load(open(tmp_path / "kept" / "config.json"))["rotary_pct"] == 0.7
 
 
+def test_neox_without_rotary_pct_rotates_a_quarter(tmp_path):
+  """A GPT-NeoX config.json without rotary_pct / partial_rotary_factor: transformers (GPTNeoXConfig)
+  rotates 0.25 of each head, and so must load."""
+  src = _tiny(tmp_path, "neox")
+  cfg = json.load(open(os.path.join(src, "config.json")))
+  assert cfg.pop("rotary_pct") == 0.25 and cfg["rope_parameters"].pop("partial_rotary_factor") == 0.25
+  json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
+  model, _ = hf_model.load(src)
+  assert model.rotary_dim == 4  # head_dim 16
+  _assert_close(_logits(src), reference_logits(src, TOKENS))
+
+
 def test_transfer_in_the_source_dtype_is_bit_identical(tmp_path, monkeypatch):
   """--transfer-dtype source holds bf16 params (half the memory); the rescaling is computed in float32 inside
   the transfer either way, so the written files equal those of the float32 transfer, at 2x and 1.5x."""
