@@ -52,7 +52,8 @@ def parse(argv: Sequence[str] | None, direction: str) -> argparse.Namespace:
                   "mlp, heads, kv_heads)")
   ap.add_argument("--sampler", default="stratified", choices=("stratified", "iid", "stride"))
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="output dtype (default: SRC's)")
+  ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                  help="output dtype (default: the one SRC's tensors are stored in)")
   ap.add_argument("--transfer-dtype", default="float32", choices=("float32", "source"),
                   help="dtype the params are loaded and transferred in: float32 (default; exact rescaling) or "
                   "the source's (half the memory for 16-bit checkpoints; 2x/4x growth stays bit-identical)")
@@ -177,15 +178,14 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     if model.rotary_dim is not None and new["head_dim"] != old["head_dim"]:
       raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
                        "head_dim cannot change")
+    src_dtype = hf_model.stored_dtype(args.src, src_config)  # the tensors' (config.json may not say)
     resized = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
                           head_dim=new["head_dim"], mlp=new["mlp"])
-    hf_model.config_for(resized, _abstract(resized), src_config, args.dtype)  # what save would refuse
+    hf_model.config_for(resized, _abstract(resized), src_config, args.dtype or src_dtype)  # what save would refuse
     mesh = sharding.make_mesh(args.mesh) if args.mesh else None
     say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
     model, params = hf_model.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,
                                   mesh=mesh, progress=jax.process_index() == 0)
-    src_dtype = np.dtype(hf_model._TORCH_DTYPE.get(str(src_config.get("torch_dtype") or src_config.get("dtype")),
-                                                   np.float32))
     a = model.arch()
     why = inexact(old, new, args, a["positions"] == "rope", a["norm"] == "rmsnorm")
     n_old = _count(params)

@@ -428,6 +428,23 @@ class _Files:
     return self._maps[fname][start + b:start + e].view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
+def _stored(files: _Files) -> Any:
+  """The one float dtype the tensors are stored in (None if they mix several)."""
+  stored = {files.where[n][1]["dtype"] for n in files.names()} - {"I64", "I32", "BOOL", "U8"}
+  return _DTYPES[sorted(stored)[0]] if len(stored) == 1 else None
+
+
+def stored_dtype(path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> np.dtype:
+  """The dtype an HF directory's weights are stored in, as `save` can write it: the tensors' one float dtype
+  where it is float32, float16 or bfloat16 (config.json's torch_dtype may be missing or stale), else
+  `config`'s torch_dtype / dtype, else float32. Reads only the safetensors headers."""
+  stored = _stored(_Files(os.fspath(path)))
+  if stored is not None and np.dtype(stored) in {np.dtype(v) for v in _TORCH_DTYPE.values()}:
+    return np.dtype(stored)
+  config = config or {}
+  return np.dtype(_TORCH_DTYPE.get(str(config.get("torch_dtype") or config.get("dtype")), np.float32))
+
+
 def _by_leaf(entries: list[Entry], names: Mapping[str, str] | None = None) -> dict[tuple, list[tuple[str, Part]]]:
   """`{leaf path: [(tensor name in the files, part)]}` (names: canonical -> stored, where they differ)."""
   out: dict[tuple, list[tuple[str, Part]]] = {}
@@ -480,9 +497,7 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
   with open(cfg_path) as f:
     config = json.load(f)
   files = _Files(path)
-  stored = {files.where[n][1]["dtype"] for n in files.names()} - {"I64", "I32", "BOOL", "U8"}
-  stored_dt = _DTYPES[sorted(stored)[0]] if len(stored) == 1 else None
-  model = model_from_config(config, dtype=compute_dtype, param_dtype=dtype or stored_dt, where=cfg_path)
+  model = model_from_config(config, dtype=compute_dtype, param_dtype=dtype or _stored(files), where=cfg_path)
   abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 1), jnp.int32))["params"], jax.random.key(0))
   fam = family_of(model)
   a = _arch(model, abstract)

@@ -471,6 +471,20 @@ def test_neox_without_rotary_pct_rotates_a_quarter(tmp_path):
   _assert_close(_logits(src), reference_logits(src, TOKENS))
 
 
+def test_default_output_dtype_is_the_stored_one(tmp_path):
+  """A bf16 checkpoint whose config.json names no dtype is grown into bf16 (the tensors' dtype), not float32."""
+  from rcjax.hf import read_header
+
+  src = _tiny(tmp_path, "qwen2-bf16")
+  cfg = json.load(open(os.path.join(src, "config.json")))
+  cfg.pop("torch_dtype", None), cfg.pop("dtype", None)
+  json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
+  dst = str(tmp_path / "dst")
+  assert hf_grow.main([src, dst, "--factor", "2", "--no-check"]) == 0
+  assert {t["dtype"] for t in read_header(os.path.join(dst, "model.safetensors")).values()} == {"BF16"}
+  assert json.load(open(os.path.join(dst, "config.json")))["torch_dtype"] == "bfloat16"
+
+
 def test_transfer_in_the_source_dtype_is_bit_identical(tmp_path, monkeypatch):
   """--transfer-dtype source holds bf16 params (half the memory); the rescaling is computed in float32 inside
   the transfer either way, so the written files equal those of the float32 transfer, at 2x and 1.5x."""
