@@ -3,8 +3,9 @@ convert causal LMs to and from `rcjax.nn.GPT` (implemented in `rcjax.hf_model`).
 
 Supported families (read from config.json `model_type`, else `architectures`): Llama (`llama`, `mistral`,
 `qwen2`), GPT-2 (`gpt2`), GPT-NeoX/Pythia (`gpt_neox`), BERT (`bert`). Single-file (`model.safetensors`)
-and sharded (`model.safetensors.index.json`) checkpoints; every shard is checked for presence and size when
-the checkpoint is opened, so a missing shard or a truncated file fails at once with a one-line error.
+and sharded (`model.safetensors.index.json`) checkpoints, the files picked as transformers does (`shard_files`);
+every shard is checked for presence and size when the checkpoint is opened, so a missing shard or a
+truncated file fails at once with a one-line error.
 
 Layouts. Every weight becomes an RC leaf in the (in, out) layout that `rcjax.diagnostics` reads (rows =
 fan-in): PyTorch `nn.Linear` weights (Llama, GPT-NeoX, BERT) are stored (out, in) and are transposed;
@@ -109,8 +110,13 @@ def read_header(path: str) -> dict[str, dict]:
 
 
 def shard_files(path: str) -> tuple[list[str], dict[str, str] | None]:
-  """The safetensors files of a checkpoint directory (each checked to exist) and the index's weight map
-  (None without an index)."""
+  """The safetensors files of a checkpoint directory as transformers picks them, and the index's weight
+  map (None without an index): `model.safetensors` if present, else the shards listed in
+  `model.safetensors.index.json` (each checked to exist), else every `*.safetensors` (shards without an
+  index). Other files beside them, such as Mistral's `consolidated.safetensors`, are not read."""
+  single = os.path.join(path, "model.safetensors")
+  if os.path.isfile(single):
+    return [single], None
   index = os.path.join(path, "model.safetensors.index.json")
   if os.path.isfile(index):
     with open(index) as f:
