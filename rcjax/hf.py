@@ -318,11 +318,14 @@ def _llama() -> dict[str, Rule]:
   t: dict[str, Rule] = {}
   for s, kind in (("q", "heads"), ("k", "kv_heads"), ("v", "kv_heads")):
     t[f"self_attn.{s}_proj.weight"] = _heads_out(f"self_attn.{s}_proj.weight", kind, True)
-    t[f"self_attn.{s}_proj.bias"] = _head_vec(f"self_attn.{s}_proj.bias", kind)  # Qwen2
+    t[f"self_attn.{s}_proj.bias"] = _head_vec(f"self_attn.{s}_proj.bias", kind)  # Qwen2, Llama attention_bias
   t["self_attn.o_proj.weight"] = _heads_in("self_attn.o_proj.weight", True)
+  t["self_attn.o_proj.bias"] = _vec("self_attn.o_proj.bias", _E)  # Llama attention_bias
   for s in ("gate", "up"):
     t[f"mlp.{s}_proj.weight"] = _mat(f"mlp.{s}_proj.weight", ("embed", "mlp"), True)
+    t[f"mlp.{s}_proj.bias"] = _vec(f"mlp.{s}_proj.bias", _M)  # Llama mlp_bias
   t["mlp.down_proj.weight"] = _mat("mlp.down_proj.weight", ("mlp", "embed"), True)
+  t["mlp.down_proj.bias"] = _vec("mlp.down_proj.bias", _E)
   for s in ("input_layernorm", "post_attention_layernorm"):
     t[f"{s}.weight"] = _vec(f"{s}.weight", _E)
   return t
