@@ -3,8 +3,9 @@ convert causal LMs to and from `rcjax.nn.GPT` (implemented in `rcjax.hf_model`).
 
 Supported families (read from config.json `model_type`, else `architectures`): Llama (`llama`, `mistral`,
 `qwen2`), GPT-2 (`gpt2`), GPT-NeoX/Pythia (`gpt_neox`), BERT (`bert`). Single-file (`model.safetensors`)
-and sharded (`model.safetensors.index.json`) checkpoints; every shard is checked for presence and size when
-the checkpoint is opened, so a missing shard or a truncated file fails at once with a one-line error.
+and sharded (`model.safetensors.index.json`) checkpoints, the files picked as transformers does (`shard_files`);
+every shard is checked for presence and size when the checkpoint is opened, so a missing shard or a
+truncated file fails at once with a one-line error.
 
 Layouts. Every weight becomes an RC leaf in the (in, out) layout that `rcjax.diagnostics` reads (rows =
 fan-in): PyTorch `nn.Linear` weights (Llama, GPT-NeoX, BERT) are stored (out, in) and are transposed;
@@ -109,8 +110,13 @@ def read_header(path: str) -> dict[str, dict]:
 
 
 def shard_files(path: str) -> tuple[list[str], dict[str, str] | None]:
-  """The safetensors files of a checkpoint directory (each checked to exist) and the index's weight map
-  (None without an index)."""
+  """The safetensors files of a checkpoint directory as transformers picks them, and the index's weight
+  map (None without an index): `model.safetensors` if present, else the shards listed in
+  `model.safetensors.index.json` (each checked to exist), else every `*.safetensors` (shards without an
+  index). Other files beside them, such as Mistral's `consolidated.safetensors`, are not read."""
+  single = os.path.join(path, "model.safetensors")
+  if os.path.isfile(single):
+    return [single], None
   index = os.path.join(path, "model.safetensors.index.json")
   if os.path.isfile(index):
     with open(index) as f:
@@ -312,11 +318,14 @@ def _llama() -> dict[str, Rule]:
   t: dict[str, Rule] = {}
   for s, kind in (("q", "heads"), ("k", "kv_heads"), ("v", "kv_heads")):
     t[f"self_attn.{s}_proj.weight"] = _heads_out(f"self_attn.{s}_proj.weight", kind, True)
-    t[f"self_attn.{s}_proj.bias"] = _head_vec(f"self_attn.{s}_proj.bias", kind)  # Qwen2
+    t[f"self_attn.{s}_proj.bias"] = _head_vec(f"self_attn.{s}_proj.bias", kind)  # Qwen2, Llama attention_bias
   t["self_attn.o_proj.weight"] = _heads_in("self_attn.o_proj.weight", True)
+  t["self_attn.o_proj.bias"] = _vec("self_attn.o_proj.bias", _E)  # Llama attention_bias
   for s in ("gate", "up"):
     t[f"mlp.{s}_proj.weight"] = _mat(f"mlp.{s}_proj.weight", ("embed", "mlp"), True)
+    t[f"mlp.{s}_proj.bias"] = _vec(f"mlp.{s}_proj.bias", _M)  # Llama mlp_bias
   t["mlp.down_proj.weight"] = _mat("mlp.down_proj.weight", ("mlp", "embed"), True)
+  t["mlp.down_proj.bias"] = _vec("mlp.down_proj.bias", _E)
   for s in ("input_layernorm", "post_attention_layernorm"):
     t[f"{s}.weight"] = _vec(f"{s}.weight", _E)
   return t

@@ -2,7 +2,7 @@
 narrower). The command lines live here, in `rcjax.hf_grow`.
 
     python -m rcjax.grow gpt2 gpt2-x2 --factor 2                  # embed, mlp, heads x2; head_dim fixed
-    python -m rcjax.grow llama-1b llama-wide --mlp 12288 --heads 48 --kv-heads 12 --exact
+    python -m rcjax.grow llama-1b llama-wide --embed 3072 --mlp 12288 --heads 48 --kv-heads 12 --exact
     python -m rcjax.grow pythia-160m big --factor 2 --mesh fsdp=-1     # sharded: no tensor on one host
     python -m rcjax.shrink llama-1b llama-half --factor 0.5
 
@@ -14,6 +14,7 @@ function-preserving for integer factors and, with `--exact`, for any ratio of ml
 and of embed in RMSNorm models (Llama family; see `rcjax.nn.gpt.transfer`). Not exact: a non-integer
 embed ratio under LayerNorm (GPT-2, GPT-NeoX: the mean averages unequal copy counts), a new head_dim (the
 attention scale and RoPE frequencies depend on it), `--random-rate/--norm-rate` > 0, and shrinking.
+A growth with fewer query heads per kv head (e.g. `--kv-heads` alone) would drop query heads: refused.
 The command prints what changed and, at the end, the max |logit difference| between SRC and DST (as read
 back from disk) on a fixed batch of random prompts.
 """
@@ -51,7 +52,8 @@ def parse(argv: Sequence[str] | None, direction: str) -> argparse.Namespace:
                   "mlp, heads, kv_heads)")
   ap.add_argument("--sampler", default="stratified", choices=("stratified", "iid", "stride"))
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="output dtype (default: SRC's)")
+  ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                  help="output dtype (default: the one SRC's tensors are stored in)")
   ap.add_argument("--transfer-dtype", default="float32", choices=("float32", "source"),
                   help="dtype the params are loaded and transferred in: float32 (default; exact rescaling) or "
                   "the source's (half the memory for 16-bit checkpoints; 2x/4x growth stays bit-identical)")
@@ -97,6 +99,11 @@ def target_sizes(old: dict[str, int], family: str, args: argparse.Namespace, dir
     new["kv_heads"] = new["heads"]  # multi-head attention stays multi-head
   if new["heads"] % new["kv_heads"]:
     raise ValueError(f"heads {new['heads']} is not divisible by kv_heads {new['kv_heads']}")
+  g_old, g_new = old["heads"] // old["kv_heads"], new["heads"] // new["kv_heads"]
+  if direction == "grow" and g_new < g_old:  # rcjax.transfer would remap heads within groups: drop query heads
+    raise ValueError(f"grow would shrink the query heads per kv head from {g_old} to {g_new} (heads "
+                     f"{new['heads']}, kv_heads {new['kv_heads']}), dropping query heads; grow --heads to "
+                     f"{g_old * new['kv_heads']} too")
   if family in ("gpt2", "gpt_neox") and new["heads"] * new["head_dim"] != new["embed"]:
     raise ValueError(f"{family} derives head_dim from embed / heads: embed {new['embed']} != heads {new['heads']} "
                      f"x head_dim {new['head_dim']}; change --embed and --heads together")
@@ -116,6 +123,11 @@ def inexact(old: dict, new: dict, args, rope: bool, rmsnorm: bool) -> list[str]:
   for a in ("mlp", "heads", "kv_heads"):
     if new[a] > old[a] and new[a] % old[a] and not args.exact:
       why.append(f"non-integer {a} ratio {new[a]}/{old[a]} without --exact")
+  g_old, g_new = old["heads"] // old["kv_heads"], new["heads"] // new["kv_heads"]
+  if g_new < g_old:
+    why.append(f"query heads per kv head drop from {g_old} to {g_new} (query heads are dropped)")
+  elif g_new % g_old and not args.exact:
+    why.append(f"non-integer ratio of query heads per kv head {g_new}/{g_old} without --exact")
   if args.sampler == "iid" and not args.exact and any(new[a] > old[a] for a in new):
     why.append("iid sampling without --exact (exact only in expectation)")
   if args.random_rate > 0 or args.norm_rate > 0:
@@ -123,6 +135,11 @@ def inexact(old: dict, new: dict, args, rope: bool, rmsnorm: bool) -> list[str]:
   if any(new[a] < old[a] for a in new):
     why.append("shrinking drops neurons")
   return why
+
+
+def _abstract(model) -> dict:
+  """The params of `model` as shapes (RC leaves of jax.ShapeDtypeStruct), without computing anything."""
+  return jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 1), jnp.int32))["params"], jax.random.key(0))
 
 
 def _count(params) -> int:
@@ -154,19 +171,22 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
                               f"{args.src} has no config.json: not a HuggingFace checkpoint")
     with open(cfg_path) as f:
       src_config = json.load(f)
-    mesh = sharding.make_mesh(args.mesh) if args.mesh else None
-    say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
-    model, params = hf_model.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,
-                                  mesh=mesh, progress=jax.process_index() == 0)
-    src_dtype = np.dtype(hf_model._TORCH_DTYPE.get(str(src_config.get("torch_dtype") or src_config.get("dtype")),
-                                                   np.float32))
+    model = hf_model.model_from_config(src_config, where=cfg_path)  # sizes and refusals before reading SRC
     family = hf_model.family_of(model)
-    a = model.arch()
-    old = dict(rcjax.width_axes(params))
+    old = dict(rcjax.width_axes(_abstract(model)))
     new = target_sizes(old, family, args, direction)
     if model.rotary_dim is not None and new["head_dim"] != old["head_dim"]:
       raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
                        "head_dim cannot change")
+    src_dtype = hf_model.stored_dtype(args.src, src_config)  # the tensors' (config.json may not say)
+    resized = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
+                          head_dim=new["head_dim"], mlp=new["mlp"])
+    hf_model.config_for(resized, _abstract(resized), src_config, args.dtype or src_dtype)  # what save would refuse
+    mesh = sharding.make_mesh(args.mesh) if args.mesh else None
+    say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
+    model, params = hf_model.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,
+                                  mesh=mesh, progress=jax.process_index() == 0)
+    a = model.arch()
     why = inexact(old, new, args, a["positions"] == "rope", a["norm"] == "rmsnorm")
     n_old = _count(params)
     say(f"{family} ({src_config.get('model_type')}), {model.depth} blocks, vocab {model.vocab}")

@@ -63,6 +63,10 @@ _ST_DTYPE = {np.dtype(v): k for k, v in _DTYPES.items()}
 _TORCH_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                   "gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM"}
+# model types whose transformers config refuses hidden_size % num_attention_heads != 0 even with an explicit
+# head_dim (LlamaConfig.validate_architecture in transformers 5; Mistral's and Qwen2's accept it; GPT-2 and
+# GPT-NeoX derive head_dim = hidden_size / heads, checked apart)
+HEADS_DIVIDE_HIDDEN = ("llama",)
 DEFAULT_MAX_SHARD_SIZE = 5 * 2**30
 View = Callable[[np.ndarray], np.ndarray]
 
@@ -263,7 +267,7 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
     raise ValueError(f"{where}: hidden_act {c.get('hidden_act')!r} is not supported")
   E, H = int(c["hidden_size"]), int(c["num_attention_heads"])
   D = E // H
-  pct = float(_rope_dict(c).get("partial_rotary_factor", c.get("rotary_pct", 1.0)))
+  pct = float(_rope_dict(c).get("partial_rotary_factor", c.get("rotary_pct", 0.25)))  # GPTNeoXConfig's default
   bias = bool(c.get("attention_bias", True))
   return GPT(**common, width=E, depth=int(c["num_hidden_layers"]), heads=H, mlp=int(c["intermediate_size"]),
              max_len=int(c.get("max_position_embeddings", 2048)), style="neox", activation=act,
@@ -320,6 +324,12 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
         raise ValueError("no HF Llama-family model has these biases: Llama has q/k/v/o biases together "
                          "(attention_bias), Qwen2 q/k/v only")
       mt = "qwen2" if qwen_like else "llama"
+  if mt in HEADS_DIVIDE_HIDDEN and a["embed"] % a["heads"]:
+    E, H = a["embed"], a["heads"]
+    near = " or ".join(str(e) for e in (E // H * H, E // H * H + H) if e > 0)
+    raise ValueError(f"transformers refuses a {mt} config whose hidden_size {E} is not a multiple of "
+                     f"num_attention_heads {H}, even with an explicit head_dim: choose embed {near} for {H} "
+                     f"heads, or heads dividing {E}")
   if fam == "gpt2" and a["heads"] * a["head_dim"] != a["embed"]:
     raise ValueError(f"GPT-2 needs heads * head_dim == embed (HF derives head_dim = n_embd / n_head), got "
                      f"{a['heads']} * {a['head_dim']} != {a['embed']}")
@@ -354,7 +364,8 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
     c.setdefault("scale_attn_weights", True)
   else:
     act = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu"}[a["activation"]]
-    pct = (model.rotary_dim or a["head_dim"]) / a["head_dim"]
+    pct = _rotary_pct(a["head_dim"], model.rotary_dim or a["head_dim"],
+                      _rope_dict(c).get("partial_rotary_factor", c.get("rotary_pct")))
     c.update(hidden_size=a["embed"], intermediate_size=a["mlp"], num_hidden_layers=a["layers"],
              num_attention_heads=a["heads"], hidden_act=act, rotary_pct=pct, rotary_emb_base=model.rope_base,
              use_parallel_residual=bool(a["parallel_residual"]), layer_norm_eps=model.norm_eps,
@@ -362,6 +373,15 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
                                                                                  model.max_len))
     _write_rope(c, model, pct)
   return c
+
+
+def _rotary_pct(head_dim: int, rotary_dim: int, keep: float | None = None) -> float:
+  """A rotary_pct from which transformers' `int(head_dim * pct)` gives `rotary_dim` back: `keep` (the
+  source's) or rotary_dim / head_dim where they do, else (rotary_dim + 0.5) / head_dim (30 / 44 gives 29)."""
+  for pct in (keep, rotary_dim / head_dim, (rotary_dim + 0.5) / head_dim):
+    if pct is not None and int(head_dim * float(pct)) == rotary_dim:
+      return float(pct)
+  raise AssertionError(f"internal: no rotary_pct for {rotary_dim} of {head_dim} dims")
 
 
 def _write_rope(c: dict, model: GPT, pct: float | None = None) -> None:
@@ -406,6 +426,23 @@ class _Files:
       self._maps[fname] = np.memmap(fname, dtype=np.uint8, mode=self.mode)
     b, e = entry["data_offsets"]
     return self._maps[fname][start + b:start + e].view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+
+def _stored(files: _Files) -> Any:
+  """The one float dtype the tensors are stored in (None if they mix several)."""
+  stored = {files.where[n][1]["dtype"] for n in files.names()} - {"I64", "I32", "BOOL", "U8"}
+  return _DTYPES[sorted(stored)[0]] if len(stored) == 1 else None
+
+
+def stored_dtype(path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> np.dtype:
+  """The dtype an HF directory's weights are stored in, as `save` can write it: the tensors' one float dtype
+  where it is float32, float16 or bfloat16 (config.json's torch_dtype may be missing or stale), else
+  `config`'s torch_dtype / dtype, else float32. Reads only the safetensors headers."""
+  stored = _stored(_Files(os.fspath(path)))
+  if stored is not None and np.dtype(stored) in {np.dtype(v) for v in _TORCH_DTYPE.values()}:
+    return np.dtype(stored)
+  config = config or {}
+  return np.dtype(_TORCH_DTYPE.get(str(config.get("torch_dtype") or config.get("dtype")), np.float32))
 
 
 def _by_leaf(entries: list[Entry], names: Mapping[str, str] | None = None) -> dict[tuple, list[tuple[str, Part]]]:
@@ -460,9 +497,7 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
   with open(cfg_path) as f:
     config = json.load(f)
   files = _Files(path)
-  stored = {files.where[n][1]["dtype"] for n in files.names()} - {"I64", "I32", "BOOL", "U8"}
-  stored_dt = _DTYPES[sorted(stored)[0]] if len(stored) == 1 else None
-  model = model_from_config(config, dtype=compute_dtype, param_dtype=dtype or stored_dt, where=cfg_path)
+  model = model_from_config(config, dtype=compute_dtype, param_dtype=dtype or _stored(files), where=cfg_path)
   abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 1), jnp.int32))["params"], jax.random.key(0))
   fam = family_of(model)
   a = _arch(model, abstract)
@@ -585,7 +620,8 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
     config: a base config.json dict whose other fields (token ids, ...) are kept, e.g. the source's.
     dtype: output dtype (default: the params' dtype).
     max_shard_size: bytes per safetensors file before the checkpoint is split and indexed.
-    extra_files: `{name: source path}` copied into the output (tokenizer files).
+    extra_files: `{name: source path}` copied into the output (tokenizer files; a name may hold a
+      subdirectory, e.g. 'additional_chat_templates/tool_use.jinja').
     progress: a tqdm progress bar over the params (process 0).
     consume: the caller gives `params` up: each leaf's array is deleted once it is written, so the
       params' memory drains as the files fill (`python -m rcjax.grow` writes this way).
@@ -655,6 +691,7 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
           json.dump({"metadata": {"total_size": total},
                      "weight_map": {e.name: n for n, es in zip(names, plan) for e in es}}, fh, indent=2)
       for name, src in (extra_files or {}).items():
+        os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
         shutil.copyfile(src, os.path.join(tmp, name))
       with open(os.path.join(tmp, "config.json"), "w") as fh:
         json.dump(cfg, fh, indent=2, sort_keys=True)
@@ -674,9 +711,17 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "tokenizer.model", "generation_config.json", "added_tokens.json")
+                   "merges.txt", "tokenizer.model", "generation_config.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json")
+TOKENIZER_DIRS = ("additional_chat_templates",)  # transformers >= 4.47: named chat templates, one .jinja each
 
 
 def tokenizer_files(src: str) -> dict[str, str]:
-  """The tokenizer and generation files of an HF directory, `{name: path}` (for `save(extra_files=)`)."""
-  return {n: os.path.join(src, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(src, n))}
+  """The tokenizer, chat template and generation files of an HF directory, `{name: path}` (names relative to
+  `src`, e.g. 'additional_chat_templates/tool_use.jinja'; for `save(extra_files=)`)."""
+  out = {n: os.path.join(src, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(src, n))}
+  for d in TOKENIZER_DIRS:
+    for root, _, names in sorted(os.walk(os.path.join(src, d))):
+      for n in sorted(names):
+        out[os.path.relpath(os.path.join(root, n), src)] = os.path.join(root, n)
+  return out

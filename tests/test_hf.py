@@ -138,6 +138,45 @@ def test_planted_structure_found_and_random_within_null(tmp_path):
       assert r["max_abs_corr"] < r["max_abs_corr_null"], r
 
 
+def test_reads_the_files_transformers_reads(tmp_path):
+  """model.safetensors if present, else the index's shards, else every *.safetensors (shards without an
+  index): a consolidated.safetensors beside model.safetensors (Mistral repos ship their original weights
+  so) is read by neither reader, as transformers ignores it."""
+  from safetensors.numpy import save_file
+
+  from hf_reference import write_tiny
+  from rcjax import hf_model
+
+  d = tmp_path / "mistral"
+  write_tiny(d, "mistral", kv_heads=2)
+  save_file({"tok_embeddings.weight": np.zeros((64, 32), np.float32)}, str(d / "consolidated.safetensors"))
+  assert hf.shard_files(str(d)) == ([str(d / "model.safetensors")], None)
+  hf_model.load(d)
+  assert hf.Checkpoint(d).num_blocks == 2
+  write_tiny(tmp_path / "shards", "llama", shards=2)
+  files = hf.shard_files(str(tmp_path / "shards"))[0]
+  os.remove(tmp_path / "shards" / "model.safetensors.index.json")
+  assert hf.shard_files(str(tmp_path / "shards")) == (files, None) and len(files) == 2
+  hf_model.load(tmp_path / "shards")
+
+
+def test_llama_attention_and_mlp_biases(tmp_path):
+  """Llama's attention_bias / mlp_bias checkpoints: o_proj and gate/up/down biases are leaves, none skipped."""
+  from safetensors.numpy import load_file
+
+  from hf_reference import write_tiny
+
+  write_tiny(tmp_path, "llama", kv_heads=2, head_dim=16, attention_bias=True, mlp_bias=True)
+  ck = hf.Checkpoint(tmp_path)
+  assert not any(s.endswith("bias") for s in ck.skipped), ck.skipped
+  leaves, t = ck.load_block(1), load_file(str(tmp_path / "model.safetensors"))
+  for s, axes in (("self_attn.o_proj", ("embed",)), ("mlp.gate_proj", ("mlp",)), ("mlp.up_proj", ("mlp",)),
+                  ("mlp.down_proj", ("embed",)), ("self_attn.k_proj", ("kv_heads", "head_dim"))):
+    box = leaves[f"{s}.bias"]
+    assert box.axes == axes
+    np.testing.assert_array_equal(np.asarray(box.value).reshape(-1), t[f"model.layers.1.{s}.bias"])
+
+
 def test_errors(tmp_path):
   write_synthetic(tmp_path / "ok", "llama", num_blocks=2, embed=E, heads=H, kv_heads=KV, mlp=M, shards=2)
   cfg = json.load(open(tmp_path / "ok" / "config.json"))

@@ -107,7 +107,7 @@ def _grow(src, dst, *flags, direction="grow", capsys=None):
 
 GROW = {  # case -> (exact 2x flags, exact non-integer flags)
     "llama-gqa": (["--factor", "2"], ["--factor", "1.5", "--exact"]),  # embed 32 -> 48: RMSNorm stays exact
-    "llama-tied-bias-headdim": (["--factor", "2"], ["--embed", "40", "--heads", "6", "--kv-heads", "3",
+    "llama-tied-bias-headdim": (["--factor", "2"], ["--embed", "48", "--heads", "6", "--kv-heads", "3",
                                                     "--mlp", "150", "--exact"]),
     "gpt2": (["--factor", "2"], ["--mlp", "77", "--exact"]),
     "llama3-rope": (["--factor", "2"], ["--factor", "1.5", "--exact"]),
@@ -198,6 +198,51 @@ def test_cli_shrink_below_one_head(tmp_path, capsys):
   assert code == 2 and "cannot shrink below 1 head" in out.err
 
 
+@pytest.mark.parametrize("flags", [["--kv-heads", "4"], ["--heads", "8", "--kv-heads", "8"]])
+def test_grow_refuses_fewer_query_heads_per_kv_head(tmp_path, capsys, monkeypatch, flags):
+  """4 heads on 2 kv heads -> 1 query head per kv head would drop half the query heads (integer factors of
+  heads and kv_heads, yet not a growth): refused, before SRC's tensors are read."""
+  src = _tiny(tmp_path, "llama-gqa")
+  monkeypatch.setattr(hf_model, "load", lambda *a, **k: pytest.fail("SRC's tensors were read"))
+  code, out = _grow(src, str(tmp_path / "dst"), *flags, capsys=capsys)
+  assert code == 2 and "query heads per kv head from 2 to 1" in out.err, out.err
+  assert not os.path.exists(tmp_path / "dst")
+
+
+def test_non_integer_query_heads_per_kv_head_is_reported_inexact(tmp_path, capsys):
+  """heads x3 and kv_heads x2 are integer factors, but 2 -> 3 query heads per kv head is not: inexact
+  without --exact (and said so), exact with it (Mistral: a Llama config needs embed 32 a multiple of heads)."""
+  src = _tiny(tmp_path, "mistral")
+  code, out = _grow(src, str(tmp_path / "dst"), "--heads", "12", "--kv-heads", "4", capsys=capsys)
+  assert code == 0 and "non-integer ratio of query heads per kv head 3/2 without --exact" in out.out, out.out
+  assert np.max(np.abs(reference_logits(str(tmp_path / "dst"), TOKENS) - reference_logits(src, TOKENS))) > 1e-2
+  code, out = _grow(src, str(tmp_path / "dst2"), "--heads", "12", "--kv-heads", "4", "--exact", capsys=capsys)
+  assert code == 0 and "function-preserving by construction" in out.out and "not function" not in out.out
+  _assert_close(reference_logits(str(tmp_path / "dst2"), TOKENS), reference_logits(src, TOKENS))
+
+
+def test_llama_output_needs_embed_a_multiple_of_heads(tmp_path, capsys, monkeypatch):
+  """transformers' LlamaConfig refuses hidden_size % num_attention_heads != 0 even with an explicit head_dim:
+  the CLI refuses such sizes before reading SRC, save before writing; Mistral takes them."""
+  src = _tiny(tmp_path, "llama-gqa")  # embed 32, heads 4, kv_heads 2
+  real = hf_model.load
+  monkeypatch.setattr(hf_model, "load", lambda *a, **k: pytest.fail("SRC's tensors were read"))
+  for flags in (["--heads", "6", "--exact"], ["--embed", "34", "--exact"]):
+    code, out = _grow(src, str(tmp_path / "dst"), *flags, capsys=capsys)
+    assert code == 2 and "not a multiple of num_attention_heads" in out.err, out.err
+    assert not os.path.exists(tmp_path / "dst")
+  monkeypatch.setattr(hf_model, "load", real)
+  model, params = hf_model.load(src)
+  grown = rcjax.nn.gpt.transfer(model, params, jax.random.key(0), {"heads": 6, "kv_heads": 3}, exact=True)
+  with pytest.raises(ValueError, match="hidden_size 32 is not a multiple of num_attention_heads 6"):
+    hf_model.save(model.clone(heads=6, kv_heads=3), grown, tmp_path / "out")
+  assert not os.path.exists(tmp_path / "out")
+  mistral = _tiny(tmp_path, "mistral", "mistral")
+  code, out = _grow(mistral, str(tmp_path / "m6"), "--heads", "6", "--kv-heads", "3", "--exact", capsys=capsys)
+  assert code == 0 and "function-preserving by construction" in out.out, out.err
+  _assert_close(reference_logits(str(tmp_path / "m6"), TOKENS), reference_logits(mistral, TOKENS))
+
+
 def test_cli_refuses_existing_destination_and_unsupported_family(tmp_path, capsys):
   src = _tiny(tmp_path, "gpt2")
   dst = tmp_path / "dst"
@@ -224,6 +269,21 @@ def test_truncated_source_and_rope_scaling_fail_cleanly(tmp_path, capsys):
   write_tiny(src2, "llama", rope_scaling={"rope_type": "yarn", "factor": 8.0})
   with pytest.raises(ValueError, match="not supported"):
     hf_model.load(src2)
+
+
+def test_grow_copies_tokenizer_and_chat_templates(tmp_path):
+  """DST keeps SRC's tokenizer files, chat templates included (transformers >= 4.47 writes them apart:
+  chat_template.jinja / .json and the additional_chat_templates/ directory)."""
+  src = _tiny(tmp_path, "llama-gqa")
+  files = {"tokenizer_config.json": '{"eos_token": "t1"}', "chat_template.jinja": "{{ messages[0]['content'] }}",
+           "chat_template.json": '{"chat_template": "{{ messages }}"}',
+           "additional_chat_templates/tool_use.jinja": "{{ tools }}"}
+  for name, text in files.items():
+    os.makedirs(os.path.dirname(os.path.join(src, name)), exist_ok=True)
+    open(os.path.join(src, name), "w").write(text)
+  dst = str(tmp_path / "dst")
+  assert hf_grow.main([src, dst, "--factor", "2", "--no-check"]) == 0
+  assert {n: open(os.path.join(dst, n)).read() for n in files} == files
 
 
 def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
@@ -303,6 +363,21 @@ def test_transformers_loads_the_grown_checkpoint(tmp_path, case):
   _assert_close(theirs, reference_logits(src, TOKENS))
 
 
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
+def test_embed_multiple_of_heads_rule_matches_transformers(model_type):
+  """`hf_model.HEADS_DIVIDE_HIDDEN` lists exactly the model types whose transformers config refuses
+  hidden_size 32 with 6 heads of head_dim 8."""
+  transformers = pytest.importorskip("transformers")
+  try:
+    transformers.AutoConfig.for_model(model_type, hidden_size=32, num_attention_heads=6, num_key_value_heads=3,
+                                      head_dim=8, intermediate_size=64)
+    refused = False
+  except Exception as e:  # noqa: BLE001 - transformers 5 raises huggingface_hub's StrictDataclassClassValidationError
+    assert "attention heads" in str(e), e
+    refused = True
+  assert refused == (model_type in hf_model.HEADS_DIVIDE_HIDDEN)
+
+
 @pytest.mark.parametrize("case, width", [("llama-gqa", None), ("llama-gqa", 64), ("gpt2", 64)])
 def test_train_gpt_starts_from_an_hf_checkpoint(tmp_path, case, width):
   """`train.gpt --transfer-from HF_DIR [--width W]`: the run's first params (muP, at width W) compute the
@@ -357,6 +432,57 @@ def test_rope_scaling_is_written_without_a_base_config(tmp_path):
   cfg = json.load(open(os.path.join(out["path"], "config.json")))
   assert cfg["rope_parameters"]["rope_type"] == "llama3" and cfg["rope_parameters"]["rope_theta"] == 500000.0
   _assert_close(reference_logits(out["path"], TOKENS), reference_logits(src, TOKENS), 1e-9)
+
+
+def test_rotary_pct_round_trips_through_int_head_dim_times_pct():
+  """transformers takes int(head_dim * rotary_pct) rotary dims; r / head_dim can round down to r - 1
+  (44 * (30 / 44) = 29.999...), so the written pct must give r back, for every head_dim and r."""
+  for d in range(1, 257):
+    for r in range(d + 1):
+      assert int(d * hf_model._rotary_pct(d, r)) == r, (d, r)
+      assert int(d * hf_model._rotary_pct(d, r, keep=0.7)) == r, (d, r)
+  assert hf_model._rotary_pct(44, 30, keep=0.7) == 0.7 and hf_model._rotary_pct(64, 16) == 0.25
+
+
+def test_partial_rotary_with_an_inexact_pct_survives_save(tmp_path):
+  """GPT-NeoX, head_dim 44, rotary_pct 0.7 (30 rotary dims): the saved config keeps 0.7 and, written
+  without the source's config, still gives 30 dims."""
+  src = str(tmp_path / "src")
+  write_tiny(src, "gpt_neox", embed=88, heads=2, mlp=64, rotary_pct=0.7)
+  model, params = hf_model.load(src)
+  assert model.rotary_dim == 30
+  for name, base in (("kept", json.load(open(os.path.join(src, "config.json")))), ("bare", None)):
+    out = hf_model.save(model, params, tmp_path / name, config=base)["path"]
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert int(44 * cfg["rotary_pct"]) == int(44 * cfg["rope_parameters"]["partial_rotary_factor"]) == 30
+    _assert_close(reference_logits(out, TOKENS), reference_logits(src, TOKENS), 1e-9)
+  assert cfg["rotary_pct"] != 0.7 and json.load(open(tmp_path / "kept" / "config.json"))["rotary_pct"] == 0.7
+
+
+def test_neox_without_rotary_pct_rotates_a_quarter(tmp_path):
+  """A GPT-NeoX config.json without rotary_pct / partial_rotary_factor: transformers (GPTNeoXConfig)
+  rotates 0.25 of each head, and so must load."""
+  src = _tiny(tmp_path, "neox")
+  cfg = json.load(open(os.path.join(src, "config.json")))
+  assert cfg.pop("rotary_pct") == 0.25 and cfg["rope_parameters"].pop("partial_rotary_factor") == 0.25
+  json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
+  model, _ = hf_model.load(src)
+  assert model.rotary_dim == 4  # head_dim 16
+  _assert_close(_logits(src), reference_logits(src, TOKENS))
+
+
+def test_default_output_dtype_is_the_stored_one(tmp_path):
+  """A bf16 checkpoint whose config.json names no dtype is grown into bf16 (the tensors' dtype), not float32."""
+  from rcjax.hf import read_header
+
+  src = _tiny(tmp_path, "qwen2-bf16")
+  cfg = json.load(open(os.path.join(src, "config.json")))
+  cfg.pop("torch_dtype", None), cfg.pop("dtype", None)
+  json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
+  dst = str(tmp_path / "dst")
+  assert hf_grow.main([src, dst, "--factor", "2", "--no-check"]) == 0
+  assert {t["dtype"] for t in read_header(os.path.join(dst, "model.safetensors")).values()} == {"BF16"}
+  assert json.load(open(os.path.join(dst, "config.json")))["torch_dtype"] == "bfloat16"
 
 
 def test_transfer_in_the_source_dtype_is_bit_identical(tmp_path, monkeypatch):
