@@ -150,7 +150,12 @@ def test_incompatible_checkpoint(source, tmp_path):
     ck.save(1, params=p)
   with pytest.raises(ValueError, match="input size is 5, this run's is 64"):
     mlp.run(cfg(tmp_path / "o4", transfer_from=str(other), transfer_epoch=1))
-  assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3", "o4"))
+  # A transfer keeps the source's RC metadata (init of fresh neurons, muP base): other flags are refused.
+  with pytest.raises(ValueError, match="trained with --init uniform, this run has --init normal:5,1"):
+    mlp.run(cfg(tmp_path / "o5", init="normal:5,1", random_rate=1.0, transfer_from=str(src), transfer_epoch=1))
+  with pytest.raises(ValueError, match="trained with --bias trainable, this run has --bias constant"):
+    mlp.run(cfg(tmp_path / "o6", bias="constant", transfer_from=str(src), transfer_epoch=1))
+  assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3", "o4", "o5", "o6"))
 
 
 def test_other_config_in_out_dir_is_refused_and_kept(source, capsys):
@@ -158,6 +163,10 @@ def test_other_config_in_out_dir_is_refused_and_kept(source, capsys):
   before = _tree_state(src)
   assert mlp.main(["--dataset", "digits", "--width", "32", "--out", str(src), "--no-progress"]) == 1
   assert "holds a run with a different config (width: 16 -> 32" in capsys.readouterr().err
+  # --epochs may grow (training continues), not shrink below what the directory holds
+  assert mlp.main(["--dataset", "digits", "--width", "16", "--epochs", "2", "--lr", "0.5", "--momentum", "0.5",
+                   "--out", str(src), "--no-progress"]) == 1
+  assert "epochs: 3 -> 2 (--epochs may grow, not shrink)" in capsys.readouterr().err
   assert _tree_state(src) == before
 
 
@@ -228,6 +237,19 @@ def test_sweep_redraws_from_metrics_without_training(tmp_path, capsys):
   assert s["flops_vs_scratch"] == (10 + 200) / 300  # 1 epoch at N=10, 2 at N=100 vs 3 at N=100
   assert mlp_sweep.main(["fig43c", "--plot-only", "--dataset", "digits", "--out", str(tmp_path)]) == 1
   assert "no metrics in" in capsys.readouterr().err
+  # The transfers' flags are checked before the source and scratch runs train.
+  late = tmp_path / "late"
+  assert mlp_sweep.main(["fig43b", "--dataset", "digits", "--out", str(late), "--small", "8", "--large", "16",
+                         "--epochs", "2", "--transfer-epoch", "4"]) == 1
+  assert "--transfer-epoch must be in [0, --epochs=2), got 4" in capsys.readouterr().err
+  assert not late.exists()
+
+
+def test_digits_without_scikit_learn_is_a_one_line_error(monkeypatch):
+  from train import data as data_lib
+  monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails as if not installed
+  with pytest.raises(data_lib.DataUnavailable, match=r"needs scikit-learn.*pip install -e '\.\[data\]'"):
+    data_lib._digits()
 
 
 def test_ordered_normalised_shows_rc_structure():

@@ -80,8 +80,12 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
 
 
 def _digits() -> Dataset:
-  from sklearn.datasets import load_digits
-  from sklearn.model_selection import train_test_split
+  try:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+  except ImportError:
+    raise DataUnavailable("--dataset digits needs scikit-learn (it ships the images): "
+                          "pip install -e '.[data]' (or '.[test]')") from None
 
   x, y = load_digits(return_X_y=True)
   # A fixed split: 80% / 20%, stratified by class, random_state=0 (1437 / 360 images).

@@ -62,7 +62,8 @@ class Config:
                  "train; constant: biases start at the same value --bias-value for every neuron and train; "
                  "none: no biases", BIASES)
   bias_value: float = _f(0.0, "start value of every bias with --bias constant")
-  base: int = _f(0, "base width of the hidden axes for muP (0: --width, so muP equals SP at that width)")
+  base: int = _f(0, "base width of the hidden axes for muP (0: --width, so muP equals SP at that width; "
+                 "with --transfer-from, the source's)")
   dataset: str = _f("cifar10", "cifar10 (TFDS, 3072-dim) or digits (scikit-learn 8x8, 64-dim, offline)",
                     data_lib.DATASETS)
   data_dir: typing.Optional[str] = _f(None, "TFDS data directory (default: TFDS's, ~/tensorflow_datasets)")
@@ -227,7 +228,10 @@ def _check_out_dir(out: Path, config: Config) -> None:
                        "choose another --out")
     return
   old, new = json.loads(cfg.read_text()), dataclasses.asdict(config)
-  diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUMABLE and old.get(k) != v]
+  same = lambda k, a, b: a == b or (k == "transfer_from" and a and b and os.path.realpath(a) == os.path.realpath(b))
+  diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUMABLE and not same(k, old.get(k), v)]
+  if isinstance(old.get("epochs"), int) and config.epochs < old["epochs"]:
+    diffs.append(f"epochs: {old['epochs']} -> {config.epochs} (--epochs may grow, not shrink)")
   if diffs:
     raise ValueError(f"--out {out} holds a run with a different config ({', '.join(diffs)}); rerun with "
                      "the same flags to resume it, or choose another --out")
@@ -339,7 +343,8 @@ def run(config: Config) -> list[dict]:
       ckpt.wait()
       raise TrainingDiverged(
           f"loss became {bad[0]} in epoch {epoch} (SGD steps {step + 1}..{step + steps}); stopped. The last "
-          f"good checkpoint is epoch {epoch - 1} in {ckpt_dir}; try a smaller --lr")
+          f"good checkpoint is epoch {epoch - 1} in {ckpt_dir}; try a smaller --lr with another --out (or "
+          f"--transfer-from {out} --transfer-epoch {epoch - 1} at the same width)")
     step, flops = step + steps, flops + steps * flops_per_step
     m = _line(epoch, step, config.width, flops, train, test, train_loss_running=running)
     lines.append(m)

@@ -181,6 +181,11 @@ def main(argv=None) -> int:
                                 batch_size=args.batch_size, seed=args.seed, base=args.base,
                                 progress=args.progress)
   try:
+    if args.figure in ("fig43b", "fig43c"):  # before any run trains: the transfers' flags
+      for r1 in args.r1:
+        for r2 in args.r2:
+          mlp.validate(dataclasses.replace(args.base_config, transfer_from=args.out, random_rate=r1,
+                                           norm_rate=r2, transfer_epoch=args.transfer_epoch))
     if args.figure == "fig41":
       fig41(args)
     elif args.figure == "fig43a":

@@ -58,8 +58,8 @@ def load_source(config, data, optimizer, key) -> Source:
 
   Raises:
     FileNotFoundError: no run directory, or no checkpoint at that epoch.
-    ValueError: an incompatible checkpoint (depth, input size, classes, parametrization, biases), or a
-      transfer rcjax refuses (e.g. --exact with a shrink).
+    ValueError: an incompatible checkpoint (depth, input size, classes, parametrization, biases, init,
+      muP base), or a transfer rcjax refuses (e.g. --exact with a shrink).
   """
   from train import mlp
 
@@ -89,6 +89,19 @@ def load_source(config, data, optimizer, key) -> Source:
                        f"--param {config.param}, --bias {config.bias})")
 
   src_cfg = meta.get("config") or {}
+  # Transfer keeps every leaf's RC metadata (init of fresh neurons, muP base): this run's flags must agree.
+  ours = {"init": config.init, "bias": config.bias}
+  if config.bias == "constant":
+    ours["bias_value"] = config.bias_value
+  if config.param == "mup" and config.base:
+    ours["base"] = config.base
+  theirs = dict(src_cfg, base=src_cfg.get("base") or src_cfg.get("width"))
+  for k, v in ours.items():
+    if k in src_cfg and theirs[k] != v:
+      flag = "--" + k.replace("_", "-")
+      raise ValueError(f"{where} was trained with {flag} {theirs[k]}, this run has {flag} {v}: a transfer "
+                       f"keeps the source's {'muP base' if k == 'base' else 'init and biases'}; pass "
+                       f"{flag} {theirs[k]}" + (" or leave it out" if k == "base" else ""))
   src_config = dataclasses.replace(config, **{k: v for k, v in src_cfg.items()
                                               if k in {f.name for f in dataclasses.fields(config)}})
   params = ckpt.restore(epoch)["params"]
