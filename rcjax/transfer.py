@@ -158,7 +158,8 @@ _maps_jit = jax.jit(_maps, static_argnums=(1, 2, 3, 4))
 
 def _check_blocks(blocks: Mapping[str, str | int], old: Mapping[str, int], new: Mapping[str, int],
                   direction: str = "transfer") -> None:
-  """Block sizes must divide the axis at the old and the new size (and not shrink in a growth)."""
+  """Block sizes must divide the axis at the old and the new size (and not shrink in a growth, where
+  entries of a block would be dropped while every axis grows or stays)."""
   for name, outer in blocks.items():
     if name not in new:
       continue
@@ -169,7 +170,7 @@ def _check_blocks(blocks: Mapping[str, str | int], old: Mapping[str, int], new: 
         raise ValueError(f"axis {name!r} is laid out in blocks per {what}: its {when} size {size} must be "
                          f"a multiple of {o}")
     i_old, i_new = old[name] // o_old, new[name] // o_new
-    if direction in ("grow", "exact=True") and i_new < i_old:
+    if direction in ("grow", "exact=True", "transfer (no axis shrinks)") and i_new < i_old:
       raise ValueError(f"{direction} would shrink the blocks of axis {name!r} per {what} from {i_old} to "
                        f"{i_new} entries; grow {name!r} to {i_old * o_new} too")
 
@@ -665,7 +666,9 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
       raise ValueError(f"axis {name!r} is in blocks per axis {outer!r}, which no leaf of this pytree has")
     if name in old and isinstance(outer, str) and target.get(outer, all_sizes[outer]) != all_sizes[outer]:
       target.setdefault(name, old[name])  # its blocks change: remap it at the same size
-  _check_blocks(blocks, all_sizes, target, "exact=True" if exact else _direction)
+  growing = _direction == "transfer" and all(n >= all_sizes[k] for k, n in target.items())
+  _check_blocks(blocks, all_sizes, target,
+                "exact=True" if exact else "transfer (no axis shrinks)" if growing else _direction)
   for name, value, lo, hi in (("random_rate", random_rate, 0.0, 1.0), ("norm_rate", norm_rate, 0.0, math.inf)):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
       raise TypeError(f"{name} must be a number, got {value!r}")
