@@ -170,6 +170,14 @@ def test_other_config_in_out_dir_is_refused_and_kept(source, capsys):
   assert _tree_state(src) == before
 
 
+def test_a_moved_folder_of_runs_resumes(source, tmp_path):
+  shutil.copytree(source[0], tmp_path / "a" / "src")
+  kw = dict(width=32, transfer_epoch=2)
+  lines = mlp.run(cfg(tmp_path / "a" / "t", transfer_from=str(tmp_path / "a" / "src"), **kw))
+  (tmp_path / "a").rename(tmp_path / "b")  # the source sits at the same place relative to the run
+  assert mlp.run(cfg(tmp_path / "b" / "t", transfer_from=str(tmp_path / "b" / "src"), **kw)) == lines
+
+
 def test_nan_loss_stops_keeps_last_good_checkpoint(tmp_path, capsys):
   out = tmp_path / "nan"
   argv = ["--dataset", "digits", "--width", "16", "--epochs", "3", "--param", "sp", "--lr", "1e30",

@@ -228,7 +228,11 @@ def _check_out_dir(out: Path, config: Config) -> None:
                        "choose another --out")
     return
   old, new = json.loads(cfg.read_text()), dataclasses.asdict(config)
-  same = lambda k, a, b: a == b or (k == "transfer_from" and a and b and os.path.realpath(a) == os.path.realpath(b))
+  def same(k, a, b):  # a source at the same path, or at the same place relative to the run (a moved sweep)
+    return a == b or (k == "transfer_from" and bool(a and b) and (
+        os.path.realpath(a) == os.path.realpath(b)
+        or os.path.relpath(a, old.get("out") or ".") == os.path.relpath(b, config.out)))
+
   diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUMABLE and not same(k, old.get(k), v)]
   if isinstance(old.get("epochs"), int) and config.epochs < old["epochs"]:
     diffs.append(f"epochs: {old['epochs']} -> {config.epochs} (--epochs may grow, not shrink)")
