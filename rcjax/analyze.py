@@ -83,13 +83,11 @@ class Source:
         yield i, self.ckpt.block_leaves(i)
 
 
-def _stats(leaves: Iterator[tuple[str, RC]], kinds: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
-  """Per-axis statistics of one block, computed leaf by leaf (so HF tensors are dropped as we go)."""
-  out: dict[str, dict[str, np.ndarray]] = {}
-  for path, box in leaves:
-    for axis in diag.neuron_axes({path: box}):
-      out.setdefault(diag.axis_label(axis), {}).update(diag.leaf_stats(path, box, axis, kinds))
-  return {a: s for a, s in out.items() if s}
+def _stats(leaves: Iterator[tuple[str, RC]], kinds: Sequence[str],
+           left_out: list | None = None) -> dict[str, dict[str, np.ndarray]]:
+  """Per-axis statistics of one block, computed leaf by leaf (so HF tensors are dropped as we go);
+  attention leaves without a q/k/v/o role are appended to `left_out`."""
+  return diag.block_stats(leaves, kinds=kinds, left_out=[] if left_out is None else left_out)
 
 
 def _only(stats: dict, kinds: Sequence[str]) -> dict:
@@ -135,10 +133,12 @@ def _progress(it, total: int, desc: str, show: bool):
 def max_abs(src: Source, *, seed: int = 0, permutations: int = 200, kinds: Sequence[str] = ("mean",),
             figure_blocks: Sequence[int] = (), figure_kinds: Sequence[str] = ("mean", "vector"),
             progress: bool = True) -> tuple[dict, list[dict], dict]:
-  """Stream the blocks of `src`: overall result, per-block entries, and figure data for `figure_blocks`."""
-  sums, figs = [], {}
+  """Stream the blocks of `src`: overall result (with `left_out`: attention leaves of block 0 without a
+  q/k/v/o role, not analysed), per-block entries, and figure data for `figure_blocks`."""
+  sums, figs, left_out = [], {}, []
   for i, leaves in _progress(src.blocks(), src.num_blocks, f"{os.path.basename(src.path)}", progress):
-    stats = _stats(leaves, tuple(set(kinds) | (set(figure_kinds) if i in figure_blocks else set())))
+    stats = _stats(leaves, tuple(set(kinds) | (set(figure_kinds) if i in figure_blocks else set())),
+                   left_out if i == 0 else None)
     s = diag.summarize_block(_only(stats, kinds), key=seed, block=i, permutations=permutations)
     sums.append(s)
     if i in figure_blocks:
@@ -148,7 +148,7 @@ def max_abs(src: Source, *, seed: int = 0, permutations: int = 200, kinds: Seque
         figs[i][a]["stats"] = stats[a]
   if not sums:
     raise ValueError(f"{src.path}: no blocks to analyse")
-  return diag.combine_blocks(sums), [_block_entry(s) for s in sums], figs
+  return {**diag.combine_blocks(sums), "left_out": left_out}, [_block_entry(s) for s in sums], figs
 
 
 def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, permutations: int = 200,
@@ -170,7 +170,7 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
              "pair": overall["pair"], "kinds": list(kinds), "permutations": permutations, "seed": seed,
              "null": "quantiles of the max |corr| over blocks when every statistic's neurons are permuted "
                      "independently",
-             "skipped_tensors": src.skipped, "per_block": per_block}
+             "skipped_tensors": src.skipped, "attention_left_out": overall["left_out"], "per_block": per_block}
   what = f"{os.path.basename(src.path)} ({src.family}{'' if src.step is None else f', step {src.step}'})"
   if n > 1:
     bars, xlabel = per_block, "block"
@@ -389,6 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise ValueError(f"unknown --kinds {sorted(bad)}; choose from {', '.join(diag.KINDS)}")
     if cmd == "analyze":
       s = analyze(a.path, a.out, step=a.step, kinds=kinds, blocks=a.blocks, progress=not a.quiet, **common)
+      if s["attention_left_out"]:
+        print(f"note: attention leaves without a q/k/v/o role left out of the q·k / v·o statistics: "
+              f"{', '.join(s['attention_left_out'])}", file=sys.stderr)
       print(f"{s['model_family']}: {s['num_blocks']} blocks, max |corr| {s['max_abs_corr']} "
             f"(null 99%: {s['max_abs_corr_null']}) -> {a.out}/summary.json")
     elif cmd == "corr":

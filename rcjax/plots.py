@@ -265,7 +265,7 @@ def stat_histograms(panels, *, title=None, ncols=None, bins=None):
   nrows = -(-n // ncols)
   fig, axs = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.2 * nrows), squeeze=False)
   for ax, p in zip(axs.flat, panels):
-    vals = [np.asarray(v, float) for v in p["series"].values()]
+    vals = [np.ravel(np.asarray(v, float)) for v in p["series"].values()]  # attention stats: (heads, head_dim)
     edges = np.histogram_bin_edges(np.concatenate(vals) if vals else [0.0], bins=bins or _bins(vals))
     for name, v in zip(p["series"], vals):
       if v.size and np.ptp(v) > 0:

@@ -86,7 +86,8 @@ def test_analyze_gpt_run_per_block(runs, tmp_path):
   s = analyze.analyze(runs["gpt"], str(tmp_path / "a"), progress=False, blocks=[1])
   assert s["model_family"] == "rcjax-gpt" and s["num_blocks"] == 3 and len(s["per_block"]) == 3 and s["step"] == 10
   assert all(b["max_abs_corr"] > 2 * b["max_abs_corr_null"] for b in s["per_block"])
-  assert set(s["per_block"][0]["axes"]) == {"embed", "heads,head_dim", "mlp"}
+  assert set(s["per_block"][0]["axes"]) == {"embed", "heads,head_dim (q·k)", "heads,head_dim (v·o)", "mlp"}
+  assert s["attention_left_out"] == []
   assert sorted(f for f in os.listdir(tmp_path / "a") if f.endswith(".png")) == [
       "corr_block1.png", "max_abs_corr_per_block.png", "means_block1.png"]
   s0, per_block, _ = analyze.max_abs(analyze.Source(runs["gpt"], step=0), progress=False)
