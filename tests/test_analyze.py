@@ -160,3 +160,20 @@ def test_figure_commands(runs, tmp_path, capsys):
     assert os.path.getsize(tmp_path / f) > 1000
   assert analyze.main(["compare", runs["w64"], runs["w128"], "--steps", "7", "--out", str(tmp_path / "x")]) == 2
   assert "step 7 is not saved" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_histograms_bin_each_scale_apart():
+  """Row means (~1e-3) beside norm scales (~1): not one set of bins for both (the means fell into one bin)."""
+  from rcjax import plots
+
+  rng = np.random.default_rng(0)
+  series = {"ln.weight": 1 + 0.05 * rng.normal(size=512), "up.weight.R": 0.002 * rng.normal(size=512),
+            "q.weight.R": 0.003 * rng.normal(size=512), "bias": np.zeros(512)}
+  assert plots._scale_groups(series) == [["ln.weight"], ["up.weight.R", "q.weight.R"]]  # constant: not drawn
+  fig = plots.stat_histograms([{"title": "axis embed", "series": series}])
+  drawn = [ax for ax in fig.axes if ax.patches]
+  assert [ax.get_title() for ax in drawn] == ["axis embed (1/2, own bins)", "axis embed (2/2, own bins)"]
+  for ax in drawn:
+    for patch in ax.patches:  # every step histogram spreads over many of its panel's bins
+      heights = patch.get_xy()[:, 1]
+      assert np.count_nonzero(heights > 0) > 20, ax.get_title()
