@@ -115,6 +115,18 @@ def _write_json(path: str, obj: Any) -> None:
     json.dump(_jsonable(obj), f, indent=1)
 
 
+def _write_all(out: str, figures: dict, jsons: dict) -> None:
+  """Create `out` and write the (already drawn) figures as PNGs and the JSON files: called once the
+  analysis succeeded, so that an error leaves nothing behind."""
+  from rcjax import plots
+
+  os.makedirs(out, exist_ok=True)
+  for name, fig in figures.items():
+    plots.save(fig, os.path.join(out, name))
+  for name, obj in jsons.items():
+    _write_json(os.path.join(out, name), obj)
+
+
 def _block_entry(s: dict) -> dict:
   axes = {a: {"n": r["n"], "num_stats": len(r["names"]), "max_abs_corr": r["max_abs_corr"], "pair": r["pair"],
               "max_abs_corr_null": diag._nanquantile(r["null_max"], 0.99)} for a, r in s["axes"].items()}
@@ -137,8 +149,11 @@ def max_abs(src: Source, *, seed: int = 0, permutations: int = 200, kinds: Seque
   q/k/v/o role, not analysed), per-block entries, and figure data for `figure_blocks`."""
   sums, figs, left_out = [], {}, []
   for i, leaves in _progress(src.blocks(), src.num_blocks, f"{os.path.basename(src.path)}", progress):
-    stats = _stats(leaves, tuple(set(kinds) | (set(figure_kinds) if i in figure_blocks else set())),
-                   left_out if i == 0 else None)
+    try:
+      stats = _stats(leaves, tuple(set(kinds) | (set(figure_kinds) if i in figure_blocks else set())),
+                     left_out if i == 0 else None)
+    except ValueError as e:  # e.g. a leaf with NaN weights: say which block
+      raise ValueError(f"block {i}, {e}") from None
     s = diag.summarize_block(_only(stats, kinds), key=seed, block=i, permutations=permutations)
     sums.append(s)
     if i in figure_blocks:
@@ -160,7 +175,6 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
   src = Source(path, step)
   n = src.num_blocks
   fig_blocks = sorted({b % n for b in blocks}) if blocks is not None else sorted({0, n // 2, n - 1})
-  os.makedirs(out, exist_ok=True)
   overall, per_block, figs = max_abs(src, seed=seed, permutations=permutations, kinds=kinds,
                                      figure_blocks=fig_blocks, progress=progress)
   summary = {"model_family": src.family, "source": src.kind, "path": src.path, "step": src.step,
@@ -179,27 +193,28 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
     for b in bars:
       b["max_abs_corr_null_q95"] = None
     xlabel = "neuron axis"
-  pngs = [plots.save(plots.max_abs_bars([e["block"] for e in bars], [e["max_abs_corr"] for e in bars],
-                                        [e["max_abs_corr_null"] for e in bars],
-                                        null95=[e["max_abs_corr_null_q95"] for e in bars] if n > 1 else None,
-                                        title=f"{what}: max |corr| between {'/'.join(kinds)} statistics of "
-                                              "different leaves", xlabel=xlabel),
-                     os.path.join(out, "max_abs_corr_per_block.png"))]
-  corr_json = {}
-  for i, per_axis in figs.items():
-    panels = [{"title": f"axis {a} (N={r['n']})", "names": r["names"], "corr": r["corr"], "null": r["null_q99"]}
-              for a, r in per_axis.items() if r["names"]]
-    label = f"block {i}" if src.num_blocks > 1 else "all layers"
-    pngs.append(plots.save(plots.correlation_matrices(panels, title=f"{what}, {label}"),
-                           os.path.join(out, f"corr_block{i}.png")))
-    hist = [{"title": f"axis {a}", "series": r["stats"]} for a, r in per_axis.items() if r["names"]]
-    pngs.append(plots.save(plots.stat_histograms(hist, title=f"{what}, {label}: row/column means (.R/.C), "
-                                                           "biases and scales"),
-                           os.path.join(out, f"means_block{i}.png")))
-    keys = ("names", "n", "corr", "null_q95", "null_q99")
-    corr_json[str(i)] = {a: {k: r[k] for k in keys} for a, r in per_axis.items()}
-  _write_json(os.path.join(out, "correlations.json"), corr_json)
-  summary["figures"] = [os.path.basename(p) for p in pngs]
+  figures = {}  # drawn first, written once everything succeeded
+  try:
+    figures["max_abs_corr_per_block.png"] = plots.max_abs_bars(
+        [e["block"] for e in bars], [e["max_abs_corr"] for e in bars], [e["max_abs_corr_null"] for e in bars],
+        null95=[e["max_abs_corr_null_q95"] for e in bars] if n > 1 else None, xlabel=xlabel,
+        title=f"{what}: max |corr| between {'/'.join(kinds)} statistics of different leaves")
+    corr_json = {}
+    for i, per_axis in figs.items():
+      panels = [{"title": f"axis {a} (N={r['n']})", "names": r["names"], "corr": r["corr"], "null": r["null_q99"]}
+                for a, r in per_axis.items() if r["names"]]
+      label = f"block {i}" if src.num_blocks > 1 else "all layers"
+      figures[f"corr_block{i}.png"] = plots.correlation_matrices(panels, title=f"{what}, {label}")
+      hist = [{"title": f"axis {a}", "series": r["stats"]} for a, r in per_axis.items() if r["names"]]
+      figures[f"means_block{i}.png"] = plots.stat_histograms(
+          hist, title=f"{what}, {label}: row/column means (.R/.C), biases and scales")
+      keys = ("names", "n", "corr", "null_q95", "null_q99")
+      corr_json[str(i)] = {a: {k: r[k] for k in keys} for a, r in per_axis.items()}
+    summary["figures"] = list(figures)
+    _write_all(out, figures, {"correlations.json": corr_json})
+  finally:
+    for fig in figures.values():
+      plots._plt().close(fig)
   summary["seconds"] = time.time() - t0
   summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   _write_json(os.path.join(out, "summary.json"), summary)
@@ -235,11 +250,9 @@ def figure_corr(paths: Sequence[str], out: str, *, labels: Sequence[str] | None 
                    "names": names, "corr": corr, "null": null, "groups": groups})
     result[label] = {"path": src.path, "step": src.step, "axes": [g[1] for g in groups], "names": names,
                      "corr": corr, "null_q99": null}
-  os.makedirs(out, exist_ok=True)
-  plots.save(plots.correlation_matrices(panels, ncols=len(panels),
-                                        title="Correlation of per-neuron statistics sharing a neuron index "
-                                              "(blocks = neuron axes)"), os.path.join(out, "corr.png"))
-  _write_json(os.path.join(out, "corr.json"), result)
+  fig = plots.correlation_matrices(panels, ncols=len(panels), title="Correlation of per-neuron statistics "
+                                   "sharing a neuron index (blocks = neuron axes)")
+  _write_all(out, {"corr.png": fig}, {"corr.json": result})
   return _jsonable(result)
 
 
@@ -259,14 +272,12 @@ def figure_bars(paths: Sequence[str], out: str, *, labels: Sequence[str] | None 
     rows.append({"label": label, "path": src.path, "model_family": src.family, "num_blocks": src.num_blocks,
                  **{k: overall[k] for k in ("max_abs_corr", "max_abs_corr_null", "max_abs_corr_null_q95",
                                             "block", "pair")}})
-  os.makedirs(out, exist_ok=True)
   notes = [("" if r["pair"] is None else f"{plots._short(r['pair'][0], 30)}\nvs {plots._short(r['pair'][1], 30)}\n"
             f"(block {r['block']})") for r in rows]
-  plots.save(plots.max_abs_bars(labels, [r["max_abs_corr"] for r in rows], [r["max_abs_corr_null"] for r in rows],
-                                null95=[r["max_abs_corr_null_q95"] for r in rows], annotations=notes, xlabel="model",
-                                title="max |corr| between .R/.C statistics of different weights, over blocks"),
-             os.path.join(out, "max_abs_corr.png"))
-  _write_json(os.path.join(out, "bars.json"), rows)
+  fig = plots.max_abs_bars(labels, [r["max_abs_corr"] for r in rows], [r["max_abs_corr_null"] for r in rows],
+                           null95=[r["max_abs_corr_null_q95"] for r in rows], annotations=notes, xlabel="model",
+                           title="max |corr| between .R/.C statistics of different weights, over blocks")
+  _write_all(out, {"max_abs_corr.png": fig}, {"bars.json": rows})
   return _jsonable(rows)
 
 
@@ -335,14 +346,12 @@ def figure_compare(run_a: str, run_b: str, out: str, *, steps: Sequence[int] | N
         row.append({"series": series, "text": f"W1(A, B) = {d['w1']:.3g} (null 95%: {d['w1_null_q95']:.2g})\n"
                                               f"reference W1(A@{ref_step}, A) = {d['reference']:.3g}"})
     cells.append(row)
-  os.makedirs(out, exist_ok=True)
-  plots.save(plots.distribution_grid([f"step {s}" for s in steps], cols, cells,
-                                     title=f"{'row' if stat == 'R' else 'column'} means (.{stat}), A = {names[0]}, "
-                                           f"B = {names[1]}; W1: 1-D Wasserstein distance"),
-             os.path.join(out, "compare.png"))
+  fig = plots.distribution_grid([f"step {s}" for s in steps], cols, cells,
+                                title=f"{'row' if stat == 'R' else 'column'} means (.{stat}), A = {names[0]}, "
+                                      f"B = {names[1]}; W1: 1-D Wasserstein distance")
   result = {"run_a": a0.path, "run_b": b0.path, "stat": stat, "steps": list(steps), "reference_step": ref_step,
             "rows": rows}
-  _write_json(os.path.join(out, "compare.json"), result)
+  _write_all(out, {"compare.png": fig}, {"compare.json": result})
   return _jsonable(result)
 
 

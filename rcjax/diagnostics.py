@@ -124,11 +124,23 @@ def _reduce(x: Any, dims: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
   return np.concatenate(means).astype(np.float64), np.sqrt(np.concatenate(sqs).astype(np.float64))
 
 
+def _finite(path: str, x: Any, mean: np.ndarray, rms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`(mean, rms)` if finite; else ValueError counting the leaf's non-finite values (a diverged run)."""
+  if np.isfinite(mean).all() and np.isfinite(rms).all():
+    return mean, rms
+  x = x if isinstance(x, np.ndarray) else np.asarray(x)
+  bad = sum(int(np.count_nonzero(~np.isfinite(np.asarray(c, np.float32)))) for c in np.array_split(x.ravel(), 64))
+  if bad:
+    raise ValueError(f"leaf {path} has {bad} non-finite (NaN/inf) of its {x.size} values")
+  raise ValueError(f"leaf {path}: values too large for its statistics (the mean square overflows float32)")
+
+
 def leaf_stats(path: str, box: RC, axis: str | Sequence[str], kinds: Iterable[str] = KINDS) -> dict[str, np.ndarray]:
   """The per-neuron statistics one leaf gives for `axis` (empty if the leaf lacks the axis).
 
   Returns `{path: v}` for a vector leaf (bias, norm scale; kind 'vector'), else `{path + '.R': mean,
   path + '.R_rms': rms}` (kinds 'mean', 'rms') with `.R` if the axis is on the fan-in side, `.C` if not.
+  A leaf holding NaN or inf is refused (ValueError with the count), rather than giving NaN statistics.
   """
   names = (axis,) if isinstance(axis, str) else tuple(axis)
   if any(n not in box.axes for n in names):
@@ -138,12 +150,12 @@ def leaf_stats(path: str, box: RC, axis: str | Sequence[str], kinds: Iterable[st
   if not box.fan_in:  # bias / norm scale: a vector over the axis (averaged over any other dims)
     if "vector" not in kinds:
       return {}
-    return {path: _reduce(box.value, dims)[0]}
+    return {path: _finite(path, box.value, *_reduce(box.value, dims))[0]}
   inside = [d in box.fan_in for d in dims]
   if not kinds & {"mean", "rms"} or (any(inside) and not all(inside)):
     return {}  # a compound axis split across fan-in and fan-out has no row/column statistic
   side = "R" if all(inside) else "C"
-  mean, rms = _reduce(box.value, dims)
+  mean, rms = _finite(path, box.value, *_reduce(box.value, dims))
   out = {}
   if "mean" in kinds:
     out[f"{path}.{side}"] = mean

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from safetensors.numpy import save_file
 from sklearn.datasets import load_digits
 
 import rcjax
@@ -117,9 +118,13 @@ def test_cli_errors_are_one_line(runs, tmp_path):
   f.write_bytes(f.read_bytes()[:-7])
   write_synthetic(tmp_path / "shard", "qwen2", num_blocks=2, shards=2)
   os.remove(tmp_path / "shard" / "model-00001-of-00002.safetensors")
+  t = write_synthetic(tmp_path / "nan", "gpt2", num_blocks=2)  # a diverged run: one NaN weight
+  t["h.1.mlp.c_fc.weight"][3, 5] = np.nan
+  save_file(t, str(tmp_path / "nan" / "model.safetensors"))
   cases = {"empty": "neither an rcjax run directory", "t5": "unsupported architecture", "cut": "truncated safetensors",
-           "shard": "missing shard"}
-  cli = lambda c: [sys.executable, "-m", "rcjax.analyze", str(tmp_path / c), "--out", str(tmp_path / f"o_{c}")]
+           "shard": "missing shard", "nan": "block 1, leaf mlp.c_fc.weight has 1 non-finite (NaN/inf) of its 1024"}
+  cli = lambda c: [sys.executable, "-m", "rcjax.analyze", str(tmp_path / c), "--out", str(tmp_path / f"o_{c}"),
+                   "--quiet"]
   procs = {c: subprocess.Popen(cli(c), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for c in cases}
   for c, p in procs.items():
@@ -130,6 +135,18 @@ def test_cli_errors_are_one_line(runs, tmp_path):
     assert not (tmp_path / f"o_{c}").exists()  # nothing written on bad input
   assert analyze.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
   assert analyze.main(["bars", runs["w64"], str(tmp_path / "t5"), "--out", str(tmp_path / "o")]) == 2
+  assert not (tmp_path / "o").exists()
+
+
+def test_nothing_written_when_drawing_fails(runs, tmp_path, monkeypatch):
+  from rcjax import plots
+
+  def fail(*args, **kwargs):
+    raise ValueError("cannot draw")
+
+  monkeypatch.setattr(plots, "stat_histograms", fail)  # after the bars and correlation figures
+  with pytest.raises(ValueError, match="cannot draw"):
+    analyze.analyze(runs["gpt"], str(tmp_path / "o"), permutations=20, progress=False)
   assert not (tmp_path / "o").exists()
 
 

@@ -215,6 +215,10 @@ def test_chunked_reduction_of_bf16(monkeypatch):
 
 
 def test_errors():
+  p = mlp_params(width=8)
+  p["Dense_1"]["bias"].value[[2, 5]] = [np.nan, np.inf]
+  with pytest.raises(ValueError, match=r"leaf Dense_1/bias has 2 non-finite \(NaN/inf\) of its 8 values"):
+    diag.rc_correlation(p, "hidden_1")
   with pytest.raises(ValueError, match="no RC leaves"):
     diag.neuron_stats({"w": np.ones(3)}, "a")
   with pytest.raises(ValueError, match="unknown statistic kinds"):
