@@ -233,11 +233,12 @@ def figure_corr(paths: Sequence[str], out: str, *, labels: Sequence[str] | None 
     raise ValueError(f"{len(labels)} labels for {len(srcs)} paths")
   panels, result = [], {}
   for src, label in zip(srcs, labels):
-    leaves = dict(next(lv for i, lv in src.blocks() if i == block % src.num_blocks))
+    b = block % src.num_blocks  # --block -1: the last block, seeded as such
+    leaves = dict(next(lv for i, lv in src.blocks() if i == b))
     stats = _stats(iter(leaves.items()), kinds)
     names, groups, parts = [], [], []
     for a, st in stats.items():
-      r = diag.correlate(st, seed=[seed, block, path_hash(a)], permutations=permutations)
+      r = diag.correlate(st, seed=[seed, b, path_hash(a)], permutations=permutations)
       groups.append((len(names), a))
       names += r["names"]
       parts.append(r)
@@ -246,7 +247,7 @@ def figure_corr(paths: Sequence[str], out: str, *, labels: Sequence[str] | None 
     for (start, _), r in zip(groups, parts):
       m = len(r["names"])
       corr[start:start + m, start:start + m], null[start:start + m, start:start + m] = r["corr"], r["null_q99"]
-    panels.append({"title": f"{label} (block {block % src.num_blocks})" if src.num_blocks > 1 else label,
+    panels.append({"title": f"{label} (block {b})" if src.num_blocks > 1 else label,
                    "names": names, "corr": corr, "null": null, "groups": groups})
     result[label] = {"path": src.path, "step": src.step, "axes": [g[1] for g in groups], "names": names,
                      "corr": corr, "null_q99": null}

@@ -293,9 +293,9 @@ def blocks(params: Any) -> list[tuple[int, dict[str, RC]]]:
 # --- correlations with permutation nulls ----------------------------------------------------------
 
 def _seed(key: Any) -> list[int]:
-  """Entropy for numpy from an int or a JAX PRNG key (typed or raw uint32)."""
+  """Entropy for numpy from an int (negative ones too) or a JAX PRNG key (typed or raw uint32)."""
   if isinstance(key, (int, np.integer)):
-    return [int(key)]
+    return [int(key) % 2**64]
   data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
   return [int(v) for v in np.asarray(data).ravel()]
 
@@ -377,7 +377,7 @@ def correlate(stats: dict[str, np.ndarray], *, seed: Sequence[int], permutations
   corr[~valid, :] = np.nan
   corr[:, ~valid] = np.nan
   cross = _cross(names, valid)
-  rng = np.random.default_rng(list(seed))
+  rng = np.random.default_rng([int(k) % 2**64 for k in seed])  # numpy wants non-negative entropy
   null = np.empty((permutations,) + corr.shape)
   for p in range(permutations):
     zp = _permuted(rng, z, src)

@@ -194,3 +194,16 @@ def test_histograms_bin_each_scale_apart():
     for patch in ax.patches:  # every step histogram spreads over many of its panel's bins
       heights = patch.get_xy()[:, 1]
       assert np.count_nonzero(heights > 0) > 20, ax.get_title()
+
+
+def test_negative_block_and_seed(runs, tmp_path):
+  """--block -1 is the last block (seeded as such), negative seeds and keys are valid entropy."""
+  for b in ("-1", "2"):
+    assert analyze.main(["corr", runs["gpt"], "--block", b, "--out", str(tmp_path / b), "--permutations", "20"]) == 0
+  last, neg = (json.load(open(tmp_path / b / "corr.json")) for b in ("2", "-1"))
+  assert neg == last
+  assert analyze.main([runs["w64"], "--seed", "-1", "--out", str(tmp_path / "s"), "--permutations", "20",
+                       "--quiet"]) == 0
+  p = diag.blocks(gpt_params(L=1))[0][1]
+  a, b = (diag.rc_correlation(p, "embed", key=k, permutations=20) for k in (-1, 1))
+  assert a["max_abs_corr_null"] != b["max_abs_corr_null"]
