@@ -394,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   a = _parser(cmd).parse_args(argv)
   common = {"seed": a.seed, "permutations": a.permutations}
   try:
+    if a.permutations < 1:
+      raise ValueError(f"--permutations must be at least 1, got {a.permutations}")
     kinds = tuple(k.strip() for k in getattr(a, "kinds", "mean").split(",") if k.strip())
     if bad := set(kinds) - set(diag.KINDS):
       raise ValueError(f"unknown --kinds {sorted(bad)}; choose from {', '.join(diag.KINDS)}")

@@ -366,6 +366,7 @@ def correlate(stats: dict[str, np.ndarray], *, seed: Sequence[int], permutations
   quantiles of |corr| under independent permutations), 'max_abs_corr', 'pair' (over pairs of different
   leaves), 'null_max' (the maximum of each permuted draw, one per permutation)}`.
   """
+  _check_permutations(permutations)
   names = list(stats)
   if not names:
     return {"names": [], "n": 0, "corr": np.zeros((0, 0)), "max_abs_corr": float("nan"), "pair": None,
@@ -394,6 +395,11 @@ def correlate(stats: dict[str, np.ndarray], *, seed: Sequence[int], permutations
     out.update(max_abs_corr=float("nan"), pair=None)
   out["null_max"] = null_max
   return out
+
+
+def _check_permutations(permutations: int) -> None:
+  if not isinstance(permutations, (int, np.integer)) or permutations < 1:
+    raise ValueError(f"permutations must be a positive integer (the null's sample size), got {permutations!r}")
 
 
 def _qkey(q: float) -> str:
@@ -549,6 +555,7 @@ def distribution_distance(a: Any, b: Any, *, reference: tuple[Any, Any] | None =
   >>> r['w1'], r['reference'], r['relative']
   (1.0, 4.0, 0.25)
   """
+  _check_permutations(permutations)
   a, b = np.ravel(np.asarray(a, np.float64)), np.ravel(np.asarray(b, np.float64))
   w1 = wasserstein1(a, b)
   pool = np.concatenate([a, b])
