@@ -96,6 +96,13 @@ def _only(stats: dict, kinds: Sequence[str]) -> dict:
   return {a: {n: v for n, v in s.items() if keep(n)} for a, s in stats.items()}
 
 
+def _describe(kinds: Sequence[str]) -> str:
+  """Figure titles: ('mean', 'vector') -> 'row/column means (.R/.C), biases and scales'."""
+  words = {"mean": "row/column means (.R/.C)", "rms": "row/column RMS (.R_rms/.C_rms)", "vector": "biases and scales"}
+  parts = [words[k] for k in diag.KINDS if k in kinds]
+  return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
+
+
 def _jsonable(x: Any) -> Any:
   if isinstance(x, dict):
     return {str(k): _jsonable(v) for k, v in x.items()}
@@ -157,10 +164,9 @@ def max_abs(src: Source, *, seed: int = 0, permutations: int = 200, kinds: Seque
     s = diag.summarize_block(_only(stats, kinds), key=seed, block=i, permutations=permutations)
     sums.append(s)
     if i in figure_blocks:
-      figs[i] = {a: diag.correlate(st, seed=[seed, i, path_hash(a)], permutations=permutations)
-                 for a, st in _only(stats, figure_kinds).items()}
-      for a in figs[i]:
-        figs[i][a]["stats"] = stats[a]
+      shown = _only(stats, figure_kinds)  # the matrices and histograms show the same statistics
+      figs[i] = {a: {**diag.correlate(st, seed=[seed, i, path_hash(a)], permutations=permutations), "stats": st}
+                 for a, st in shown.items()}
   if not sums:
     raise ValueError(f"{src.path}: no blocks to analyse")
   return {**diag.combine_blocks(sums), "left_out": left_out}, [_block_entry(s) for s in sums], figs
@@ -175,8 +181,9 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
   src = Source(path, step)
   n = src.num_blocks
   fig_blocks = sorted({b % n for b in blocks}) if blocks is not None else sorted({0, n // 2, n - 1})
+  fig_kinds = tuple(kinds) + (() if "vector" in kinds else ("vector",))  # figures: biases and scales too
   overall, per_block, figs = max_abs(src, seed=seed, permutations=permutations, kinds=kinds,
-                                     figure_blocks=fig_blocks, progress=progress)
+                                     figure_blocks=fig_blocks, figure_kinds=fig_kinds, progress=progress)
   summary = {"model_family": src.family, "source": src.kind, "path": src.path, "step": src.step,
              "num_blocks": n, "max_abs_corr": overall["max_abs_corr"],
              "max_abs_corr_null": overall["max_abs_corr_null"],
@@ -198,7 +205,7 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
     figures["max_abs_corr_per_block.png"] = plots.max_abs_bars(
         [e["block"] for e in bars], [e["max_abs_corr"] for e in bars], [e["max_abs_corr_null"] for e in bars],
         null95=[e["max_abs_corr_null_q95"] for e in bars] if n > 1 else None, xlabel=xlabel,
-        title=f"{what}: max |corr| between {'/'.join(kinds)} statistics of different leaves")
+        title=f"{what}: max |corr| between {_describe(kinds)} of different leaves")
     corr_json = {}
     for i, per_axis in figs.items():
       panels = [{"title": f"axis {a} (N={r['n']})", "names": r["names"], "corr": r["corr"], "null": r["null_q99"]}
@@ -207,7 +214,7 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
       figures[f"corr_block{i}.png"] = plots.correlation_matrices(panels, title=f"{what}, {label}")
       hist = [{"title": f"axis {a}", "series": r["stats"]} for a, r in per_axis.items() if r["names"]]
       figures[f"means_block{i}.png"] = plots.stat_histograms(
-          hist, title=f"{what}, {label}: row/column means (.R/.C), biases and scales")
+          hist, title=f"{what}, {label}: {_describe(fig_kinds)}")
       keys = ("names", "n", "corr", "null_q95", "null_q99")
       corr_json[str(i)] = {a: {k: r[k] for k in keys} for a, r in per_axis.items()}
     summary["figures"] = list(figures)
@@ -277,7 +284,7 @@ def figure_bars(paths: Sequence[str], out: str, *, labels: Sequence[str] | None 
             f"(block {r['block']})") for r in rows]
   fig = plots.max_abs_bars(labels, [r["max_abs_corr"] for r in rows], [r["max_abs_corr_null"] for r in rows],
                            null95=[r["max_abs_corr_null_q95"] for r in rows], annotations=notes, xlabel="model",
-                           title="max |corr| between .R/.C statistics of different weights, over blocks")
+                           title=f"max |corr| between {_describe(kinds)} of different leaves, over blocks")
   _write_all(out, {"max_abs_corr.png": fig}, {"bars.json": rows})
   return _jsonable(rows)
 

@@ -210,3 +210,30 @@ def test_negative_block_and_seed(runs, tmp_path):
   p = diag.blocks(gpt_params(L=1))[0][1]
   a, b = (diag.rc_correlation(p, "embed", key=k, permutations=20) for k in (-1, 1))
   assert a["max_abs_corr_null"] != b["max_abs_corr_null"]
+
+
+def test_titles_follow_kinds(runs, tmp_path, monkeypatch):
+  from rcjax import plots
+
+  seen = {}
+
+  def spy(name):  # records the arguments of a plotting function
+    real = getattr(plots, name)
+
+    def wrapper(*args, **kwargs):
+      seen.setdefault(name, []).append((args, kwargs))
+      return real(*args, **kwargs)
+    return wrapper
+
+  for name in ("max_abs_bars", "stat_histograms"):
+    monkeypatch.setattr(plots, name, spy(name))
+  analyze.analyze(runs["w64"], str(tmp_path / "a"), kinds=("mean", "rms"), permutations=20, progress=False)
+  (_, bars), = seen["max_abs_bars"]
+  assert bars["title"].endswith("max |corr| between row/column means (.R/.C) and row/column RMS (.R_rms/.C_rms) "
+                                "of different leaves")
+  (panels,), hist = seen["stat_histograms"][0]
+  assert hist["title"].endswith(": row/column means (.R/.C), row/column RMS (.R_rms/.C_rms) and biases and scales")
+  assert any(n.endswith("_rms") for p in panels for n in p["series"])
+  analyze.figure_bars([runs["w64"]], str(tmp_path / "b"), kinds=("rms",), permutations=20, progress=False)
+  assert seen["max_abs_bars"][-1][1]["title"] == (
+      "max |corr| between row/column RMS (.R_rms/.C_rms) of different leaves, over blocks")
