@@ -83,19 +83,24 @@ class Source:
         yield i, self.ckpt.block_leaves(i)
 
 
-def _stats(leaves: Iterator[tuple[str, RC]], kinds: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
-  """Per-axis statistics of one block, computed leaf by leaf (so HF tensors are dropped as we go)."""
-  out: dict[str, dict[str, np.ndarray]] = {}
-  for path, box in leaves:
-    for axis in diag.neuron_axes({path: box}):
-      out.setdefault(diag.axis_label(axis), {}).update(diag.leaf_stats(path, box, axis, kinds))
-  return {a: s for a, s in out.items() if s}
+def _stats(leaves: Iterator[tuple[str, RC]], kinds: Sequence[str],
+           left_out: list | None = None) -> dict[str, dict[str, np.ndarray]]:
+  """Per-axis statistics of one block, computed leaf by leaf (so HF tensors are dropped as we go);
+  attention leaves without a q/k/v/o role are appended to `left_out`."""
+  return diag.block_stats(leaves, kinds=kinds, left_out=[] if left_out is None else left_out)
 
 
 def _only(stats: dict, kinds: Sequence[str]) -> dict:
   keep = lambda n: ("vector" in kinds and diag.leaf_of(n) == n) or (
       "mean" in kinds and n.endswith((".R", ".C"))) or ("rms" in kinds and n.endswith("_rms"))
   return {a: {n: v for n, v in s.items() if keep(n)} for a, s in stats.items()}
+
+
+def _describe(kinds: Sequence[str]) -> str:
+  """Figure titles: ('mean', 'vector') -> 'row/column means (.R/.C), biases and scales'."""
+  words = {"mean": "row/column means (.R/.C)", "rms": "row/column RMS (.R_rms/.C_rms)", "vector": "biases and scales"}
+  parts = [words[k] for k in diag.KINDS if k in kinds]
+  return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
 
 
 def _jsonable(x: Any) -> Any:
@@ -117,6 +122,18 @@ def _write_json(path: str, obj: Any) -> None:
     json.dump(_jsonable(obj), f, indent=1)
 
 
+def _write_all(out: str, figures: dict, jsons: dict) -> None:
+  """Create `out` and write the (already drawn) figures as PNGs and the JSON files: called once the
+  analysis succeeded, so that an error leaves nothing behind."""
+  from rcjax import plots
+
+  os.makedirs(out, exist_ok=True)
+  for name, fig in figures.items():
+    plots.save(fig, os.path.join(out, name))
+  for name, obj in jsons.items():
+    _write_json(os.path.join(out, name), obj)
+
+
 def _block_entry(s: dict) -> dict:
   axes = {a: {"n": r["n"], "num_stats": len(r["names"]), "max_abs_corr": r["max_abs_corr"], "pair": r["pair"],
               "max_abs_corr_null": diag._nanquantile(r["null_max"], 0.99)} for a, r in s["axes"].items()}
@@ -135,20 +152,24 @@ def _progress(it, total: int, desc: str, show: bool):
 def max_abs(src: Source, *, seed: int = 0, permutations: int = 200, kinds: Sequence[str] = ("mean",),
             figure_blocks: Sequence[int] = (), figure_kinds: Sequence[str] = ("mean", "vector"),
             progress: bool = True) -> tuple[dict, list[dict], dict]:
-  """Stream the blocks of `src`: overall result, per-block entries, and figure data for `figure_blocks`."""
-  sums, figs = [], {}
+  """Stream the blocks of `src`: overall result (with `left_out`: attention leaves of block 0 without a
+  q/k/v/o role, not analysed), per-block entries, and figure data for `figure_blocks`."""
+  sums, figs, left_out = [], {}, []
   for i, leaves in _progress(src.blocks(), src.num_blocks, f"{os.path.basename(src.path)}", progress):
-    stats = _stats(leaves, tuple(set(kinds) | (set(figure_kinds) if i in figure_blocks else set())))
+    try:
+      stats = _stats(leaves, tuple(set(kinds) | (set(figure_kinds) if i in figure_blocks else set())),
+                     left_out if i == 0 else None)
+    except ValueError as e:  # e.g. a leaf with NaN weights: say which block
+      raise ValueError(f"block {i}, {e}") from None
     s = diag.summarize_block(_only(stats, kinds), key=seed, block=i, permutations=permutations)
     sums.append(s)
     if i in figure_blocks:
-      figs[i] = {a: diag.correlate(st, seed=[seed, i, path_hash(a)], permutations=permutations)
-                 for a, st in _only(stats, figure_kinds).items()}
-      for a in figs[i]:
-        figs[i][a]["stats"] = stats[a]
+      shown = _only(stats, figure_kinds)  # the matrices and histograms show the same statistics
+      figs[i] = {a: {**diag.correlate(st, seed=[seed, i, path_hash(a)], permutations=permutations), "stats": st}
+                 for a, st in shown.items()}
   if not sums:
     raise ValueError(f"{src.path}: no blocks to analyse")
-  return diag.combine_blocks(sums), [_block_entry(s) for s in sums], figs
+  return {**diag.combine_blocks(sums), "left_out": left_out}, [_block_entry(s) for s in sums], figs
 
 
 def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, permutations: int = 200,
@@ -160,9 +181,9 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
   src = Source(path, step)
   n = src.num_blocks
   fig_blocks = sorted({b % n for b in blocks}) if blocks is not None else sorted({0, n // 2, n - 1})
-  os.makedirs(out, exist_ok=True)
+  fig_kinds = tuple(kinds) + (() if "vector" in kinds else ("vector",))  # figures: biases and scales too
   overall, per_block, figs = max_abs(src, seed=seed, permutations=permutations, kinds=kinds,
-                                     figure_blocks=fig_blocks, progress=progress)
+                                     figure_blocks=fig_blocks, figure_kinds=fig_kinds, progress=progress)
   summary = {"model_family": src.family, "source": src.kind, "path": src.path, "step": src.step,
              "num_blocks": n, "max_abs_corr": overall["max_abs_corr"],
              "max_abs_corr_null": overall["max_abs_corr_null"],
@@ -170,7 +191,7 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
              "pair": overall["pair"], "kinds": list(kinds), "permutations": permutations, "seed": seed,
              "null": "quantiles of the max |corr| over blocks when every statistic's neurons are permuted "
                      "independently",
-             "skipped_tensors": src.skipped, "per_block": per_block}
+             "skipped_tensors": src.skipped, "attention_left_out": overall["left_out"], "per_block": per_block}
   what = f"{os.path.basename(src.path)} ({src.family}{'' if src.step is None else f', step {src.step}'})"
   if n > 1:
     bars, xlabel = per_block, "block"
@@ -179,27 +200,28 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
     for b in bars:
       b["max_abs_corr_null_q95"] = None
     xlabel = "neuron axis"
-  pngs = [plots.save(plots.max_abs_bars([e["block"] for e in bars], [e["max_abs_corr"] for e in bars],
-                                        [e["max_abs_corr_null"] for e in bars],
-                                        null95=[e["max_abs_corr_null_q95"] for e in bars] if n > 1 else None,
-                                        title=f"{what}: max |corr| between {'/'.join(kinds)} statistics of "
-                                              "different leaves", xlabel=xlabel),
-                     os.path.join(out, "max_abs_corr_per_block.png"))]
-  corr_json = {}
-  for i, per_axis in figs.items():
-    panels = [{"title": f"axis {a} (N={r['n']})", "names": r["names"], "corr": r["corr"], "null": r["null_q99"]}
-              for a, r in per_axis.items() if r["names"]]
-    label = f"block {i}" if src.num_blocks > 1 else "all layers"
-    pngs.append(plots.save(plots.correlation_matrices(panels, title=f"{what}, {label}"),
-                           os.path.join(out, f"corr_block{i}.png")))
-    hist = [{"title": f"axis {a}", "series": r["stats"]} for a, r in per_axis.items() if r["names"]]
-    pngs.append(plots.save(plots.stat_histograms(hist, title=f"{what}, {label}: row/column means (.R/.C), "
-                                                           "biases and scales"),
-                           os.path.join(out, f"means_block{i}.png")))
-    keys = ("names", "n", "corr", "null_q95", "null_q99")
-    corr_json[str(i)] = {a: {k: r[k] for k in keys} for a, r in per_axis.items()}
-  _write_json(os.path.join(out, "correlations.json"), corr_json)
-  summary["figures"] = [os.path.basename(p) for p in pngs]
+  figures = {}  # drawn first, written once everything succeeded
+  try:
+    figures["max_abs_corr_per_block.png"] = plots.max_abs_bars(
+        [e["block"] for e in bars], [e["max_abs_corr"] for e in bars], [e["max_abs_corr_null"] for e in bars],
+        null95=[e["max_abs_corr_null_q95"] for e in bars] if n > 1 else None, xlabel=xlabel,
+        title=f"{what}: max |corr| between {_describe(kinds)} of different leaves")
+    corr_json = {}
+    for i, per_axis in figs.items():
+      panels = [{"title": f"axis {a} (N={r['n']})", "names": r["names"], "corr": r["corr"], "null": r["null_q99"]}
+                for a, r in per_axis.items() if r["names"]]
+      label = f"block {i}" if src.num_blocks > 1 else "all layers"
+      figures[f"corr_block{i}.png"] = plots.correlation_matrices(panels, title=f"{what}, {label}")
+      hist = [{"title": f"axis {a}", "series": r["stats"]} for a, r in per_axis.items() if r["names"]]
+      figures[f"means_block{i}.png"] = plots.stat_histograms(
+          hist, title=f"{what}, {label}: {_describe(fig_kinds)}")
+      keys = ("names", "n", "corr", "null_q95", "null_q99")
+      corr_json[str(i)] = {a: {k: r[k] for k in keys} for a, r in per_axis.items()}
+    summary["figures"] = list(figures)
+    _write_all(out, figures, {"correlations.json": corr_json})
+  finally:
+    for fig in figures.values():
+      plots._plt().close(fig)
   summary["seconds"] = time.time() - t0
   summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   _write_json(os.path.join(out, "summary.json"), summary)
@@ -218,11 +240,12 @@ def figure_corr(paths: Sequence[str], out: str, *, labels: Sequence[str] | None 
     raise ValueError(f"{len(labels)} labels for {len(srcs)} paths")
   panels, result = [], {}
   for src, label in zip(srcs, labels):
-    leaves = dict(next(lv for i, lv in src.blocks() if i == block % src.num_blocks))
+    b = block % src.num_blocks  # --block -1: the last block, seeded as such
+    leaves = dict(next(lv for i, lv in src.blocks() if i == b))
     stats = _stats(iter(leaves.items()), kinds)
     names, groups, parts = [], [], []
     for a, st in stats.items():
-      r = diag.correlate(st, seed=[seed, block, path_hash(a)], permutations=permutations)
+      r = diag.correlate(st, seed=[seed, b, path_hash(a)], permutations=permutations)
       groups.append((len(names), a))
       names += r["names"]
       parts.append(r)
@@ -231,15 +254,13 @@ def figure_corr(paths: Sequence[str], out: str, *, labels: Sequence[str] | None 
     for (start, _), r in zip(groups, parts):
       m = len(r["names"])
       corr[start:start + m, start:start + m], null[start:start + m, start:start + m] = r["corr"], r["null_q99"]
-    panels.append({"title": f"{label} (block {block % src.num_blocks})" if src.num_blocks > 1 else label,
+    panels.append({"title": f"{label} (block {b})" if src.num_blocks > 1 else label,
                    "names": names, "corr": corr, "null": null, "groups": groups})
     result[label] = {"path": src.path, "step": src.step, "axes": [g[1] for g in groups], "names": names,
                      "corr": corr, "null_q99": null}
-  os.makedirs(out, exist_ok=True)
-  plots.save(plots.correlation_matrices(panels, ncols=len(panels),
-                                        title="Correlation of per-neuron statistics sharing a neuron index "
-                                              "(blocks = neuron axes)"), os.path.join(out, "corr.png"))
-  _write_json(os.path.join(out, "corr.json"), result)
+  fig = plots.correlation_matrices(panels, ncols=len(panels), title="Correlation of per-neuron statistics "
+                                   "sharing a neuron index (blocks = neuron axes)")
+  _write_all(out, {"corr.png": fig}, {"corr.json": result})
   return _jsonable(result)
 
 
@@ -259,14 +280,12 @@ def figure_bars(paths: Sequence[str], out: str, *, labels: Sequence[str] | None 
     rows.append({"label": label, "path": src.path, "model_family": src.family, "num_blocks": src.num_blocks,
                  **{k: overall[k] for k in ("max_abs_corr", "max_abs_corr_null", "max_abs_corr_null_q95",
                                             "block", "pair")}})
-  os.makedirs(out, exist_ok=True)
   notes = [("" if r["pair"] is None else f"{plots._short(r['pair'][0], 30)}\nvs {plots._short(r['pair'][1], 30)}\n"
             f"(block {r['block']})") for r in rows]
-  plots.save(plots.max_abs_bars(labels, [r["max_abs_corr"] for r in rows], [r["max_abs_corr_null"] for r in rows],
-                                null95=[r["max_abs_corr_null_q95"] for r in rows], annotations=notes, xlabel="model",
-                                title="max |corr| between .R/.C statistics of different weights, over blocks"),
-             os.path.join(out, "max_abs_corr.png"))
-  _write_json(os.path.join(out, "bars.json"), rows)
+  fig = plots.max_abs_bars(labels, [r["max_abs_corr"] for r in rows], [r["max_abs_corr_null"] for r in rows],
+                           null95=[r["max_abs_corr_null_q95"] for r in rows], annotations=notes, xlabel="model",
+                           title=f"max |corr| between {_describe(kinds)} of different leaves, over blocks")
+  _write_all(out, {"max_abs_corr.png": fig}, {"bars.json": rows})
   return _jsonable(rows)
 
 
@@ -335,14 +354,12 @@ def figure_compare(run_a: str, run_b: str, out: str, *, steps: Sequence[int] | N
         row.append({"series": series, "text": f"W1(A, B) = {d['w1']:.3g} (null 95%: {d['w1_null_q95']:.2g})\n"
                                               f"reference W1(A@{ref_step}, A) = {d['reference']:.3g}"})
     cells.append(row)
-  os.makedirs(out, exist_ok=True)
-  plots.save(plots.distribution_grid([f"step {s}" for s in steps], cols, cells,
-                                     title=f"{'row' if stat == 'R' else 'column'} means (.{stat}), A = {names[0]}, "
-                                           f"B = {names[1]}; W1: 1-D Wasserstein distance"),
-             os.path.join(out, "compare.png"))
+  fig = plots.distribution_grid([f"step {s}" for s in steps], cols, cells,
+                                title=f"{'row' if stat == 'R' else 'column'} means (.{stat}), A = {names[0]}, "
+                                      f"B = {names[1]}; W1: 1-D Wasserstein distance")
   result = {"run_a": a0.path, "run_b": b0.path, "stat": stat, "steps": list(steps), "reference_step": ref_step,
             "rows": rows}
-  _write_json(os.path.join(out, "compare.json"), result)
+  _write_all(out, {"compare.png": fig}, {"compare.json": result})
   return _jsonable(result)
 
 
@@ -384,11 +401,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   a = _parser(cmd).parse_args(argv)
   common = {"seed": a.seed, "permutations": a.permutations}
   try:
+    if a.permutations < 1:
+      raise ValueError(f"--permutations must be at least 1, got {a.permutations}")
     kinds = tuple(k.strip() for k in getattr(a, "kinds", "mean").split(",") if k.strip())
     if bad := set(kinds) - set(diag.KINDS):
       raise ValueError(f"unknown --kinds {sorted(bad)}; choose from {', '.join(diag.KINDS)}")
     if cmd == "analyze":
       s = analyze(a.path, a.out, step=a.step, kinds=kinds, blocks=a.blocks, progress=not a.quiet, **common)
+      if s["attention_left_out"]:
+        print(f"note: attention leaves without a q/k/v/o role left out of the q·k / v·o statistics: "
+              f"{', '.join(s['attention_left_out'])}", file=sys.stderr)
       print(f"{s['model_family']}: {s['num_blocks']} blocks, max |corr| {s['max_abs_corr']} "
             f"(null 99%: {s['max_abs_corr_null']}) -> {a.out}/summary.json")
     elif cmd == "corr":

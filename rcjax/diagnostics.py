@@ -16,8 +16,18 @@ rcjax reads the side from the leaf's `fan_in` (neuron dims inside `fan_in` -> `.
 never matters: a PyTorch/HF `nn.Linear` weight stored (out, in) is read as its transpose (`rcjax.hf` maps
 it), a GPT-2 `Conv1D` weight is stored (in, out) already. For a block with axis `'embed'` this gives the
 `.R` of up/gate/q/k/v (fan-in embed), the `.C` of o_proj/down (fan-out embed) and the norm scales; for
-`'mlp'` the `.C` of up/gate and the `.R` of down. Attention neurons are the pairs `('heads', 'head_dim')`
-(and `('kv_heads', 'head_dim')`), analysed as one compound axis.
+`'mlp'` the `.C` of up/gate and the `.R` of down.
+
+Attention. A `head_dim` neuron is shared by q and k (the q.k contraction, within each head) and, separately,
+by v and o (v's output is o's input); q and o, or k and v, share only the head index (permuting head_dim
+of v and o jointly keeps the function and scrambles any q-o pairing). So the attention neurons form two
+sets per block, `QK` ('heads,head_dim (q·k)': q and k statistics) and `VO` ('heads,head_dim (v·o)': v and
+o), never paired with each other. Both live on the query-head grid ('heads', 'head_dim'): a statistic of
+k or v over ('kv_heads', 'head_dim') is an array (kv_heads, head_dim) that `correlate` broadcasts to the
+query heads of its group (query head h reads kv head h // (heads // kv_heads), as in `rcjax.nn.GPT`,
+`jax.nn.dot_product_attention` and transformers' `repeat_kv`), and its null permutes the kv values.
+The role of a leaf is read from its name (`ROLES`) and checked against its axes; a leaf carrying
+'head_dim' that fits no role is left out of the attention sets with a warning.
 
 Null baselines. The correlation of two length-N statistics is compared with its distribution when the
 neurons of each statistic are permuted independently (which destroys any shared-index structure and keeps
@@ -35,6 +45,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from typing import Any, Iterable, Sequence
 
 import jax
@@ -44,7 +55,16 @@ from rcjax.rc import RC, is_rc, path_hash
 
 KINDS = ("mean", "rms", "vector")
 SUFFIXES = (".R_rms", ".C_rms", ".R", ".C")
-COMPOUND = (("heads", "head_dim"), ("kv_heads", "head_dim"))
+QK, VO = "heads,head_dim (q·k)", "heads,head_dim (v·o)"  # the attention neuron sets (labels in results)
+ATTENTION = {QK: ("q", "k"), VO: ("v", "o")}
+# The attention role of a leaf carrying 'head_dim', by its module's name (the path's last component, a
+# trailing weight/bias/kernel dropped): rcjax.nn.GPT (blocks/q, blocks/q_bias, ...) and rcjax.hf's names
+# of Llama/Mistral/Qwen2 (self_attn.q_proj), GPT-2 (attn.c_attn.q, attn.c_proj), GPT-NeoX
+# (attention.query_key_value.q, attention.dense) and BERT (attention.self.query, attention.output.dense).
+ROLES = {"q": "q", "q_bias": "q", "q_proj": "q", "query": "q",
+         "k": "k", "k_bias": "k", "k_proj": "k", "key": "k",
+         "v": "v", "v_bias": "v", "v_proj": "v", "value": "v",
+         "o": "o", "o_proj": "o", "c_proj": "o", "dense": "o"}
 QUANTILES = (0.95, 0.99)
 _BLOCK = re.compile(r"^(?:layers?|blocks?|h)[_.]?(\d+)$", re.IGNORECASE)
 _CHUNK = 1 << 22  # elements converted to float32 at a time: bounds the memory of a reduction
@@ -63,7 +83,7 @@ def flat_leaves(params: Any) -> dict[str, RC]:
 
 
 def axis_label(axis: str | Sequence[str]) -> str:
-  """'embed' -> 'embed'; ('heads', 'head_dim') -> 'heads,head_dim' (the key used in results)."""
+  """'embed' -> 'embed'; ('a', 'b') -> 'a,b'; `QK`/`VO` as they are (the key used in results)."""
   return axis if isinstance(axis, str) else ",".join(axis)
 
 
@@ -104,11 +124,23 @@ def _reduce(x: Any, dims: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
   return np.concatenate(means).astype(np.float64), np.sqrt(np.concatenate(sqs).astype(np.float64))
 
 
+def _finite(path: str, x: Any, mean: np.ndarray, rms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`(mean, rms)` if finite; else ValueError counting the leaf's non-finite values (a diverged run)."""
+  if np.isfinite(mean).all() and np.isfinite(rms).all():
+    return mean, rms
+  x = x if isinstance(x, np.ndarray) else np.asarray(x)
+  bad = sum(int(np.count_nonzero(~np.isfinite(np.asarray(c, np.float32)))) for c in np.array_split(x.ravel(), 64))
+  if bad:
+    raise ValueError(f"leaf {path} has {bad} non-finite (NaN/inf) of its {x.size} values")
+  raise ValueError(f"leaf {path}: values too large for its statistics (the mean square overflows float32)")
+
+
 def leaf_stats(path: str, box: RC, axis: str | Sequence[str], kinds: Iterable[str] = KINDS) -> dict[str, np.ndarray]:
   """The per-neuron statistics one leaf gives for `axis` (empty if the leaf lacks the axis).
 
   Returns `{path: v}` for a vector leaf (bias, norm scale; kind 'vector'), else `{path + '.R': mean,
   path + '.R_rms': rms}` (kinds 'mean', 'rms') with `.R` if the axis is on the fan-in side, `.C` if not.
+  A leaf holding NaN or inf is refused (ValueError with the count), rather than giving NaN statistics.
   """
   names = (axis,) if isinstance(axis, str) else tuple(axis)
   if any(n not in box.axes for n in names):
@@ -118,12 +150,12 @@ def leaf_stats(path: str, box: RC, axis: str | Sequence[str], kinds: Iterable[st
   if not box.fan_in:  # bias / norm scale: a vector over the axis (averaged over any other dims)
     if "vector" not in kinds:
       return {}
-    return {path: _reduce(box.value, dims)[0]}
+    return {path: _finite(path, box.value, *_reduce(box.value, dims))[0]}
   inside = [d in box.fan_in for d in dims]
   if not kinds & {"mean", "rms"} or (any(inside) and not all(inside)):
     return {}  # a compound axis split across fan-in and fan-out has no row/column statistic
   side = "R" if all(inside) else "C"
-  mean, rms = _reduce(box.value, dims)
+  mean, rms = _finite(path, box.value, *_reduce(box.value, dims))
   out = {}
   if "mean" in kinds:
     out[f"{path}.{side}"] = mean
@@ -137,37 +169,98 @@ def neuron_stats(params: Any, axis: str | Sequence[str], *, kinds: Iterable[str]
 
   Args:
     params: a pytree of RC leaves (or a flat `{path: RC}` dict).
-    axis: a logical axis name, or a tuple of names forming one compound neuron axis.
+    axis: a logical axis name, a tuple of names forming one compound neuron axis, or an attention set
+      `QK` / `VO` ('head_dim' elsewhere is refused: its neurons are shared only within these sets).
     kinds: which statistics: 'mean' (`.R`/`.C`), 'rms' (`.R_rms`/`.C_rms`), 'vector' (biases, scales).
 
   Returns:
-    `{'Dense_1/kernel.R': v, 'Dense_0/bias': b, ...}`, every vector of the axis's size.
+    `{'Dense_1/kernel.R': v, 'Dense_0/bias': b, ...}`, every vector of the axis's size; for `QK`/`VO`
+    arrays (heads, head_dim) for q and o, (kv_heads, head_dim) for k and v (see `correlate`).
   """
   kinds = tuple(kinds)
   if unknown := set(kinds) - set(KINDS):
     raise ValueError(f"unknown statistic kinds {sorted(unknown)}; expected a subset of {KINDS}")
+  leaves = flat_leaves(params)
+  if axis in ATTENTION:
+    return _block_pass(leaves.items(), kinds, (axis,), plain=False).get(axis, {})
+  if "head_dim" in ((axis,) if isinstance(axis, str) else tuple(axis)):
+    raise ValueError(f"axis {axis!r}: head_dim neurons are shared within q·k and within v·o only; use "
+                     "diagnostics.QK or diagnostics.VO (leaf_stats gives one leaf's statistics)")
   out = {}
-  for path, box in flat_leaves(params).items():
+  for path, box in leaves.items():
     out.update(leaf_stats(path, box, axis, kinds))
   return out
 
 
-def neuron_axes(leaves: Any) -> list[str | tuple[str, str]]:
-  """The neuron axes worth analysing: width axes (base not None) except 'layers', with 'head_dim' merged
-  into ('heads', 'head_dim') / ('kv_heads', 'head_dim') wherever a leaf carries both."""
-  found: dict[str, None] = {}
-  for box in flat_leaves(leaves).values():
-    for name, b in zip(box.axes, box.base):
-      if b is not None and name != "layers":
-        found.setdefault(name)
-  out: list = []
-  for name in found:
-    pair = next((c for c in COMPOUND if name == c[0]), None)
-    if pair and "head_dim" in found:
-      out.append(pair)
-    elif name != "head_dim" or not any(c[0] in found for c in COMPOUND):
-      out.append(name)
+def attention_role(path: str, box: RC) -> str | None:
+  """'q' | 'k' | 'v' | 'o' for a leaf carrying 'head_dim', from its name (`ROLES`) checked against its
+  axes (q on 'heads', k/v on 'kv_heads' or 'heads', head_dim on the fan-out side; o on 'heads', head_dim
+  on the fan-in side); None for a leaf that fits no role (left out of the attention sets)."""
+  parts = re.split(r"[/.]", path)
+  if len(parts) > 1 and parts[-1] in ("weight", "bias", "kernel"):
+    parts = parts[:-1]
+  role = ROLES.get(parts[-1])
+  heads = [a for a in ("heads", "kv_heads") if a in box.axes]
+  if role is None or len(heads) != 1 or "head_dim" not in box.axes:
+    return None
+  inside = [box.axes.index(a) in box.fan_in for a in (heads[0], "head_dim")]
+  if role == "o":
+    return role if heads == ["heads"] and all(inside) else None
+  return role if not any(inside) and (role != "q" or heads == ["heads"]) else None
+
+
+def _attention_leaf(path: str, box: RC, kinds: Iterable[str]) -> dict[str, np.ndarray]:
+  """One attention leaf's statistics as arrays (its heads, head_dim)."""
+  heads = "heads" if "heads" in box.axes else "kv_heads"
+  shape = (box.shape[box.axes.index(heads)], box.shape[box.axes.index("head_dim")])
+  return {n: v.reshape(shape) for n, v in leaf_stats(path, box, (heads, "head_dim"), kinds).items()}
+
+
+_HEAD_AXES = ("heads", "kv_heads", "head_dim")
+
+
+def _own_axes(path: str, box: RC) -> tuple[list[str], str | None, bool]:
+  """A leaf's neuron axes: `(plain width axes, its attention set or None, left out of the attention sets)`.
+  Plain axes are the width axes (base not None) except 'layers', and except the head axes of a leaf
+  carrying 'head_dim' (those go to its attention set)."""
+  width = [a for a, b in zip(box.axes, box.base) if b is not None and a != "layers"]
+  if "head_dim" not in box.axes:
+    return width, None, False
+  role = attention_role(path, box)
+  label = next((a for a, roles in ATTENTION.items() if role in roles), None)
+  return [a for a in width if a not in _HEAD_AXES], label, label is None
+
+
+def _block_pass(items: Iterable[tuple[str, RC]], kinds: Iterable[str], sets: Sequence[str] = tuple(ATTENTION),
+                plain: bool = True, left_out: list | None = None) -> dict[str, dict[str, np.ndarray]]:
+  """One pass over a block's leaves: `{label: statistics}` for each leaf's own plain axes (if `plain`) and
+  the attention `sets`; leaves left out of the attention sets go to `left_out`, or to a warning."""
+  out: dict[str, dict[str, np.ndarray]] = {}
+  left: list[str] = []
+  for path, box in items:
+    axes, label, dropped = _own_axes(path, box)
+    if dropped:
+      left.append(path)
+    if label in sets:
+      out.setdefault(label, {}).update(_attention_leaf(path, box, kinds))
+    for axis in axes if plain else ():
+      out.setdefault(axis, {}).update(leaf_stats(path, box, axis, kinds))
+  if left_out is not None:
+    left_out += left
+  elif left:
+    warnings.warn(f"left out of the attention statistics (no q/k/v/o role from the name and axes): {left}",
+                  stacklevel=3)
   return out
+
+
+def neuron_axes(leaves: Any) -> list[str]:
+  """The neuron axes worth analysing, in order of appearance: width axes (base not None) except 'layers'
+  and the head axes, and the attention sets `QK` / `VO` that the leaves carrying 'head_dim' fill."""
+  found: dict[str, None] = {}
+  for path, box in flat_leaves(leaves).items():
+    axes, label, _ = _own_axes(path, box)
+    found.update({a: None for a in axes + ([label] if label else [])})
+  return list(found)
 
 
 def blocks(params: Any) -> list[tuple[int, dict[str, RC]]]:
@@ -200,9 +293,9 @@ def blocks(params: Any) -> list[tuple[int, dict[str, RC]]]:
 # --- correlations with permutation nulls ----------------------------------------------------------
 
 def _seed(key: Any) -> list[int]:
-  """Entropy for numpy from an int or a JAX PRNG key (typed or raw uint32)."""
+  """Entropy for numpy from an int (negative ones too) or a JAX PRNG key (typed or raw uint32)."""
   if isinstance(key, (int, np.integer)):
-    return [int(key)]
+    return [int(key) % 2**64]
   data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
   return [int(v) for v in np.asarray(data).ravel()]
 
@@ -212,6 +305,46 @@ def _zscore(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   sd = np.sqrt((c * c).mean(axis=1))
   valid = sd > 1e-12 * (1.0 + np.abs(s).max(axis=1))
   return c / np.where(valid, sd, 1.0)[:, None], valid
+
+
+def _grid(stats: dict[str, np.ndarray]) -> tuple[np.ndarray, list[tuple | None]]:
+  """Stack statistics on one neuron grid: `(matrix (K, N), per row None or (index of each neuron's source
+  value, one neuron per source value))`.
+
+  1-D vectors are used as they are. 2-D attention statistics (rows = heads) are put on the query-head grid:
+  one with fewer rows (kv heads) is repeated for the query heads of its group, `row h <- kv head h // g`,
+  and its source index lets the null permute the kv values rather than their copies."""
+  arrays = {k: np.asarray(v, np.float64) for k, v in stats.items()}
+  if all(a.ndim == 1 for a in arrays.values()):
+    return np.stack(list(arrays.values())), [None] * len(arrays)
+  heads = max(a.shape[0] for a in arrays.values())
+  rows, src = [], []
+  for name, a in arrays.items():
+    if a.ndim != 2 or heads % a.shape[0]:
+      raise ValueError(f"{name}: attention statistics need (heads, head_dim) arrays whose kv heads divide the "
+                       f"{heads} query heads, got shape {a.shape}")
+    if a.shape[0] == heads:
+      rows.append(a.ravel())
+      src.append(None)
+    else:
+      idx = ((np.arange(heads) // (heads // a.shape[0]))[:, None] * a.shape[1] + np.arange(a.shape[1])).ravel()
+      rows.append(a.ravel()[idx])
+      src.append((idx, np.unique(idx, return_index=True)[1]))
+  return np.stack(rows), src
+
+
+def _permuted(rng: np.random.Generator, z: np.ndarray, src: list[tuple | None]) -> np.ndarray:
+  """Each row's neurons permuted independently (a broadcast row: its source values, then broadcast)."""
+  if all(i is None for i in src):
+    return rng.permuted(z, axis=1)
+  out = np.empty_like(z)
+  plain = [r for r, i in enumerate(src) if i is None]
+  if plain:
+    out[plain] = rng.permuted(z[plain], axis=1)
+  for r, it in enumerate(src):
+    if it is not None:
+      out[r] = rng.permutation(z[r, it[1]])[it[0]]
+  return out
 
 
 def _cross(names: Sequence[str], valid: np.ndarray) -> np.ndarray:
@@ -226,25 +359,29 @@ def correlate(stats: dict[str, np.ndarray], *, seed: Sequence[int], permutations
               quantiles: Sequence[float] = QUANTILES) -> dict[str, Any]:
   """Correlation matrix of a dict of equal-length statistics, with its permutation null.
 
+  Attention statistics (`QK`/`VO`, arrays (heads, head_dim)) are compared on the query-head grid, k and v
+  broadcast from their kv heads (see `_grid`); `n` counts the grid's neurons.
+
   Returns `{'names', 'n', 'corr' (NaN for constant statistics), 'null_q95', 'null_q99' (per-entry
   quantiles of |corr| under independent permutations), 'max_abs_corr', 'pair' (over pairs of different
   leaves), 'null_max' (the maximum of each permuted draw, one per permutation)}`.
   """
+  _check_permutations(permutations)
   names = list(stats)
   if not names:
     return {"names": [], "n": 0, "corr": np.zeros((0, 0)), "max_abs_corr": float("nan"), "pair": None,
             "null_max": np.full(permutations, np.nan), **{_qkey(q): np.zeros((0, 0)) for q in quantiles}}
-  s = np.stack([np.asarray(stats[k], np.float64) for k in names])
+  s, src = _grid(stats)
   z, valid = _zscore(s)
   n = s.shape[1]
   corr = np.clip(z @ z.T / n, -1.0, 1.0)
   corr[~valid, :] = np.nan
   corr[:, ~valid] = np.nan
   cross = _cross(names, valid)
-  rng = np.random.default_rng(list(seed))
+  rng = np.random.default_rng([int(k) % 2**64 for k in seed])  # numpy wants non-negative entropy
   null = np.empty((permutations,) + corr.shape)
   for p in range(permutations):
-    zp = rng.permuted(z, axis=1)
+    zp = _permuted(rng, z, src)
     null[p] = np.abs(zp @ zp.T) / n
   null_max = null[:, cross].max(axis=1) if cross.any() else np.full(permutations, np.nan)
   out = {"names": names, "n": n, "corr": corr}
@@ -258,6 +395,11 @@ def correlate(stats: dict[str, np.ndarray], *, seed: Sequence[int], permutations
     out.update(max_abs_corr=float("nan"), pair=None)
   out["null_max"] = null_max
   return out
+
+
+def _check_permutations(permutations: int) -> None:
+  if not isinstance(permutations, (int, np.integer)) or permutations < 1:
+    raise ValueError(f"permutations must be a positive integer (the null's sample size), got {permutations!r}")
 
 
 def _qkey(q: float) -> str:
@@ -299,11 +441,19 @@ def _nanquantile(x: np.ndarray, q: float) -> float:
   return float(np.quantile(x, q)) if x.size and not np.isnan(x).all() else float("nan")
 
 
-def block_stats(leaves: dict[str, RC], axes: Sequence | None = None,
-                kinds: Iterable[str] = ("mean",)) -> dict[str, dict[str, np.ndarray]]:
-  """`{axis_label: neuron_stats(leaves, axis)}` for the given (default: `neuron_axes`) axes of one block."""
-  axes = neuron_axes(leaves) if axes is None else axes
-  return {axis_label(a): neuron_stats(leaves, a, kinds=kinds) for a in axes}
+def block_stats(leaves: dict[str, RC] | Iterable[tuple[str, RC]], axes: Sequence | None = None,
+                kinds: Iterable[str] = ("mean",), left_out: list | None = None) -> dict[str, dict[str, np.ndarray]]:
+  """`{axis_label: neuron_stats(leaves, axis)}` for the given (default: `neuron_axes`) axes of one block.
+
+  Without `axes`, one pass over the leaves, which may be an iterator of `(path, RC)` pairs (streamed:
+  each leaf is reduced and dropped), and axes without statistics are omitted. Leaves carrying 'head_dim'
+  without an attention role (`attention_role`) are left out of the attention sets: their paths are
+  appended to `left_out` if given, else reported in a warning."""
+  kinds = tuple(kinds)
+  if axes is not None:
+    return {axis_label(a): neuron_stats(leaves, a, kinds=kinds) for a in axes}
+  items = flat_leaves(leaves).items() if isinstance(leaves, dict) else leaves
+  return {a: st for a, st in _block_pass(items, kinds, left_out=left_out).items() if st}
 
 
 def summarize_block(stats: dict[str, dict[str, np.ndarray]], *, key: Any = 0, block: int = 0,
@@ -405,6 +555,7 @@ def distribution_distance(a: Any, b: Any, *, reference: tuple[Any, Any] | None =
   >>> r['w1'], r['reference'], r['relative']
   (1.0, 4.0, 0.25)
   """
+  _check_permutations(permutations)
   a, b = np.ravel(np.asarray(a, np.float64)), np.ravel(np.asarray(b, np.float64))
   w1 = wasserstein1(a, b)
   pool = np.concatenate([a, b])

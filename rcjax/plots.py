@@ -251,29 +251,62 @@ def _bins(vals, most: int = 40) -> int:
   return int(min(most, max(8, 1.5 * math.sqrt(min([len(v) for v in vals] or [64])))))
 
 
+def _scale_groups(series, ratio: float = 5.0) -> list[list[str]]:
+  """Names of `series` grouped so that one set of bins suits every member of a group: a series joins the
+  first group whose combined 1-99% range stays within `ratio` times the narrowest member's range (so row
+  means of ~1e-3 and norm scales of ~1 are never binned together). Constant series are left out."""
+  import numpy as np
+
+  groups = []  # [names, lo, hi, narrowest span]
+  for name, v in series.items():
+    v = np.ravel(np.asarray(v, float))
+    v = v[np.isfinite(v)]
+    if not v.size or np.ptp(v) == 0:
+      continue
+    lo, hi = np.quantile(v, [0.01, 0.99])
+    span = max(hi - lo, 1e-3 * np.ptp(v))
+    for g in groups:
+      l, h, narrow = min(g[1], lo), max(g[2], hi), min(g[3], span)
+      if h - l <= ratio * narrow:
+        g[0].append(name)
+        g[1:] = [l, h, narrow]
+        break
+    else:
+      groups.append([[name], lo, hi, span])
+  return [g[0] for g in groups]
+
+
 def stat_histograms(panels, *, title=None, ncols=None, bins=None):
-  """Histograms of per-neuron statistics (row means .R, column means .C, biases, scales), one panel per axis.
+  """Histograms of per-neuron statistics (row means .R, column means .C, biases, scales) per neuron axis.
 
   Args:
-    panels: dicts with `title` and `series` (`{name: vector}`), overlaid as step histograms (density).
+    panels: dicts with `title` and `series` (`{name: vector}`). Series of comparable range are overlaid
+      as step histograms (density) on shared bins; series whose ranges differ by more than 5x (row means
+      of ~1e-3 beside norm scales of ~1) get panels of their own (`_scale_groups`), each with its own bins.
   """
   import numpy as np
 
   plt = _plt()
-  n = len(panels)
+  cells = []
+  for p in panels:
+    groups = _scale_groups(p["series"]) or [[]]
+    for k, names in enumerate(groups):
+      part = f" ({k + 1}/{len(groups)}, own bins)" if len(groups) > 1 else ""
+      cells.append((p.get("title", "") + part, {n: np.ravel(np.asarray(p["series"][n], float)) for n in names}))
+  n = len(cells)
   ncols = ncols or min(n, 3)
   nrows = -(-n // ncols)
   fig, axs = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.2 * nrows), squeeze=False)
-  for ax, p in zip(axs.flat, panels):
-    vals = [np.asarray(v, float) for v in p["series"].values()]
+  for ax, (name, series) in zip(axs.flat, cells):
+    vals = list(series.values())
     edges = np.histogram_bin_edges(np.concatenate(vals) if vals else [0.0], bins=bins or _bins(vals))
-    for name, v in zip(p["series"], vals):
-      if v.size and np.ptp(v) > 0:
-        ax.hist(v, bins=edges, density=True, histtype="step", lw=1.3, label=_short(name))
-    ax.set_title(p.get("title", ""), fontsize=9)
+    for label, v in series.items():
+      ax.hist(v, bins=edges, density=True, histtype="step", lw=1.3, label=_short(label))
+    ax.set_title(name, fontsize=9)
     ax.set_xlabel("per-neuron value", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=6, loc="best")
+    if series:
+      ax.legend(fontsize=6, loc="best")
   for ax in list(axs.flat)[n:]:
     ax.axis("off")
   if title:

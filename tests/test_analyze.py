@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from safetensors.numpy import save_file
 from sklearn.datasets import load_digits
 
 import rcjax
@@ -86,7 +87,8 @@ def test_analyze_gpt_run_per_block(runs, tmp_path):
   s = analyze.analyze(runs["gpt"], str(tmp_path / "a"), progress=False, blocks=[1])
   assert s["model_family"] == "rcjax-gpt" and s["num_blocks"] == 3 and len(s["per_block"]) == 3 and s["step"] == 10
   assert all(b["max_abs_corr"] > 2 * b["max_abs_corr_null"] for b in s["per_block"])
-  assert set(s["per_block"][0]["axes"]) == {"embed", "heads,head_dim", "mlp"}
+  assert set(s["per_block"][0]["axes"]) == {"embed", "heads,head_dim (q·k)", "heads,head_dim (v·o)", "mlp"}
+  assert s["attention_left_out"] == []
   assert sorted(f for f in os.listdir(tmp_path / "a") if f.endswith(".png")) == [
       "corr_block1.png", "max_abs_corr_per_block.png", "means_block1.png"]
   s0, per_block, _ = analyze.max_abs(analyze.Source(runs["gpt"], step=0), progress=False)
@@ -116,9 +118,13 @@ def test_cli_errors_are_one_line(runs, tmp_path):
   f.write_bytes(f.read_bytes()[:-7])
   write_synthetic(tmp_path / "shard", "qwen2", num_blocks=2, shards=2)
   os.remove(tmp_path / "shard" / "model-00001-of-00002.safetensors")
+  t = write_synthetic(tmp_path / "nan", "gpt2", num_blocks=2)  # a diverged run: one NaN weight
+  t["h.1.mlp.c_fc.weight"][3, 5] = np.nan
+  save_file(t, str(tmp_path / "nan" / "model.safetensors"))
   cases = {"empty": "neither an rcjax run directory", "t5": "unsupported architecture", "cut": "truncated safetensors",
-           "shard": "missing shard"}
-  cli = lambda c: [sys.executable, "-m", "rcjax.analyze", str(tmp_path / c), "--out", str(tmp_path / f"o_{c}")]
+           "shard": "missing shard", "nan": "block 1, leaf mlp.c_fc.weight has 1 non-finite (NaN/inf) of its 1024"}
+  cli = lambda c: [sys.executable, "-m", "rcjax.analyze", str(tmp_path / c), "--out", str(tmp_path / f"o_{c}"),
+                   "--quiet"]
   procs = {c: subprocess.Popen(cli(c), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for c in cases}
   for c, p in procs.items():
@@ -129,6 +135,21 @@ def test_cli_errors_are_one_line(runs, tmp_path):
     assert not (tmp_path / f"o_{c}").exists()  # nothing written on bad input
   assert analyze.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
   assert analyze.main(["bars", runs["w64"], str(tmp_path / "t5"), "--out", str(tmp_path / "o")]) == 2
+  assert analyze.main([runs["w64"], "--permutations", "0", "--out", str(tmp_path / "o")]) == 2
+  assert not (tmp_path / "o").exists()
+  with pytest.raises(ValueError, match="permutations must be a positive integer"):
+    diag.rc_correlation(gpt_params(L=1), "embed", permutations=0)
+
+
+def test_nothing_written_when_drawing_fails(runs, tmp_path, monkeypatch):
+  from rcjax import plots
+
+  def fail(*args, **kwargs):
+    raise ValueError("cannot draw")
+
+  monkeypatch.setattr(plots, "stat_histograms", fail)  # after the bars and correlation figures
+  with pytest.raises(ValueError, match="cannot draw"):
+    analyze.analyze(runs["gpt"], str(tmp_path / "o"), permutations=20, progress=False)
   assert not (tmp_path / "o").exists()
 
 
@@ -159,3 +180,60 @@ def test_figure_commands(runs, tmp_path, capsys):
     assert os.path.getsize(tmp_path / f) > 1000
   assert analyze.main(["compare", runs["w64"], runs["w128"], "--steps", "7", "--out", str(tmp_path / "x")]) == 2
   assert "step 7 is not saved" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_histograms_bin_each_scale_apart():
+  """Row means (~1e-3) beside norm scales (~1): not one set of bins for both (the means fell into one bin)."""
+  from rcjax import plots
+
+  rng = np.random.default_rng(0)
+  series = {"ln.weight": 1 + 0.05 * rng.normal(size=512), "up.weight.R": 0.002 * rng.normal(size=512),
+            "q.weight.R": 0.003 * rng.normal(size=512), "bias": np.zeros(512)}
+  assert plots._scale_groups(series) == [["ln.weight"], ["up.weight.R", "q.weight.R"]]  # constant: not drawn
+  fig = plots.stat_histograms([{"title": "axis embed", "series": series}])
+  drawn = [ax for ax in fig.axes if ax.patches]
+  assert [ax.get_title() for ax in drawn] == ["axis embed (1/2, own bins)", "axis embed (2/2, own bins)"]
+  for ax in drawn:
+    for patch in ax.patches:  # every step histogram spreads over many of its panel's bins
+      heights = patch.get_xy()[:, 1]
+      assert np.count_nonzero(heights > 0) > 20, ax.get_title()
+
+
+def test_negative_block_and_seed(runs, tmp_path):
+  """--block -1 is the last block (seeded as such), negative seeds and keys are valid entropy."""
+  for b in ("-1", "2"):
+    assert analyze.main(["corr", runs["gpt"], "--block", b, "--out", str(tmp_path / b), "--permutations", "20"]) == 0
+  last, neg = (json.load(open(tmp_path / b / "corr.json")) for b in ("2", "-1"))
+  assert neg == last
+  assert analyze.main([runs["w64"], "--seed", "-1", "--out", str(tmp_path / "s"), "--permutations", "20",
+                       "--quiet"]) == 0
+  p = diag.blocks(gpt_params(L=1))[0][1]
+  a, b = (diag.rc_correlation(p, "embed", key=k, permutations=20) for k in (-1, 1))
+  assert a["max_abs_corr_null"] != b["max_abs_corr_null"]
+
+
+def test_titles_follow_kinds(runs, tmp_path, monkeypatch):
+  from rcjax import plots
+
+  seen = {}
+
+  def spy(name):  # records the arguments of a plotting function
+    real = getattr(plots, name)
+
+    def wrapper(*args, **kwargs):
+      seen.setdefault(name, []).append((args, kwargs))
+      return real(*args, **kwargs)
+    return wrapper
+
+  for name in ("max_abs_bars", "stat_histograms"):
+    monkeypatch.setattr(plots, name, spy(name))
+  analyze.analyze(runs["w64"], str(tmp_path / "a"), kinds=("mean", "rms"), permutations=20, progress=False)
+  (_, bars), = seen["max_abs_bars"]
+  assert bars["title"].endswith("max |corr| between row/column means (.R/.C) and row/column RMS (.R_rms/.C_rms) "
+                                "of different leaves")
+  (panels,), hist = seen["stat_histograms"][0]
+  assert hist["title"].endswith(": row/column means (.R/.C), row/column RMS (.R_rms/.C_rms) and biases and scales")
+  assert any(n.endswith("_rms") for p in panels for n in p["series"])
+  analyze.figure_bars([runs["w64"]], str(tmp_path / "b"), kinds=("rms",), permutations=20, progress=False)
+  assert seen["max_abs_bars"][-1][1]["title"] == (
+      "max |corr| between row/column RMS (.R_rms/.C_rms) of different leaves, over blocks")

@@ -32,9 +32,9 @@ def references(mt, t, i):
     shapes = {"mlp.up_proj.weight": (M, E), "mlp.down_proj.weight": (E, M), "self_attn.q_proj.weight": (H * D, E),
               "self_attn.k_proj.weight": (KV * D, E), "self_attn.o_proj.weight": (E, H * D)}
     stats = {("embed", "mlp.up_proj.weight.R"): f64(up).mean(0), ("mlp", "mlp.up_proj.weight.C"): f64(up).mean(1),
-             (("heads", "head_dim"), "self_attn.q_proj.weight.C"): f64(q).mean(1),
-             (("kv_heads", "head_dim"), "self_attn.k_proj.weight.C"): f64(k).mean(1),
-             (("heads", "head_dim"), "self_attn.o_proj.weight.R"): f64(o).mean(0),
+             (diag.QK, "self_attn.q_proj.weight.C"): f64(q).mean(1),
+             (diag.QK, "self_attn.k_proj.weight.C"): f64(k).mean(1),
+             (diag.VO, "self_attn.o_proj.weight.R"): f64(o).mean(0),
              ("embed", "self_attn.o_proj.weight.C"): f64(o).mean(1)}
   elif mt == "gpt2":
     p = f"h.{i}."
@@ -42,10 +42,10 @@ def references(mt, t, i):
     shapes = {"mlp.c_fc.weight": (E, M), "mlp.c_proj.weight": (M, E), "attn.c_attn.weight": (E, 3 * E),
               "attn.c_proj.weight": (E, E)}
     stats = {("embed", "mlp.c_fc.weight.R"): f64(fc).mean(1), ("mlp", "mlp.c_fc.weight.C"): f64(fc).mean(0),
-             (("heads", "head_dim"), "attn.c_attn.k.weight.C"): f64(attn[:, E:2 * E]).mean(0),
+             (diag.QK, "attn.c_attn.k.weight.C"): f64(attn[:, E:2 * E]).mean(0),
              ("embed", "attn.c_attn.v.weight.R"): f64(attn[:, 2 * E:]).mean(1),
-             (("heads", "head_dim"), "attn.c_proj.weight.R"): f64(proj).mean(1),
-             (("heads", "head_dim"), "attn.c_attn.q.bias"): f64(t[p + "attn.c_attn.bias"][:E])}
+             (diag.VO, "attn.c_proj.weight.R"): f64(proj).mean(1),
+             (diag.QK, "attn.c_attn.q.bias"): f64(t[p + "attn.c_attn.bias"][:E])}
   elif mt == "gpt_neox":
     p = f"gpt_neox.layers.{i}."
     fc, qkv = t[p + "mlp.dense_h_to_4h.weight"], t[p + "attention.query_key_value.weight"]
@@ -53,9 +53,9 @@ def references(mt, t, i):
     shapes = {"mlp.dense_h_to_4h.weight": (M, E), "attention.query_key_value.weight": (3 * E, E),
               "attention.dense.weight": (E, E)}
     stats = {("embed", "mlp.dense_h_to_4h.weight.R"): f64(fc).mean(0),
-             (("heads", "head_dim"), "attention.query_key_value.k.weight.C"): f64(rows_of(qkv, k_rows)).mean(1),
+             (diag.QK, "attention.query_key_value.k.weight.C"): f64(rows_of(qkv, k_rows)).mean(1),
              ("embed", "attention.query_key_value.k.weight.R"): f64(rows_of(qkv, k_rows)).mean(0),
-             (("heads", "head_dim"), "attention.query_key_value.k.bias"):
+             (diag.QK, "attention.query_key_value.k.bias"):
                  f64(rows_of(t[p + "attention.query_key_value.bias"], k_rows))}
   else:  # bert
     p = f"bert.encoder.layer.{i}."
@@ -63,7 +63,7 @@ def references(mt, t, i):
     shapes = {"intermediate.dense.weight": (M, E), "output.dense.weight": (E, M), "attention.self.query.weight": (E, E)}
     stats = {("embed", "intermediate.dense.weight.R"): f64(fc).mean(0),
              ("mlp", "output.dense.weight.R"): f64(t[p + "output.dense.weight"]).mean(0),
-             (("heads", "head_dim"), "attention.self.query.weight.C"): f64(query).mean(1),
+             (diag.QK, "attention.self.query.weight.C"): f64(query).mean(1),
              ("embed", "output.LayerNorm.weight"): f64(t[p + "output.LayerNorm.weight"])}
   return {p + k: v for k, v in shapes.items()}, stats
 
@@ -85,7 +85,7 @@ def test_mapping_against_numpy(tmp_path, mt):
   assert mlp_in and all(leaves[p].fan_in == (0,) for p in mlp_in)
   for (axis, name), ref in stats.items():
     got = diag.neuron_stats(leaves, axis)
-    np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(got[name].ravel(), ref, rtol=1e-5, atol=1e-6, err_msg=name)  # attention: (heads, D)
   # Qwen2 has q/k/v biases, Llama/Mistral do not; rotary buffers and GPT-2's causal-mask buffer are skipped
   assert any(p.endswith("q_proj.bias") for p in leaves) == (mt == "qwen2")
   expected = {"gpt2": ["attn.bias"], "bert": [], "gpt_neox": ["attention.rotary_emb.inv_freq"]}
@@ -220,3 +220,37 @@ def test_errors(tmp_path):
     hf.Checkpoint(tmp_path / "short").load_block(0)
   with pytest.raises(FileNotFoundError, match="no config.json"):
     hf.Checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("mt,kv", [("llama", 8), ("llama", 2), ("gpt2", 8), ("gpt_neox", 8)])
+def test_planted_value_output_structure_found(tmp_path, mt, kv):
+  """Value neurons (kv head, d) carry a type theta: v.C[kv, d] and o.R[h, d] (h in kv's query group) follow
+  it. It is found on the v·o set for Llama stored MHA (kv_heads = heads), GQA, GPT-2 and GPT-NeoX layouts;
+  q·k shows nothing, and no statistic of q or k is paired with v or o."""
+  from safetensors.numpy import save_file
+
+  E, H, D = 64, 8, 8
+  t = write_synthetic(tmp_path, mt, num_blocks=1, embed=E, heads=H, kv_heads=kv, mlp=96, seed=3)
+  theta = np.random.default_rng(4).normal(size=(kv, D))
+  per_q = np.repeat(theta, H // kv, axis=0).reshape(-1)  # query head h reads kv head h // (H // kv)
+  if mt == "llama":
+    t["model.layers.0.self_attn.v_proj.weight"] += theta.reshape(-1, 1)  # (out = (kv, d), in)
+    t["model.layers.0.self_attn.o_proj.weight"] += per_q.reshape(1, -1)  # (out, in = (h, d))
+  elif mt == "gpt2":
+    t["h.0.attn.c_attn.weight"][:, 2 * E:] += theta.reshape(1, -1)  # Conv1D (in, out = [q | k | v])
+    t["h.0.attn.c_proj.weight"] += theta.reshape(-1, 1)  # (in = (h, d), out)
+  else:  # query_key_value rows ordered (head, [q|k|v], d)
+    t["gpt_neox.layers.0.attention.query_key_value.weight"].reshape(H, 3, D, E)[:, 2] += theta[:, :, None]
+    t["gpt_neox.layers.0.attention.dense.weight"] += per_q.reshape(1, -1)
+  save_file(t, str(tmp_path / "model.safetensors"))
+  leaves = hf.Checkpoint(tmp_path).load_block(0)
+  stats = diag.block_stats(leaves, kinds=("mean", "vector"))
+  r = diag.summarize_block(stats, key=0, permutations=100)
+  vo, qk = r["axes"][diag.VO], r["axes"][diag.QK]
+  assert r["axis"] == diag.VO and vo["max_abs_corr"] > 0.9 > 2 * diag._nanquantile(vo["null_max"], 0.99), vo
+  assert sorted(diag.leaf_of(n).split(".")[-2] for n in vo["pair"]) == (
+      ["c_proj", "v"] if mt == "gpt2" else ["dense", "v"] if mt == "gpt_neox" else ["o_proj", "v_proj"])
+  assert qk["max_abs_corr"] < diag._nanquantile(qk["null_max"], 0.99)
+  roles = {a: {diag.attention_role(diag.leaf_of(n), leaves[diag.leaf_of(n)]) for n in r["axes"][a]["names"]}
+           for a in (diag.QK, diag.VO)}
+  assert roles == {diag.QK: {"q", "k"}, diag.VO: {"v", "o"}}
