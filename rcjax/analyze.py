@@ -180,6 +180,9 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
   t0 = time.time()
   src = Source(path, step)
   n = src.num_blocks
+  for b in blocks or ():
+    if not -n <= b < n:
+      raise ValueError(f"--blocks {b}: {path} has {n} blocks (0..{n - 1}, or -1 for the last)")
   fig_blocks = sorted({b % n for b in blocks}) if blocks is not None else sorted({0, n // 2, n - 1})
   fig_kinds = tuple(kinds) + (() if "vector" in kinds else ("vector",))  # figures: biases and scales too
   overall, per_block, figs = max_abs(src, seed=seed, permutations=permutations, kinds=kinds,
@@ -240,6 +243,9 @@ def figure_corr(paths: Sequence[str], out: str, *, labels: Sequence[str] | None 
     raise ValueError(f"{len(labels)} labels for {len(srcs)} paths")
   panels, result = [], {}
   for src, label in zip(srcs, labels):
+    if not -src.num_blocks <= block < src.num_blocks:
+      raise ValueError(f"--block {block}: {src.path} has {src.num_blocks} blocks (0..{src.num_blocks - 1}, or -1 "
+                       "for the last)")
     b = block % src.num_blocks  # --block -1: the last block, seeded as such
     leaves = dict(next(lv for i, lv in src.blocks() if i == b))
     stats = _stats(iter(leaves.items()), kinds)

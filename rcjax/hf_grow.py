@@ -37,7 +37,7 @@ AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim")
 
 
 def parse(argv: Sequence[str] | None, direction: str) -> argparse.Namespace:
-  doc = __doc__.split("\n")[0] if direction == "grow" else \
+  doc = "python -m rcjax.grow SRC DST: a wider HuggingFace model that starts where SRC is." if direction == "grow" else \
       "python -m rcjax.shrink SRC DST: a narrower HuggingFace model sampled from SRC's neurons."
   ap = argparse.ArgumentParser(prog=f"python -m rcjax.{direction}", description=doc)
   ap.add_argument("src", help="HuggingFace checkpoint directory (config.json + safetensors)")
@@ -223,7 +223,10 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     say(f"wrote {len(out['files'])} file(s), {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB")
     if not args.no_check:
       del grown
-      dst_model, dst_params = hf_model.load(dst, dtype=jnp.float32, mesh=mesh)
+      # DST's params in the dtype SRC's were checked in (float32, or SRC's with --transfer-dtype source), so
+      # the two forward passes differ only by what the transfer and the output dtype did
+      dst_model, dst_params = hf_model.load(dst, dtype=jnp.float32 if args.transfer_dtype == "float32" else src_dtype,
+                                            mesh=mesh)
       dst_logits = jax.jit(dst_model.apply)({"params": dst_params}, tokens)
       diff = float(jnp.max(jnp.abs(src_logits - dst_logits)))
       scale = float(jnp.max(jnp.abs(src_logits)))

@@ -147,6 +147,8 @@ def test_axes():
 
 
 def test_bad_sizes_are_clear_errors():
+  with pytest.raises(ValueError, match="heads must be a positive int, got 0"):
+    gpt(heads=0)
   with pytest.raises(ValueError, match="width 30 is not divisible by heads 4"):
     gpt(width=30)
   with pytest.raises(ValueError, match="heads 4 must be a positive multiple of kv_heads 3"):

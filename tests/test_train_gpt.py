@@ -103,8 +103,8 @@ def test_grow_mid_training_restore_elsewhere_and_transfer(tmp_path):
 
   # --transfer-from: a width-128 run starting from this width-64 one.
   big = str(tmp_path / "big")
-  summary = gpt.run(dataclasses.replace(cfg, width=128, grow_at=0, grow_to=0, transfer_from=out, steps=1,
-                                        mesh="data=-1", out=big))
+  summary = gpt.run(dataclasses.replace(cfg, width=128, heads=16, kv_heads=8, grow_at=0, grow_to=0,
+                                        transfer_from=out, steps=1, mesh="data=-1", out=big))
   rec = [r for r in metrics(big) if r.get("event") == "transfer"][0]
   assert rec["from_sizes"]["embed"] == 64 and summary["sizes"]["embed"] == 128
 
@@ -115,7 +115,7 @@ def test_transfer_from_a_run_keeps_its_parametrization_through_a_resume(tmp_path
   finished run directory returns its summary and writes nothing; growth leaves head_dim out."""
   src = str(tmp_path / "src")
   gpt.run(Config(**TINY, steps=2, out=src))
-  kw = dict(TINY, width=64, transfer_from=src, grow_at=1, grow_to=128)
+  kw = dict(TINY, width=64, heads=8, transfer_from=src, grow_at=1, grow_to=128)  # head_dim 8, as the source's
   whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
   gpt.run(Config(**kw, steps=3, out=whole))
   gpt.run(Config(**kw, steps=2, out=part))
@@ -129,7 +129,10 @@ def test_transfer_from_a_run_keeps_its_parametrization_through_a_resume(tmp_path
                        (dict(base_width=64), "muP base .* leave --base-width out")):
     with pytest.raises(ValueError, match=match):
       gpt.run(Config(**{**kw, **flags}, steps=1, out=str(tmp_path / "bad")))
+  with pytest.raises(ValueError, match="has head_dim 8, this run 16 .*pass --heads 8"):
+    gpt.run(Config(**{**kw, "width": 64, "heads": 4}, steps=1, out=str(tmp_path / "bad")))
   assert not os.path.exists(tmp_path / "bad")
+  assert [r for r in metrics(part) if r.get("event") == "transfer"][0]["sizes"]["embed"] == 64
   # The same command again: the end record's summary, nothing written.
   before = open(os.path.join(part, "metrics.jsonl")).read()
   again = gpt.run(Config(**kw, steps=3, out=part))
@@ -142,11 +145,21 @@ def test_transfer_from_a_run_keeps_its_parametrization_through_a_resume(tmp_path
       src, sharding.make_mesh("data=1", jax.devices()[:1])))
 
 
+def test_schedule_trains_from_step_one_and_peak_flops_table():
+  s = gpt.lr_schedule(Config(**TINY, lr=1.0, min_lr=0.1, warmup=0, steps=10))
+  np.testing.assert_allclose([s(0), s(9)], [1.0, 0.1], rtol=1e-6)  # step 1 at the peak, step 10 at min_lr
+  s = gpt.lr_schedule(Config(**TINY, lr=1.0, min_lr=0.1, warmup=3, steps=10))
+  np.testing.assert_allclose([s(0), s(1), s(2), s(9)], [1 / 3, 2 / 3, 1.0, 0.1], rtol=1e-6)
+  assert [gpt.peak_for(k) for k in ("NVIDIA L40S", "NVIDIA L4", "NVIDIA H100 NVL", "NVIDIA H100 80GB HBM3",
+                                    "cpu")] == [362e12, 121e12, 835e12, 989e12, None]
+
+
 def test_bad_flags_fail_before_training(capsys):
   for flags, match in ((dict(head_dim=-8), "head_dim must be >= 0"), (dict(mlp=-5), "mlp must be >= 0"),
                        (dict(markov_symbols=0), r"markov_symbols must be in \[1, 62\]"),
                        (dict(random_rate=1.5), r"random_rate must be in \[0, 1\]"),
-                       (dict(grow_at=5, grow_to=64, steps=2), "grow_at 5 is after the last step")):
+                       (dict(grow_at=5, grow_to=64, steps=2), "grow_at 5 is after the last step"),
+                       (dict(dtype="float16"), "float16 would need loss scaling")):
     with pytest.raises(ValueError, match=match):
       gpt.validate(Config(**{**TINY, **flags}))
   assert gpt.main(["--head-dim", "-8", "--progress", "false"]) == 2

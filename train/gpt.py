@@ -65,7 +65,7 @@ class Config:
   b2: float = 0.95
   weight_decay: float = 0.0     # decoupled, on weight matrices only
   clip: float = 1.0             # global gradient-norm clip (0: off)
-  dtype: str = "bfloat16"       # compute dtype; params and optimizer state stay float32
+  dtype: str = "bfloat16"       # compute dtype: bfloat16 | float32; params and optimizer state stay float32
   attention: str = "auto"       # auto (cudnn on GPU when it applies, else xla) | xla | cudnn
   remat: bool = False           # rematerialise blocks in the backward pass
   unroll: int = 0               # blocks per iteration of the scan over blocks (0: all; 1: a loop, faster compiles)
@@ -114,9 +114,11 @@ PRESETS = {
 RESUMABLE = ("steps", "unroll", "loss_chunks", "residual_dtype", "fuse_projections", "mesh", "log_every",
              "eval_every", "ckpt_every", "save_steps", "keep", "progress", "peak_flops", "attention", "preset")
 # Dense bf16 peak FLOP/s per device (vendor data sheets); matched in order against jax device_kind.
-PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
-              ("A100", 312e12), ("L4", 121e12), ("TPU v4", 275e12), ("TPU v5 lite", 197e12),
-              ("TPU v5e", 197e12), ("TPU v5", 459e12), ("TPU v6", 918e12))
+# The more specific names first: "L4" is also in "L40S", "H100" in "H100 NVL".
+PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+              ("GH200", 989e12), ("A100", 312e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
+              ("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12), ("TPU v5", 459e12),
+              ("TPU v6", 918e12))
 
 
 # --- model, optimizer, FLOPs --------------------------------------------------------------------
@@ -199,9 +201,17 @@ def _attention(cfg: Config) -> str | None:
   return "cudnn" if ok else None
 
 
+def lr_schedule(cfg: Config):
+  """The learning rate as a function of optax's update count c (0 for step 1): linear warmup, then cosine
+  decay. Step s runs at the schedule's value at s, so step 1 trains (lr / warmup, or lr without warmup),
+  step `warmup` is at the peak and the last step at min_lr * lr."""
+  base = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup, 1), max(cfg.steps, cfg.warmup + 1),
+                                            cfg.lr * cfg.min_lr)
+  return lambda count: base(count + 1)
+
+
 def build_optimizer(cfg: Config) -> optax.GradientTransformation:
-  sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup, 1), max(cfg.steps, cfg.warmup + 1),
-                                             cfg.lr * cfg.min_lr)
+  sched = lr_schedule(cfg)
   decay_mask = lambda p: jax.tree.map(lambda b: b.replace(value=bool(b.fan_in)), p, is_leaf=is_rc)
   adam = rcjax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=1e-8, weight_decay=cfg.weight_decay, mask=decay_mask)
   return optax.chain(optax.clip_by_global_norm(cfg.clip), adam) if cfg.clip else adam
@@ -223,7 +233,11 @@ def flops_per_token(params: Any, seq_len: int) -> float:
 def peak_flops(cfg: Config) -> float | None:
   if cfg.peak_flops:
     return cfg.peak_flops
-  kind = jax.devices()[0].device_kind
+  return peak_for(jax.devices()[0].device_kind)
+
+
+def peak_for(kind: str) -> float | None:
+  """Dense bf16 peak FLOP/s of a device kind (`PEAK_FLOPS`, the first name it contains), None if unknown."""
   return next((v for k, v in PEAK_FLOPS if k in kind), None)
 
 
@@ -298,6 +312,11 @@ def _check_arch(template: Any, abstract: Any, where: str) -> dict:
 def _check_source(template: Any, abstract: Any, cfg: Config) -> None:
   """Raise unless the run `cfg.transfer_from` (its checkpoint `template`) has this run's parametrization
   and init, and, if --base-width is given, its muP base: transfer keeps every leaf's RC metadata."""
+  theirs, ours = rcjax.sizes(template).get("head_dim"), rcjax.sizes(abstract).get("head_dim")
+  if theirs != ours:  # head_dim is fixed in train.gpt (growth and transfer keep it)
+    hint = f"--heads {cfg.width // theirs}" if cfg.width % theirs == 0 and not cfg.head_dim else f"--head-dim {theirs}"
+    raise ValueError(f"{cfg.transfer_from} has head_dim {theirs}, this run {ours} (width {cfg.width}, heads "
+                     f"{cfg.heads}): train.gpt keeps head_dim fixed in a transfer; pass {hint}")
   saved = dict(leaves_with_paths(template))
   for p, b in leaves_with_paths(abstract):
     s = saved[p]
@@ -371,7 +390,8 @@ def _initial_state(cfg, model, tx, mesh, ckpt, log):
                                    exact=cfg.grow_exact and all(
                                        n >= rcjax.sizes(params)[k] for k, n in target.items()))
     params = jax.device_put(params, sharding.shardings(params, mesh))
-    log({"event": "transfer", "step": 0, "from": cfg.transfer_from, "from_sizes": rcjax.width_axes(template)})
+    log({"event": "transfer", "step": 0, "from": cfg.transfer_from, "from_sizes": rcjax.width_axes(template),
+         "sizes": rcjax.width_axes(params)})
   else:
     params = sharding.init(init_fn, key, mesh=mesh)
   opt_state = jax.jit(tx.init, out_shardings=sharding.shardings(jax.eval_shape(tx.init, params), mesh))(params)
@@ -400,10 +420,13 @@ def _from_hf(cfg: Config, model, abstract, mesh, key) -> Any:
 
 def validate(cfg: Config) -> None:
   """Raise ValueError for bad config (before anything is written)."""
+  if cfg.dtype == "float16":
+    raise ValueError("dtype float16 would need loss scaling, which train.gpt does not do (gradients of the mean "
+                     "loss underflow in float16): use bfloat16 or float32")
   for name, value, choices in (("style", cfg.style, ("gpt2", "llama", "neox")), ("param", cfg.param, rcjax.rc.PARAMS),
                                ("dataset", cfg.dataset, DATASETS), ("tied", cfg.tied, ("auto", "yes", "no")),
                                ("attention", cfg.attention, ("auto", "xla", "cudnn")),
-                               ("dtype", cfg.dtype, ("bfloat16", "float32", "float16")),
+                               ("dtype", cfg.dtype, ("bfloat16", "float32")),
                                ("residual_dtype", cfg.residual_dtype, ("float32", "compute"))):
     if value not in choices:
       raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

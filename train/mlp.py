@@ -382,7 +382,7 @@ def parser() -> argparse.ArgumentParser:
     if kind is bool:
       if f.default:
         p.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                       help="do not: " + f.metadata["help"])
+                       help=f"turn off (default: on): {f.metadata['help']}")
       else:
         p.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
       continue

@@ -336,6 +336,9 @@ class GPT(nn.Module):
                   ("activation", (*ACTIVATIONS, "swiglu"))):
       if a[k] not in ok:
         raise ValueError(f"{k} must be one of {ok}, got {a[k]!r}")
+    for k in ("vocab", "width", "depth", "heads"):
+      if not isinstance(getattr(self, k), int) or getattr(self, k) <= 0:
+        raise ValueError(f"{k} must be a positive int, got {getattr(self, k)!r}")
     if self.head_dim is None and self.width % self.heads:
       raise ValueError(f"width {self.width} is not divisible by heads {self.heads} (or give head_dim)")
     kv = self.heads if self.kv_heads is None else self.kv_heads
