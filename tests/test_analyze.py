@@ -136,6 +136,8 @@ def test_cli_errors_are_one_line(runs, tmp_path):
   assert analyze.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
   assert analyze.main(["bars", runs["w64"], str(tmp_path / "t5"), "--out", str(tmp_path / "o")]) == 2
   assert analyze.main([runs["w64"], "--permutations", "0", "--out", str(tmp_path / "o")]) == 2
+  assert analyze.main([runs["gpt"], "--blocks", "7", "--out", str(tmp_path / "o")]) == 2  # no wrap to a block
+  assert analyze.main(["corr", runs["gpt"], "--block", "-7", "--out", str(tmp_path / "o")]) == 2
   assert not (tmp_path / "o").exists()
   with pytest.raises(ValueError, match="permutations must be a positive integer"):
     diag.rc_correlation(gpt_params(L=1), "embed", permutations=0)
