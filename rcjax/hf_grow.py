@@ -137,11 +137,6 @@ def inexact(old: dict, new: dict, args, rope: bool, rmsnorm: bool) -> list[str]:
   return why
 
 
-def _abstract(model) -> dict:
-  """The params of `model` as shapes (RC leaves of jax.ShapeDtypeStruct), without computing anything."""
-  return jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 1), jnp.int32))["params"], jax.random.key(0))
-
-
 def _count(params) -> int:
   from rcjax.rc import is_rc
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params, is_leaf=is_rc))
@@ -173,7 +168,7 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       src_config = json.load(f)
     model = hf_model.model_from_config(src_config, where=cfg_path)  # sizes and refusals before reading SRC
     family = hf_model.family_of(model)
-    old = dict(rcjax.width_axes(_abstract(model)))
+    old = dict(rcjax.width_axes(hf_model.abstract_params(model)))
     new = target_sizes(old, family, args, direction)
     if model.rotary_dim is not None and new["head_dim"] != old["head_dim"]:
       raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
@@ -181,7 +176,8 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     src_dtype = hf_model.stored_dtype(args.src, src_config)  # the tensors' (config.json may not say)
     resized = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
                           head_dim=new["head_dim"], mlp=new["mlp"])
-    hf_model.config_for(resized, _abstract(resized), src_config, args.dtype or src_dtype)  # what save would refuse
+    # what save would refuse, before reading SRC
+    hf_model.config_for(resized, hf_model.abstract_params(resized), src_config, args.dtype or src_dtype)
     mesh = sharding.make_mesh(args.mesh) if args.mesh else None
     say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
     model, params = hf_model.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,

@@ -428,6 +428,11 @@ class _Files:
     return self._maps[fname][start + b:start + e].view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
+def abstract_params(model: GPT) -> Any:
+  """`model`'s params as RC leaves of `jax.ShapeDtypeStruct` (shapes and metadata; nothing computed)."""
+  return jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 1), jnp.int32))["params"], jax.random.key(0))
+
+
 def _stored(files: _Files) -> Any:
   """The one float dtype the tensors are stored in (None if they mix several)."""
   stored = {files.where[n][1]["dtype"] for n in files.names()} - {"I64", "I32", "BOOL", "U8"}
@@ -498,7 +503,7 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
     config = json.load(f)
   files = _Files(path)
   model = model_from_config(config, dtype=compute_dtype, param_dtype=dtype or _stored(files), where=cfg_path)
-  abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 1), jnp.int32))["params"], jax.random.key(0))
+  abstract = abstract_params(model)
   fam = family_of(model)
   a = _arch(model, abstract)
   entries = _entries(fam, a)

@@ -293,8 +293,8 @@ def _check_run_dir(cfg: Config) -> None:
     raise ValueError(f"{cfg.out} holds a run with another config ({theirs} vs {ours}); use a new --out")
 
 
-def _check_arch(template: Any, abstract: Any, where: str) -> dict:
-  """Raise unless the checkpoint `template` has this model's leaves and fixed axes; return its sizes."""
+def _check_arch(template: Any, abstract: Any, where: str) -> None:
+  """Raise unless the checkpoint `template` has this model's leaves and fixed axes."""
   saved = {p: b for p, b in leaves_with_paths(template)}
   ours = {p: b for p, b in leaves_with_paths(abstract)}
   for p in sorted(set(saved) ^ set(ours)):
@@ -306,7 +306,6 @@ def _check_arch(template: Any, abstract: Any, where: str) -> dict:
     if s.axes != b.axes or fixed:
       raise ValueError(f"{where} holds another architecture: leaf {p} has axes {s.axes} shape {s.shape}, "
                        f"this model {b.axes} shape {b.shape}")
-  return rcjax.sizes(template)
 
 
 def _check_source(template: Any, abstract: Any, cfg: Config) -> None:
