@@ -205,6 +205,13 @@ def _boxes_like(updates: Any, params: Any) -> list[RC]:
     leaves = jax.tree.leaves(tree, is_leaf=is_rc)
     if leaves and all(is_rc(x) for x in leaves):
       return leaves
+  for tree in (updates, params):
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)[0]
+    plain = [jax.tree_util.keystr(p) for p, x in flat if not is_rc(x)]
+    if len(plain) < len(flat):  # some leaves boxed, some not
+      raise ValueError(f"scale_by_parametrization needs every param to be an RC leaf, but {len(plain)} of "
+                       f"{len(flat)} are plain arrays, e.g. {plain[0]}: box it (rcjax.RC, rcjax.nn.rc_param) "
+                       "so its learning-rate multiplier is known")
   raise ValueError("scale_by_parametrization needs RC leaves: keep params boxed (as rcjax.nn creates "
                    "them) or pass boxed params to update()")
 

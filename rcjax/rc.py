@@ -72,16 +72,23 @@ class RC(struct.PyTreeNode, meta.AxisMetadata):
 
   def _normalised(self) -> tuple:
     """(axes, fan_in, base, blocks) normalised and checked against each other and `param`."""
+    if isinstance(self.axes, str) or not all(isinstance(a, str) for a in self.axes):
+      raise TypeError(f"RC: axes must be a tuple of axis names, one per dimension, got {self.axes!r}")
     axes = tuple(self.axes)
+    if isinstance(self.fan_in, (int, np.integer)) or (self.base is not None and isinstance(self.base, (int, str))):
+      raise TypeError(f"RC: fan_in and base are tuples (fan_in=(0,), base=(None, 64)), got fan_in={self.fan_in!r}, "
+                      f"base={self.base!r}")
     base = (None,) * len(axes) if self.base is None else tuple(
         None if b is None else int(b) for b in self.base)
+    if any(b is not None and b <= 0 for b in base):
+      raise ValueError(f"RC: base {base} for axes {axes}: a width axis's base is a positive size (None for a fixed axis)")
     fan_in = tuple(sorted(int(d) + len(axes) * (int(d) < 0) for d in self.fan_in))
     if len(base) != len(axes):
       raise ValueError(f"RC: base {base} has {len(base)} entries for {len(axes)} axes {axes}")
     if self.param not in PARAMS:
       raise ValueError(f"RC: unknown parametrization {self.param!r}; expected one of {PARAMS}")
-    if any(not 0 <= d < len(axes) for d in fan_in):
-      raise ValueError(f"RC: fan_in {fan_in} out of range for axes {axes}")
+    if any(not 0 <= d < len(axes) for d in fan_in) or len(set(fan_in)) < len(fan_in):
+      raise ValueError(f"RC: fan_in {fan_in} out of range or repeated for axes {axes}")
     blocks = tuple(sorted((str(a), o if isinstance(o, str) else int(o)) for a, o in dict(self.blocks).items()))
     for a, o in blocks:
       if a not in axes or (isinstance(o, int) and o <= 0) or o == a:
@@ -150,11 +157,14 @@ def path_hash(path: str) -> int:
   return zlib.crc32(path.encode()) & 0x7FFFFFFF
 
 
-def _iter_axes(tree: Any) -> Iterator[tuple[str, str, int, bool]]:
+def _iter_axes(tree: Any) -> Iterator[tuple[str, str, int, int | None]]:
   for path, box in leaves_with_paths(tree):
     shape = box.shape
+    if len(shape) != len(box.axes):
+      raise ValueError(f"{path}: a {len(shape)}-D value of shape {shape} but {len(box.axes)} axis names "
+                       f"{box.axes} (one name per dimension)")
     for d, (name, b) in enumerate(zip(box.axes, box.base)):
-      yield path, name, shape[d], b is not None
+      yield path, name, shape[d], b
 
 
 # sizes() of pytrees by structure: (treedef, leaf shapes) -> (sizes, width axis names). The RC metadata
@@ -163,7 +173,7 @@ def _iter_axes(tree: Any) -> Iterator[tuple[str, str, int, bool]]:
 _SIZES_CACHE: dict = {}
 
 
-def _axes_info(params: Any) -> tuple[dict[str, int], frozenset[str]]:
+def _axes_info(params: Any) -> tuple[dict[str, int], frozenset[str], frozenset[str]]:
   leaves, treedef = jax.tree_util.tree_flatten(params)
   key = (treedef, tuple(x.shape if hasattr(x, "shape") else np.shape(x) for x in leaves))
   try:
@@ -172,20 +182,28 @@ def _axes_info(params: Any) -> tuple[dict[str, int], frozenset[str]]:
     key, hit = None, None
   if hit is not None:
     return hit
-  seen: dict[str, tuple[int, bool, str]] = {}
-  for path, name, size, width in _iter_axes(params):
+  seen: dict[str, tuple[int, int | None, str]] = {}
+  varies: set[str] = set()  # fixed axes of different sizes in different leaves
+  for path, name, size, base in _iter_axes(params):
     if name not in seen:
-      seen[name] = (size, width, path)
+      seen[name] = (size, base, path)
       continue
-    size0, width0, path0 = seen[name]
+    size0, base0, path0 = seen[name]
+    if (base is None) != (base0 is None):
+      kind = lambda b: "a width axis" if b is not None else "a fixed axis"
+      raise ValueError(f"axis {name!r} is {kind(base0)} at {path0} but {kind(base)} at {path}")
+    if base is None:
+      varies |= {name} if size != size0 else set()
+      continue
     if size != size0:
       raise ValueError(f"axis {name!r} has size {size0} at {path0} but {size} at {path}")
-    if width != width0:
-      kind = lambda w: "a width axis" if w else "a fixed axis"
-      raise ValueError(f"axis {name!r} is {kind(width0)} at {path0} but {kind(width)} at {path}")
+    if base != base0:
+      raise ValueError(f"width axis {name!r} has base {base0} at {path0} but {base} at {path} (one base per axis: "
+                       "the parametrization's multipliers depend on it)")
   if not seen:
     raise ValueError("no RC leaves in this pytree: build params with rcjax.nn or wrap arrays in rcjax.RC")
-  hit = ({name: s for name, (s, _, _) in seen.items()}, frozenset(n for n, (_, w, _) in seen.items() if w))
+  hit = ({name: s for name, (s, _, _) in seen.items() if name not in varies},
+         frozenset(n for n, (_, b, _) in seen.items() if b is not None), frozenset(varies))
   if key is not None:
     if len(_SIZES_CACHE) >= 256:
       _SIZES_CACHE.clear()
@@ -196,8 +214,11 @@ def _axes_info(params: Any) -> tuple[dict[str, int], frozenset[str]]:
 def sizes(params: Any) -> dict[str, int]:
   """The current size of every logical axis name in a pytree of RC leaves.
 
-  Raises `ValueError` if the tree holds no RC leaves, if two leaves disagree on an axis size, or if an
-  axis is a width axis in one leaf and fixed in another (naming both leaf paths).
+  Raises `ValueError` if the tree holds no RC leaves, if two leaves disagree on the size or base of a
+  width axis, if an axis is a width axis in one leaf and fixed in another (naming both leaf paths), or
+  if a leaf has not one axis name per dimension. A fixed axis may have different sizes in different
+  leaves (the windows of a 5x5 and a 3x3 convolution, two scanned stacks of different depth): transfer
+  never resizes it, and it is left out here.
 
   >>> import jax.numpy as jnp
   >>> p = {'w': RC(jnp.zeros((3, 4)), axes=('input', 'hidden'), fan_in=(0,), base=(None, 4)),
@@ -210,7 +231,7 @@ def sizes(params: Any) -> dict[str, int]:
 
 def width_axes(params: Any) -> dict[str, int]:
   """Like `sizes`, restricted to width axes (base not None)."""
-  all_sizes, widths = _axes_info(params)
+  all_sizes, widths, _ = _axes_info(params)
   return {k: v for k, v in all_sizes.items() if k in widths}
 
 

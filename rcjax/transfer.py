@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding
 from rcjax import kernels
 from rcjax import parametrization as pz
 from rcjax.sharding import constrain, fit_spec, leaf_shardings, move_off, spec_tuple
-from rcjax.rc import RC, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
+from rcjax.rc import RC, _axes_info, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
 
 SAMPLERS = ("stratified", "iid", "stride")
 # Optimizer-state fields holding gradient statistics: power 1 (linear in the gradient) or 2 (squared):
@@ -78,8 +78,8 @@ def _smallest(bits: jax.Array, k: int) -> jax.Array:
 
 
 def _one_map(key: jax.Array, n_old: int, n_new: int, sampler: str) -> jax.Array:
-  if sampler == "stride":
-    return (jnp.arange(n_new, dtype=jnp.int32) * n_old) // n_new
+  if sampler == "stride":  # in 64 bits at trace time: n_new * n_old passes 2**31 at widths of ~46341
+    return jnp.asarray((np.arange(n_new, dtype=np.int64) * n_old // n_new).astype(np.int32))
   if sampler == "iid":
     return jnp.sort(jax.random.randint(key, (n_new,), 0, n_old, dtype=jnp.int32))
   if n_new < n_old:  # stratified pruning: a uniform subset without replacement, in order
@@ -361,6 +361,10 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
     factor = (factor ** power if power > 1 else factor) * scalar
   elif scalar != 1.0:
     factor = float(scalar)
+  if factor is not None and not jnp.issubdtype(x.dtype, jnp.inexact):
+    raise ValueError(f"{path}: this transfer rescales the leaf along axis {box.axes[side[0]]!r} (its "
+                     f"parametrization's fan-in correction), but it holds {x.dtype} values: only floating-point "
+                     "leaves can be rescaled")
 
   if sharding is None or all(n in repeats for n in names):
     # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives). A scalar
@@ -386,6 +390,8 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
     x = (x.astype(jnp.float32) * factor).astype(box.value.dtype)
 
   leaf_key = jax.random.fold_in(key, path_hash("leaf/" + path))
+  if not jnp.issubdtype(x.dtype, jnp.inexact):  # masks, counters: gathered, never noised or drawn afresh
+    r2, fresh = 0.0, None
   if r2 > 0 and power == 0:
     x32 = x.astype(jnp.float32)
     rms = jnp.sqrt(jnp.mean(jnp.square(x32)))
@@ -411,10 +417,10 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
 
 
 def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, repeats: tuple = (),
-           shardings: tuple = (), pallas: tuple = (False, False), trusted: bool = True):
+           shardings: tuple = (), pallas: tuple = (False, False), trusted: bool = True, unsorted: tuple = ()):
   """Every RC leaf of `tree` mapped (`_map_leaf`). `trusted`: the maps are sorted and in bounds, as
   `index_maps` draws them (the gathers are promised both); False where that is not known (`apply_maps`
-  given traced or unsorted maps)."""
+  given traced or unsorted maps), and for leaves with an axis in `unsorted`."""
   old = width_axes(tree)
   repeats, shardings = dict(repeats), dict(shardings)
   counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items() if name not in repeats}
@@ -426,7 +432,7 @@ def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, r
       power = moment if moment is not None else _moment_power(path, 0)
       path = jax.tree_util.keystr(path)
       leaf = _map_leaf(leaf, path, power, maps, counts, fresh, key, exact, r2, repeats, shardings.get(path),
-                       pallas, trusted)
+                       pallas, trusted and not set(leaf.axes) & set(unsorted))
     out.append(leaf)
   return jax.tree.unflatten(treedef, out)
 
@@ -528,6 +534,7 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
     if f := _repeat_factor(v, widths[name]):
       repeats.append((name, f))
   repeats = tuple(sorted(repeats))
+  _warn_plain_leaves(tree, {k: widths[k] for k, m in maps.items() if m.shape[0] != widths[k]})
   kw = dict(exact=exact, moment=moment, repeats=repeats, pallas=kernels.settings(), trusted=trusted)
   if donate:
     call = lambda jitted: lambda t: jitted(t, maps, shardings=leaf_shardings(t), **kw)
@@ -537,7 +544,15 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
 
 # --- grow / shrink / transfer -------------------------------------------------------------------
 
+def _scalar(x: Any) -> Any:
+  """A concrete 0-d numpy/JAX number as a Python number (else `x` as it is)."""
+  if isinstance(x, (np.ndarray, jax.Array)) and x.ndim == 0 and not isinstance(x, jax.core.Tracer):
+    return x.item()
+  return x
+
+
 def _check_size(name: str, n: Any) -> None:
+  n = _scalar(n)
   if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
     raise TypeError(f"size of axis {name!r} must be an int, got {n!r}")
   if n <= 0:
@@ -560,30 +575,66 @@ def _check_finite(tree) -> None:
       raise ValueError(f"non-finite values (NaN or inf) in leaf {path}")
 
 
+def _caller_level() -> int:
+  """`warnings.warn`'s stacklevel of the first frame outside rcjax (the user's call), seen from its caller."""
+  import os
+  import sys
+  here, level, frame = os.path.dirname(os.path.dirname(__file__)), 1, sys._getframe(2)
+  while frame is not None and frame.f_code.co_filename.startswith(here + os.sep + "rcjax"):
+    frame, level = frame.f_back, level + 1
+  return level + 1
+
+
+def _warn_plain_leaves(tree, changing: dict[str, int]) -> None:
+  """Warn about plain (non-RC) float arrays with a dimension the size of an axis that changes: transfer
+  returns them unchanged, so if that dimension is the width axis, the model no longer fits them."""
+  if not changing:
+    return
+  for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)[0]:
+    if is_rc(x) or not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.floating):
+      continue
+    hit = [(a, n) for a, n in changing.items() if n in np.shape(x)]
+    if hit:
+      warnings.warn(f"{jax.tree_util.keystr(path)}: a plain (non-RC) array of shape {np.shape(x)} is returned "
+                    f"unchanged, but axis {hit[0][0]!r} of size {hit[0][1]} changes; if a dimension of it is "
+                    "that axis, box it with rcjax.RC (rcjax.nn.rc_param, or an RC value in self.variable for "
+                    "batch statistics)", stacklevel=_caller_level())
+
+
 def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
   widths = width_axes(params)
   all_sizes = tree_sizes(params)
   if factor is not None:
+    factor = _scalar(factor)
     if isinstance(factor, bool) or not isinstance(factor, (int, float, np.number)) or not math.isfinite(factor):
       raise TypeError(f"factor must be a finite number, got {factor!r}")
     if factor <= 0:
       raise ValueError(f"factor must be positive, got {factor}")
   target = {}
   if factor is not None or sizes is None:
+    if not widths:
+      raise ValueError(f"{direction}: this pytree has no width axis (every leaf's base is None), so there is "
+                       "nothing to resize: give the width dimensions a base, e.g. rcjax.nn.Dense(features, "
+                       "base=(None, features)) or RC(..., base=(None, 64))")
     factor = {"grow": 2, "shrink": 0.5, "transfer": 1}[direction] if factor is None else factor
     target = {k: max(1, int(round(n * factor))) for k, n in widths.items()}
   if sizes is not None:
     if not isinstance(sizes, Mapping):
       raise TypeError(f"sizes must be a dict {{axis: size}}, got {type(sizes).__name__}")
     for name, n in sizes.items():
+      if name in _axes_info(params)[2]:
+        raise ValueError(f"axis {name!r} is a fixed (non-width) axis, of different sizes in different leaves, "
+                         "and cannot change size")
       if name not in all_sizes:
         raise ValueError(f"unknown axis {name!r}; this pytree has axes {sorted(all_sizes)} "
                          f"(width axes: {sorted(widths)})")
       _check_size(name, n)
+      n = int(_scalar(n))
       if name not in widths:
         if n != all_sizes[name]:
           raise ValueError(f"axis {name!r} is a fixed (non-width) axis at {_fixed_axis_path(params, name)} "
-                           f"and cannot change size from {all_sizes[name]} to {n}")
+                           f"and cannot change size from {all_sizes[name]} to {n} (a width axis has a base: "
+                           "RC(..., base=(..., N, ...)), rcjax.nn layers' base=...)")
         continue
       target[name] = int(n)
   for name, n in target.items():
@@ -599,10 +650,15 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
 def _transfer_impl(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings,
                    pallas=(False, False)):
   maps = _maps(key, old, new, sampler, blocks)
+  # Maps of axes in blocks per a mapped axis repeat whole blocks in the outer map's order: not sorted
+  # ([0, 1, 0, 1, 2, 3, 2, 3] for query heads when kv heads double), so their gathers are promised nothing.
+  unsorted = tuple(sorted(k for k, o in blocks if isinstance(o, str) and o in maps))
   if _on_cpu():
     # An identity on (sorted) maps that XLA:CPU does not fuse: without it the maps' computation (cumsum,
     # take) is fused into every leaf's gather and recomputed per output element (3.4x slower, measured).
-    maps = {name: jax.lax.sort(m) for name, m in maps.items()}
+    # The unsorted maps get a barrier instead (sorting would pair a kv head's copies with other heads).
+    maps = {name: jax.lax.optimization_barrier(m) if name in unsorted else jax.lax.sort(m)
+            for name, m in maps.items()}
   fresh = None
   if r1 > 0:
     fresh = {}
@@ -619,7 +675,7 @@ def _transfer_impl(tree, key, *, old, new, sampler, r1, r2, exact, moment, block
   repeats = tuple((name, n // old_sizes[name]) for name, n in new
                   if sampler in ("stratified", "stride") and n % old_sizes[name] == 0
                   and not isinstance(outer_of.get(name), str))
-  return _apply(tree, maps, fresh, key, exact, r2, moment, repeats, shardings, pallas)
+  return _apply(tree, maps, fresh, key, exact, r2, moment, repeats, shardings, pallas, unsorted=unsorted)
 
 
 _TRANSFER_STATIC = ("old", "new", "sampler", "r1", "r2", "exact", "moment", "blocks", "shardings", "pallas")
@@ -658,6 +714,9 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   """
   _check_key(key)
   _check_sampler(sampler)
+  if not isinstance(sizes, Mapping):
+    raise TypeError(f"transfer: sizes must be a dict {{axis: new size}}, got {type(sizes).__name__} (for a "
+                    "factor on every width axis: rcjax.grow/shrink(params, key, factor=...))")
   old = width_axes(params)
   target = _target_sizes(params, None, sizes, _direction) if _direction == "transfer" else dict(sizes)
   all_sizes, blocks = tree_sizes(params), tree_blocks(params)
@@ -683,6 +742,7 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
                        f"from {old[shrunk[0]]} to {target[shrunk[0]]}")
   if check_finite:
     _check_finite(params)
+  _warn_plain_leaves(params, {k: old[k] for k, n in target.items() if n != old[k]})
   new = tuple(sorted(target.items()))
   blocks = {k: v for k, v in blocks.items() if k in target}
   need = set(target) | {v for v in blocks.values() if isinstance(v, str)}

@@ -135,3 +135,45 @@ def test_apply_maps_errors(params):
 def test_boxes_rejects_rank_mismatch(params):
   with pytest.raises(ValueError, match="does not fit"):
     rcjax.boxes({"Dense_0": {"kernel": jnp.ones(3), "bias": jnp.ones(4)}}, {"Dense_0": params["Dense_0"]})
+
+
+def test_no_width_axes_and_sizes_not_a_dict(params):
+  fixed = {"w": RC(jnp.ones((3, 4)), axes=("i", "h"), fan_in=(0,))}  # rcjax.nn.Dense's default base
+  for fn in (rcjax.grow, rcjax.shrink):
+    with pytest.raises(ValueError, match="no width axis.*give the width dimensions a base"):
+      fn(fixed, KEY)
+  with pytest.raises(TypeError, match="sizes must be a dict"):
+    rcjax.transfer(params, KEY, None)
+  # 0-d arrays are numbers: jnp sizes and factors work as Python ones do
+  want = rcjax.sizes(rcjax.grow(params, KEY, sizes={"hidden_0": 8}))
+  assert rcjax.sizes(rcjax.grow(params, KEY, sizes={"hidden_0": jnp.int32(8)})) == want
+  assert rcjax.sizes(rcjax.grow(params, KEY, factor=jnp.float32(2))) == rcjax.sizes(rcjax.grow(params, KEY))
+
+
+def test_plain_leaves_next_to_a_changing_axis_are_warned_about(params):
+  tree = {"params": params, "stats": jnp.ones(4), "other": jnp.ones(3), "count": jnp.zeros((), jnp.int32)}
+  with pytest.warns(UserWarning, match=r"\['stats'\]: a plain \(non-RC\) array of shape \(4,\).*'hidden_0'") as rec:
+    out = rcjax.grow(tree, KEY, sizes={"hidden_0": 8})
+  assert len(rec) == 1 and rec[0].filename == __file__  # points at the caller
+  assert out["stats"].shape == (4,)
+  with pytest.warns(UserWarning, match=r"\['stats'\]"):
+    rcjax.apply_maps(tree, rcjax.index_maps(KEY, {"hidden_0": 4}, {"hidden_0": 8}))
+
+
+def test_optimizer_names_a_plain_leaf(params):
+  mixed = {**params, "scale": jnp.ones(())}
+  opt = rcjax.sgd(0.1)
+  with pytest.raises(ValueError, match=r"1 of 7 are plain arrays, e.g. \['scale'\]"):
+    opt.update(mixed, opt.init(mixed), mixed)
+
+
+def test_non_float_leaves_are_gathered_only():
+  p = {"w": RC(jnp.ones((4, 2)), axes=("h", "o"), fan_in=(0,), base=(4, None)),
+       "mask": RC(jnp.array([True, False, True, True]), axes=("h",), base=(4,)),
+       "n": RC(jnp.arange(4, dtype=jnp.int32), axes=("h",), base=(4,))}
+  g = rcjax.grow(p, KEY, norm_rate=0.5, random_rate=0.5)  # no noise, no fresh draws on masks and counters
+  assert g["mask"].value.tolist() == [True, True, False, False, True, True, True, True]
+  assert g["n"].value.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+  p["k"] = RC(jnp.ones((4, 2), jnp.int32), axes=("h", "o"), fan_in=(0,), base=(4, None))
+  with pytest.raises(ValueError, match=r"\['k'\]: this transfer rescales .* int32"):
+    rcjax.grow(p, KEY)

@@ -108,6 +108,29 @@ def test_sizes_errors_name_paths():
     rcjax.sizes({"a": a, "c": c})
   with pytest.raises(ValueError, match="no RC leaves"):
     rcjax.sizes({"w": jnp.zeros(3)})
+  for shape in ((4, 6), (4,)):  # not one axis name per dimension (a stacked ensemble, a wrong box)
+    w = RC(jnp.zeros(shape), axes=("hidden", "out")[:3 - len(shape)], base=(4, None)[:3 - len(shape)])
+    with pytest.raises(ValueError, match=r"\['w'\]: a \d-D value of shape .* axis names"):
+      rcjax.sizes({"w": w})
+  with pytest.raises(ValueError, match=r"width axis 'hidden' has base 4 at \['a'\] but 8 at \['d'\]"):
+    rcjax.sizes({"a": a, "d": RC(jnp.zeros((4,)), axes=("hidden",), base=(8,))})
+
+
+def test_fixed_axes_may_differ_between_leaves():
+  # A 5x5 and a 3x3 convolution: their window axes are fixed, left out of sizes(), and never resized.
+  class CNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(rcjax.nn.Conv(4, (5, 5), axes=("rgb", "c1"), base=(None, 4), param="mf")(x))
+      return rcjax.nn.Conv(4, (3, 3), axes=("c1", "c2"), base=(4, 4), param="mf")(x).mean((1, 2))
+
+  x = jax.random.normal(jax.random.key(1), (2, 6, 6, 3))
+  p = CNN().init(jax.random.key(0), x)["params"]
+  assert rcjax.sizes(p) == {"rgb": 3, "c1": 4, "c2": 4}
+  g = rcjax.grow(p, jax.random.key(1), sizes={"c1": 8})
+  np.testing.assert_allclose(CNN().apply({"params": g}, x), CNN().apply({"params": p}, x), atol=1e-6)
+  with pytest.raises(ValueError, match="'kernel_h' is a fixed.*different sizes"):
+    rcjax.grow(p, jax.random.key(1), sizes={"kernel_h": 4})
 
 
 def test_sizes_and_box_metadata_caches_give_what_the_walk_gives():
@@ -137,6 +160,21 @@ def test_box_rejects_bad_metadata():
     RC(jnp.zeros((3, 4)), axes=("a", "b"), base=(3,))
   with pytest.raises(ValueError, match="fan_in"):
     RC(jnp.zeros(3), axes=("a",), fan_in=(1,))
+  with pytest.raises(ValueError, match="repeated"):
+    RC(jnp.zeros((3, 3)), axes=("a", "b"), fan_in=(0, 0))
+  for bad in (0, -8):
+    with pytest.raises(ValueError, match="positive size"):
+      RC(jnp.zeros(3), axes=("a",), base=(bad,))
+  with pytest.raises(TypeError, match="tuple of axis names"):
+    RC(jnp.zeros(3), axes="a")
+  with pytest.raises(TypeError, match="fan_in and base are tuples"):
+    RC(jnp.zeros(3), axes=("a",), fan_in=0)
+  with pytest.raises(ValueError, match=r"rc_param 'w'.*shape \(4, 6\) has 2 dimensions but axes \('h',\)"):
+    class Bad(nn.Module):
+      @nn.compact
+      def __call__(self, x):
+        return rcjax.nn.rc_param(self, "w", (4, 6), axes=("h",), fan_in=(), base=(6,), param="sp", init="normal")
+    Bad().init(jax.random.key(0), jnp.ones(1))
 
 
 def test_submodules_the_readme_names_are_attributes_of_the_package():

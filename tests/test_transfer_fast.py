@@ -123,6 +123,35 @@ def test_transfer_cpu_path_matches_accelerator_path(monkeypatch):
       np.testing.assert_array_equal(np.asarray(u).view(np.uint8), np.asarray(v).view(np.uint8), err_msg=sampler)
 
 
+def test_query_heads_follow_their_kv_heads_on_every_path(monkeypatch):
+  # Growing kv heads repeats whole blocks of query heads: an unsorted map ([0, 1, 0, 1, 2, 3, 2, 3]),
+  # which the CPU path must not sort and no gather may be promised sorted. grow == apply_maps(index_maps).
+  import sys
+  mod = sys.modules["rcjax.transfer"]
+  q = jnp.arange(3 * 8, dtype=jnp.float32).reshape(3, 8)
+  p = {"q": rcjax.RC(q, axes=("embed", "heads"), fan_in=(0,), base=(None, 8), param="mf",
+                     blocks=(("heads", "kv_heads"),)),
+       "k": rcjax.RC(q[:, :4], axes=("embed", "kv_heads"), fan_in=(0,), base=(None, 4), param="mf")}
+  sizes, key = {"heads": 16, "kv_heads": 8}, jax.random.key(3)
+  maps = rcjax.index_maps(key, {"heads": 8, "kv_heads": 4}, sizes, blocks={"heads": "kv_heads"})
+  assert maps["heads"].tolist() == [0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7]
+  want = rcjax.apply_maps(p, maps)
+  for on_cpu in (True, False):
+    with monkeypatch.context() as m:
+      m.setattr(mod, "_on_cpu", lambda: on_cpu)
+      mod._transfer_jit.clear_cache()
+      got = rcjax.transfer(p, key, sizes)
+    mod._transfer_jit.clear_cache()
+    for name in p:
+      np.testing.assert_array_equal(got[name].value, want[name].value, err_msg=f"{name} on_cpu={on_cpu}")
+
+
+def test_stride_maps_do_not_overflow_at_large_widths():
+  for old, new in ((50000, 75000), (60000, 45000)):  # old * new > 2**31
+    m = rcjax.index_maps(jax.random.key(0), {"h": old}, {"h": new}, sampler="stride")["h"]
+    np.testing.assert_array_equal(m, np.arange(new, dtype=np.int64) * old // new)
+
+
 @pytest.mark.usefixtures("fast_compiles_here")  # the interpreted kernel compiles many small programs
 def test_transfer_with_the_pallas_kernel_is_bitwise_the_same(monkeypatch):
   # rcjax.kernels.ENABLED routes the integer repeats of every leaf it takes through the kernel (here

@@ -24,6 +24,9 @@ def rc_param(module: nn.Module, name: str, shape: Sequence[int], *, axes: Sequen
   At init the value is `init_scale * Z` with Z drawn from `init` (see `rcjax.parametrization.sample`).
   At apply the stored shape wins over `shape`, and stored RC metadata wins over the arguments.
   """
+  if len(shape) != len(axes):
+    raise ValueError(f"rc_param {name!r} of {module.__class__.__name__}: shape {tuple(shape)} has {len(shape)} "
+                     f"dimensions but axes {tuple(axes)} name {len(axes)} (one logical name per dimension)")
   template = RC(jax.ShapeDtypeStruct(tuple(shape), dtype), axes=tuple(axes), fan_in=tuple(fan_in),
                 base=tuple(base), param=param, init=init, blocks=tuple(blocks))
   if module.has_variable("params", name):
