@@ -124,11 +124,12 @@ def main(argv=None) -> dict:
   ap.add_argument("--json", help="write the summary as JSON to this file")
   ap.add_argument("--smoke", action="store_true", help="tiny model (for the test suite)")
   args = ap.parse_args(argv)
-  from benchmarks.train_step import gpt_step
+  from benchmarks.train_step import gpt_step, parse_spec
 
-  spec = "tiny:8" if args.smoke else args.gpt
-  preset, _, batch = spec.partition(":")
-  step, _, cfg, attention = gpt_step(preset, args.variant, **({"batch_size": int(batch)} if batch else {}))
+  if args.steps < 1 or args.top < 1:
+    ap.error("--steps and --top must be at least 1")
+  preset, over = parse_spec(ap, "tiny:8" if args.smoke else args.gpt)
+  step, _, cfg, attention = gpt_step(preset, args.variant, **over)
   step()
   t = time.perf_counter()
   step()

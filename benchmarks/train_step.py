@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import jax
@@ -192,6 +193,17 @@ def gpt_memory(preset: str, variant: str = "default", **overrides) -> dict:
           "compile_s": time.perf_counter() - t0}
 
 
+def parse_spec(ap: argparse.ArgumentParser, spec: str) -> tuple[str, dict]:
+  """'PRESET[:BATCH]' -> (preset, {'batch_size': BATCH} or {}), or argparse's usage error."""
+  from train import gpt as train_gpt
+  preset, colon, batch = spec.strip().partition(":")
+  if preset not in train_gpt.PRESETS:
+    ap.error(f"unknown train.gpt preset {preset!r} in {spec!r}; presets: {', '.join(train_gpt.PRESETS)}")
+  if colon and not (batch.isdigit() and int(batch) >= 1):
+    ap.error(f"the batch after ':' in {spec!r} must be a positive integer")
+  return preset, ({"batch_size": int(batch)} if colon else {})
+
+
 def main(argv=None) -> list[dict]:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--smoke", action="store_true", help="tiny shapes (for the test suite)")
@@ -207,6 +219,9 @@ def main(argv=None) -> list[dict]:
   ap.add_argument("--reps", type=int, default=20)
   ap.add_argument("--json", help="write the rows as JSON to this file")
   args = ap.parse_args(argv)
+  if args.reps < 1:
+    ap.error("--reps must be at least 1")
+  specs = [parse_spec(ap, spec) + (spec,) for spec in (["tiny:8"] if args.smoke else args.gpt.split(","))]
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, jax {jax.__version__}")
   rows = []
@@ -214,10 +229,7 @@ def main(argv=None) -> list[dict]:
     width, batch, d_in = (32, 16, 64) if args.smoke else (1000, 64, 3072)
     _report(rows, bench_mlp(width, batch, d_in, reps=3 if args.smoke else args.reps), args.json)
   if args.only in (None, "gpt"):
-    specs = ["tiny:8"] if args.smoke else args.gpt.split(",")
-    for spec in specs:
-      preset, _, batch = spec.partition(":")
-      over = {"batch_size": int(batch)} if batch else {}
+    for preset, over, spec in specs:
       if args.remat:
         over["remat"] = True
       for variant in args.variants.split(","):
@@ -245,4 +257,4 @@ def _report(rows: list[dict], row: dict, path: str | None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(1 if any("error" in row for row in main()) else 0)

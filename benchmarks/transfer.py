@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 
 import jax
@@ -300,8 +301,13 @@ def main(argv=None) -> list[dict]:
     ap.error(f"--kernel takes some of {sorted(names)}, comma-separated; got {args.kernel!r}")
   dev = jax.devices()[0]
   print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}")
+  if args.reps < 1:
+    ap.error("--reps must be at least 1")
   rows = []
   wanted = lambda name: not args.only or any(part in name for part in args.only.split(","))
+  if args.json:  # a file even if no case runs
+    with open(args.json, "w") as f:
+      json.dump(rows, f)
 
   def record(row):  # after every case, so a run cut short keeps what it measured
     rows.append(row)
@@ -361,8 +367,11 @@ def main(argv=None) -> list[dict]:
     print(f"{name:34s} grow {1e3 * row['rcjax_s']:8.2f} ms, allocates {row['new_GB']:.3f} GB; "
           f"donate=True {1e3 * row['donate_s']:8.2f} ms ({row['donate_speedup']:.2f}x), allocates "
           f"{row['new_GB_donate']:.3f} GB", flush=True)
+  if not rows:
+    print(f"no case matches --only {args.only!r}", file=sys.stderr)
   return rows
 
 
 if __name__ == "__main__":
-  main()
+  rows = main()
+  sys.exit(1 if not rows or any("error" in row for row in rows) else 0)

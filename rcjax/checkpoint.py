@@ -9,49 +9,62 @@ checkpoint that `latest_step()` would return.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from rcjax.rc import RC, is_rc, leaves_with_paths, unbox
 
 
-def leaf_metadata(params: Any) -> dict[str, dict]:
+def leaf_metadata(params: Any, plain: bool = False) -> dict[str, dict]:
   """`{path: {keys, shape, dtype, axes, fan_in, base, param, init, blocks}}` for every RC leaf (JSON);
-  `keys` is the list of dict keys leading to the leaf (None if the path is not all dict keys)."""
+  `keys` is the list of dict keys leading to the leaf (None if the path is not all dict keys).
+  `plain=True`: `{path: {keys, shape, dtype}}` for the other array leaves instead."""
   out = {}
   for p, b in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_rc)[0]:
-    if not is_rc(b):
+    if is_rc(b) == plain or (plain and not hasattr(b, "shape")):
       continue
     keys = [getattr(k, "key", None) for k in p]
+    v = b.value if is_rc(b) else b
     out[jax.tree_util.keystr(p)] = {
         "keys": keys if all(isinstance(k, str) for k in keys) else None,
-        "shape": list(b.shape), "dtype": str(b.value.dtype), "axes": list(b.axes),
-        "fan_in": list(b.fan_in), "base": list(b.base), "param": b.param, "init": b.init,
-        "blocks": [list(x) for x in b.blocks]}
+        "shape": list(np.shape(v)), "dtype": str(v.dtype)}
+    if not plain:
+      out[jax.tree_util.keystr(p)].update({
+          "axes": list(b.axes), "fan_in": list(b.fan_in), "base": list(b.base), "param": b.param,
+          "init": b.init, "blocks": [list(x) for x in b.blocks]})
   return out
 
 
-def _template(leaves: dict[str, dict], where: str) -> dict:
-  """Nested dict of RC boxes holding `ShapeDtypeStruct`s, rebuilt from `leaf_metadata` output."""
+def _template(leaves: dict[str, dict], where: str, plain: dict[str, dict] | None = None) -> dict:
+  """Nested dict of RC boxes (and plain leaves) holding `ShapeDtypeStruct`s, rebuilt from `leaf_metadata`."""
   tree: dict = {}
-  for path, m in leaves.items():
+  for path, m in {**leaves, **(plain or {})}.items():
     if not m.get("keys"):
       raise ValueError(f"checkpoint {where}: leaf {path} is not in a nested dict; pass a params target")
     node = tree
     for k in m["keys"][:-1]:
       node = node.setdefault(k, {})
-    node[m["keys"][-1]] = RC(jax.ShapeDtypeStruct(tuple(m["shape"]), m["dtype"]), axes=tuple(m["axes"]),
-                             fan_in=tuple(m["fan_in"]), base=tuple(m["base"]), param=m["param"], init=m["init"],
-                             blocks=tuple(tuple(x) for x in m.get("blocks", ())))
+    value = jax.ShapeDtypeStruct(tuple(m["shape"]), m["dtype"])
+    node[m["keys"][-1]] = value if "axes" not in m else RC(
+        value, axes=tuple(m["axes"]), fan_in=tuple(m["fan_in"]), base=tuple(m["base"]), param=m["param"],
+        init=m["init"], blocks=tuple(tuple(x) for x in m.get("blocks", ())))
   return tree
 
 
 def _abstract(x: Any) -> jax.ShapeDtypeStruct:
   v = x.value if is_rc(x) else x
   return jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, "sharding", None))
+
+
+def _no_read_only_warning(record: logging.LogRecord) -> bool:
+  message = record.getMessage()
+  return "Given directory is read only" not in message and "read_only=True" not in message
 
 
 def _jsonable(config: Any) -> Any:
@@ -71,10 +84,18 @@ class Checkpointer:
   ('input', 'hidden_0')
   """
 
-  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = None, read_only: bool = False):
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = None, keep_steps=(),
+               read_only: bool = False):
+    """`max_to_keep`: keep the latest n steps (None: all), and besides them every step in `keep_steps`."""
     self.directory = os.path.abspath(os.fspath(directory))
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                           read_only=read_only)
+    kw: dict[str, Any] = dict(max_to_keep=max_to_keep)
+    if max_to_keep is not None and keep_steps:
+      from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+      kw = dict(preservation_policy=pp.AnyPreservationPolicy(
+          [pp.LatestN(max_to_keep), pp.CustomSteps(sorted(int(s) for s in keep_steps))]))
+    if read_only:  # orbax warns on every read-only folder it opens: that is what was asked for
+      logging.getLogger("absl").addFilter(_no_read_only_warning)  # a no-op if already added
+    options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only, **kw)
     self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, *, params: Any, opt_state: Any = None, config: Any = None,
@@ -84,7 +105,12 @@ class Checkpointer:
     if opt_state is not None:
       items["opt_state"] = ocp.args.StandardSave(unbox(opt_state))
     meta = {"step": int(step), "config": _jsonable(config), "extra": extra or {},
-            "leaves": leaf_metadata(params), "has_opt_state": opt_state is not None}
+            "leaves": leaf_metadata(params), "plain": leaf_metadata(params, plain=True),
+            "has_opt_state": opt_state is not None}
+    try:
+      json.dumps(meta)
+    except TypeError as e:  # else orbax fails later, in its background thread, leaving a tmp folder
+      raise TypeError(f"Checkpointer.save: config/extra must be JSON data (dicts, lists, str, numbers): {e}") from None
     self._mngr.save(int(step), args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items), force=True)
 
   def wait(self) -> None:
@@ -105,7 +131,8 @@ class Checkpointer:
     """The saved params as RC boxes of `jax.ShapeDtypeStruct`s (no data read), e.g. to add shardings
     with `rcjax.sharding.abstract` and restore onto another mesh."""
     step = self._resolve(step)
-    return _template(self.metadata(step)["leaves"], self.directory)
+    meta = self.metadata(step)
+    return _template(meta["leaves"], self.directory, meta.get("plain"))
 
   def restore(self, step: int | None = None, *, params: Any = None, opt_state: Any = None) -> dict:
     """Restore a step (default: the latest complete one).
@@ -123,7 +150,7 @@ class Checkpointer:
     step = self._resolve(step)
     meta = self.metadata(step)
     if params is None:
-      params = _template(meta["leaves"], self.directory)
+      params = _template(meta["leaves"], self.directory, meta.get("plain"))
     items = {"params": ocp.args.StandardRestore(jax.tree.map(_abstract, params, is_leaf=is_rc))}
     if opt_state is not None:
       if not meta.get("has_opt_state"):

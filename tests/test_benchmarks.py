@@ -112,3 +112,21 @@ def test_hf_memory_benchmark_smoke(tmp_path):
   assert rows[0]["rss_peak_mb"] >= rows[0]["rss_base_mb"] > 0 and rows[0]["numpy_peak_mb"] > 0
   assert json.loads((tmp_path / "m.json").read_text()) == rows
   assert not (tmp_path / "ckpt" / "llama_64_128_2").exists()  # the synthetic checkpoint is removed
+
+
+def test_benchmark_arguments_are_checked_before_any_work(tmp_path, capsys):
+  from benchmarks import profile_step, transfer
+  from benchmarks import train_step as bench_train
+
+  for argv, msg in ((["--only", "gpt", "--gpt", "tiny:x"], "positive integer"),
+                    (["--only", "gpt", "--gpt", "tiny:0"], "positive integer"),
+                    (["--only", "gpt", "--gpt", "nope"], "unknown train.gpt preset 'nope'"),
+                    (["--reps", "0"], "--reps must be at least 1")):
+    with pytest.raises(SystemExit):
+      bench_train.main(argv)
+    assert msg in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    profile_step.main(["--smoke", "--steps", "0"])
+  assert "--steps and --top must be at least 1" in capsys.readouterr().err
+  assert transfer.main(["--smoke", "--only", "nomatch", "--json", str(tmp_path / "t.json")]) == []
+  assert json.loads((tmp_path / "t.json").read_text()) == [] and "no case matches" in capsys.readouterr().err

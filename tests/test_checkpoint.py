@@ -64,3 +64,20 @@ def test_errors(tmp_path):
   big = rcjax.grow(p, jax.random.key(0))
   with pytest.raises(ValueError, match=r"leaf \['Dense_0'\]\['bias'\] was saved with shape \(8,\), the target has \(16,\)"):
     ck.restore(params=big)
+
+
+def test_keep_steps_survive_max_to_keep_and_plain_leaves_restore(tmp_path):
+  p, _, _ = setup()
+  p = {**p, "norm": {"scale": jnp.full((3,), 2.0)}}  # a plain leaf (a stock flax layer) beside the RC ones
+  ck = Checkpointer(tmp_path, max_to_keep=2, keep_steps={3, 5})
+  for step in range(1, 9):
+    ck.save(step, params=p)
+    ck.wait()
+  assert ck.all_steps() == [3, 5, 7, 8]  # --save-steps of train.gpt are not --keep's to delete
+  r = ck.restore(3)  # without a target: RC leaves as boxes, the plain leaf as an array
+  assert not isinstance(r["params"]["norm"]["scale"], rcjax.RC)
+  chex.assert_trees_all_equal(rcjax.unbox(r["params"]), rcjax.unbox(p))
+  assert ck.params_template()["norm"]["scale"].shape == (3,)
+  with pytest.raises(TypeError, match="config/extra must be JSON data"):
+    ck.save(9, params=p, config={"path": tmp_path})
+  assert ck.all_steps() == [3, 5, 7, 8] and not list(tmp_path.glob("*tmp*"))

@@ -65,3 +65,17 @@ def test_reachability_check_is_bounded():
   t0 = time.time()
   assert not data._reachable("127.0.0.1", _closed_port(), timeout=1.0)
   assert time.time() - t0 < 3
+
+
+def test_both_reachability_checks_go_through_the_https_proxy(monkeypatch):
+  # train.gpt's TFDS text data and train.mlp's CIFAR-10 ask the same question: behind a proxy, the proxy.
+  from train import text_data
+  with socket.socket() as proxy:
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(2)
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+    assert text_data._reachable("127.0.0.1", _closed_port())
+    assert data._reachable("127.0.0.1", _closed_port())
+  monkeypatch.delenv("https_proxy")
+  monkeypatch.delenv("HTTPS_PROXY", raising=False)
+  assert not text_data._reachable("127.0.0.1", _closed_port())

@@ -44,6 +44,16 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
   assert gpt.main(["--mesh", "data=5", "--out", str(tmp_path / "c"), "--progress", "false"]) == 2
   assert "train.gpt: error: mesh 'data=5' has 5 devices but there are 8" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "c")
+  other = tmp_path / "notarun"  # a folder of something else: train.gpt writes nothing into it
+  other.mkdir()
+  (other / "metrics.jsonl").write_text('{"precious": 1}\n')
+  with pytest.raises(ValueError, match=r"notarun exists and is not a train.gpt run directory.*metrics.jsonl"):
+    gpt.run(Config(**TINY, out=str(other)))
+  (other / "metrics.jsonl").unlink()
+  (other / "config.json").write_text("{")
+  with pytest.raises(ValueError, match="config.json is not valid JSON"):
+    gpt.run(Config(**TINY, out=str(other)))
+  assert sorted(os.listdir(other)) == ["config.json"]
   with pytest.raises(ValueError, match="width 36: heads would be 4.5"):
     gpt.validate(Config(**TINY, grow_at=1, grow_to=36))
   with pytest.raises(ValueError, match=r"unroll must be >= 0 \(0: all blocks\), got -1"):

@@ -170,6 +170,14 @@ def test_other_config_in_out_dir_is_refused_and_kept(source, capsys):
   assert _tree_state(src) == before
 
 
+def test_damaged_config_json_is_named(source, tmp_path, capsys):
+  shutil.copytree(source[0], tmp_path / "run")
+  (tmp_path / "run" / "config.json").write_text("")  # as a crash mid-write once could leave it
+  assert mlp.main(["--dataset", "digits", "--width", "16", "--out", str(tmp_path / "run"), "--no-progress"]) == 1
+  assert f"{tmp_path / 'run' / 'config.json'} is not valid JSON" in capsys.readouterr().err
+  assert not list((tmp_path / "run").glob(".config.json.*"))
+
+
 def test_a_moved_folder_of_runs_resumes(source, tmp_path):
   shutil.copytree(source[0], tmp_path / "a" / "src")
   kw = dict(width=32, transfer_epoch=2)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -61,8 +63,8 @@ class Config:
   lr: float = 3e-3              # peak AdamW learning rate (times the parametrization's multipliers)
   warmup: int = 30              # linear warmup steps
   min_lr: float = 0.1           # cosine decay to min_lr * lr
-  b1: float = 0.9
-  b2: float = 0.95
+  b1: float = 0.9               # AdamW beta1
+  b2: float = 0.95              # AdamW beta2
   weight_decay: float = 0.0     # decoupled, on weight matrices only
   clip: float = 1.0             # global gradient-norm clip (0: off)
   dtype: str = "bfloat16"       # compute dtype: bfloat16 | float32; params and optimizer state stay float32
@@ -75,19 +77,19 @@ class Config:
                                 # less memory traffic, 42.9% vs 40.5% MFU for gpt-medium on an H100)
   fuse_projections: bool = False  # q/k/v (and SwiGLU up/gate) as one matmul each; same params (see rcjax.nn.GPT)
   mesh: str = "data=-1"         # device mesh, e.g. data=2,fsdp=2,tensor=2 (-1: the rest)
-  seed: int = 0
+  seed: int = 0                 # init, data order and transfer keys
   dataset: str = "markov"       # markov (offline synthetic language) | tiny_shakespeare | lm1b (TFDS)
-  markov_order: int = 2
-  markov_symbols: int = 16
-  markov_alpha: float = 0.2
+  markov_order: int = 2         # markov data: tokens of context
+  markov_symbols: int = 16      # markov data: alphabet size
+  markov_alpha: float = 0.2     # markov data: Dirichlet concentration (smaller: more predictable)
   data_dir: str = ""            # TFDS data dir ('' = TFDS default)
   out: str = ""                 # run directory ('' = nothing written)
   ckpt_every: int = 0           # checkpoint every k steps (0: only save_steps and the last step)
   save_steps: str = ""          # extra checkpoint steps, e.g. 4000,12000,20000,32000
-  keep: int = 0                 # checkpoints kept (0: all)
-  log_every: int = 10
+  keep: int = 0                 # latest checkpoints kept (0: all), besides save_steps and the last step
+  log_every: int = 10           # metrics.jsonl record every k steps
   eval_every: int = 0           # eval loss on eval_batches fixed batches every k steps (0: off)
-  eval_batches: int = 2
+  eval_batches: int = 2         # batches of each eval
   grow_at: int = 0              # grow after this step (0: never) ...
   grow_to: int = 0              # ... to this width; mlp, heads, kv_heads scale with it, head_dim fixed
   random_rate: float = 0.0      # r1 of growth / transfer
@@ -282,10 +284,21 @@ def global_batch(data: TextData, step: int, batch_size: int, b_sh, eval: bool = 
 
 def _check_run_dir(cfg: Config) -> None:
   path = os.path.join(cfg.out, "config.json")
+  if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+    raise ValueError(f"--out {cfg.out} exists and is not a directory")
   if not os.path.exists(path):
+    # A run writes config.json first (after creating checkpoints/): anything else is not ours to write into.
+    other = [n for n in os.listdir(cfg.out) if n != "checkpoints" and not n.startswith(".config.json.")] \
+        if os.path.isdir(cfg.out) else []
+    if other:
+      raise ValueError(f"--out {cfg.out} exists and is not a train.gpt run directory (no config.json; it holds "
+                       f"{sorted(other)[:3]}); choose another --out")
     return
-  with open(path) as f:
-    old = json.load(f)
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it") from None
   diff = [k for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE and old.get(k) != v]
   if diff:
     theirs = ", ".join(f"{k}={old.get(k)!r}" for k in diff[:4])
@@ -476,6 +489,11 @@ def validate(cfg: Config) -> None:
       raise ValueError(f"save_steps must be comma-separated step numbers, got {cfg.save_steps!r}")
 
 
+def _save_steps(cfg: Config) -> set[int]:
+  """The steps saved whatever --ckpt-every says, and kept whatever --keep says: --save-steps and the last."""
+  return {int(s) for s in filter(None, cfg.save_steps.split(","))} | {cfg.steps}
+
+
 def run(cfg: Config) -> dict:
   """Train; returns a summary (final loss, loss floor, tokens/s, MFU, sizes)."""
   validate(cfg)
@@ -487,7 +505,8 @@ def run(cfg: Config) -> dict:
                   markov=dict(order=cfg.markov_order, symbols=cfg.markov_symbols, alpha=cfg.markov_alpha))
   model, tx = build_model(cfg), build_optimizer(cfg)
   _preflight(cfg, model)  # reads checkpoint metadata only: a bad source fails before anything is written
-  ckpt = Checkpointer(os.path.join(cfg.out, "checkpoints"), max_to_keep=cfg.keep or None) if cfg.out else None
+  ckpt = Checkpointer(os.path.join(cfg.out, "checkpoints"), max_to_keep=cfg.keep or None,
+                      keep_steps=_save_steps(cfg)) if cfg.out else None
   if ckpt and (done := _finished(cfg, ckpt)) is not None:
     return done
   metrics_file = None
@@ -506,7 +525,7 @@ def run(cfg: Config) -> dict:
 
   params, opt_state, start, flops_done = _initial_state(cfg, model, tx, mesh, ckpt, log)
   trainer = Trainer(model, tx, mesh, params, opt_state)
-  save_steps = {int(s) for s in filter(None, cfg.save_steps.split(","))} | {cfg.steps}
+  save_steps = _save_steps(cfg)
   peak, n_dev = peak_flops(cfg), jax.device_count()
   fpt = flops_per_token(params, cfg.seq_len)
   tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -654,13 +673,29 @@ def _bool(s: str) -> bool:
   raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
+def _field_help() -> dict[str, str]:
+  """Config's field comments (continuation lines joined): the --help of each flag."""
+  out, name = {}, None
+  for line in inspect.getsource(Config).splitlines()[1:]:
+    field = re.match(r"\s+(\w+): [\w\[\], |]+ = [^#]*?(?:#\s*(.*))?$", line)
+    more = re.match(r"\s+#\s*(.*)$", line)
+    if field:
+      name = field.group(1)
+      out[name] = field.group(2) or ""
+    elif more and name:
+      out[name] += " " + more.group(1)
+  return out
+
+
 def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
   """Flags -> (Config, launch flags). Preset values are defaults; explicit flags win."""
   ap = argparse.ArgumentParser(prog="python -m train.gpt", description=__doc__.split("\n")[0])
+  helps = _field_help()
   for f in dataclasses.fields(Config):
     kind = {bool: _bool, int: int, float: float}.get(type(f.default), str)
+    text = "; ".join(filter(None, (helps.get(f.name), f"default {f.default!r}")))
     ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                    choices=sorted(PRESETS) if f.name == "preset" else None, help=f"default {f.default!r}")
+                    choices=sorted(PRESETS) if f.name == "preset" else None, help=text.replace("%", "%%"))
   ap.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process runs)")
   ap.add_argument("--num-processes", type=int, default=None)
   ap.add_argument("--process-id", type=int, default=None)

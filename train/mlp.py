@@ -227,7 +227,11 @@ def _check_out_dir(out: Path, config: Config) -> None:
       raise ValueError(f"--out {out} exists and is not a train.mlp run directory (no config.json); "
                        "choose another --out")
     return
-  old, new = json.loads(cfg.read_text()), dataclasses.asdict(config)
+  try:
+    old = json.loads(cfg.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{cfg} is not valid JSON ({e}); fix or remove it") from None
+  new = dataclasses.asdict(config)
   def same(k, a, b):  # a source at the same path, or at the same place relative to the run (a moved sweep)
     return a == b or (k == "transfer_from" and bool(a and b) and (
         os.path.realpath(a) == os.path.realpath(b)
@@ -283,7 +287,9 @@ def run(config: Config) -> list[dict]:
     source = mlp_transfer.load_source(config, data, optimizer, transfer_key)
 
   out.mkdir(parents=True, exist_ok=True)
-  (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+  tmp = out / f".config.json.{os.getpid()}"  # atomic: a crash mid-write leaves the old file
+  tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+  os.replace(tmp, out / "config.json")
   metrics_path = out / "metrics.jsonl"
   ckpt = Checkpointer(ckpt_dir)
   train_step, eval_batch = make_fns(model, config.lr, config.momentum)
@@ -393,13 +399,9 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
-def _no_read_only_warning(record: logging.LogRecord) -> bool:
-  message = record.getMessage()
-  return "Given directory is read only" not in message and "read_only=True" not in message
-
-
 def quiet_logs() -> None:
   """Drop orbax's warnings on every read-only checkpoint folder we open (e.g. the transfer source)."""
+  from rcjax.checkpoint import _no_read_only_warning
   logging.getLogger("absl").addFilter(_no_read_only_warning)  # a no-op if already added
 
 

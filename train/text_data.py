@@ -16,7 +16,6 @@ batch, and a resumed run sees the same data as an uninterrupted one.
 from __future__ import annotations
 
 import math
-import socket
 import string
 from typing import Sequence
 
@@ -155,12 +154,10 @@ class TextData:
     return np.stack([corpus[s:s + n] for s in starts]).astype(np.int32)
 
 
-def _reachable(host: str = "storage.googleapis.com", port: int = 443, timeout: float = 3.0) -> bool:
-  try:
-    socket.create_connection((host, port), timeout=timeout).close()
-    return True
-  except OSError:
-    return False
+def _reachable(host: str = "storage.googleapis.com", port: int = 443) -> bool:
+  """TFDS's download server reachable (through the HTTPS proxy if one is set): `train.data._reachable`."""
+  from train import data
+  return data._reachable(host, port)
 
 
 def load_tfds_bytes(name: str, split: str, data_dir: str | None = None, max_bytes: int = 1 << 28,
