@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding
 
 from rcjax import kernels
 from rcjax import parametrization as pz
-from rcjax.sharding import constrain, fit_spec, leaf_shardings, move_off, spec_tuple
+from rcjax.sharding import constrain, fit_spec, gather_plan, leaf_shardings, spec_tuple
 from rcjax.rc import RC, _axes_info, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
 
 SAMPLERS = ("stratified", "iid", "stride")
@@ -373,18 +373,14 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
     x = _gather(x, mapped, names, maps, repeats, pallas=pallas if sharding is None else (False, False),
                 scale=scale, trusted=trusted)
   else:
-    # Sharded leaves: gather only along unsharded dims (see rcjax.sharding.move_off), pin every layout.
-    spec = spec0
-    for i, d in enumerate(mapped):
-      if spec[d]:
-        moved = move_off(spec, x.shape, d, sharding.mesh, avoid=set(mapped[i + 1:]))
-        if moved is not None:
-          spec = moved
-          x = constrain(x, sharding.mesh, spec)
+    # Sharded leaves: gather only along unsharded dims, in the order and layouts of
+    # rcjax.sharding.gather_plan; pin every layout. Identity maps (a kept size) are no gathers.
+    dims = tuple(d for d in mapped if repeats.get(box.axes[d]) != 1)
+    for d, spec in gather_plan(spec0, old_shape, new_shape, dims, sharding.mesh):
+      x = constrain(x, sharding.mesh, spec)
       x = jnp.take(x, maps[box.axes[d]], axis=d, unique_indices=False, indices_are_sorted=trusted,
                    mode=None if trusted else "clip")
-      spec = fit_spec(spec, x.shape, sharding.mesh)  # pin the gather's output layout
-      x = constrain(x, sharding.mesh, spec)
+      x = constrain(x, sharding.mesh, spec)  # the gather's output layout
   assert x.shape == new_shape, (x.shape, new_shape)
   if factor is not None:
     x = (x.astype(jnp.float32) * factor).astype(box.value.dtype)
