@@ -41,7 +41,10 @@ SAMPLERS = ("stratified", "iid", "stride")
 MOMENT_FIELDS = {"mu": 1, "trace": 1, "momentum": 1, "acc_grads": 1, "ema": 1, "grad_acc": 1, "nu": 2,
                  "nu_max": 2, "sum_of_squares": 2, "e_g": 2}
 # Fields no power describes: refused rather than transferred as if they were params.
-UNSUPPORTED_FIELDS = {"e_x": "Adadelta's squared updates"}
+UNSUPPORTED_FIELDS = {
+    "e_x": "Adadelta's squared updates, which no gradient power describes",
+    "v_row": "Adafactor's factored second moments, which do not have the params' shapes",
+    "v_col": "Adafactor's factored second moments, which do not have the params' shapes"}
 
 
 # --- index maps ---------------------------------------------------------------------------------
@@ -217,9 +220,14 @@ def _moment_power(path: tuple, default: int) -> int:
       power = MOMENT_FIELDS[name]
     elif name in UNSUPPORTED_FIELDS:
       raise ValueError(f"cannot transfer optimizer state {jax.tree_util.keystr(path)}: {name!r} holds "
-                       f"{UNSUPPORTED_FIELDS[name]}, which no gradient power describes (transfer the params "
-                       "alone and start this optimizer afresh)")
+                       f"{UNSUPPORTED_FIELDS[name]} (transfer the params alone and start this optimizer afresh)")
   return power
+
+
+def _check_fields(tree) -> None:
+  """Refuse optimizer states with `UNSUPPORTED_FIELDS` before anything else reads their shapes."""
+  for path, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)[0]:
+    _moment_power(path, 0)
 
 
 def _broadcast(vec: jax.Array, d: int, ndim: int) -> jax.Array:
@@ -500,6 +508,7 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
   Returns:
     A pytree of the same structure with leaves at the new sizes.
   """
+  _check_fields(tree)
   old = tree_sizes(tree)
   for name, m in maps.items():
     if name not in old:
@@ -598,6 +607,7 @@ def _warn_plain_leaves(tree, changing: dict[str, int]) -> None:
 
 
 def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
+  _check_fields(params)
   widths = width_axes(params)
   all_sizes = tree_sizes(params)
   if factor is not None:
@@ -713,6 +723,7 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   if not isinstance(sizes, Mapping):
     raise TypeError(f"transfer: sizes must be a dict {{axis: new size}}, got {type(sizes).__name__} (for a "
                     "factor on every width axis: rcjax.grow/shrink(params, key, factor=...))")
+  _check_fields(params)
   old = width_axes(params)
   target = _target_sizes(params, None, sizes, _direction) if _direction == "transfer" else dict(sizes)
   all_sizes, blocks = tree_sizes(params), tree_blocks(params)

@@ -101,6 +101,12 @@ def test_a_state_no_power_describes_is_refused():
   s = optax.adadelta(1.0).init(p)
   with pytest.raises(ValueError, match=r"'e_x' holds Adadelta's squared updates"):
     rcjax.grow((p, s), jax.random.key(0))
+  factored = optax.adafactor(1e-3, min_dim_size_to_factor=4).init(p)  # row/column statistics, not mirrors
+  for fn in (lambda: rcjax.grow((p, factored), jax.random.key(0)),
+             lambda: rcjax.transfer((p, factored), jax.random.key(0), {"hidden_0": 8}),
+             lambda: rcjax.apply_maps(factored, {"hidden_0": jnp.arange(4)})):
+    with pytest.raises(ValueError, match=r"'v_row' holds Adafactor's factored second moments"):
+      fn()
 
 
 def test_fresh_neurons_get_empty_first_moments():
