@@ -35,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from benchmarks.transfer import bitwise_equal, copy_seconds, timeit  # noqa: E402
 from rcjax import kernels  # noqa: E402
-from rcjax.transfer import _repeat  # noqa: E402
+from rcjax.gather import _repeat  # noqa: E402
 
 # (name, input shape, repeats per dim): gpt-medium's leaves (stacked over 24 layers) grown 2x.
 CASES = [("mlp (L,E,M) 2x2", (24, 1024, 4096), {1: 2, 2: 2}),

@@ -32,10 +32,12 @@ from jax.sharding import NamedSharding
 
 from rcjax import kernels
 from rcjax import parametrization as pz
+from rcjax.gather import _broadcast, _gather, _on_cpu
+from rcjax.maps import (_check_blocks, _check_key, _check_sampler, _check_size, _maps, _scalar, index_maps,
+                        inverse_maps, tree_blocks)
 from rcjax.sharding import constrain, fit_spec, gather_plan, leaf_shardings, spec_tuple
 from rcjax.rc import RC, _axes_info, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
 
-SAMPLERS = ("stratified", "iid", "stride")
 # Optimizer-state fields holding gradient statistics: power 1 (linear in the gradient) or 2 (squared):
 # momentum, Adam/Lion/AdaBelief `mu`, `nu`, AMSGrad `nu_max`, Adagrad/RSS `sum_of_squares`, Adadelta `e_g`.
 MOMENT_FIELDS = {"mu": 1, "trace": 1, "momentum": 1, "acc_grads": 1, "ema": 1, "grad_acc": 1, "nu": 2,
@@ -45,169 +47,6 @@ UNSUPPORTED_FIELDS = {
     "e_x": "Adadelta's squared updates, which no gradient power describes",
     "v_row": "Adafactor's factored second moments, which do not have the params' shapes",
     "v_col": "Adafactor's factored second moments, which do not have the params' shapes"}
-
-
-# --- index maps ---------------------------------------------------------------------------------
-
-def _check_key(key: Any) -> None:
-  ok = isinstance(key, jax.Array) and (
-      jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-      or (key.dtype == jnp.uint32 and key.shape == (2,)))
-  if not ok:
-    raise TypeError(f"key must be a jax.random key (jax.random.key(0)), got {type(key).__name__}")
-
-
-def _check_sampler(sampler: str) -> None:
-  if sampler not in SAMPLERS:
-    raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-
-
-def _subset(key: jax.Array, n: int, k: int) -> jax.Array:
-  """bool[n], true at the k entries with the smallest of n iid uint32 draws (ties at the k-th value go to
-  the lower index): a uniform k-subset unless the k-th and (k+1)-th smallest draws are equal, which has
-  probability about n / 2**32 (one round of a sort-based shuffle needs all n keys distinct: about
-  n**2 / 2**33). It sorts the draws alone, which XLA:CPU does with a built-in comparison; the key-value
-  sort of `jax.random.permutation` calls a compiled comparator per comparison (6-7x slower at n >= 3000)."""
-  return _smallest(jax.random.bits(key, (n,), jnp.uint32), k)
-
-
-def _smallest(bits: jax.Array, k: int) -> jax.Array:
-  """bool mask of the k smallest entries of a 1-D array, ties at the k-th value to the lower index."""
-  if k == 0:
-    return jnp.zeros(bits.shape, bool)
-  kth = jnp.sort(bits)[k - 1]
-  below, at = bits < kth, bits == kth
-  return below | (at & (jnp.cumsum(at, dtype=jnp.int32) <= k - jnp.sum(below, dtype=jnp.int32)))
-
-
-def _one_map(key: jax.Array, n_old: int, n_new: int, sampler: str) -> jax.Array:
-  if sampler == "stride":  # in 64 bits at trace time: n_new * n_old passes 2**31 at widths of ~46341
-    return jnp.asarray((np.arange(n_new, dtype=np.int64) * n_old // n_new).astype(np.int32))
-  if sampler == "iid":
-    return jnp.sort(jax.random.randint(key, (n_new,), 0, n_old, dtype=jnp.int32))
-  if n_new < n_old:  # stratified pruning: a uniform subset without replacement, in order
-    return jnp.nonzero(_subset(key, n_old, n_new), size=n_new)[0].astype(jnp.int32)
-  q, r = divmod(n_new, n_old)  # every neuron q times, r more drawn without replacement
-  extra = _subset(key, n_old, r).astype(jnp.int32)
-  return jnp.repeat(jnp.arange(n_old, dtype=jnp.int32), q + extra, total_repeat_length=n_new)
-
-
-def _axis_key(key, name: str):
-  return jax.random.fold_in(key, path_hash("axis/" + name))
-
-
-def _maps(key, old: tuple, new: tuple, sampler: str, blocks: tuple = ()) -> dict[str, jax.Array]:
-  """Maps for the axes in `new`; a blocked axis (see `RC.blocks`) maps whole blocks with its outer axis's
-  map (identity for fixed blocks or an outer axis not in `new`) and entries within blocks with one map."""
-  old, new, blocks = dict(old), dict(new), dict(blocks)
-  maps = {name: _one_map(_axis_key(key, name), old[name], n, sampler)
-          for name, n in new.items() if name not in blocks}
-  for name, outer in blocks.items():
-    if name not in new:
-      continue
-    o_old, o_new = (outer, outer) if isinstance(outer, int) else (old[outer], new.get(outer, old[outer]))
-    i_old, i_new = old[name] // o_old, new[name] // o_new
-    outer_map = maps.get(outer) if isinstance(outer, str) else None
-    outer_map = jnp.arange(o_old, dtype=jnp.int32) if outer_map is None else outer_map
-    inner_map = _one_map(_axis_key(key, name), i_old, i_new, sampler)
-    maps[name] = (outer_map[:, None] * i_old + inner_map[None, :]).reshape(-1)
-  return maps
-
-
-def index_maps(key: jax.Array, old_sizes: Mapping[str, int], new_sizes: Mapping[str, int],
-               sampler: str = "stratified", blocks: Mapping[str, str | int] | None = None
-               ) -> dict[str, jax.Array]:
-  """Sorted index maps `{axis: int32[new]}` sampling new neurons from old ones.
-
-  Samplers: 'stratified' (default; growth: every neuron floor(N'/N) times plus a uniform sample without
-  replacement for the remainder; pruning: a uniform subset), 'iid' (N' draws with replacement) and
-  'stride' (deterministic, evenly spaced: `i * N // N'`). Each axis's key is folded in from its name, so
-  a map does not depend on which other axes are mapped.
-
-  `blocks` (`{axis: outer}`, as in `RC.blocks`) keeps entries in their blocks: with `{'heads':
-  'kv_heads'}` new query head `b' * G' + g'` copies old head `pi_kv(b') * G + pi_g(g')` (G = heads per
-  kv head), so every query head stays with a copy of its own kv head; with `{'head_dim': 2}` both halves
-  of a RoPE head share one map of their pairs. (`grow`/`transfer` read blocks from the RC leaves.)
-
-  >>> m = index_maps(jax.random.key(0), {'hidden': 3}, {'hidden': 6})
-  >>> m['hidden'].tolist()
-  [0, 0, 1, 1, 2, 2]
-  >>> index_maps(jax.random.key(0), {'d': 4}, {'d': 8}, blocks={'d': 2})['d'].tolist()
-  [0, 0, 1, 1, 2, 2, 3, 3]
-  """
-  _check_key(key)
-  _check_sampler(sampler)
-  blocks = dict(blocks or {})
-  for name, n in new_sizes.items():
-    if name not in old_sizes:
-      raise ValueError(f"index_maps: axis {name!r} missing from old_sizes {dict(old_sizes)}")
-    _check_size(name, n)
-    _check_size(name, old_sizes[name])
-  new = dict((k, int(v)) for k, v in new_sizes.items())
-  old = {k: int(old_sizes[k]) for k in new}
-  for name, outer in blocks.items():
-    if isinstance(outer, str):
-      if outer not in old_sizes:
-        raise ValueError(f"index_maps: blocks of axis {name!r} refer to axis {outer!r}, "
-                         "missing from old_sizes")
-      old[outer] = int(old_sizes[outer])
-  _check_blocks(blocks, old, new)
-  return _maps_jit(key, tuple(sorted(old.items())), tuple(sorted(new.items())), sampler,
-                   tuple(sorted((k, v) for k, v in blocks.items() if k in new)))
-
-
-_maps_jit = jax.jit(_maps, static_argnums=(1, 2, 3, 4))
-
-
-def _check_blocks(blocks: Mapping[str, str | int], old: Mapping[str, int], new: Mapping[str, int],
-                  direction: str = "transfer") -> None:
-  """Block sizes must divide the axis at the old and the new size (and not shrink in a growth, where
-  entries of a block would be dropped while every axis grows or stays)."""
-  for name, outer in blocks.items():
-    if name not in new:
-      continue
-    o_old, o_new = (outer, outer) if isinstance(outer, int) else (old[outer], new.get(outer, old[outer]))
-    what = f"{outer} blocks" if isinstance(outer, int) else f"axis {outer!r}"
-    for size, o, when in ((old[name], o_old, "old"), (new[name], o_new, "new")):
-      if size % o:
-        raise ValueError(f"axis {name!r} is laid out in blocks per {what}: its {when} size {size} must be "
-                         f"a multiple of {o}")
-    i_old, i_new = old[name] // o_old, new[name] // o_new
-    if direction in ("grow", "exact=True", "transfer (no axis shrinks)") and i_new < i_old:
-      raise ValueError(f"{direction} would shrink the blocks of axis {name!r} per {what} from {i_old} to "
-                       f"{i_new} entries; grow {name!r} to {i_old * o_new} too")
-
-
-def tree_blocks(tree: Any) -> dict[str, str | int]:
-  """`{axis: outer}` from the `blocks` of every RC leaf; raises ValueError if two leaves disagree."""
-  out: dict[str, tuple[str | int, str]] = {}
-  for path, box in leaves_with_paths(tree):
-    for name, outer in box.blocks:
-      if name in out and out[name][0] != outer:
-        raise ValueError(f"axis {name!r} is in blocks per {out[name][0]!r} at {out[name][1]} but per "
-                         f"{outer!r} at {path}")
-      out[name] = (outer, path)
-  return {k: v for k, (v, _) in out.items()}
-
-
-def inverse_maps(maps: Mapping[str, jax.Array], old_sizes: Mapping[str, int]) -> dict[str, jax.Array]:
-  """For growth maps that hit every old neuron, maps back: `inv[i]` is the first new neuron copying `i`.
-
-  `apply_maps(apply_maps(p, maps), inverse_maps(maps, sizes(p))) == p` (up to float rounding of the
-  fan-in rescaling, exact for power-of-two ratios), for growth with `exact=False` (uniform rescaling,
-  which the way back undoes); an `exact=True` growth at a non-integer ratio rescales each copy by its
-  own count, which no map undoes. Raises ValueError if a map misses an old neuron.
-  """
-  out = {}
-  for name, m in maps.items():
-    m = np.asarray(m)
-    n_old = int(old_sizes[name])
-    inv = np.searchsorted(m, np.arange(n_old), side="left")
-    if np.any(inv >= len(m)) or np.any(m[np.minimum(inv, len(m) - 1)] != np.arange(n_old)):
-      raise ValueError(f"inverse_maps: the map of axis {name!r} is not sorted or misses some of its "
-                       f"{n_old} old neurons (pruning or iid maps have no inverse)")
-    out[name] = jnp.asarray(inv, jnp.int32)
-  return out
 
 
 # --- applying maps to a pytree ------------------------------------------------------------------
@@ -228,113 +67,6 @@ def _check_fields(tree) -> None:
   """Refuse optimizer states with `UNSUPPORTED_FIELDS` before anything else reads their shapes."""
   for path, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)[0]:
     _moment_power(path, 0)
-
-
-def _broadcast(vec: jax.Array, d: int, ndim: int) -> jax.Array:
-  return vec.reshape((-1,) + (1,) * (ndim - d - 1))
-
-
-def _repeat(x: jax.Array, d: int, k: int) -> jax.Array:
-  """`jnp.repeat(x, k, axis=d)` as a broadcast of a new axis after d merged into d.
-
-  Doubling the last axis of a 16-bit matrix is done on 32-bit words (each word holds an entry twice),
-  after its other repeats. Measured side by side on an H200 (benchmarks/README.md): 0.92 vs 0.63 of copy
-  bandwidth for an 8192^2 bf16 matrix grown 2x, but worse for leaves of 3+ dims in every form tried (this
-  order, words first, all dims as words, dims merged first), so only 2-D leaves take it.
-  """
-  shape = x.shape
-  if k == 2 and x.ndim == 2 and d == 1 and x.dtype.itemsize == 2:
-    u = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-    return jax.lax.bitcast_convert_type(u | (u << 16), x.dtype).reshape(shape[:-1] + (2 * shape[-1],))
-  x = jnp.broadcast_to(jnp.expand_dims(x, d + 1), shape[:d + 1] + (k,) + shape[d + 1:])
-  return x.reshape(shape[:d] + (shape[d] * k,) + shape[d + 1:])
-
-
-def _on_cpu() -> bool:
-  """Whether traced transfers compile for the host CPU (decided at trace time; GPU keeps its own path)."""
-  return jax.default_backend() == "cpu"
-
-
-def _gather_rows(x: jax.Array, dims: list[int], names: list[str], maps, trusted: bool = True) -> jax.Array:
-  """The CPU's general gather: `x` as rows (its dims up to the last mapped one) of contiguous trailing
-  entries, gathered with one flat row index per output row (the maps and `arange` for the unmapped dims
-  in front, weighted by their strides, summed: a broadcast XLA fuses into the gather).
-
-  With unmapped dims in front as gather slices, XLA:CPU writes the gather in a transposed layout and copies
-  it back (measured on the GPT pytree grown x1.5: 3x slower); an index of stacked per-dim tuples is
-  materialised when leaves of one shape share it (hundreds of MB for embedding-sized leaves).
-  `trusted`: the maps are sorted and in bounds (as `index_maps` draws them), which the gather is promised;
-  else it is promised nothing (and clips)."""
-  hi = dims[-1]
-  lead, trail = x.shape[:hi + 1], x.shape[hi + 1:]
-  flat, stride, out_lead = None, 1, []
-  for d in range(hi, -1, -1):
-    m = maps[names[dims.index(d)]] if d in dims else jnp.arange(lead[d], dtype=jnp.int32)
-    out_lead.insert(0, m.shape[0])
-    term = _broadcast(m * stride if stride > 1 else m, d, hi + 1)
-    flat = term if flat is None else flat + term
-    stride *= lead[d]
-  rows = x.reshape((stride, math.prod(trail)))
-  dnums = jax.lax.GatherDimensionNumbers(offset_dims=(hi + 1,), collapsed_slice_dims=(0,), start_index_map=(0,))
-  # Row indices of sorted maps in lexicographic order: sorted, all in bounds.
-  mode = jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS if trusted else jax.lax.GatherScatterMode.CLIP
-  out = jax.lax.gather(rows, jnp.broadcast_to(flat, tuple(out_lead))[..., None], dnums, (1, rows.shape[1]),
-                       indices_are_sorted=trusted, mode=mode)
-  return out.reshape(tuple(out_lead) + trail)
-
-
-def _gather(x: jax.Array, dims: list[int], names: list[str], maps, repeats: dict[str, int],
-            cpu: bool | None = None, pallas: tuple = (False, False), scale: float | None = None,
-            trusted: bool = True) -> jax.Array:
-  """`x` gathered along `dims` with the maps of `names`, in one pass over the output.
-
-  Identity maps (`repeats` of 1: a kept size, e.g. `head_dim`) are dropped. Integer-factor maps of
-  'stratified'/'stride' are `repeat(arange(N), k)`: a broadcast + reshape, which XLA fuses into a
-  streaming copy. Otherwise one gather whose indices are the broadcast outer product of
-  the maps over the span of dims from the first mapped to the last (unmapped dims inside the span take
-  `arange`), instead of one full pass per axis.
-
-  On the CPU (`cpu`; default: whether the default backend is the CPU) the general gather is
-  `_gather_rows`. `pallas` (`kernels.settings()`: an `ENABLED` mode, see `kernels.chosen`, and `WORDS`):
-  integer repeats by `rcjax.kernels.repeat` where it takes the leaf. `scale`: the
-  output is `(out.astype(float32) * scale).astype(x.dtype)` (inside the kernel's one pass when it runs;
-  XLA fuses it otherwise). `trusted`: the maps are sorted and in bounds (see `_gather_rows`).
-  """
-  cpu = _on_cpu() if cpu is None else cpu
-  keep = [i for i, n in enumerate(names) if repeats.get(n) != 1]
-  dims, names = [dims[i] for i in keep], [names[i] for i in keep]
-  if dims and all(n in repeats for n in names):
-    reps = {d: repeats[n] for d, n in zip(dims, names)}
-    # Not for a 16-bit matrix with its last dim doubled: XLA's word form (`_repeat`) is faster there.
-    xla_words = x.ndim == 2 and x.dtype.itemsize == 2 and reps.get(1) == 2
-    mode, words = pallas
-    nbytes = x.size * math.prod(reps.values()) * x.dtype.itemsize  # the output's
-    how = kernels.chosen(mode, x.dtype, "cpu" if cpu else jax.default_backend(), nbytes)
-    if how and not xla_words and kernels.supports(x.shape, reps):
-      return kernels.repeat(x, reps, scale=scale, interpret=how == "interpret", words=words)
-  x = _gather_unscaled(x, dims, names, maps, repeats, cpu, trusted)
-  return x if scale is None else (x.astype(jnp.float32) * scale).astype(x.dtype)
-
-
-def _gather_unscaled(x, dims, names, maps, repeats, cpu, trusted=True):
-  """`_gather` by XLA, without the rescaling (`dims` without identity maps)."""
-  if not dims:
-    return x
-  if all(n in repeats for n in names):
-    for d, n in zip(dims, names):  # in order: a doubled last axis of a 16-bit matrix comes last
-      x = _repeat(x, d, repeats[n])
-    return x
-  if cpu and math.prod(x.shape[:dims[-1] + 1]) < 2**31:  # row indices fit int32
-    return _gather_rows(x, dims, names, maps, trusted)
-  lo, hi = dims[0], dims[-1]
-  span = hi - lo + 1
-  index = []
-  for i, d in enumerate(range(lo, hi + 1)):
-    m = maps[names[dims.index(d)]] if d in dims else jnp.arange(x.shape[d], dtype=jnp.int32)
-    index.append(m.reshape((1,) * i + (-1,) + (1,) * (span - i - 1)))
-  # Outer products of sorted maps are lexicographically sorted index tuples, all in bounds.
-  return x.at[(slice(None),) * lo + tuple(index)].get(indices_are_sorted=trusted,
-                                                      mode="promise_in_bounds" if trusted else "clip")
 
 
 def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float,
@@ -378,8 +110,8 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
     # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives). A scalar
     # factor goes with the gather (into the Pallas kernel's pass, where it runs).
     scale, factor = (factor, None) if isinstance(factor, float) else (None, factor)
-    x = _gather(x, mapped, names, maps, repeats, pallas=pallas if sharding is None else (False, False),
-                scale=scale, trusted=trusted)
+    x = _gather(x, mapped, names, maps, repeats, cpu=_on_cpu(),
+                pallas=pallas if sharding is None else (False, False), scale=scale, trusted=trusted)
   else:
     # Sharded leaves: gather only along unsharded dims, in the order and layouts of
     # rcjax.sharding.gather_plan; pin every layout. Identity maps (a kept size) are no gathers.
@@ -548,21 +280,6 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
 
 
 # --- grow / shrink / transfer -------------------------------------------------------------------
-
-def _scalar(x: Any) -> Any:
-  """A concrete 0-d numpy/JAX number as a Python number (else `x` as it is)."""
-  if isinstance(x, (np.ndarray, jax.Array)) and x.ndim == 0 and not isinstance(x, jax.core.Tracer):
-    return x.item()
-  return x
-
-
-def _check_size(name: str, n: Any) -> None:
-  n = _scalar(n)
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-    raise TypeError(f"size of axis {name!r} must be an int, got {n!r}")
-  if n <= 0:
-    raise ValueError(f"size of axis {name!r} must be positive, got {n}")
-
 
 def _fixed_axis_path(tree, name: str) -> str:
   for path, box in leaves_with_paths(tree):

@@ -157,7 +157,7 @@ def test_stratified_map_counts():
 
 
 def test_stratified_subsets_are_the_smallest_draws_and_uniform():
-  from rcjax.transfer import _smallest, _subset
+  from rcjax.maps import _smallest, _subset
 
   def reference(bits, k):  # the first k of a stable sort of the draws
     return np.isin(np.arange(len(bits)), np.argsort(np.asarray(bits), kind="stable")[:k])

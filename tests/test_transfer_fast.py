@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rcjax
-from rcjax.transfer import _gather
+from rcjax.gather import _gather
 
 SHAPES = {  # leaf shape, mapped dims (the layouts rcjax meets: 1-D, 2-D, scanned, non-adjacent heads)
     "vector": ((12,), (0,)),

@@ -41,7 +41,7 @@ from train import mlp_transfer
 
 PARAMS = ("sp", "ntk", "mup", "mf")
 BIASES = ("trainable", "constant", "none")
-SAMPLERS = ("stratified", "iid", "stride")
+SAMPLERS = rcjax.maps.SAMPLERS
 # Config fields that may change between a run and its resumption.
 RESUMABLE = ("epochs", "progress", "out", "data_dir")
 
