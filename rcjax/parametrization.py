@@ -179,7 +179,8 @@ def sample(spec: str, key: jax.Array, shape: tuple[int, ...], scale: float = 1.0
   """Draw `scale * Z` with Z from the init distribution `spec` ('zeros'/'ones'/'constant' are unscaled).
 
   'normal:1,3' is N(mean=1, variance=3), the paper's GPT init; 'uniform' is U(-1, 1), so with the SP
-  scale 1/sqrt(fan_in) it is PyTorch's default Linear init.
+  scale 1/sqrt(fan_in) it is PyTorch's default Linear weight init (not its bias init, U(+-1/sqrt(fan_in)):
+  vector leaves such as biases have scale 1 here, so a bias drawn from 'uniform' is U(-1, 1)).
 
   >>> float(sample('constant:0.5', jax.random.key(0), (2,))[0])
   0.5

@@ -2,6 +2,7 @@
 (exact transfer keeps the test loss, then training goes on), errors that write nothing, NaN handling, and
 resumption after a SIGKILL reproducing an uninterrupted run line for line."""
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -259,6 +260,19 @@ def test_sweep_redraws_from_metrics_without_training(tmp_path, capsys):
                          "--epochs", "2", "--transfer-epoch", "4"]) == 1
   assert "--transfer-epoch must be in [0, --epochs=2), got 4" in capsys.readouterr().err
   assert not late.exists()
+  # A transfer folder of other flags (another --transfer-epoch) is refused before anything trains.
+  run = tmp_path / "n10_to_n100_r1=0_r2=0"
+  config = mlp.Config(dataset="digits", param="mf", lr=1.0, epochs=3, width=100, transfer_epoch=1,
+                      transfer_from=str(tmp_path / "n10"), random_rate=0.0, norm_rate=0.0, out=str(run))
+  (run / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+  before = _tree_state(tmp_path)
+  assert mlp_sweep.main(["fig43b", "--dataset", "digits", "--out", str(tmp_path), "--small", "10", "--large", "100",
+                         "--transfer-epoch", "2", "--r1", "0", "--r2", "0", "--epochs", "3", "--no-progress"]) == 1
+  assert "holds a run with a different config (transfer_epoch: 1 -> 2)" in capsys.readouterr().err
+  assert _tree_state(tmp_path) == before
+  # Figure 4.1's muP run may not sit at its base width (it would be SP).
+  assert mlp_sweep.main(["fig41", "--dataset", "digits", "--out", str(late), "--width", "100"]) == 1
+  assert "muP with base 100 = N would be SP" in capsys.readouterr().err and not late.exists()
 
 
 def test_digits_without_scikit_learn_is_a_one_line_error(monkeypatch):

@@ -215,7 +215,7 @@ def _write_metrics(path: Path, lines: list[dict]) -> None:
   os.replace(tmp, path)
 
 
-def _check_out_dir(out: Path, config: Config) -> None:
+def check_out_dir(out: Path, config: Config) -> None:
   """Refuse an --out that holds something else than a run of this config (nothing is overwritten)."""
   if not out.exists():
     return
@@ -271,7 +271,7 @@ def run(config: Config) -> list[dict]:
 
   validate(config)
   out = Path(config.out)
-  _check_out_dir(out, config)
+  check_out_dir(out, config)
   data = data_lib.load(config.dataset, config.data_dir)
   n = len(data.y_train)
   steps = n // config.batch_size

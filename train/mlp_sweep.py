@@ -39,6 +39,11 @@ def _name(width: int) -> str:
   return f"n{width}"
 
 
+def _x_suffix(args) -> str:
+  """Figures against steps or FLOPs get their own file (`fig4_3_be_flops.png`) beside the epoch one."""
+  return "" if args.x == "epoch" else f"_{args.x}"
+
+
 def _run(args, name: str, **kw) -> list[dict]:
   out = Path(args.out) / name
   if args.plot_only:
@@ -87,7 +92,8 @@ def fig43_transfer(args, source_width: int, target_width: int, tag: str) -> None
   source = _run(args, _name(source_width), width=source_width)
   scratch = _run(args, _name(target_width), width=target_width)
   runs = {f"N={source_width} (source)": source, f"N={target_width} from scratch": scratch}
-  styles = {f"N={source_width} (source)": {"color": "0.6", "linestyle": "--"},
+  # The source drawn last, on top: an r1 = r2 = 0 growth continues it exactly (transfer commutes with training).
+  styles = {f"N={source_width} (source)": {"color": "0.4", "linestyle": "--", "zorder": 5},
             f"N={target_width} from scratch": {"color": "k", "linewidth": 2}}
   summary = {}
   for r1 in args.r1:
@@ -100,7 +106,7 @@ def fig43_transfer(args, source_width: int, target_width: int, tag: str) -> None
   title = (f"{args.base_config.dataset}: transfer N={source_width} -> N={target_width} at epoch "
            f"{args.transfer_epoch} ({args.base_config.param}, lr {args.base_config.lr:g})")
   fig = plots.training_curves(runs, x=args.x, title=title, styles=styles)
-  print("wrote", plots.save(fig, Path(args.out) / f"fig4_3_{tag}.png"))
+  print("wrote", plots.save(fig, Path(args.out) / f"fig4_3_{tag}{_x_suffix(args)}.png"))
   _save_summary(args, f"fig4_3_{tag}", summary)
 
 
@@ -113,7 +119,7 @@ def fig43a(args) -> None:
                      width=args.large, init=init) for init in args.inits}
   title = f"{args.base_config.dataset}: N={args.large}, init distributions ({args.base_config.param})"
   print("wrote", plots.save(plots.training_curves(runs, x=args.x, title=title),
-                            Path(args.out) / "fig4_3_ad.png"))
+                            Path(args.out) / f"fig4_3_ad{_x_suffix(args)}.png"))
   _save_summary(args, "fig4_3_ad", {k: {"final_train_loss": v[-1]["train_loss"], "final_test_acc":
                                         v[-1]["test_acc"]} for k, v in runs.items()})
 
@@ -132,15 +138,20 @@ def fig41(args) -> None:
   from rcjax.checkpoint import Checkpointer
 
   grid = [[], []]
+  # muP at its base width is SP exactly: its run gets base --base, or --small (100), not N.
+  if (args.base or args.small) == args.width:
+    raise ValueError(f"fig41: muP with base {args.width} = N would be SP; give --base another width")
   for param in ("sp", "mf", "mup"):
-    name = f"fig41_{param}_{_name(args.width)}"
-    _run(args, name, width=args.width, param=param, init=FIG41_INIT[param])
+    base = (args.base or args.small) if param == "mup" else 0
+    name = f"fig41_{param}_{_name(args.width)}" + (f"_base{base}" if base else "")
+    _run(args, name, width=args.width, param=param, init=FIG41_INIT[param], base=base)
     ckpt = Checkpointer(Path(args.out) / name / "checkpoints", read_only=True)
     last = ckpt.latest_step()
     for row, step in enumerate((0, last)):
       w = np.asarray(ckpt.restore(step)["params"]["Dense_1"]["kernel"].value)
       lr = args.lr or DEFAULT_LR[args.base_config.dataset, param]
-      grid[row].append((f"{param} ({FIG41_INIT[param]}, lr {lr:g}), {'init' if step == 0 else f'epoch {step}'}",
+      what = f"{param}" + (f" base {base}" if base else "")
+      grid[row].append((f"{what} ({FIG41_INIT[param]}, lr {lr:g}), {'init' if step == 0 else f'epoch {step}'}",
                         ordered_normalised(w)))
   title = f"{args.base_config.dataset}: middle layer, N={args.width}, normalised, rows/cols by mean"
   print("wrote", plots.save(plots.weight_heatmaps(grid, title=title), Path(args.out) / "fig4_1.png"))
@@ -159,7 +170,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--epochs", type=int, default=10)
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--base", type=int, default=0, help="muP base width (0: each run's width)")
+  p.add_argument("--base", type=int, default=0, help="muP base width of every run (0: --small, so all widths "
+                 "share one base; muP at its base width is SP)")
   p.add_argument("--width", type=int, default=300, help="fig41: hidden width")
   p.add_argument("--small", type=int, default=100, help="fig43b/c: the small width")
   p.add_argument("--large", type=int, default=1000, help="fig43a/b/c: the large width")
@@ -176,16 +188,24 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   args = parser().parse_args(argv)
   mlp.quiet_logs()
+  base = (args.base or args.small) if args.param == "mup" else args.base  # one base for every width
   args.base_config = mlp.Config(dataset=args.dataset, data_dir=args.data_dir, param=args.param,
                                 lr=args.lr or DEFAULT_LR[args.dataset, args.param], epochs=args.epochs,
-                                batch_size=args.batch_size, seed=args.seed, base=args.base,
+                                batch_size=args.batch_size, seed=args.seed, base=base,
                                 progress=args.progress)
   try:
-    if args.figure in ("fig43b", "fig43c"):  # before any run trains: the transfers' flags
+    if args.figure in ("fig43b", "fig43c"):  # before any run trains: the transfers' flags and folders
+      source, target = (args.small, args.large) if args.figure == "fig43b" else (args.large, args.small)
       for r1 in args.r1:
         for r2 in args.r2:
-          mlp.validate(dataclasses.replace(args.base_config, transfer_from=args.out, random_rate=r1,
-                                           norm_rate=r2, transfer_epoch=args.transfer_epoch))
+          config = dataclasses.replace(args.base_config, transfer_from=str(Path(args.out) / _name(source)),
+                                       random_rate=r1, norm_rate=r2, transfer_epoch=args.transfer_epoch,
+                                       width=target)
+          config = dataclasses.replace(config, lr=args.lr or DEFAULT_LR[config.dataset, config.param])
+          mlp.validate(config)
+          out = Path(args.out) / f"{_name(source)}_to_{_name(target)}_r1={r1:g}_r2={r2:g}"
+          if not args.plot_only:
+            mlp.check_out_dir(out, dataclasses.replace(config, out=str(out)))
     if args.figure == "fig41":
       fig41(args)
     elif args.figure == "fig43a":
