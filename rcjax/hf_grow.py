@@ -153,6 +153,8 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
   try:
     args = parse(argv, direction)
     sharding.init_distributed(args.coordinator, args.num_processes, args.process_id)
+    sharding.check_same_on_every_process({k: v for k, v in vars(args).items() if k != "process_id"},
+                                         f"python -m rcjax.{direction} flags")
     dst = os.path.abspath(args.dst)
     if os.path.exists(dst) and not args.overwrite:
       raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")

@@ -279,9 +279,9 @@ def constrain(x: jax.Array, mesh: Mesh, spec: tuple) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*[s or None for s in spec])))
 
 
-__all__ = ["MESH_AXES", "RULES", "abstract", "batch_sharding", "constrain", "fit_spec", "init",
-           "gather_plan", "leaf_shardings", "logical_spec", "make_mesh", "parse_mesh", "shard",
-           "shardings", "spec_tuple"]
+__all__ = ["MESH_AXES", "RULES", "abstract", "batch_sharding", "check_same_on_every_process", "constrain",
+           "fit_spec", "gather_plan", "init", "init_distributed", "leaf_shardings", "logical_spec", "make_mesh",
+           "parse_mesh", "shard", "shardings", "spec_tuple"]
 
 
 def sync(name: str) -> None:
@@ -293,13 +293,42 @@ def sync(name: str) -> None:
 
 def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
                      process_id: int | None = None) -> None:
-  """`jax.distributed.initialize`: explicit flags, or auto-detected on multi-host TPU and SLURM jobs
-  (nothing for one process)."""
+  """`jax.distributed.initialize`: explicit flags, or auto-detected on multi-host TPU and SLURM job steps
+  (nothing for one process; `num_processes=1` means one process whatever the environment says)."""
   import os
 
   if coordinator or (num_processes or 1) > 1:
     if not (coordinator and num_processes and process_id is not None):
       raise ValueError("multi-process runs need --coordinator, --num-processes and --process-id together")
     jax.distributed.initialize(coordinator, num_processes, process_id)
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+  elif num_processes == 1:
+    return
+  elif ((int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in os.environ)  # under srun
+        or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")):
     jax.distributed.initialize()
+
+
+def check_same_on_every_process(values: Mapping[str, Any], what: str = "flags") -> None:
+  """Raise ValueError on every process, naming the entries of `values` (JSON-able) that differ between
+  processes: processes started with other flags would otherwise mix two runs, or wait on each other in
+  collectives that never match. Nothing to do for one process."""
+  if jax.process_count() == 1:
+    return
+  import hashlib
+  import json
+
+  from jax.experimental import multihost_utils
+
+  keys = sorted(values)
+  digest = lambda v: int.from_bytes(hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode())
+                                    .digest()[:4], "little") & 0x7FFFFFFF
+  mine = np.array([digest(k) for k in keys] + [digest(values[k]) for k in keys], np.int32)
+  n = multihost_utils.process_allgather(np.array([len(keys)], np.int32))
+  if len(set(np.asarray(n).ravel().tolist())) > 1:
+    raise ValueError(f"the processes disagree on {what}: they have {np.asarray(n).ravel().tolist()} entries")
+  every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, len(mine))
+  differ = [k for i, k in enumerate(keys) if len(set(every[:, i])) > 1 or len(set(every[:, len(keys) + i])) > 1]
+  if differ:
+    mine_ = ", ".join(f"{k}={values[k]!r}" for k in differ[:4])
+    raise ValueError(f"the processes disagree on {what} {differ} (process {jax.process_index()} has {mine_}); "
+                     "start every process with the same flags")

@@ -72,3 +72,25 @@ def test_two_processes_grow_an_hf_checkpoint_shard_by_shard(tmp_path):
   one, two = (open(tmp_path / d / "model.safetensors", "rb").read() for d in ("one", "two"))
   assert one == two
   assert sorted(os.listdir(tmp_path)) == ["one", "src", "two"]  # no temporary directory left
+
+
+def test_processes_started_with_other_flags_all_stop_with_one_clear_error(tmp_path):
+  # Another --seed on process 1 alone used to train a silent mix of two runs; now both processes refuse.
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  port = free_port()
+  cmd = [sys.executable, "-m", "train.gpt", "--width", "32", "--seq-len", "16", "--batch-size", "8", "--steps", "2",
+         "--progress", "false", "--out", str(tmp_path / "run"), "--coordinator", f"localhost:{port}",
+         "--num-processes", "2"]
+  procs = [subprocess.Popen(cmd + ["--process-id", str(i), "--seed", str(5 * i)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=240)[0])
+    finally:
+      p.kill()
+  for i, (p, text) in enumerate(zip(procs, outs)):
+    assert p.returncode == 2, f"process {i}:\n{text[-3000:]}"
+    assert f"the processes disagree on train.gpt flags ['seed'] (process {i} has seed={5 * i})" in text, text[-2000:]
+  assert not (tmp_path / "run").exists()

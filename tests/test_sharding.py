@@ -115,3 +115,21 @@ def test_sharded_transfer_keeps_rules_and_never_gathers_a_matrix(sizes):
   plain = transfer_module._transfer_jit.lower(ps, jax.random.key(3), **{**kw, "sampler": "iid", "shardings": ()}).compile()
   plain = _collectives(plain.as_text())
   assert any(k in ("all-gather", "all-reduce") and n >= smallest_matrix for k, n in plain)
+
+
+def test_init_distributed_starts_nothing_for_one_process(monkeypatch):
+  from rcjax import sharding
+
+  def initialize(*a, **k):
+    raise AssertionError("jax.distributed.initialize called")
+
+  monkeypatch.setattr(jax.distributed, "initialize", initialize)
+  monkeypatch.setenv("SLURM_NTASKS", "2")  # a multi-task allocation, but not a step of it (no srun)
+  monkeypatch.delenv("SLURM_STEP_ID", raising=False)
+  monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
+  sharding.init_distributed()
+  monkeypatch.setenv("SLURM_STEP_ID", "0")
+  sharding.init_distributed(num_processes=1)  # explicit: one process, whatever the environment says
+  with pytest.raises(AssertionError, match="initialize called"):
+    sharding.init_distributed()
+  sharding.check_same_on_every_process({"seed": 0})  # one process: nothing to compare

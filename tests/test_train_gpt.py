@@ -54,6 +54,11 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
   with pytest.raises(ValueError, match="config.json is not valid JSON"):
     gpt.run(Config(**TINY, out=str(other)))
   assert sorted(os.listdir(other)) == ["config.json"]
+  # The same folder spelled another way (relative, ./, a trailing /) is the same run.
+  (other / "config.json").write_text(json.dumps(dataclasses.asdict(Config(**TINY, out=str(other)))))
+  rel = os.path.relpath(other)
+  for spelling in (rel, "./" + rel + "/"):
+    gpt._check_run_dir(Config(**TINY, out=spelling))
   with pytest.raises(ValueError, match="width 36: heads would be 4.5"):
     gpt.validate(Config(**TINY, grow_at=1, grow_to=36))
   with pytest.raises(ValueError, match=r"unroll must be >= 0 \(0: all blocks\), got -1"):

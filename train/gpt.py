@@ -299,7 +299,11 @@ def _check_run_dir(cfg: Config) -> None:
       old = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it") from None
-  diff = [k for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE and old.get(k) != v]
+  def same(k, a, b):  # paths spelled another way (relative, ./, a trailing /) name the same folder
+    return a == b or (k in ("out", "transfer_from", "data_dir") and bool(a and b) and isinstance(a, str)
+                      and os.path.realpath(a) == os.path.realpath(b))
+
+  diff = [k for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE and not same(k, old.get(k), v)]
   if diff:
     theirs = ", ".join(f"{k}={old.get(k)!r}" for k in diff[:4])
     ours = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in diff[:4])
@@ -496,6 +500,10 @@ def _save_steps(cfg: Config) -> set[int]:
 
 def run(cfg: Config) -> dict:
   """Train; returns a summary (final loss, loss floor, tokens/s, MFU, sizes)."""
+  # Processes with other flags would mix two runs or wait in collectives that never match: refuse first.
+  flags = {k: os.path.abspath(v) if k in ("out", "transfer_from") and v else v
+           for k, v in dataclasses.asdict(cfg).items() if k not in ("progress", "data_dir")}
+  sharding.check_same_on_every_process(flags, "train.gpt flags")
   validate(cfg)
   main = jax.process_index() == 0
   if cfg.out:
