@@ -1,9 +1,10 @@
 """Index maps: for every width axis, which old neuron each new neuron copies (`rcjax.index_maps`).
 
 Maps are drawn per axis from the axis's own key (folded in from its name), so a map does not depend on
-which other axes are mapped; they are sorted (whole blocks of a blocked axis follow its outer axis's map),
-so gathers stream. `rcjax.transfer` draws them inside its jitted function; `index_maps` gives them to the
-caller, with `apply_maps` the other half of a transfer.
+which other axes are mapped; they are sorted, so gathers stream (except the map of an axis in blocks per
+another mapped axis, whose whole blocks follow that axis's map: `[0, 1, 0, 1, 2, 3, 2, 3]`).
+`rcjax.transfer` draws them inside its jitted function; `index_maps` gives them to the caller, with
+`apply_maps` the other half of a transfer.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _maps(key, old: tuple, new: tuple, sampler: str, blocks: tuple = ()) -> dict
 def index_maps(key: jax.Array, old_sizes: Mapping[str, int], new_sizes: Mapping[str, int],
                sampler: str = "stratified", blocks: Mapping[str, str | int] | None = None
                ) -> dict[str, jax.Array]:
-  """Sorted index maps `{axis: int32[new]}` sampling new neurons from old ones.
+  """Sorted index maps `{axis: int32[new]}` sampling new neurons from old ones (see `blocks` below).
 
   Samplers: 'stratified' (default; growth: every neuron floor(N'/N) times plus a uniform sample without
   replacement for the remainder; pruning: a uniform subset), 'iid' (N' draws with replacement) and

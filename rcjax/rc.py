@@ -81,7 +81,8 @@ class RC(struct.PyTreeNode, meta.AxisMetadata):
     base = (None,) * len(axes) if self.base is None else tuple(
         None if b is None else int(b) for b in self.base)
     if any(b is not None and b <= 0 for b in base):
-      raise ValueError(f"RC: base {base} for axes {axes}: a width axis's base is a positive size (None for a fixed axis)")
+      raise ValueError(f"RC: base {base} for axes {axes}: a width axis's base is a positive size "
+                       "(None for a fixed axis)")
     fan_in = tuple(sorted(int(d) + len(axes) * (int(d) < 0) for d in self.fan_in))
     if len(base) != len(axes):
       raise ValueError(f"RC: base {base} has {len(base)} entries for {len(axes)} axes {axes}")
