@@ -194,7 +194,8 @@ def _axes_info(params: Any) -> tuple[dict[str, int], frozenset[str], frozenset[s
       kind = lambda b: "a width axis" if b is not None else "a fixed axis"
       raise ValueError(f"axis {name!r} is {kind(base0)} at {path0} but {kind(base)} at {path}")
     if base is None:
-      varies |= {name} if size != size0 else set()
+      if size != size0:
+        varies.add(name)
       continue
     if size != size0:
       raise ValueError(f"axis {name!r} has size {size0} at {path0} but {size} at {path}")

@@ -333,7 +333,7 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
       raise TypeError(f"factor must be a finite number, got {factor!r}")
     if factor <= 0:
       raise ValueError(f"factor must be positive, got {factor}")
-  target = {}
+  target, varies = {}, _axes_info(params)[2]
   if factor is not None or sizes is None:
     if not widths:
       raise ValueError(f"{direction}: this pytree has no width axis (every leaf's base is None), so there is "
@@ -345,7 +345,7 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
     if not isinstance(sizes, Mapping):
       raise TypeError(f"sizes must be a dict {{axis: size}}, got {type(sizes).__name__}")
     for name, n in sizes.items():
-      if name in _axes_info(params)[2]:
+      if name in varies:
         raise ValueError(f"axis {name!r} is a fixed (non-width) axis, of different sizes in different leaves, "
                          "and cannot change size")
       if name not in all_sizes:
@@ -440,9 +440,9 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   if not isinstance(sizes, Mapping):
     raise TypeError(f"transfer: sizes must be a dict {{axis: new size}}, got {type(sizes).__name__} (for a "
                     "factor on every width axis: rcjax.grow/shrink(params, key, factor=...))")
-  _check_fields(params)
-  old = width_axes(params)
+  # grow/shrink computed (and checked) their targets with _target_sizes already
   target = _target_sizes(params, None, sizes, _direction) if _direction == "transfer" else dict(sizes)
+  old = width_axes(params)
   all_sizes, blocks = tree_sizes(params), tree_blocks(params)
   for name, outer in blocks.items():
     if isinstance(outer, str) and outer not in all_sizes:

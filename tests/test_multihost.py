@@ -17,11 +17,12 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_two(cmd: list[str]) -> list[str]:
-  """Run `cmd --process-id i` for i = 0, 1 (4 CPU devices each); assert both succeed; their outputs."""
+def run_two(cmd: list[str], extra=lambda i: [], returncode: int = 0) -> list[str]:
+  """Run `cmd --process-id i *extra(i)` for i = 0, 1 (4 CPU devices each); assert both exit with
+  `returncode`; their outputs."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
          "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
-  procs = [subprocess.Popen(cmd + ["--process-id", str(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+  procs = [subprocess.Popen(cmd + ["--process-id", str(i), *extra(i)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outs = []
   for p in procs:
@@ -30,7 +31,7 @@ def run_two(cmd: list[str]) -> list[str]:
     finally:
       p.kill()
   for i, (p, text) in enumerate(zip(procs, outs)):
-    assert p.returncode == 0, f"process {i} failed:\n{text[-3000:]}"
+    assert p.returncode == returncode, f"process {i} exited {p.returncode}:\n{text[-3000:]}"
   return outs
 
 
@@ -76,21 +77,11 @@ def test_two_processes_grow_an_hf_checkpoint_shard_by_shard(tmp_path):
 
 def test_processes_started_with_other_flags_all_stop_with_one_clear_error(tmp_path):
   # Another --seed on process 1 alone used to train a silent mix of two runs; now both processes refuse.
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
   port = free_port()
   cmd = [sys.executable, "-m", "train.gpt", "--width", "32", "--seq-len", "16", "--batch-size", "8", "--steps", "2",
          "--progress", "false", "--out", str(tmp_path / "run"), "--coordinator", f"localhost:{port}",
          "--num-processes", "2"]
-  procs = [subprocess.Popen(cmd + ["--process-id", str(i), "--seed", str(5 * i)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outs = []
-  for p in procs:
-    try:
-      outs.append(p.communicate(timeout=240)[0])
-    finally:
-      p.kill()
-  for i, (p, text) in enumerate(zip(procs, outs)):
-    assert p.returncode == 2, f"process {i}:\n{text[-3000:]}"
+  outs = run_two(cmd, extra=lambda i: ["--seed", str(5 * i)], returncode=2)
+  for i, text in enumerate(outs):
     assert f"the processes disagree on train.gpt flags ['seed'] (process {i} has seed={5 * i})" in text, text[-2000:]
   assert not (tmp_path / "run").exists()
