@@ -33,8 +33,8 @@ from jax.sharding import NamedSharding
 from rcjax import kernels
 from rcjax import parametrization as pz
 from rcjax.gather import _broadcast, _gather, _on_cpu
-from rcjax.maps import (_check_blocks, _check_key, _check_sampler, _check_size, _maps, _scalar, index_maps,
-                        inverse_maps, tree_blocks)
+from rcjax.maps import (SCORE_SAMPLERS, _check_blocks, _check_key, _check_sampler, _check_size, _maps, _scalar,
+                        check_scores, index_maps, inverse_maps, tree_blocks)
 from rcjax.sharding import constrain, fit_spec, gather_plan, leaf_shardings, spec_tuple
 from rcjax.rc import RC, _axes_info, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
 
@@ -371,8 +371,8 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
 
 
 def _transfer_impl(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings,
-                   pallas=(False, False)):
-  maps = _maps(key, old, new, sampler, blocks)
+                   pallas=(False, False), scores=None):
+  maps = _maps(key, old, new, sampler, blocks, scores)
   # Maps of axes in blocks per a mapped axis repeat whole blocks in the outer map's order: not sorted
   # ([0, 1, 0, 1, 2, 3, 2, 3] for query heads when kv heads double), so their gathers are promised nothing.
   unsorted = tuple(sorted(k for k, o in blocks if isinstance(o, str) and o in maps))
@@ -409,7 +409,7 @@ _transfer_jit_donated = jax.jit(_transfer_impl, static_argnames=_TRANSFER_STATIC
 def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: str = "stratified",
              random_rate: float = 0.0, norm_rate: float = 0.0, exact: bool = False,
              check_finite: bool = False, moment: int | None = None, donate: bool = False,
-             _direction: str = "transfer") -> Any:
+             scores: Mapping[str, Any] | None = None, _direction: str = "transfer") -> Any:
   """Transfer a pytree of RC leaves to new sizes of its width axes (grow or shrink, per axis).
 
   Args:
@@ -417,7 +417,8 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
     key: a `jax.random` key; the same key gives bitwise the same result (and the same maps and fresh
       neurons for params and for the optimizer state transferred with it).
     sizes: `{axis: new size}` for width axes; axes not named keep their size and are not resampled.
-    sampler: 'stratified' | 'iid' | 'stride' (see `index_maps`).
+    sampler: 'stratified' | 'iid' | 'stride' (see `index_maps`), or for shrinking 'importance' (keep the
+      highest `scores`) | 'importance-sample' (a sample without replacement proportional to them).
     random_rate: r1 in [0, 1]: each target neuron is, with probability r1, a fresh neuron drawn from
       the init distribution at the target width (r1 = 1 is training from scratch). Optimizer moments of
       fresh neurons start at 0 (first moments) or at the leaf mean (second moments).
@@ -431,12 +432,18 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
       transfer, which reuses them for outputs of the same shape and dtype (axes remapped at their size).
       Do not use `params` afterwards: the output shares arrays with it, and donated ones are deleted.
       The result is bitwise the same either way. Without it, every output leaf is a new array.
+    scores: `{axis: float[N]}` for the score samplers (`rcjax.importance`): one score >= 0 per neuron of
+      every axis that shrinks (for an axis in blocks, e.g. query heads per kv head, the scores summed
+      over blocks pick the same entries in every block).
 
   Returns:
     The transferred pytree.
   """
   _check_key(key)
-  _check_sampler(sampler)
+  if sampler not in SCORE_SAMPLERS:
+    _check_sampler(sampler)
+    if scores is not None:
+      raise ValueError(f"scores= is for sampler 'importance' or 'importance-sample', not {sampler!r}")
   if not isinstance(sizes, Mapping):
     raise TypeError(f"transfer: sizes must be a dict {{axis: new size}}, got {type(sizes).__name__} (for a "
                     "factor on every width axis: rcjax.grow/shrink(params, key, factor=...))")
@@ -464,6 +471,8 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
     if shrunk:
       raise ValueError(f"exact=True needs new sizes >= old sizes, but axis {shrunk[0]!r} shrinks "
                        f"from {old[shrunk[0]]} to {target[shrunk[0]]}")
+  if sampler in SCORE_SAMPLERS:
+    scores = check_scores(scores, all_sizes, target, blocks, sampler)
   if check_finite:
     _check_finite(params)
   _warn_plain_leaves(params, {k: old[k] for k, n in target.items() if n != old[k]})
@@ -473,6 +482,8 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   kw = dict(old=tuple(sorted((k, all_sizes[k]) for k in need)), new=new, sampler=sampler,
             r1=float(random_rate), r2=float(norm_rate), exact=bool(exact), moment=moment,
             blocks=tuple(sorted(blocks.items())), pallas=kernels.settings())
+  if sampler in SCORE_SAMPLERS:
+    kw["scores"] = scores
   if donate:
     call = lambda jitted: lambda t: jitted(t, key, shardings=leaf_shardings(t), **kw)
     return _donated(call(_transfer_jit_donated), call(_transfer_jit), params, set(target))
@@ -501,12 +512,23 @@ def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Map
 
 def shrink(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,
            sampler: str = "stratified", random_rate: float = 0.0, norm_rate: float = 0.0,
-           check_finite: bool = False, moment: int | None = None, donate: bool = False) -> Any:
+           check_finite: bool = False, moment: int | None = None, donate: bool = False,
+           scores: Mapping[str, Any] | None = None) -> Any:
   """Shrink (prune) every width axis by `factor` (default 0.5), or the axes named in `sizes`.
 
-  Neurons are kept as a uniform subset ('stratified'), evenly spaced ('stride') or drawn with
-  replacement ('iid'); fan-in entries are rescaled by N/N' as the parametrization requires.
+  Neurons are kept as a uniform subset ('stratified'), evenly spaced ('stride'), drawn with
+  replacement ('iid'), or by importance `scores` (`{axis: float[N]}`, e.g. from `rcjax.importance`):
+  the highest ('importance'; neurons with equal scores, such as the copies of a grown neuron, are kept one
+  copy per score first) or a sample without replacement proportional to them ('importance-sample'). Fan-in
+  entries are rescaled by N/N' as the parametrization requires; the maps stay sorted.
+
+  >>> import jax.numpy as jnp
+  >>> from rcjax import RC
+  >>> p = {'w': RC(jnp.ones((2, 4)), axes=('input', 'hidden'), fan_in=(0,), base=(None, 4), param='mf')}
+  >>> s = {'hidden': jnp.array([0.1, 3.0, 0.2, 2.0])}
+  >>> shrink(p, jax.random.key(0), sizes={'hidden': 2}, sampler='importance', scores=s)['w'].shape
+  (2, 2)
   """
   target = _target_sizes(params, factor, sizes, "shrink")
   return transfer(params, key, target, sampler=sampler, random_rate=random_rate, norm_rate=norm_rate,
-                  check_finite=check_finite, moment=moment, donate=donate, _direction="shrink")
+                  check_finite=check_finite, moment=moment, donate=donate, scores=scores, _direction="shrink")

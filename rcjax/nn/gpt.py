@@ -181,6 +181,10 @@ class Block(nn.Module):
   def add_bias(self, y, name, axes, blocks=(), on=True):
     return _plus(y, self.bias_value(name, axes, blocks, on))
 
+  def tap(self, name: str, x):
+    """Identity: where `rcjax.nn.importance` reads the activations `name` ('heads', 'mlp') of a block."""
+    return x
+
   @nn.compact
   def __call__(self, x_BxTxE, _=None):
     dt = self.dtype
@@ -207,8 +211,8 @@ class Block(nn.Module):
       q, k = rope(q, self.rope_base, r, self.rope_scaling), rope(k, self.rope_base, r, self.rope_scaling)
     scale = logit_scale(self.param, d, wq.base[2])
     window = None if self.sliding_window is None else (self.sliding_window - 1, 0)  # itself + w-1 before
-    o_BxTxHxD = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, local_window_size=window,
-                                             implementation=self.attention)
+    o_BxTxHxD = self.tap("heads", jax.nn.dot_product_attention(
+        q, k, v, scale=scale, is_causal=True, local_window_size=window, implementation=self.attention))
     wo = self.rc("o", ("heads", "head_dim", "embed"), (0, 1), self.kernel_init, (("heads", "kv_heads"),))
     attn = self.add_bias(_mm(o_BxTxHxD, wo, "bthd,hde->bte", dt), "o_bias", ("embed",), (), self.o_bias)
     if not self.parallel_residual:
@@ -227,6 +231,7 @@ class Block(nn.Module):
       a_BxTxF = jax.nn.silu(_plus(gate, b_gate)) * _plus(up, b_up)
     else:
       a_BxTxF = ACTIVATIONS[self.activation](_plus(_mm(h, w_up, "bte,ef->btf", dt), b_up))
+    a_BxTxF = self.tap("mlp", a_BxTxF)
     down = self.rc("down", ("mlp", "embed"), (0,), self.kernel_init)
     y = self.add_bias(_mm(a_BxTxF, down, "btf,fe->bte", dt), "down_bias", ("embed",), (), self.mlp_bias)
     if self.parallel_residual:  # GPT-NeoX: x + attn(norm1(x)) + mlp(norm2(x))
@@ -391,7 +396,7 @@ class GPT(nn.Module):
               param_dtype=self.param_dtype)
     block = nn.remat(Block, prevent_cse=not self.scan) if self.remat else Block
     if self.scan:
-      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=self.depth,
+      stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True}, length=self.depth,
                       unroll=min(max(self.unroll, 1), self.depth), metadata_params={nn.PARTITION_NAME: "layers"})
       x_BxTxE, _ = stack(**kw, name="blocks")(x_BxTxE, None)
     else:
