@@ -66,4 +66,46 @@ def weights(params: Any) -> dict[str, np.ndarray]:
   return out
 
 
-__all__ = ["AGGREGATIONS", "activations", "weights"]
+def calibration_tokens(path: str, src: str | None, vocab: int) -> np.ndarray:
+  """The tokens (int32[n]) of the text file `path`: SRC's tokenizer (transformers' AutoTokenizer from the
+  local folder, offline) where SRC has one, else the UTF-8 bytes. ValueError for a missing, empty or
+  unreadable file, or byte tokens a vocabulary under 256 cannot hold."""
+  import os
+
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"calibration file {path}: no such file")
+  with open(path, encoding="utf-8", errors="replace") as f:
+    text = f.read()
+  if not text.strip():
+    raise ValueError(f"calibration file {path} is empty")
+  has_tokenizer = src is not None and any(os.path.isfile(os.path.join(src, n)) for n in (
+      "tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json"))
+  if has_tokenizer:
+    try:
+      from transformers import AutoTokenizer
+
+      ids = AutoTokenizer.from_pretrained(src, local_files_only=True)(text)["input_ids"]
+    except Exception as e:  # a broken or unsupported tokenizer: one line, not a traceback
+      raise ValueError(f"cannot tokenize {path} with the tokenizer of {src}: {type(e).__name__}: {e}") from None
+    tokens = np.asarray(ids, np.int64)
+  else:
+    tokens = np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int64)
+    if vocab < 256:
+      raise ValueError(f"{src or 'the model'} has no tokenizer and a vocabulary of {vocab} < 256: cannot read "
+                       f"{path} as bytes")
+  if tokens.size == 0 or tokens.max() >= vocab or tokens.min() < 0:
+    raise ValueError(f"calibration file {path}: tokens outside the vocabulary of {vocab}" if tokens.size else
+                     f"calibration file {path} gives no tokens")
+  return tokens.astype(np.int32)
+
+
+def token_batches(tokens: np.ndarray, batch: int, length: int) -> list[np.ndarray]:
+  """`tokens` cut into windows of `length` (one shorter window if fewer tokens), grouped `batch` per array
+  (the last group may be smaller)."""
+  length = min(length, len(tokens))
+  n = len(tokens) // length
+  windows = tokens[: n * length].reshape(n, length)
+  return [windows[i:i + batch] for i in range(0, n, batch)]
+
+
+__all__ = ["AGGREGATIONS", "activations", "calibration_tokens", "token_batches", "weights"]
