@@ -2,7 +2,7 @@
 steps of retraining, on a small GPT (train.gpt, markov data) and the digits MLP (train.mlp).
 
     python benchmarks/importance.py --out benchmarks/results/2026-12-07-cpu-importance   # ~5 min, 2 CPU cores
-    python benchmarks/importance.py --quick --out /tmp/imp                               # a smoke run
+    python benchmarks/importance.py --quick --out /tmp/imp                               # 1 seed, few steps
 
 For every seed a source model is trained (GPT: tiny preset, float32; MLP: 64 -> 128 -> 128 -> 10,
 mean-field, SGD), then shrunk to each target by each sampler with the same key, evaluated on fixed
@@ -99,7 +99,7 @@ def run_gpt(seed, a):
   sizes = rcjax.width_axes(params)
   rows = [dict(model="gpt", seed=seed, target="source", sampler="-", shrunk=gpt_eval(cfg, params, evals))]
   rcfg = dataclasses.replace(cfg, steps=a.k, warmup=max(1, a.k // 10), lr=cfg.lr / 3)
-  for target, new in gpt_targets(sizes).items():
+  for target, new in list(gpt_targets(sizes).items())[: 1 if a.smoke else None]:
     sized = dataclasses.replace(rcfg, width=new.get("embed", sizes["embed"]), heads=new.get("heads", sizes["heads"]),
                                 mlp=new.get("mlp", sizes["mlp"]), head_dim=sizes["head_dim"], base_width=0)
     for sampler in SAMPLERS:
@@ -140,7 +140,7 @@ def run_mlp(seed, a):
   act = rcjax.importance.activations(model, params, [x_tr[i:i + 256] for i in range(0, 512, 256)])
   weight = rcjax.importance.weights(params)
   rows = [dict(model="mlp", seed=seed, target="source", sampler="-", shrunk=test(params))]
-  for frac, target in ((2, "width 1/2"), (4, "width 1/4")):
+  for frac, target in ((2, "width 1/2"), (4, "width 1/4"))[: 1 if a.smoke else None]:
     new = {k: v // frac for k, v in rcjax.width_axes(params).items()}
     for sampler in SAMPLERS:
       small = rcjax.shrink(params, jax.random.key(1000 + seed), sizes=new, sampler=_rc_sampler(sampler),
@@ -196,6 +196,26 @@ def plot(summary, path):
   fig.savefig(path, dpi=110)
 
 
+def table(summary) -> str:
+  """Markdown: one row per (model, target, column), mean ± std over seeds per sampler (best in bold)."""
+  names = SAMPLERS + ("scratch",)
+  lines = ["| model | target | loss | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
+  for m in ("gpt", "mlp"):
+    src = [r for r in summary if r["model"] == m and r["target"] == "source"]
+    if src:
+      lines.append(f"| {m} | source (unshrunk) | {src[0]['mean']:.3f} ± {src[0]['std']:.3f} |" + " |" * len(names))
+    targets = list(dict.fromkeys(r["target"] for r in summary if r["model"] == m and r["target"] != "source"))
+    for t in targets:
+      for c in ("shrunk", "retrained"):
+        cells = {r["sampler"]: r for r in summary if r["model"] == m and r["target"] == t and r["column"] == c}
+        best = min((cells[n]["mean"] for n in SAMPLERS if n in cells), default=None)
+        fmt = lambda n: "" if n not in cells else (("**{:.3f}**" if cells[n]["mean"] == best else "{:.3f}")
+                                                    .format(cells[n]["mean"]) + f" ± {cells[n]['std']:.3f}")
+        lines.append(f"| {m} | {t} | {'after shrinking' if c == 'shrunk' else 'after K steps'} | "
+                     + " | ".join(fmt(n) for n in names) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", required=True)
@@ -206,23 +226,33 @@ def main(argv=None):
   ap.add_argument("--mlp-width", type=int, default=128)
   ap.add_argument("--eval-batches", type=int, default=4)
   ap.add_argument("--calib-batches", type=int, default=4)
-  ap.add_argument("--quick", action="store_true", help="1 seed, few steps (a smoke run)")
+  ap.add_argument("--quick", action="store_true", help="1 seed, few steps")
+  ap.add_argument("--smoke", action="store_true", help="--quick, and the first target only (tests)")
+  ap.add_argument("--only", default="mlp,gpt", help="models to run: mlp, gpt or both")
+  ap.add_argument("--table-from", help="only print the markdown table of an importance.json")
   a = ap.parse_args(argv)
-  if a.quick:
+  if a.table_from:
+    with open(a.table_from) as f:
+      print(table(json.load(f)["summary"]), end="")
+    return
+  if a.quick or a.smoke:
     a.seeds, a.k, a.gpt_steps, a.mlp_steps, a.eval_batches, a.calib_batches = 1, 5, 10, 20, 1, 1
   os.makedirs(a.out, exist_ok=True)
   t0 = time.time()
   rows = []
   for seed in range(a.seeds):
-    rows += run_mlp(seed, a)
-    rows += run_gpt(seed, a)
+    rows += run_mlp(seed, a) if "mlp" in a.only else []
+    rows += run_gpt(seed, a) if "gpt" in a.only else []
   summary = summarize(rows)
   meta = dict(device=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared with other work)",
               jax=jax.__version__, seconds=round(time.time() - t0, 1), args=vars(a), samplers=SAMPLERS)
   with open(os.path.join(a.out, "importance.json"), "w") as f:
     json.dump(dict(meta=meta, summary=summary, rows=rows), f, indent=1)
   plot(summary, os.path.join(a.out, "importance.png"))
+  with open(os.path.join(a.out, "table.md"), "w") as f:
+    f.write(table(summary))
   print(f"wrote {a.out}/importance.json and importance.png in {time.time() - t0:.0f}s")
+  return rows
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ def _count(params) -> int:
 
 def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
   import rcjax
-  from rcjax import hf_model, sharding
+  from rcjax import hf_model, importance, sharding
   from rcjax.nn.gpt import transfer as gpt_transfer
 
   t0 = time.perf_counter()
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     if model.rotary_dim is not None and new["head_dim"] != old["head_dim"]:
       raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
                        "head_dim cannot change")
-    calibration = _calibration(args, model)  # bad --calibration fails before SRC is read
+    calibration = importance.cli_calibration(args, model)  # bad --calibration fails before SRC is read
     src_dtype = hf_model.stored_dtype(args.src, src_config)  # the tensors' (config.json may not say)
     resized = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
                           head_dim=new["head_dim"], mlp=new["mlp"])
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       say(f"{direction}ing: sampler {args.sampler}, exact {args.exact}, r1 {args.random_rate}, r2 {args.norm_rate}")
       # donate: tensors no changed axis touches (all attention tensors when only mlp changes, ...) are
       # kept, not copied, and SRC's other tensors are freed once DST's exist (memory: DST, not SRC + DST).
-      scores = _scores(args, model, params, calibration, target, say)
+      scores = importance.cli_scores(args, model, params, calibration, say)
       grown = gpt_transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
                            norm_rate=args.norm_rate, exact=args.exact, donate=True, scores=scores)
     else:
@@ -253,45 +253,6 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     print(f"rcjax.{direction}: error: {e}", file=sys.stderr)
     return 2
   return 0
-
-
-def _calibration(args, model):
-  """The calibration batches of `--sampler importance* --scores activations` (None otherwise)."""
-  from rcjax import importance
-
-  if not args.sampler.startswith("importance"):
-    if getattr(args, "calibration", None):
-      raise ValueError("--calibration is for --sampler importance or importance-sample")
-    return None
-  if args.scores == "weights":
-    if args.calibration:
-      raise ValueError("--scores weights reads no --calibration file (use --scores activations)")
-    return None
-  if not args.calibration:
-    raise ValueError(f"--sampler {args.sampler} with --scores activations needs --calibration FILE (a text file), "
-                     "or --scores weights")
-  if args.calibration_batch < 1 or args.calibration_len < 1:
-    raise ValueError("--calibration-batch and --calibration-len must be at least 1")
-  length = args.calibration_len
-  if model.arch()["positions"] == "learned":
-    length = min(length, model.max_len)
-  tokens = importance.calibration_tokens(args.calibration, args.src, model.vocab)
-  return importance.token_batches(tokens, args.calibration_batch, length)
-
-
-def _scores(args, model, params, calibration, target, say):
-  """`{axis: scores}` for the importance samplers (None for the others)."""
-  from rcjax import importance
-
-  if not args.sampler.startswith("importance"):
-    return None
-  if args.scores == "weights":
-    say("scoring neurons by weight norms")
-    return importance.weights(params)
-  n = sum(len(b) * b.shape[1] for b in calibration)
-  say(f"scoring neurons on {n} calibration tokens ({len(calibration)} batch(es), aggregation {args.aggregation})")
-  return importance.activations(model, params, (jnp.asarray(b) for b in calibration), aggregation=args.aggregation,
-                                progress=sys.stderr.isatty() and jax.process_index() == 0)
 
 
 def callable_module(name: str, direction: str) -> None:

@@ -11,6 +11,7 @@ Both return `{axis: float[N]}`, one score >= 0 per neuron of every width axis th
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
@@ -30,7 +31,12 @@ def _slice_rms(x: jax.Array, dim: int) -> jax.Array:
   return per / jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(x))), jnp.finfo(jnp.float32).tiny)
 
 
-_slice_rms_jit = jax.jit(_slice_rms, static_argnums=1)
+def _all_slice_rms(values: list, dims: tuple) -> list:
+  """`_slice_rms` of every (value, dim) pair: one compiled program per tree."""
+  return [_slice_rms(v, d) for v, d in zip(values, dims)]
+
+
+_rms_jit = jax.jit(_all_slice_rms, static_argnums=1)
 
 
 def weights(params: Any) -> dict[str, np.ndarray]:
@@ -51,12 +57,11 @@ def weights(params: Any) -> dict[str, np.ndarray]:
   """
   widths = width_axes(params)
   logs: dict[str, list] = {a: [] for a in widths}
-  for _, box in leaves_with_paths(params):
-    if not box.fan_in:
-      continue
-    for d in box.width_dims:
-      with np.errstate(divide="ignore"):
-        logs[box.axes[d]].append(np.log(np.asarray(_slice_rms_jit(box.value, d), np.float64)))
+  pairs = [(box.value, d, box.axes[d]) for _, box in leaves_with_paths(params) if box.fan_in for d in box.width_dims]
+  rms = _rms_jit([v for v, _, _ in pairs], tuple(d for _, d, _ in pairs))
+  for (_, _, name), r in zip(pairs, rms):
+    with np.errstate(divide="ignore"):
+      logs[name].append(np.log(np.asarray(r, np.float64)))
   blocks = tree_blocks(params)
   out = {a: np.exp(np.mean(v, 0)) for a, v in logs.items() if v}
   for name, outer in blocks.items():
@@ -108,4 +113,41 @@ def token_batches(tokens: np.ndarray, batch: int, length: int) -> list[np.ndarra
   return [windows[i:i + batch] for i in range(0, n, batch)]
 
 
-__all__ = ["AGGREGATIONS", "activations", "calibration_tokens", "token_batches", "weights"]
+def cli_calibration(args, model) -> list | None:
+  """`python -m rcjax.shrink`: the calibration token batches of `--sampler importance* --scores activations`
+  (None otherwise); ValueError for bad flags or a bad file, before SRC is read."""
+  if not args.sampler.startswith("importance"):
+    if getattr(args, "calibration", None):
+      raise ValueError("--calibration is for --sampler importance or importance-sample")
+    return None
+  if args.scores == "weights":
+    if args.calibration:
+      raise ValueError("--scores weights reads no --calibration file (use --scores activations)")
+    return None
+  if not args.calibration:
+    raise ValueError(f"--sampler {args.sampler} with --scores activations needs --calibration FILE (a text file), "
+                     "or --scores weights")
+  if args.calibration_batch < 1 or args.calibration_len < 1:
+    raise ValueError("--calibration-batch and --calibration-len must be at least 1")
+  length = args.calibration_len
+  if model.arch()["positions"] == "learned":
+    length = min(length, model.max_len)
+  tokens = calibration_tokens(args.calibration, args.src, model.vocab)
+  return token_batches(tokens, args.calibration_batch, length)
+
+
+def cli_scores(args, model, params, calibration, say) -> dict | None:
+  """`python -m rcjax.shrink`: `{axis: scores}` for the importance samplers (None for the others)."""
+  if not args.sampler.startswith("importance"):
+    return None
+  if args.scores == "weights":
+    say("scoring neurons by weight norms")
+    return weights(params)
+  n = sum(len(b) * b.shape[1] for b in calibration)
+  say(f"scoring neurons on {n} calibration tokens ({len(calibration)} batch(es), aggregation {args.aggregation})")
+  return activations(model, params, (jnp.asarray(b) for b in calibration), aggregation=args.aggregation,
+                     progress=sys.stderr.isatty() and jax.process_index() == 0)
+
+
+__all__ = ["AGGREGATIONS", "activations", "calibration_tokens", "cli_calibration", "cli_scores", "token_batches",
+           "weights"]

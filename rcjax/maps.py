@@ -9,6 +9,8 @@ another mapped axis, whose whole blocks follow that axis's map: `[0, 1, 0, 1, 2,
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Mapping
 
 import jax
@@ -211,6 +213,7 @@ def _copy_rank(score: jax.Array) -> jax.Array:
   return jnp.zeros(n, jnp.int32).at[order].set(pos - start)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
 def _top(key: jax.Array, score: jax.Array, k: int, stochastic: bool) -> jax.Array:
   """Sorted int32[k]: the k neurons ranked first by (copy rank, -score or a race time, index).
 

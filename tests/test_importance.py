@@ -1,6 +1,7 @@
 """Shrinking by importance: rcjax.importance scores, shrink(sampler='importance' | 'importance-sample'),
 and `python -m rcjax.shrink --sampler importance`."""
 
+import math
 import os
 import sys
 
@@ -44,26 +45,28 @@ def test_ties_rank_one_copy_per_score_first():
     assert len(set((m // 3).tolist())) == 4 and list(m) == sorted(m)
 
 
-@pytest.mark.parametrize("which", ["activations", "weights"])
-def test_shrink_of_grown_duplicates_recovers_the_function(which):
+def test_shrink_of_grown_duplicates_recovers_the_function():
   """grow with r1 = r2 = 0 duplicates neurons; importance shrinking back keeps one copy of each and the
-  fan-in rescaling undoes the growth's: the small model's function, for the MLP and a GQA GPT."""
+  fan-in rescaling undoes the growth's: the small model's function (MLP: activation and weight scores;
+  GQA GPT: activation scores)."""
   model, p = _mlp()
   big = rcjax.grow(p, jax.random.key(1), factor=3)
-  score = (lambda q: rcjax.importance.activations(model, q, [XM])) if which == "activations" else rcjax.importance.weights
-  back = rcjax.shrink(big, jax.random.key(2), sizes=rcjax.width_axes(p), sampler="importance", scores=score(big))
-  np.testing.assert_allclose(model.apply({"params": back}, XM), model.apply({"params": p}, XM), atol=1e-5)
-  # fewer than the neuron types: the kept incoming weights are distinct columns of p's
-  half = rcjax.shrink(big, jax.random.key(2), sizes={"hidden_0": 3}, sampler="importance", scores=score(big))
-  cols = np.asarray(half["Dense_0"]["kernel"].value).T
-  src = np.asarray(p["Dense_0"]["kernel"].value).T
-  hits = [int(np.argmin(np.abs(src - c).sum(1))) for c in cols]
-  assert len(set(hits)) == 3 and all(np.allclose(src[h], c) for h, c in zip(hits, cols))
+  for scores in (rcjax.importance.activations(model, big, [XM]), rcjax.importance.weights(big)):
+    back = rcjax.shrink(big, jax.random.key(2), sizes=rcjax.width_axes(p), sampler="importance", scores=scores)
+    np.testing.assert_allclose(model.apply({"params": back}, XM), model.apply({"params": p}, XM), atol=1e-5)
+    # fewer than the neuron types: the kept incoming weights are distinct columns of p's
+    half = rcjax.shrink(big, jax.random.key(2), sizes={"hidden_0": 3}, sampler="importance", scores=scores)
+    cols = np.asarray(half["Dense_0"]["kernel"].value).T
+    src = np.asarray(p["Dense_0"]["kernel"].value).T
+    hits = [int(np.argmin(np.abs(src - c).sum(1))) for c in cols]
+    assert len(set(hits)) == 3 and all(np.allclose(src[h], c) for h, c in zip(hits, cols))
 
   gm, gp = gpt("llama", "mup")
   sizes = {k: v for k, v in rcjax.width_axes(gp).items() if k != "head_dim"}
   gbig = rcjax.nn.gpt.transfer(gm, gp, jax.random.key(1), {k: 2 * v for k, v in sizes.items()})
-  s = rcjax.importance.activations(gm, gbig, [X]) if which == "activations" else rcjax.importance.weights(gbig)
+  s = rcjax.importance.activations(gm, gbig, [X])
+  assert {k: v.shape for k, v in s.items()} == {"embed": (64,), "mlp": (192,), "heads": (8,), "kv_heads": (4,),
+                                                "head_dim": (8,)}
   gback = rcjax.nn.gpt.transfer(gm, gbig, jax.random.key(2), sizes, sampler="importance", scores=s)
   np.testing.assert_allclose(gm.apply({"params": gback}, X), gm.apply({"params": gp}, X), atol=1e-4)
 
@@ -94,32 +97,29 @@ def test_scores_keep_what_matters_and_are_deterministic():
 
 
 def test_sharded_importance_shrink_never_gathers_a_leaf():
-  """On an 8-device mesh: scores of sharded params equal the unsharded ones, the shrink equals the
-  one-device shrink bitwise, and its compiled program has no collective bigger than a vector per layer
-  (all-gather / all-reduce) or one device's share of a leaf."""
+  """On an 8-device mesh: weight scores of sharded params equal the unsharded ones, the shrink equals the
+  one-device shrink bitwise, and its compiled program has no collective bigger than a vector per layer (all-gather / all-reduce) or one device's share of a
+  leaf (the bounds of test_sharding's uniform shrink)."""
   model, p = gpt("llama", "mup")
   mesh = sharding.make_mesh("data=1,fsdp=4,tensor=2")
   ps = sharding.shard(p, mesh)
-  s1, s8 = rcjax.importance.activations(model, p, [X]), rcjax.importance.activations(model, ps, [X])
-  for k in s1:
-    np.testing.assert_allclose(s8[k], s1[k], rtol=1e-5)
-  w = rcjax.importance.weights(ps)
-  sizes = {"embed": 20, "mlp": 40, "heads": 2, "kv_heads": 1}
+  w, w1 = rcjax.importance.weights(ps), rcjax.importance.weights(p)
+  for k in w1:
+    np.testing.assert_allclose(w[k], w1[k], rtol=1e-5)
+  sizes = {"embed": 20, "mlp": 40}
   small = rcjax.shrink(ps, jax.random.key(3), sizes=sizes, sampler="importance", scores=w)
   chex.assert_trees_all_equal(rcjax.unbox(small), rcjax.unbox(
       rcjax.shrink(p, jax.random.key(3), sizes=sizes, sampler="importance", scores=w)))
-  old, blocks = rcjax.sizes(ps), transfer_module.tree_blocks(ps)
-  need = set(sizes) | {"heads"}
-  target = {**sizes, "heads": 2}
-  kw = dict(old=tuple(sorted((k, old[k]) for k in need)), new=tuple(sorted(target.items())), sampler="importance",
-            r1=0.0, r2=0.0, exact=False, moment=None, blocks=tuple(sorted((k, v) for k, v in blocks.items() if k in target)),
+  old = rcjax.sizes(ps)
+  kw = dict(old=tuple(sorted((k, old[k]) for k in set(sizes) | {"kv_heads"})), new=tuple(sorted(sizes.items())),
+            sampler="importance", r1=0.0, r2=0.0, exact=False, moment=None, blocks=(),
             shardings=sharding.leaf_shardings(ps))
-  sc = rcjax.maps.check_scores(w, old, target, blocks, "importance")
+  sc = rcjax.maps.check_scores(w, old, sizes, {}, "importance")
   hlo = transfer_module._transfer_jit.lower(ps, jax.random.key(3), scores=sc, **kw).compile().as_text()
   boxes = [b for t in (p, small) for _, b in rcjax.rc.leaves_with_paths(t)]
   vector = lambda b: b.value.ndim - ("layers" in b.axes) <= 1
-  vectors = max(b.value.size for b in boxes if vector(b))
-  share = max(b.value.size // 8 for b in boxes)
+  vectors = max(math.prod(b.shape) for b in boxes if vector(b))
+  share = max(math.prod(b.shape) // 8 for b in boxes)
   for kind, n in _collectives(hlo):
     assert n <= (vectors if kind in ("all-gather", "all-reduce") else share), (kind, n)
 
@@ -136,29 +136,28 @@ def test_bad_scores_are_one_clear_error(kw, message):
   _, p = _mlp()
   with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(")", r"\)")):
     rcjax.shrink(p, jax.random.key(0), factor=0.5, sampler="importance", **kw)
-  with pytest.raises(ValueError, match="only shrinks"):
-    rcjax.grow(p, jax.random.key(0), sampler="importance", scores=None) if False else \
-        rcjax.transfer(p, jax.random.key(0), {"hidden_0": 12}, sampler="importance")
+  for grow in (lambda: rcjax.grow(p, jax.random.key(0), sampler="importance"),
+               lambda: rcjax.transfer(p, jax.random.key(0), {"hidden_0": 12}, sampler="importance")):
+    with pytest.raises(ValueError, match="only shrinks"):
+      grow()
   with pytest.raises(ValueError, match="scores= is for sampler"):
     rcjax.shrink(p, jax.random.key(0), factor=0.5, scores={"hidden_0": np.ones(6)})
 
 
 def test_shrink_cli_by_importance(tmp_path, capsys):
-  """The CLI: activations on a calibration text file (bytes: the tiny model has no tokenizer) or weight
-  scores; bad input is one line, exit 2, nothing written."""
+  """The CLI: activations on a calibration text file (bytes: the tiny model has no tokenizer); bad input is one line, exit 2, nothing written."""
   src = str(tmp_path / "src")
   write_tiny(src, "llama", kv_heads=2, vocab=256)
   text = tmp_path / "calib.txt"
   text.write_text("To be, or not to be, that is the question. " * 20)
   empty = tmp_path / "empty.txt"
   empty.write_text("  \n")
-  for i, flags in enumerate((["--calibration", str(text), "--calibration-len", "32"], ["--scores", "weights"])):
-    dst = str(tmp_path / f"small{i}")
-    code = hf_grow.main([src, dst, "--factor", "0.5", "--sampler", "importance", "--no-check", *flags],
-                        direction="shrink")
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    assert os.path.isfile(os.path.join(dst, "config.json")) and "scoring neurons" in out.out
+  dst = str(tmp_path / "small")
+  code = hf_grow.main([src, dst, "--factor", "0.5", "--sampler", "importance", "--no-check", "--calibration",
+                       str(text), "--calibration-len", "32"], direction="shrink")
+  out = capsys.readouterr()
+  assert code == 0, out.err
+  assert os.path.isfile(os.path.join(dst, "config.json")) and "scoring neurons on 864 calibration tokens" in out.out
   for flags, message in ((["--calibration", str(empty)], "is empty"), ([], "needs --calibration FILE"),
                          (["--calibration", str(tmp_path / "nope.txt")], "no such file"),
                          (["--scores", "weights", "--calibration", str(text)], "reads no --calibration")):
