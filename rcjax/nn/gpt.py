@@ -396,7 +396,8 @@ class GPT(nn.Module):
               param_dtype=self.param_dtype)
     block = nn.remat(Block, prevent_cse=not self.scan) if self.remat else Block
     if self.scan:
-      stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True}, length=self.depth,
+      stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},  # intermediates: rcjax.nn.importance
+                      split_rngs={"params": True}, length=self.depth,
                       unroll=min(max(self.unroll, 1), self.depth), metadata_params={nn.PARTITION_NAME: "layers"})
       x_BxTxE, _ = stack(**kw, name="blocks")(x_BxTxE, None)
     else:
