@@ -13,9 +13,10 @@ name: RoBERTa counts positions from its padding index and DistilBERT has no toke
 names, so the table does not cover them.
 
 Sentence-transformers. `sentence_files` copies `modules.json`, `sentence_bert_config.json`,
-`config_sentence_transformers.json` and `1_Pooling/config.json` with `word_embedding_dimension` set to the
-new width (Transformer, Pooling and Normalize modules; a module with weights of its own, e.g. Dense,
-is refused: its input width would change).
+`config_sentence_transformers.json` and the files of the Pooling and Normalize modules, with the Pooling
+config's `word_embedding_dimension` (sentence-transformers < 6; `embedding_dimension` from 6) set to the
+new width. A module with weights of its own (Dense, ...) is refused: its input width would change.
+README.md (the model card, which quotes the old width) is not copied.
 """
 
 from __future__ import annotations
@@ -153,8 +154,8 @@ def config_for(model: Bert, params: Any, base: Mapping[str, Any] | None, torch_d
 
 
 def sentence_files(src: str, width: int, tmp: str) -> dict[str, str]:
-  """The sentence-transformers files of `src` for `save(extra_files=)`, `{name: path}`, with
-  `1_Pooling/config.json`'s `word_embedding_dimension` set to `width` (written under `tmp`); `{}` if
+  """The sentence-transformers files of `src` for `save(extra_files=)`, `{name: path}`, with the Pooling
+  module's `word_embedding_dimension` / `embedding_dimension` set to `width` (written under `tmp`); `{}` if
   `src` has no `modules.json`. ValueError for modules whose weights read the embedding (Dense, ...)."""
   if not os.path.isfile(os.path.join(src, "modules.json")):
     return {}
@@ -165,17 +166,20 @@ def sentence_files(src: str, width: int, tmp: str) -> dict[str, str]:
     kind, path = m.get("type", "").rsplit(".", 1)[-1], m.get("path", "")
     if kind == "Transformer" and path in ("", "."):
       continue
-    if kind == "Normalize":
-      continue
-    if kind != "Pooling":
+    if kind not in ("Pooling", "Normalize"):
       raise ValueError(f"{src}/modules.json: sentence-transformers module {kind} at {path!r} is not supported "
                        "(Transformer at the top level, Pooling and Normalize are; a module with weights of its "
                        "own would read the changed width)")
-    with open(os.path.join(src, path, "config.json")) as f:
-      pooling = json.load(f)
-    pooling["word_embedding_dimension"] = width
-    os.makedirs(os.path.join(tmp, path), exist_ok=True)
-    with open(os.path.join(tmp, path, "config.json"), "w") as f:
-      json.dump(pooling, f, indent=2)
-    out[f"{path}/config.json"] = os.path.join(tmp, path, "config.json")
+    for name in sorted(os.listdir(os.path.join(src, path))) if os.path.isdir(os.path.join(src, path)) else []:
+      out[f"{path}/{name}"] = os.path.join(src, path, name)
+    if kind == "Pooling":
+      with open(os.path.join(src, path, "config.json")) as f:
+        pooling = json.load(f)
+      for k in ("word_embedding_dimension", "embedding_dimension"):  # sentence-transformers < 6 / >= 6
+        if k in pooling:
+          pooling[k] = width
+      os.makedirs(os.path.join(tmp, path), exist_ok=True)
+      with open(os.path.join(tmp, path, "config.json"), "w") as f:
+        json.dump(pooling, f, indent=2)
+      out[f"{path}/config.json"] = os.path.join(tmp, path, "config.json")
   return out
