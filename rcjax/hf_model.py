@@ -1,7 +1,8 @@
 """HuggingFace causal LMs in and out of rcjax: `load(path) -> (GPT, params)`, `save(model, params, path)`.
 
 Families: Llama (`llama`, `mistral`, `qwen2`; grouped-query attention, RoPE, SwiGLU, tied or untied,
-optional biases), GPT-2 (`gpt2`) and GPT-NeoX/Pythia (`gpt_neox`; partial rotary, parallel residual).
+optional biases), GPT-2 (`gpt2`) and GPT-NeoX/Pythia (`gpt_neox`; partial rotary, parallel residual);
+BERT encoders (`bert`) load as `rcjax.nn.Bert` through the same functions (`rcjax.hf_bert`, docs/bert.md).
 `load` returns an `rcjax.nn.GPT` configured like the checkpoint (param 'sp': HF models are standard
 parametrization) and params of RC leaves in the checkpoint's dtype; `GPT.apply` gives the original
 model's logits. `save` writes `config.json` and safetensors in the family's own names and layouts

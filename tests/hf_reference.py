@@ -5,7 +5,8 @@ asked) in the tensor names and layouts HF itself stores for Llama, Mistral, Qwen
 random weights in which every tensor matters (norm weights near 1 but not 1, nonzero biases).
 `reference_logits` reads such a directory (or a real one of these families) and runs a plain float64 forward
 pass written from the architectures: numpy only, nothing from rcjax, jax or torch, so that library code can be
-tested against it. `tests/test_hf_reference.py` checks both against `transformers`.
+tested against it. `tests/test_hf_reference.py` checks both against `transformers`; the BERT section at the
+end (`write_tiny_bert`, `reference_bert`) is checked against it in `tests/test_bert.py`.
 
 >>> import tempfile
 >>> d = tempfile.mkdtemp()
