@@ -52,7 +52,7 @@ def is_bert_config(c: Mapping[str, Any]) -> bool:
   mt = c.get("model_type")
   archs = c.get("architectures") or []
   for t, name in REFUSED.items():
-    if mt == t or any(a.startswith(name.replace("-", "")) for a in archs):
+    if mt == t or any(a.lower().startswith(name.lower().replace("-", "")) for a in archs):
       raise ValueError(f"{name} (model_type {mt!r}) is not supported: only BERT encoders are (model_type 'bert'); "
                        f"{name} " + ("counts positions from its padding index" if t != "distilbert" else
                                      "has no token types and other tensor names"))
