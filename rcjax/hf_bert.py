@@ -110,7 +110,8 @@ def entries(a: Mapping[str, Any]) -> list[Entry]:
             "v_bias": (K * D,), "o": (E, H * D), "up": (F, E), "up_bias": (F,), "down": (E, F)}
   p = "bert." if a["mlm"] else ""
   out: list[Entry] = []
-  one = lambda name, shape, leaf, view=_same, layer=None: out.append(Entry(name, tuple(shape), (Part(leaf, layer, view),)))
+  one = lambda name, shape, leaf, view=_same, layer=None: out.append(
+      Entry(name, tuple(shape), (Part(leaf, layer, view),)))
   one(p + "embeddings.word_embeddings.weight", (V, E), ("embed",))
   one(p + "embeddings.position_embeddings.weight", (a["max_len"], E), ("positions",))
   one(p + "embeddings.token_type_embeddings.weight", (a["type_vocab"], E), ("token_types",))

@@ -226,8 +226,9 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       say(f"{direction}ing: sampler {args.sampler}, exact {args.exact}, r1 {args.random_rate}, r2 {args.norm_rate}")
       # donate: tensors no changed axis touches (all attention tensors when only mlp changes, ...) are
       # kept, not copied, and SRC's other tensors are freed once DST's exist (memory: DST, not SRC + DST).
-      grown = (bert_transfer if family == "bert" else gpt_transfer)(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
-                           norm_rate=args.norm_rate, exact=args.exact, donate=True)
+      transfer = bert_transfer if family == "bert" else gpt_transfer  # the tied readouts' corrections
+      grown = transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
+                       norm_rate=args.norm_rate, exact=args.exact, donate=True)
     else:
       grown = params
     del params

@@ -216,9 +216,9 @@ def _rope_scaling(c: dict, where: str) -> tuple | None:
 def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, param_dtype: Any = None,
                       where: str = "config.json") -> GPT:
   """An `rcjax.nn.GPT` (param 'sp') that computes what the HF model of this config.json dict computes."""
-  c = dict(config)
   from rcjax import hf_bert
 
+  c = dict(config)
   if hf_bert.is_bert_config(c):  # BERT encoders: rcjax.nn.Bert (rcjax.hf_bert)
     return hf_bert.model_from_config(c, dtype=dtype, param_dtype=param_dtype, where=where)
   mt = c.get("model_type")

@@ -494,21 +494,24 @@ def _bert_spec(cfg: dict, pooler: bool, mlm: bool) -> list[tuple[str, tuple, str
     for s in ("query", "key", "value"):
       out += [(q + f"attention.self.{s}.weight", (E, E), "w"), (q + f"attention.self.{s}.bias", (E,), "bias")]
     out += [(q + "attention.output.dense.weight", (E, E), "w"), (q + "attention.output.dense.bias", (E,), "bias"),
-            (q + "attention.output.LayerNorm.weight", (E,), "norm"), (q + "attention.output.LayerNorm.bias", (E,), "bias"),
+            (q + "attention.output.LayerNorm.weight", (E,), "norm"),
+            (q + "attention.output.LayerNorm.bias", (E,), "bias"),
             (q + "intermediate.dense.weight", (I, E), "w"), (q + "intermediate.dense.bias", (I,), "bias"),
             (q + "output.dense.weight", (E, I), "w"), (q + "output.dense.bias", (E,), "bias"),
             (q + "output.LayerNorm.weight", (E,), "norm"), (q + "output.LayerNorm.bias", (E,), "bias")]
   if pooler:
     out += [(p + "pooler.dense.weight", (E, E), "w"), (p + "pooler.dense.bias", (E,), "bias")]
   if mlm:
-    out += [("cls.predictions.transform.dense.weight", (E, E), "w"), ("cls.predictions.transform.dense.bias", (E,), "bias"),
+    out += [("cls.predictions.transform.dense.weight", (E, E), "w"),
+            ("cls.predictions.transform.dense.bias", (E,), "bias"),
             ("cls.predictions.transform.LayerNorm.weight", (E,), "norm"),
             ("cls.predictions.transform.LayerNorm.bias", (E,), "bias"), ("cls.predictions.bias", (V,), "bias")]
   return out
 
 
 def write_tiny_bert(path: str | os.PathLike, *, mlm: bool = False, layers: int = 2, embed: int = 32, heads: int = 4,
-                    mlp: int = 64, max_len: int = 16, seed: int = 0, shards: int = 1, sentence_transformers: bool = False,
+                    mlp: int = 64, max_len: int = 16, seed: int = 0, shards: int = 1,
+                    sentence_transformers: bool = False,
                     **config_overrides) -> dict:
   """A tiny random BERT checkpoint (BertModel with its pooler, or BertForMaskedLM) with a 24-word BERT
   tokenizer (vocab.txt); `sentence_transformers` adds modules.json, sentence_bert_config.json,
@@ -540,9 +543,9 @@ def write_tiny_bert(path: str | os.PathLike, *, mlm: bool = False, layers: int =
   with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
     json.dump({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": max_len}, f)
   if sentence_transformers:
-    files = {"modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                              {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                              {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}],
+    modules = [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")]
+    files = {"modules.json": [{"idx": i, "name": str(i), "path": p, "type": f"sentence_transformers.models.{t}"}
+                              for i, (p, t) in enumerate(modules)],
              "sentence_bert_config.json": {"max_seq_length": max_len, "do_lower_case": False},
              "1_Pooling/config.json": {"word_embedding_dimension": embed, "pooling_mode_mean_tokens": True,
                                        "pooling_mode_cls_token": False, "pooling_mode_max_tokens": False},

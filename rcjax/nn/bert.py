@@ -129,7 +129,7 @@ class Bert(nn.Module):
   rotary_dim = None  # no rotary embedding (read by code shared with rcjax.nn.GPT)
 
   def arch(self) -> dict:
-    """Resolved architecture (sizes, bases, and the keys `rcjax.nn.GPT.arch` has that apply); ValueError on bad sizes."""
+    """Resolved architecture (sizes, bases and the keys of `rcjax.nn.GPT.arch` that apply); ValueError on bad sizes."""
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
     for k in ("vocab", "width", "depth", "heads", "max_len", "type_vocab"):
