@@ -154,6 +154,8 @@ def hf_arch(path: str, config: dict) -> dict:
   from rcjax import hf_model
 
   m = hf_model.model_from_config(config, where=os.path.join(path, "config.json"))
+  if hf_model.family_of(m) == "bert":
+    raise ValueError(f"{path} is a BERT encoder: train.gpt trains decoders (grow BERTs with python -m rcjax.grow)")
   a = m.arch()
   style = {"llama": "llama", "gpt2": "gpt2", "gpt_neox": "neox"}[hf_model.family_of(m)]
   s = a["sizes"]
