@@ -22,6 +22,7 @@ import dataclasses
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 from flax import nnx
 
 from rcjax.annotate import annotate as _annotate_tree
@@ -63,6 +64,12 @@ def annotate(model: nnx.Module, delta: nnx.Module, **kw) -> nnx.Module:
   _check_module(model, "annotate")
   _check_module(delta, "annotate")
   mine, theirs = _variables(model), _variables(delta)
+  others = (_variables(model, nnx.Variable), _variables(delta, nnx.Variable))
+  for p, v in others[0].items():
+    if p not in mine and p in others[1] and tuple(np.shape(v.get_value())) != tuple(np.shape(others[1][p].get_value())):
+      raise ValueError(f"rcjax.nnx.annotate: {'/'.join(map(str, p))!r} is a {type(v).__name__} whose shape changes "
+                       f"with the width, but only nnx.Param and nnx.BatchStat are annotated: give it rc metadata "
+                       "or make it a Param/BatchStat")
   if set(mine) != set(theirs):
     diff = sorted(set(mine) ^ set(theirs), key=str)[0]
     raise ValueError(f"rcjax.nnx.annotate: model and delta have different variables (e.g. at "

@@ -55,13 +55,6 @@ def test_auto_keeps_the_dataset_a_run_started_with(tmp_path, monkeypatch):
   assert config.dataset == "digits"  # a transfer takes its source's dataset
 
 
-def test_auto_takes_cifar10_when_prepared(tmp_path):
-  tfds = pytest.importorskip("tensorflow_datasets")
-  with tfds.testing.mock_data(num_examples=16):
-    data, notice = data_lib.load_auto(str(tmp_path))
-  assert data.name == "cifar10" and data.input_dim == 3072 and notice is None
-
-
 def test_help_names_each_default_once():
   text = " ".join(mlp.parser().format_help().split())
   for block in text.split(" --")[1:]:

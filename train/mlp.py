@@ -84,7 +84,7 @@ class Config:
   norm_rate: float = _f(0.0, "r2: symmetry-breaking noise, std r2 * RMS(leaf), on transferred entries")
   sampler: str = _f("stratified", "how target neurons sample source neurons", SAMPLERS)
   exact: bool = _f(False, "count-corrected transfer, function-preserving for any growth ratio")
-  progress: bool = _f(True, "show a progress bar per epoch")
+  progress: bool = _f(True, "show a progress bar per epoch (on a terminal only)")
 
 
 class TrainingDiverged(RuntimeError):
