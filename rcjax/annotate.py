@@ -8,6 +8,7 @@ leaf on a residual stream) share one index map; fan-in follows the standard kern
 | leaf name                          | layout                              | fan-in           |
 |------------------------------------|-------------------------------------|------------------|
 | `kernel` (flax Dense, Conv, NNX)   | `(..., in, out)`                    | all but the last |
+| `query`/`key`/`value` 3-D `kernel` | `(embed, heads, head_dim)` (attention) | `(0,)`        |
 | `weight` (Equinox, PyTorch)        | `(out, in, ...)`                    | all but the first|
 | `embedding` (flax/NNX Embed)       | `(vocab, features)`                 | `(0,)`           |
 | `bias`, `scale`, 1-D leaves        | a vector                            | none             |
@@ -30,6 +31,7 @@ from rcjax import parametrization as pz
 from rcjax.rc import PARAMS, RC, is_rc
 
 LAYOUTS = ("in_out", "out_in")
+_PROJECTIONS = ("query", "key", "value")  # flax MultiHeadDotProductAttention's input projections
 _VECTORS = {"bias": "zeros", "beta": "zeros", "mean": "zeros", "b": "zeros",
             "scale": "ones", "gamma": "ones", "var": "ones", "g": "ones"}
 
@@ -63,6 +65,9 @@ def _fan_in(path: str, name: str, ndim: int, width: list[int], fan_in, layout: s
     return ()
   kind = {"kernel": "in_out", "weight": "out_in"}.get(name, layout)
   if name == "embedding":
+    return (0,)
+  parent = path.rsplit("/", 2)[-2] if path.count("/") else ""
+  if name == "kernel" and ndim == 3 and parent in _PROJECTIONS:  # flax attention: (embed, heads, head_dim)
     return (0,)
   if kind == "in_out":
     return tuple(range(ndim - 1))

@@ -1,6 +1,7 @@
 """rcjax.annotate and rcjax.nnx: stock models (flax.linen, NNX, plain (out, in) arrays) grown with the function
 preserved, their optimizer states transferred, and the cases annotate cannot decide refused by name."""
 
+import functools
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -41,7 +42,11 @@ class LinenCNN(nn.Module):
 
 
 def _linen(cls, width, x):
-  return cls(width).init(jax.random.key(2), x)["params"]
+  return jax.jit(cls(width).init)(jax.random.key(2), x)["params"]  # jitted: eager flax runs op by op
+
+
+def _apply(cls, width, params, x):
+  return jax.jit(cls(width).apply)({"params": params}, x)
 
 
 def _grown_linen(cls, x, width, growth):
@@ -49,7 +54,7 @@ def _grown_linen(cls, x, width, growth):
   delta = jax.eval_shape(lambda: _linen(cls, 2 * width, x))
   big = rcjax.grow(rcjax.annotate(params, delta), jax.random.key(3), **growth)
   new_width = rcjax.unbox(big)["Dense_0" if cls is LinenMLP else "Conv_0"]["kernel"].shape[-1]
-  return cls(width).apply({"params": params}, x), cls(new_width).apply({"params": rcjax.unbox(big)}, x), new_width
+  return _apply(cls, width, params, x), _apply(cls, new_width, rcjax.unbox(big), x), new_width
 
 
 @pytest.mark.parametrize("growth", GROWTHS, ids=["2x", "1.5x-exact"])
@@ -58,6 +63,30 @@ def test_linen_models_grow_preserving_the_function(cls, x, growth):
   small, big, new_width = _grown_linen(cls, x, 4, growth)
   assert new_width == int(4 * growth["factor"])
   np.testing.assert_allclose(big, small, rtol=1e-5, atol=1e-5)
+
+
+class LinenTransformer(nn.Module):  # stock flax layers: Embed, LayerNorm, attention, MLP, residuals
+  embed: int
+  heads: int
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(11, self.embed)(tokens)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, qkv_features=4 * self.heads)(nn.LayerNorm()(x))
+    x = x + nn.Dense(self.embed)(nn.gelu(nn.Dense(4 * self.embed)(nn.LayerNorm()(x))))
+    return nn.Dense(11)(nn.LayerNorm()(x))
+
+
+def test_linen_transformer_grows_preserving_the_function():
+  tokens = jax.random.randint(jax.random.key(10), (2, 5), 0, 11)
+  init = lambda e, h: LinenTransformer(e, h).init(jax.random.key(11), tokens)["params"]
+  params = jax.jit(init, static_argnums=(0, 1))(8, 2)  # one compile, not op by op
+  boxed = rcjax.annotate(params, jax.eval_shape(lambda: init(16, 4)))  # embed 8 -> 16, heads 2 -> 4
+  attn = boxed["MultiHeadDotProductAttention_0"]
+  assert attn["query"]["kernel"].fan_in == (0,) and attn["out"]["kernel"].fan_in == (0, 1)
+  big = rcjax.unbox(rcjax.grow(boxed, jax.random.key(12), factor=2))
+  apply = jax.jit(lambda e, h, p: LinenTransformer(e, h).apply({"params": p}, tokens), static_argnums=(0, 1))
+  np.testing.assert_allclose(apply(16, 4, big), apply(8, 2, params), rtol=1e-5, atol=1e-5)
 
 
 def test_names_follow_the_layers_and_fan_in_the_layouts():
@@ -75,12 +104,14 @@ class EqxLinear(NamedTuple):  # Equinox's layout: weight (out, in), bias (out,)
   bias: jax.Array
 
 
-def _eqx(width, key=jax.random.key(4)):
-  k = jax.random.split(key, 3)
+@functools.partial(jax.jit, static_argnums=0)
+def _eqx(width):
+  k = jax.random.split(jax.random.key(4), 3)
   dims = [(width, 6), (width, width), (3, width)]
   return [EqxLinear(jax.random.normal(kk, d) / np.sqrt(d[1]), jax.random.normal(kk, d[:1])) for kk, d in zip(k, dims)]
 
 
+@jax.jit
 def _eqx_apply(layers, x):
   for i, layer in enumerate(layers):
     x = x @ layer.weight.T + layer.bias
