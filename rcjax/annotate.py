@@ -190,6 +190,9 @@ def annotate(params: Any, delta: Any, *, param: str = "sp", fan_in: Mapping[str,
   axes = _axis_names(leaves, shapes, widths, names)
   out = []
   for i, (path, x) in enumerate(leaves):
+    if not hasattr(x, "shape"):  # Python scalars, strings: not parameters, left as they are
+      out.append(x)
+      continue
     name = path.rsplit("/", 1)[-1]
     s = shapes[i][0]
     fi = _fan_in(path, name, len(s), widths[i], fan_in, layout)

@@ -138,8 +138,8 @@ def load_auto(data_dir: str | None = None) -> tuple[Dataset, str | None]:
   except (DataUnavailable, ImportError):  # not prepared here, or tensorflow-datasets not installed
     where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
     notice = (f"--dataset auto: CIFAR-10 is not prepared in {where}, so this trains on scikit-learn's embedded "
-              "8x8 digits (64-dim); for CIFAR-10: pip install -e '.[data]', then --dataset cifar10 (downloads "
-              "it once, ~170 MB)")
+              "8x8 digits (64-dim; mean-field learns them at --lr 1); for CIFAR-10: pip install -e '.[data]', "
+              "then --dataset cifar10 (downloads it once, ~170 MB)")
     return _digits(), notice
 
 
