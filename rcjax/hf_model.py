@@ -642,9 +642,9 @@ def _chunks(x: Any) -> list[tuple[tuple, np.ndarray]]:
 def _progress(items: list, on: bool, desc: str):
   if not on:
     return items
-  from tqdm import tqdm
+  from rcjax._progress import bar
 
-  return tqdm(items, desc=desc, unit="param", leave=False)
+  return bar(items, desc=desc, unit="param", leave=False)
 
 
 def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
+from rcjax._progress import bar as progress_bar
 
 import rcjax
 from rcjax import sharding
@@ -541,7 +541,7 @@ def run(cfg: Config) -> dict:
   tokens_per_step = cfg.batch_size * cfg.seq_len
   eval_batches = [global_batch(data, i, cfg.batch_size, trainer.b_sh, eval=True)
                   for i in range(cfg.eval_batches if cfg.eval_every else 0)]
-  bar = tqdm(total=cfg.steps, initial=start, disable=not (main and cfg.progress), desc="train.gpt")
+  bar = progress_bar(total=cfg.steps, initial=start, disable=not (main and cfg.progress), desc="train.gpt")
   speeds, t_last, steps_since, paused, loss = [], None, 0, 0.0, None
   if flops_done is None:  # a checkpoint written before the FLOPs were saved with it
     flops_done = start * tokens_per_step * fpt
