@@ -3,6 +3,8 @@ every leaf (params and AdamW moments), one code path with the width maps, exact 
 for every GPT style, the same result on 1 and 8 devices, no whole-stack gather when layers are sharded,
 and one clear error per bad input."""
 
+import dataclasses
+import os
 import sys
 
 import chex
@@ -156,3 +158,29 @@ def test_sharded_depth_transfer_same_as_one_device_and_no_whole_stack_gather():
     boxes = [b for t in (p, big) for _, b in rcjax.rc.leaves_with_paths(t)]
     share = max(b.value.size // 8 for b in boxes)  # one device's share of the largest leaf
     assert all(n <= share for _, n in _collectives(hlo)), (sizes, _collectives(hlo))
+
+
+def test_train_gpt_grows_width_and_depth_exactly_and_resumes_deep(tmp_path):
+  import shutil
+
+  from test_train_gpt import TINY, metrics
+  from train import gpt as train_gpt
+
+  out = str(tmp_path / "run")
+  cfg = train_gpt.Config(**TINY, style="llama", kv_heads=2, param="mup", steps=2, grow_at=1, grow_to=64,
+                         grow_to_depth=3, grow_depth_mode="middle", grow_exact=True, save_steps="1",
+                         mesh="data=2,fsdp=2,tensor=2", out=out)
+  summary = train_gpt.run(cfg)
+  grow = [r for r in metrics(out) if r.get("event") == "grow"]
+  assert len(grow) == 1 and grow[0]["sizes"]["layers"] == 3 and grow[0]["sizes"]["embed"] == 64
+  np.testing.assert_allclose(grow[0]["loss_after"], grow[0]["loss_before"], rtol=1e-6)
+  assert summary["sizes"]["layers"] == 3
+  # killed before step 2 was saved (step 1's checkpoint holds the grown state): resumes at depth 3
+  shutil.rmtree(os.path.join(out, "checkpoints", "2"))
+  again = train_gpt.run(cfg)
+  assert again["sizes"]["layers"] == 3 and [r["step"] for r in metrics(out) if r.get("event") == "resume"] == [1]
+  for bad, msg in ((dict(grow_to_depth=2), "grow_to_depth must exceed depth 2"),
+                   (dict(grow_to_depth=3, grow_depth_mode="stride"), "grow_depth_mode must be one of"),
+                   (dict(grow_to=0, grow_to_depth=0), "grow_at needs grow_to")):
+    with pytest.raises(ValueError, match=msg):
+      train_gpt.validate(dataclasses.replace(cfg, **bad))
