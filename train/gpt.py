@@ -3,7 +3,7 @@
     python -m train.gpt --preset tiny --steps 300 --out runs/tiny                  # CPU, ~1 min
     python -m train.gpt --preset tiny --mesh data=2,fsdp=2,tensor=2 --out runs/t8  # 8 devices
     python -m train.gpt --preset tiny --grow-at 150 --grow-to 128 --out runs/grow  # 64 -> 128 mid-run
-    python -m train.gpt --preset tiny --grow-at 150 --grow-to-depth 4 --grow-exact --out runs/deep  # 2 -> 4 blocks
+    python -m train.gpt --preset tiny --grow-at 150 --grow-to-depth 4 --grow-exact true --out runs/deep  # 2 -> 4 blocks
     python -m train.gpt --preset tiny --width 128 --transfer-from runs/tiny --out runs/from_tiny
     python -m train.gpt --transfer-from gpt2-x2 --steps 100 --out runs/gpt2-x2   # an HF directory
     python -m train.gpt --preset gpt-small --steps 50 --log-every 10               # GPU: tokens/s, MFU
