@@ -36,6 +36,10 @@ STYLES = {  # style -> defaults of (norm, positions, activation, tied, bias, par
     "neox": dict(norm="layernorm", positions="rope", activation="gelu_exact", tied=False, bias=True,
                  parallel_residual=True),
 }
+# The Block leaves that write into the residual stream: zero in the new blocks of an exact depth growth
+# (`transfer(..., {'layers': L2}, exact=True)`), so that each new block is the identity (LLaMA Pro). In
+# parallel-residual blocks (GPT-NeoX) too: x + attn(.) + mlp(.) with both outputs zero is x.
+RESIDUAL_WRITERS = ("o", "o_bias", "down", "down_bias")
 ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2's gelu_new (tanh)
                "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),  # erf
                "relu": jax.nn.relu}
@@ -440,7 +444,12 @@ def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], 
   now carry a_j, gets another 1/a_j in the final norm). (LayerNorm's mean cannot be
   kept this way: a non-integer embed ratio stays inexact there.)
 
-  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact, donate). With `opt_state` (an
+  Depth (`sizes['layers']`, scanned models only; `depth_mode=` as in `rcjax.transfer`): blocks are copied
+  along the `layers` axis; with `exact=True` the new blocks' `RESIDUAL_WRITERS` start at zero, so the
+  deeper model computes the same function in every style and parametrization. Apply the result with
+  `model.clone(depth=sizes['layers'])`.
+
+  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact, donate, depth_mode). With `opt_state` (an
   optax state of these params) returns `(params, opt_state)`, both transferred with the same maps as
   `rcjax.transfer((params, opt_state), ...)` does; the corrections above go to the params only
   (rescaling an entry's Adam moments with it, m by 1/s and v by 1/s^2, would leave Adam's step
@@ -448,6 +457,12 @@ def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], 
   """
   from rcjax.transfer import transfer as rc_transfer
 
+  if "layers" in sizes:
+    if not model.scan or "blocks" not in params:
+      raise ValueError("a depth transfer (sizes['layers']) needs a scanned GPT (scan=True, params['blocks'] "
+                       "with a leading layers axis); this one has its blocks as separate leaves")
+    kwargs.setdefault("residual_writers", tuple(f"['blocks']['{n}']" for n in RESIDUAL_WRITERS
+                                                if n in params["blocks"]))
   if opt_state is not None:
     out, opt_out = rc_transfer((params, opt_state), key, sizes, **kwargs)
     return _corrected(model, params, out, key, kwargs), opt_out
