@@ -130,7 +130,7 @@ def cli_calibration(args, model) -> list | None:
   if args.calibration_batch < 1 or args.calibration_len < 1:
     raise ValueError("--calibration-batch and --calibration-len must be at least 1")
   length = args.calibration_len
-  if model.arch()["positions"] == "learned":
+  if model.arch().get("positions", "learned") == "learned":
     length = min(length, model.max_len)
   tokens = calibration_tokens(args.calibration, args.src, model.vocab)
   return token_batches(tokens, args.calibration_batch, length)
