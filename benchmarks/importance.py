@@ -40,11 +40,14 @@ SAMPLERS = ("uniform", "stride", "importance-act", "importance-weight", "importa
 
 
 def _scores(sampler, act, weight):
-  return act if sampler in ("importance-act", "importance-sample") else weight if sampler == "importance-weight" else None
+  if sampler in ("importance-act", "importance-sample"):
+    return act
+  return weight if sampler == "importance-weight" else None
 
 
 def _rc_sampler(sampler):
-  return {"uniform": "stratified", "stride": "stride", "importance-sample": "importance-sample"}.get(sampler, "importance")
+  names = {"uniform": "stratified", "stride": "stride", "importance-sample": "importance-sample"}
+  return names.get(sampler, "importance")
 
 
 # --- GPT --------------------------------------------------------------------------------------
@@ -244,7 +247,8 @@ def main(argv=None):
     rows += run_mlp(seed, a) if "mlp" in a.only else []
     rows += run_gpt(seed, a) if "gpt" in a.only else []
   summary = summarize(rows)
-  meta = dict(device=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared with other work)",
+  cpu = platform.processor() or platform.machine()
+  meta = dict(device=f"{cpu}, {os.cpu_count()} CPU cores (shared with other work)",
               jax=jax.__version__, seconds=round(time.time() - t0, 1), args=vars(a), samplers=SAMPLERS)
   with open(os.path.join(a.out, "importance.json"), "w") as f:
     json.dump(dict(meta=meta, summary=summary, rows=rows), f, indent=1)

@@ -98,7 +98,8 @@ def test_scores_keep_what_matters_and_are_deterministic():
 
 def test_sharded_importance_shrink_never_gathers_a_leaf():
   """On an 8-device mesh: weight scores of sharded params equal the unsharded ones, the shrink equals the
-  one-device shrink bitwise, and its compiled program has no collective bigger than a vector per layer (all-gather / all-reduce) or one device's share of a
+  one-device shrink bitwise, and its compiled program has no collective bigger than a vector per layer
+  (all-gather / all-reduce) or one device's share of a
   leaf (the bounds of test_sharding's uniform shrink)."""
   model, p = gpt("llama", "mup")
   mesh = sharding.make_mesh("data=1,fsdp=4,tensor=2")
@@ -145,7 +146,8 @@ def test_bad_scores_are_one_clear_error(kw, message):
 
 
 def test_shrink_cli_by_importance(tmp_path, capsys):
-  """The CLI: activations on a calibration text file (bytes: the tiny model has no tokenizer); bad input is one line, exit 2, nothing written."""
+  """The CLI: activations on a calibration text file (bytes: the tiny model has no tokenizer); bad input
+  is one line, exit 2, nothing written."""
   src = str(tmp_path / "src")
   write_tiny(src, "llama", kv_heads=2, vocab=256)
   text = tmp_path / "calib.txt"
