@@ -172,3 +172,24 @@ def test_shrink_cli_by_importance(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:  # argparse: importance is not a growth sampler
     hf_grow.main([src, str(tmp_path / "bad"), "--factor", "2", "--sampler", "importance"], direction="grow")
   assert e.value.code == 2 and "invalid choice: 'importance'" in capsys.readouterr().err
+
+
+def test_calibration_tokens_use_the_tokenizer_of_src_else_bytes(tmp_path):
+  text = tmp_path / "c.txt"
+  text.write_text("to be or not to be , that is the question .")
+  np.testing.assert_array_equal(rcjax.importance.calibration_tokens(str(text), str(tmp_path), 256),
+                                np.frombuffer(text.read_bytes(), np.uint8))
+  with pytest.raises(ValueError, match="no tokenizer and a vocabulary of 64 < 256"):
+    rcjax.importance.calibration_tokens(str(text), str(tmp_path), 64)
+  tokenizers = pytest.importorskip("tokenizers")
+  pytest.importorskip("transformers")
+  words = ["to", "be", "or", "not", "that", "is", "the", "question", ",", "."]
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}},
+                                                         unk_token="[UNK]"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok.save(str(tmp_path / "tokenizer.json"))
+  (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]"}')
+  ids = rcjax.importance.calibration_tokens(str(text), str(tmp_path), 64)
+  assert ids.tolist() == [1, 2, 3, 4, 1, 2, 9, 5, 6, 7, 8, 10]
+  batches = rcjax.importance.token_batches(ids, 2, 5)
+  assert [b.shape for b in batches] == [(2, 5)] and batches[0].ravel().tolist() == ids[:10].tolist()
