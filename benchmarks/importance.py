@@ -1,7 +1,7 @@
 """Shrinking by importance against uniform and stride sampling: loss right after shrinking and after K
 steps of retraining, on a small GPT (train.gpt, markov data) and the digits MLP (train.mlp).
 
-    python benchmarks/importance.py --gpt-steps 300 --out benchmarks/results/2026-12-07-cpu-importance  # 25 min, shared 2-core CPU
+    python benchmarks/importance.py --gpt-steps 300 --out benchmarks/results/2026-12-07-cpu-importance  # 25 min (shared CPU)
     python benchmarks/importance.py --quick --out /tmp/imp                               # 1 seed, few steps
 
 For every seed a source model is trained (GPT: tiny preset, float32; MLP: 64 -> 128 -> 128 -> 10,
