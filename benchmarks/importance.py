@@ -2,7 +2,7 @@
 steps of retraining, on a small GPT (train.gpt, markov data) and the digits MLP (train.mlp).
 
     python benchmarks/importance.py --gpt-steps 300 --out benchmarks/results/2026-12-07-cpu-importance
-    python benchmarks/importance.py --quick --out /tmp/imp                               # 1 seed, few steps (the run above: 25 min on the shared CPU)
+    python benchmarks/importance.py --quick --out /tmp/imp   # 1 seed, few steps (above: 25 min, shared CPU)
 
 For every seed a source model is trained (GPT: tiny preset, float32; MLP: 64 -> 128 -> 128 -> 10,
 mean-field, SGD), then shrunk to each target by each sampler with the same key, evaluated on fixed
