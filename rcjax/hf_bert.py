@@ -28,8 +28,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from rcjax.hf import _RULES
-from rcjax.hf_model import _TORCH_DTYPE, Entry, Part, _same, _t
+from rcjax.hf_layout import _RULES, _TORCH_DTYPE, Entry, Part, _same, _t
 from rcjax.nn.bert import Bert
 
 REFUSED = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "camembert": "CamemBERT",

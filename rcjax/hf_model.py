@@ -47,23 +47,24 @@ import os
 import shutil
 import struct
 import warnings
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 
-from rcjax import parametrization as pz, sharding
-from rcjax.hf import _DTYPES, _IGNORED, family as _family, read_header, shard_files
-from rcjax.nn.gpt import GPT, logit_scale
+from rcjax import hf_bert, parametrization as pz, sharding
+from rcjax._progress import bar
+from rcjax.hf_layout import (_DTYPES, _IGNORED, _TORCH_DTYPE, Entry, Part, View, _same, _t, family as _family,
+                             read_header, shard_files)
+from rcjax.nn.bert import Bert
+from rcjax.nn.gpt import ROPE_SCALINGS, GPT, logit_scale
 from rcjax.rc import RC, boxes, is_rc
 
 # config.json fields with one entry per block (remapped by `config_at_depth` when the depth changes)
 PER_LAYER_FIELDS = ("layer_types",)
 FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gpt_neox": "gpt_neox"}
 _ST_DTYPE = {np.dtype(v): k for k, v in _DTYPES.items()}
-_TORCH_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                   "gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM"}
 # model types whose transformers config refuses hidden_size % num_attention_heads != 0 even with an explicit
@@ -71,24 +72,7 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", 
 # GPT-NeoX derive head_dim = hidden_size / heads, checked apart)
 HEADS_DIVIDE_HIDDEN = ("llama",)
 DEFAULT_MAX_SHARD_SIZE = 5 * 2**30
-View = Callable[[np.ndarray], np.ndarray]
-
-
-class Part(NamedTuple):
-  leaf: tuple[str, ...]    # path of the rcjax leaf, e.g. ('blocks', 'q')
-  layer: int | None        # index into the leading 'layers' axis of a scanned leaf (None: not scanned)
-  view: View               # HF array -> view of it in the leaf's layout (without the layers axis)
-
-
-class Entry(NamedTuple):
-  name: str                # HF tensor name
-  shape: tuple[int, ...]   # HF shape
-  parts: tuple[Part, ...]
-
-
 # --- views: HF layout -> rcjax layout -------------------------------------------------------------
-_same: View = lambda a: a
-_t: View = lambda a: a.T
 
 
 def _heads_out(h: int, d: int) -> View:   # nn.Linear (heads*head_dim, embed) -> (embed, heads, head_dim)
@@ -183,7 +167,6 @@ def _entries(family: str, a: Mapping[str, Any]) -> list[Entry]:
     if not a["tied"]:
       one("embed_out.weight", (V, E), ("readout",), _t)
   elif family == "bert":
-    from rcjax import hf_bert
 
     out = hf_bert.entries(a)
   else:
@@ -203,7 +186,6 @@ def _rope_theta(c: dict, default: float) -> float:
 
 def _rope_scaling(c: dict, where: str) -> tuple | None:
   """`GPT.rope_scaling` from the RoPE parameters (`_rope_dict`): None for plain RoPE, 'linear' and 'llama3' as `(('rope_type', t), (key, value), ...)`; ValueError otherwise."""
-  from rcjax.nn.gpt import ROPE_SCALINGS
 
   rs = _rope_dict(c)
   kind = rs.get("rope_type", rs.get("type", "default"))
@@ -218,7 +200,6 @@ def _rope_scaling(c: dict, where: str) -> tuple | None:
 def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, param_dtype: Any = None,
                       where: str = "config.json") -> GPT:
   """An `rcjax.nn.GPT` (param 'sp') that computes what the HF model of this config.json dict computes."""
-  from rcjax import hf_bert
 
   c = dict(config)
   if hf_bert.is_bert_config(c):  # BERT encoders: rcjax.nn.Bert (rcjax.hf_bert)
@@ -294,7 +275,6 @@ def _arch(model: GPT, params: Any) -> dict:
     raise ValueError("HF conversion needs scanned blocks (params['blocks'] with a leading layers axis: "
                      "rcjax.nn.GPT(scan=True), the default)")
   if _is_bert(model):
-    from rcjax import hf_bert
 
     return hf_bert.arch(model, params)
   a = model.arch()
@@ -308,7 +288,6 @@ def _arch(model: GPT, params: Any) -> dict:
 
 
 def _is_bert(model: Any) -> bool:
-  from rcjax.nn.bert import Bert
 
   return isinstance(model, Bert)
 
@@ -335,7 +314,6 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
   """The HF config.json dict of `model` at the sizes of `params`, updating `base` (e.g. the source's
   config, to keep its token ids and other fields) where given."""
   if _is_bert(model):
-    from rcjax import hf_bert
 
     dt = np.dtype(dtype or _leaf_dtype(params))
     if dt not in {np.dtype(v) for v in _TORCH_DTYPE.values()}:
@@ -572,7 +550,6 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
   files = _Files(path)
   model = model_from_config(config, dtype=compute_dtype, param_dtype=dtype or _stored(files), where=cfg_path)
   if _is_bert(model):  # the pooler and MLM head are in the tensors, not in config.json
-    from rcjax import hf_bert
 
     model = hf_bert.fit_to_tensors(model, files.names())
   abstract = abstract_params(model)
@@ -680,7 +657,6 @@ def _chunks(x: Any) -> list[tuple[tuple, np.ndarray]]:
 def _progress(items: list, on: bool, desc: str):
   if not on:
     return items
-  from rcjax._progress import bar
 
   return bar(items, desc=desc, unit="param", leave=False)
 
