@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks.transfer import bitwise_equal, copy_seconds, timeit  # noqa: E402
+from benchmarks.transfer import bitwise_equal, copy_seconds, timeit, xla_tile  # noqa: E402
 from rcjax import kernels  # noqa: E402
 from rcjax.gather import _repeat  # noqa: E402
 
@@ -63,15 +63,6 @@ def parse_configs(text: str) -> list[tuple[int, int, bool]]:
 def xla_repeat(x, reps):
   for d in sorted(reps):
     x = _repeat(x, d, reps[d])
-  return x
-
-
-def xla_tile(x, reps):
-  """The copies in tiled order: along dim d, k whole copies of the input block one after another."""
-  for d in sorted(reps):
-    k, shape = reps[d], x.shape
-    x = jnp.broadcast_to(jnp.expand_dims(x, d), shape[:d] + (k,) + shape[d:])
-    x = x.reshape(shape[:d] + (k * shape[d],) + shape[d + 1:])
   return x
 
 

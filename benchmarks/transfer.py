@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 
@@ -155,12 +154,19 @@ def tiled_maps(tree, target: dict) -> dict | None:
   return {a: jnp.tile(jnp.arange(old[a], dtype=jnp.int32), n // old[a]) for a, n in target.items() if n != old[a]}
 
 
+def xla_tile(x, reps):
+  """The copies in tiled order: along dim d, k whole copies of the input block one after another."""
+  for d in sorted(reps):
+    k, shape = reps[d], x.shape
+    x = jnp.broadcast_to(jnp.expand_dims(x, d), shape[:d] + (k,) + shape[d:])
+    x = x.reshape(shape[:d] + (k * shape[d],) + shape[d + 1:])
+  return x
+
+
 def tiled_fn(tree, target: dict):
   """The tiled-order probe (see the module docstring): per leaf, a broadcast of the whole input block k times
   along each grown dim, then the fan-in rescaling as `rcjax.transfer` computes it (a scalar for integer
   factors), in one jit. Same signature as the transfer it stands in for: `fn(tree, key)`."""
-  from benchmarks.repeat_kernel import xla_tile
-
   old = rcjax.width_axes(tree)
 
   def leaf(b):

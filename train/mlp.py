@@ -39,6 +39,7 @@ import rcjax
 from rcjax.checkpoint import Checkpointer
 from train import data as data_lib
 from train import mlp_transfer
+from train.mlp_files import read_metrics, restore_opt_state  # noqa: F401 - read_metrics: train.mlp's API
 
 PARAMS = ("sp", "ntk", "mup", "mf")
 BIASES = ("trainable", "constant", "none")
@@ -194,14 +195,6 @@ def _to_device(a: np.ndarray):
   return jnp.asarray(a) if limit is None or a.nbytes < 0.5 * limit else a
 
 
-def restore_opt_state(ckpt: Checkpointer, step: int, params, tx):
-  """The optimizer state saved at `step` (plain SGD has none: then a fresh `tx.init(params)`)."""
-  target = jax.eval_shape(tx.init, params)
-  if not jax.tree.leaves(target):
-    return tx.init(params)
-  return ckpt.restore(step, params=params, opt_state=target)["opt_state"]
-
-
 # --- run directory ---------------------------------------------------------------------------------
 
 def _recorded_dataset(run_dir: str | None) -> str | None:
@@ -225,14 +218,6 @@ def load_data(config: Config) -> tuple[Config, data_lib.Dataset]:
   if notice:
     print(f"train.mlp: {notice}", file=sys.stderr)
   return dataclasses.replace(config, dataset=data.name), data
-
-
-def read_metrics(path) -> list[dict]:
-  """The lines of a metrics.jsonl file (an empty list if it does not exist)."""
-  path = Path(path)
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _write_metrics(path: Path, lines: list[dict]) -> None:

@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jax
 
 import rcjax
 from rcjax.checkpoint import Checkpointer
+from train.mlp_files import read_metrics, restore_opt_state
 
 
 @dataclasses.dataclass
@@ -61,8 +61,6 @@ def load_source(config, data, optimizer, key) -> Source:
     ValueError: an incompatible checkpoint (depth, input size, classes, parametrization, biases, init,
       muP base), or a transfer rcjax refuses (e.g. --exact with a shrink).
   """
-  from train import mlp
-
   src = Path(config.transfer_from)
   where = f"--transfer-from {src}"
   if not src.is_dir():
@@ -107,7 +105,7 @@ def load_source(config, data, optimizer, key) -> Source:
   params = ckpt.restore(epoch)["params"]
   src_tx = optimizer(src_config)
   same_opt = src_config.momentum == config.momentum
-  opt_state = mlp.restore_opt_state(ckpt, epoch, params, src_tx)
+  opt_state = restore_opt_state(ckpt, epoch, params, src_tx)
   sizes = {f"hidden_{l}": config.width for l in range(config.depth - 1)}
   kw = dict(sampler=config.sampler, random_rate=config.random_rate, norm_rate=config.norm_rate,
             exact=config.exact, check_finite=True)
@@ -120,7 +118,7 @@ def load_source(config, data, optimizer, key) -> Source:
   except (ValueError, TypeError) as e:
     raise ValueError(f"{where}: transfer failed: {e}") from None
   extra = meta.get("extra") or {}
-  lines = [m for m in mlp.read_metrics(src / "metrics.jsonl") if m["epoch"] <= epoch]
+  lines = [m for m in read_metrics(src / "metrics.jsonl") if m["epoch"] <= epoch]
   event = {"event": "transfer", "from_width": s["width"], "from_run": str(src), "random_rate": config.random_rate,
            "norm_rate": config.norm_rate, "sampler": config.sampler, "exact": config.exact}
   return Source(params, opt_state, int(extra.get("step", 0)), int(extra.get("flops", 0)), lines, event)
