@@ -20,7 +20,7 @@ import numpy as np
 from rcjax.rc import leaves_with_paths, path_hash
 
 SAMPLERS = ("stratified", "iid", "stride")
-# Samplers that keep the neurons with the highest scores (`rcjax.shrink(..., scores=...)`; see `_score_maps`).
+# Samplers that keep the neurons with the highest scores (`rcjax.shrink(..., scores=...)`; see `_score_picker`).
 SCORE_SAMPLERS = ("importance", "importance-sample")
 
 def _check_key(key: Any) -> None:
@@ -73,11 +73,12 @@ def _axis_key(key, name: str):
 def _maps(key, old: tuple, new: tuple, sampler: str, blocks: tuple = (), scores=None) -> dict[str, jax.Array]:
   """Maps for the axes in `new`; a blocked axis (see `RC.blocks`) maps whole blocks with its outer axis's
   map (identity for fixed blocks or an outer axis not in `new`) and entries within blocks with one map."""
-  if sampler in SCORE_SAMPLERS:
-    return _score_maps(key, old, new, sampler, blocks, scores)
   old, new, blocks = dict(old), dict(new), dict(blocks)
-  maps = {name: _one_map(_axis_key(key, name), old[name], n, sampler)
-          for name, n in new.items() if name not in blocks}
+  if sampler in SCORE_SAMPLERS:
+    pick = _score_picker(key, sampler, scores)
+  else:
+    pick = lambda name, n_old, n_new, n_blocks: _one_map(_axis_key(key, name), n_old, n_new, sampler)
+  maps = {name: pick(name, old[name], n, None) for name, n in new.items() if name not in blocks}
   for name, outer in blocks.items():
     if name not in new:
       continue
@@ -85,7 +86,7 @@ def _maps(key, old: tuple, new: tuple, sampler: str, blocks: tuple = (), scores=
     i_old, i_new = old[name] // o_old, new[name] // o_new
     outer_map = maps.get(outer) if isinstance(outer, str) else None
     outer_map = jnp.arange(o_old, dtype=jnp.int32) if outer_map is None else outer_map
-    inner_map = _one_map(_axis_key(key, name), i_old, i_new, sampler)
+    inner_map = pick(name, i_old, i_new, o_old)
     maps[name] = (outer_map[:, None] * i_old + inner_map[None, :]).reshape(-1)
   return maps
 
@@ -230,30 +231,21 @@ def _top(key: jax.Array, score: jax.Array, k: int, stochastic: bool) -> jax.Arra
   return jnp.sort(order[:k]).astype(jnp.int32)
 
 
-def _score_maps(key, old: tuple, new: tuple, sampler: str, blocks: tuple, scores) -> dict[str, jax.Array]:
-  """`_maps` for the SCORE_SAMPLERS: the top-k (or a proportional sample) of each axis by its score;
-  an axis in blocks keeps whole blocks with its outer axis's map and picks the same entries in every
-  block by the scores summed over blocks. Axes at their old size map to the identity."""
-  old, new, blocks, scores = dict(old), dict(new), dict(blocks), dict(scores or {})
-  stochastic = sampler == "importance-sample"
+def _score_picker(key, sampler: str, scores):
+  """`pick(name, n_old, n_new, n_blocks)` for `_maps` under the SCORE_SAMPLERS: the top-k (or a proportional
+  sample) of an axis by its score; within blocks (`n_blocks` of them) the same entries in every block, by
+  the scores summed over blocks. Axes at their old size map to the identity."""
+  scores, stochastic = dict(scores or {}), sampler == "importance-sample"
 
-  def pick(name, n_old, n_new, score):
+  def pick(name, n_old, n_new, n_blocks):
     if n_new == n_old:
       return jnp.arange(n_old, dtype=jnp.int32)
-    return _top(_axis_key(key, name), jnp.asarray(score, jnp.float32), n_new, stochastic)
+    score = jnp.asarray(scores.get(name), jnp.float32)
+    if n_blocks is not None:
+      score = score.reshape(n_blocks, n_old).sum(0)
+    return _top(_axis_key(key, name), score, n_new, stochastic)
 
-  maps = {name: pick(name, old[name], n, scores.get(name)) for name, n in new.items() if name not in blocks}
-  for name, outer in blocks.items():
-    if name not in new:
-      continue
-    o_old, o_new = (outer, outer) if isinstance(outer, int) else (old[outer], new.get(outer, old[outer]))
-    i_old, i_new = old[name] // o_old, new[name] // o_new
-    outer_map = maps.get(outer) if isinstance(outer, str) else None
-    outer_map = jnp.arange(o_old, dtype=jnp.int32) if outer_map is None else outer_map
-    s = scores.get(name)
-    inner = pick(name, i_old, i_new, None if s is None else jnp.asarray(s, jnp.float32).reshape(o_old, i_old).sum(0))
-    maps[name] = (outer_map[:, None] * i_old + inner[None, :]).reshape(-1)
-  return maps
+  return pick
 
 
 def check_scores(scores: Any, old: Mapping[str, int], new: Mapping[str, int], blocks: Mapping[str, str | int],
