@@ -22,7 +22,8 @@ from train import gpt
 from train.gpt import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(width=32, depth=2, heads=4, seq_len=16, batch_size=8, log_every=1, progress=False, dtype="float32")
+TINY = dict(width=32, depth=2, heads=4, seq_len=16, batch_size=8, log_every=1, progress=False, dtype="float32",
+            dataset="markov")  # the synthetic language (exact floor), not the default real text
 
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -196,8 +197,8 @@ def test_kill_resume_and_loss_floor(tmp_path):
   from the last complete checkpoint, logs bitwise the same losses as before the kill, and ends near the
   language's entropy floor."""
   out = str(tmp_path / "run")
-  args = ["--width", "32", "--seq-len", "16", "--batch-size", "32", "--steps", "150", "--lr", "1e-2",
-          "--markov-order", "1", "--markov-symbols", "8", "--ckpt-every", "10", "--log-every", "1",
+  args = ["--dataset", "markov", "--width", "32", "--seq-len", "16", "--batch-size", "32", "--steps", "150",
+          "--lr", "1e-2", "--markov-order", "1", "--markov-symbols", "8", "--ckpt-every", "10", "--log-every", "1",
           "--dtype", "float32", "--progress", "false", "--out", out]
   cmd = [sys.executable, "-m", "train.gpt"] + args
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",

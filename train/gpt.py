@@ -6,6 +6,7 @@
     python -m train.gpt --preset tiny --width 128 --transfer-from runs/tiny --out runs/from_tiny
     python -m train.gpt --transfer-from gpt2-x2 --steps 100 --out runs/gpt2-x2   # an HF directory
     python -m train.gpt --preset gpt-small --steps 50 --log-every 10               # GPU: tokens/s, MFU
+    python -m train.gpt --preset tiny --dataset markov --out runs/markov   # synthetic: an exact loss floor
     python -m train.gpt --preset tiny --dataset tiny_shakespeare --out runs/shakespeare   # TFDS, bytes
     # two hosts (or two local processes; each sees its own devices):
     python -m train.gpt --preset tiny --coordinator HOST:1234 --num-processes 2 --process-id 0 --out D
@@ -38,7 +39,7 @@ import rcjax
 from rcjax import sharding
 from rcjax.checkpoint import Checkpointer
 from rcjax.rc import is_rc, leaves_with_paths
-from train.text_data import DATASETS, TextData
+from train.text_data import DATASETS, TextData, default_dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +79,9 @@ class Config:
   fuse_projections: bool = False  # q/k/v (and SwiGLU up/gate) as one matmul each; same params (see rcjax.nn.GPT)
   mesh: str = "data=-1"         # device mesh, e.g. data=2,fsdp=2,tensor=2 (-1: the rest)
   seed: int = 0                 # init, data order and transfer keys
-  dataset: str = "markov"       # markov (offline synthetic language) | tiny_shakespeare | lm1b (TFDS)
+  dataset: str = default_dataset()  # shakespeare (offline real text, held out by play; the default where
+                                # installed) | markov (synthetic, exact floor; the default otherwise) |
+                                # tiny_shakespeare | lm1b (TFDS)
   markov_order: int = 2         # markov data: tokens of context
   markov_symbols: int = 16      # markov data: alphabet size
   markov_alpha: float = 0.2     # markov data: Dirichlet concentration (smaller: more predictable)
