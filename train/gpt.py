@@ -98,6 +98,10 @@ class Config:
   random_rate: float = 0.0      # r1 of growth / transfer
   norm_rate: float = 0.0        # r2 of growth / transfer
   grow_exact: bool = False      # count-corrected growth (exact for any ratio where the math allows)
+  grow_warmup: int = 0          # after growth, re-warm the lr linearly over this many steps (0: the run's
+                                # schedule continues)
+  grow_opt: str = "transfer"    # AdamW state at growth: transfer (grown with the params) | reset-nu (second
+                                # moments zeroed) | reset (both moments and Adam's count zeroed; lr schedule kept)
   transfer_from: str = ""       # start from another run's last checkpoint, or a HuggingFace checkpoint
                                 # directory (its architecture; --width transfers it), at this width
   peak_flops: float = 0.0       # peak FLOP/s per device for MFU (0: from the device kind table)
@@ -212,7 +216,11 @@ def lr_schedule(cfg: Config):
   step `warmup` is at the peak and the last step at min_lr * lr."""
   base = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup, 1), max(cfg.steps, cfg.warmup + 1),
                                             cfg.lr * cfg.min_lr)
-  return lambda count: base(count + 1)
+  if not (cfg.grow_at and cfg.grow_warmup):
+    return lambda count: base(count + 1)
+  # --grow-warmup: steps grow_at + 1 .. grow_at + grow_warmup run at (s - grow_at) / grow_warmup of it.
+  rewarm = lambda s: jnp.clip((s - cfg.grow_at) / cfg.grow_warmup, 0.0, 1.0)
+  return lambda count: base(count + 1) * jnp.where(count + 1 > cfg.grow_at, rewarm(count + 1), 1.0)
 
 
 def build_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -446,14 +454,15 @@ def validate(cfg: Config) -> None:
                                ("dataset", cfg.dataset, DATASETS), ("tied", cfg.tied, ("auto", "yes", "no")),
                                ("attention", cfg.attention, ("auto", "xla", "cudnn")),
                                ("dtype", cfg.dtype, ("bfloat16", "float32")),
-                               ("residual_dtype", cfg.residual_dtype, ("float32", "compute"))):
+                               ("residual_dtype", cfg.residual_dtype, ("float32", "compute")),
+                               ("grow_opt", cfg.grow_opt, ("transfer", "reset-nu", "reset"))):
     if value not in choices:
       raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
   rcjax.parametrization.parse_init(cfg.init)
   for name in ("width", "depth", "heads", "seq_len", "batch_size", "steps", "vocab", "log_every"):
     if getattr(cfg, name) <= 0:
       raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
-  for name in ("kv_heads", "head_dim", "mlp", "base_width", "grow_at", "grow_to", "ckpt_every", "keep",
+  for name in ("kv_heads", "head_dim", "mlp", "base_width", "grow_at", "grow_to", "grow_warmup", "ckpt_every", "keep",
                "eval_every", "warmup", "markov_order"):
     if getattr(cfg, name) < 0:
       raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
@@ -647,11 +656,28 @@ def _grow(cfg, params, opt_state, model, tx, mesh, data, step):
                                             norm_rate=cfg.norm_rate, exact=cfg.grow_exact)
   # grow keeps each leaf's mesh axes; put any leaf the rules shard differently at the new sizes on its rule.
   params = jax.device_put(params, sharding.shardings(params, mesh))
-  opt_state = jax.device_put(opt_state, sharding.shardings(opt_state, mesh))
+  opt_state = jax.device_put(reset_adam(opt_state, cfg.grow_opt), sharding.shardings(opt_state, mesh))
   trainer = Trainer(model, tx, mesh, params, opt_state)
   after = float(trainer.loss(params, fixed))
   return params, opt_state, trainer, {"event": "grow", "step": step, "loss_before": before, "loss_after": after,
                                       "sizes": rcjax.sizes(params)}
+
+
+def reset_adam(opt_state: Any, how: str) -> Any:
+  """The optimizer state with Adam's moments reset (`--grow-opt`): `transfer` keeps it, `reset-nu` zeroes
+  the second moments, `reset` both moments and Adam's bias-correction count (the lr schedule's count stays)."""
+  if how == "transfer":
+    return opt_state
+  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+  zero = lambda t: jax.tree.map(jnp.zeros_like, t)
+
+  def reset(x):
+    if not is_adam(x):
+      return x
+    if how == "reset-nu":
+      return x._replace(nu=zero(x.nu))
+    return x._replace(count=jnp.zeros_like(x.count), mu=zero(x.mu), nu=zero(x.nu))
+  return jax.tree.map(reset, opt_state, is_leaf=is_adam)
 
 
 def _open_metrics(path: str):
