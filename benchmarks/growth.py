@@ -32,9 +32,9 @@ PRESETS = {
     "cpu": dict(small=32, large=64, cfg=dict(depth=2, heads=2, seq_len=64, batch_size=16, steps=1500,
                                               warmup=100, dtype="float32", eval_batches=8),
                 evals=20, lrs=(3e-3, 1e-2, 3e-2), seeds=(0, 1, 2)),
-    "smoke": dict(small=16, large=32, cfg=dict(depth=1, heads=2, seq_len=16, batch_size=4, steps=24, warmup=4,
+    "smoke": dict(small=16, large=32, cfg=dict(depth=1, heads=2, seq_len=16, batch_size=8, steps=12, warmup=2,
                                                dtype="float32", eval_batches=1),
-                  evals=4, lrs=(1e-2, 3e-2), seeds=(0, 1)),
+                  evals=4, lrs=(3e-2,), seeds=(0, 1)),
     "gpu": dict(small=512, large=1024, cfg=dict(preset="gpt-medium", heads=8, vocab=256, steps=2000, eval_batches=8),
                 evals=30, lrs=(3e-4, 1e-3, 3e-3), seeds=(0, 1, 2)),
 }
@@ -195,10 +195,6 @@ def study(preset: str = "cpu", seeds=None, lrs=None, variants: str = DEFAULT_VAR
   from train import gpt
 
   p, t0 = PRESETS[preset], time.perf_counter()
-  # Seeds repeat each run's programs: compile them once (a persistent cache; compiles dominate small runs).
-  if not jax.config.values.get("jax_compilation_cache_dir"):
-    jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "rcjax_growth_jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   seeds, lrs = list(seeds or p["seeds"]), list(lrs or p["lrs"])
   specs = [v.strip() for v in variants.split(";") if v.strip()]
   parsed = {("grown_" + s.replace("=", "").replace(",", "_")): parse_variant(s) for s in specs}
@@ -255,9 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{ap.prog}: error: --seeds and --lrs take comma-separated numbers ({e})", file=sys.stderr)
     return 2
   try:
+    import jax
     if a.smoke:  # tiny programs: XLA's optimizations cost more than they save
-      import jax
       jax.config.update("jax_disable_most_optimizations", True)
+    elif not jax.config.values.get("jax_compilation_cache_dir"):  # seeds repeat each run's programs
+      jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "rcjax_growth_jax_cache"))
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     study("smoke" if a.smoke else a.preset, seeds, lrs, a.variants, a.out, a.steps, a.dataset)
   except (ValueError, RuntimeError) as e:
     print(f"{ap.prog}: error: {e}", file=sys.stderr)
