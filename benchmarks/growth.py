@@ -40,7 +40,7 @@ PRESETS = {
 }
 # The recipe (the default of train.gpt --grow-at/--grow-to unless the value is a flag here): see docs/growth.md
 DEFAULT_VARIANTS = "at=0.5"
-KNOBS = {"at": float, "r1": float, "r2": float, "warmup": int, "opt": str, "base": int, "to": int,
+KNOBS = {"at": float, "len": float, "r1": float, "r2": float, "warmup": int, "opt": str, "base": int, "to": int,
          "split": float, "cancel": float}
 FIELDS = {"r1": "random_rate", "r2": "norm_rate", "warmup": "grow_warmup", "opt": "grow_opt", "base": "base_width",
           "split": "split_rate", "cancel": "cancel_rate"}
@@ -57,6 +57,8 @@ def parse_variant(spec: str) -> dict:
       out[k] = KNOBS[k](v)
     except ValueError:
       raise ValueError(f"variant {spec!r}: {k} must be a {KNOBS[k].__name__}, got {v!r}") from None
+  if not 0 < out.get("len", 1.0) <= 1:
+    raise ValueError(f"variant {spec!r}: len (the fraction of the budget the grown run trains) must be in (0, 1]")
   if not 0 < out.get("at", -1) < 1:
     raise ValueError(f"variant {spec!r}: needs at=F, the fraction of the budget trained small, in (0, 1)")
   return out
@@ -67,7 +69,8 @@ def variant_config(base, variant: dict, large: int):
   from train import gpt
 
   fields = {f.name for f in dataclasses.fields(gpt.Config)}
-  kw = dict(grow_at=max(1, round(variant["at"] * base.steps)), grow_to=variant.get("to", large))
+  steps = max(2, round(variant.get("len", 1.0) * base.steps))  # len: its own (shorter) schedule
+  kw = dict(steps=steps, grow_at=max(1, round(variant["at"] * steps)), grow_to=variant.get("to", large))
   for k, v in variant.items():
     if k in FIELDS:
       if FIELDS[k] not in fields:
@@ -109,11 +112,16 @@ def train(cfg, name: str, out: str, log=print) -> dict:
   return c
 
 
-def sweep(base, lrs, name: str, out: str, log) -> tuple[float, dict, dict]:
-  """Train `base` at each lr (its seed); returns the best lr (lowest final eval loss), its curve, all finals."""
-  runs = {lr: train(dataclasses.replace(base, lr=lr), f"{name}_lr{lr:g}_s{base.seed}", out, log) for lr in lrs}
-  best = min(runs, key=lambda lr: runs[lr]["eval_loss"][-1])
-  return best, runs[best], {f"{lr:g}": r["eval_loss"][-1] for lr, r in runs.items()}
+def _train_all(jobs: list, out: str, log, workers: int) -> list[dict]:
+  """`train(cfg, name, out)` for each (cfg, name); in `workers` processes if > 1 (each run is deterministic,
+  so the results do not depend on it)."""
+  if workers <= 1:
+    return [train(cfg, name, out, log) for cfg, name in jobs]
+  import concurrent.futures
+  import multiprocessing
+
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+    return list(ex.map(train, *zip(*[(cfg, name, out) for cfg, name in jobs])))
 
 
 def summarize(runs: dict, seeds, variants: list[str]) -> dict:
@@ -189,7 +197,7 @@ def configs(preset: str, steps: int = 0, dataset: str = ""):
 
 
 def study(preset: str = "cpu", seeds=None, lrs=None, variants: str = DEFAULT_VARIANTS, out: str = "growth_study",
-          steps: int = 0, dataset: str = "", log=print) -> dict:
+          steps: int = 0, dataset: str = "", log=print, workers: int = 1) -> dict:
   """Run the study; writes out/results.json, out/growth.png, out/runs/*.jsonl; returns the results."""
   import jax
   from train import gpt
@@ -202,19 +210,24 @@ def study(preset: str = "cpu", seeds=None, lrs=None, variants: str = DEFAULT_VAR
   for v in parsed.values():
     gpt.validate(variant_config(small, v, large.width))  # every bad flag fails before the first run
   os.makedirs(out, exist_ok=True)
-  lr = {}
-  sweeps = {}
   runs: dict = {"scratch": {}, "small": {}, **{k: {} for k in parsed}}
-  for name, cfg in (("scratch", large), ("small", small)):
-    lr[name], runs[name][seeds[0]], sweeps[name] = sweep(dataclasses.replace(cfg, seed=seeds[0]), lrs, name, out, log)
+  models = (("scratch", large), ("small", small))
+  # 1. the lr sweeps, on the first seed: the scratch and the small model each get their best lr
+  jobs = [(dataclasses.replace(cfg, seed=seeds[0], lr=x), f"{name}_lr{x:g}_s{seeds[0]}") for name, cfg in models
+          for x in lrs]
+  done = dict(zip([j[1] for j in jobs], _train_all(jobs, out, log, workers)))
+  lr, sweeps = {}, {}
+  for name, _ in models:
+    sweeps[name] = {f"{x:g}": done[f"{name}_lr{x:g}_s{seeds[0]}"]["eval_loss"][-1] for x in lrs}
+    lr[name] = min(lrs, key=lambda x: sweeps[name][f"{x:g}"])
+    runs[name][seeds[0]] = done[f"{name}_lr{lr[name]:g}_s{seeds[0]}"]
     log(f"growth: {name}: lr sweep {sweeps[name]} -> lr {lr[name]:g}")
-  for s in seeds:
-    for name, cfg in (("scratch", large), ("small", small)):
-      if s not in runs[name]:
-        runs[name][s] = train(dataclasses.replace(cfg, seed=s, lr=lr[name]), f"{name}_s{s}", out, log)
-    for name, v in parsed.items():
-      cfg = variant_config(dataclasses.replace(small, seed=s, lr=lr["small"]), v, large.width)
-      runs[name][s] = train(cfg, f"{name}_s{s}", out, log)
+  # 2. the other seeds at those lrs, and every grown variant (the small model's lr) on every seed
+  jobs = [(dataclasses.replace(cfg, seed=s, lr=lr[name]), (name, s)) for s in seeds[1:] for name, cfg in models]
+  jobs += [(variant_config(dataclasses.replace(small, seed=s, lr=lr["small"]), v, large.width), (name, s))
+           for s in seeds for name, v in parsed.items()]
+  for (_, (name, s)), c in zip(jobs, _train_all([(cfg, f"{n}_s{s}") for cfg, (n, s) in jobs], out, log, workers)):
+    runs[name][s] = c
   table = summarize(runs, seeds, list(parsed))
   result = dict(preset=preset, dataset=small.dataset, steps=small.steps, eval_every=every, seeds=seeds, lrs=lrs,
                 lr=lr, sweeps=sweeps, variants=dict(zip(parsed, specs)), small=dataclasses.asdict(small),
@@ -237,12 +250,14 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--lrs", default="", help="comma-separated peak lrs of the sweeps (default: the preset's)")
   ap.add_argument("--variants", default=DEFAULT_VARIANTS,
                   help=f"grown variants separated by ';', each KNOB=VALUE,... with KNOB in {sorted(KNOBS)} "
-                       "(at: fraction of the budget trained small; r1/r2: random/norm rate; warmup: "
+                       "(at: fraction of its steps trained small; len: its steps as a fraction of the budget "
+                       "(its lr schedule ends there); r1/r2: random/norm rate; warmup: "
                        "--grow-warmup steps; opt: --grow-opt; base: muP base width; to: grown width; "
                        f"split/cancel: symmetry breaking). Default {DEFAULT_VARIANTS!r}")
   ap.add_argument("--steps", type=int, default=0, help="training steps of every run (default: the preset's)")
   ap.add_argument("--dataset", default="", help="train.gpt dataset (default: train.gpt's)")
   ap.add_argument("--out", default="growth_study", help="output directory (default growth_study)")
+  ap.add_argument("--workers", type=int, default=1, help="runs at once, each in its own process (default 1)")
   a = ap.parse_args(argv)
   try:
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
@@ -257,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not jax.config.values.get("jax_compilation_cache_dir"):  # seeds repeat each run's programs
       jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "rcjax_growth_jax_cache"))
       jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    study("smoke" if a.smoke else a.preset, seeds, lrs, a.variants, a.out, a.steps, a.dataset)
+    study("smoke" if a.smoke else a.preset, seeds, lrs, a.variants, a.out, a.steps, a.dataset, workers=a.workers)
   except (ValueError, RuntimeError) as e:
     print(f"{ap.prog}: error: {e}", file=sys.stderr)
     return 2
