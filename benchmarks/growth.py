@@ -270,7 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.smoke:  # tiny programs: XLA's optimizations cost more than they save
       jax.config.update("jax_disable_most_optimizations", True)
     elif not jax.config.values.get("jax_compilation_cache_dir"):  # seeds repeat each run's programs
-      jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "rcjax_growth_jax_cache"))
+      cache = os.path.join(tempfile.gettempdir(), "rcjax_growth_jax_cache")
+      os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)  # --workers' processes read these
+      os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+      jax.config.update("jax_compilation_cache_dir", cache)
       jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     study("smoke" if a.smoke else a.preset, seeds, lrs, a.variants, a.out, a.steps, a.dataset, workers=a.workers)
   except (ValueError, RuntimeError) as e:

@@ -97,6 +97,8 @@ class Config:
   grow_to: int = 0              # ... to this width; mlp, heads, kv_heads scale with it, head_dim fixed
   random_rate: float = 0.0      # r1 of growth / transfer
   norm_rate: float = 0.0        # r2 of growth / transfer
+  split_rate: float = 0.0       # unequal fan-out split of copies in growth / transfer (keeps the function;
+  cancel_rate: float = 0.0      # ... and cancelling noise; see docs/symmetry.md)
   grow_exact: bool = False      # count-corrected growth (exact for any ratio where the math allows)
   grow_warmup: int = 0          # after growth, re-warm the lr linearly over this many steps (0: the run's
                                 # schedule continues)
@@ -414,6 +416,7 @@ def _initial_state(cfg, model, tx, mesh, ckpt, log):
     target = _changed(rcjax.width_axes(abstract), params)
     params = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(key, 7), target,
                                    random_rate=cfg.random_rate, norm_rate=cfg.norm_rate,
+                                   split_rate=cfg.split_rate, cancel_rate=cfg.cancel_rate,
                                    exact=cfg.grow_exact and all(
                                        n >= rcjax.sizes(params)[k] for k, n in target.items()))
     params = jax.device_put(params, sharding.shardings(params, mesh))
@@ -439,7 +442,8 @@ def _from_hf(cfg: Config, model, abstract, mesh, key) -> Any:
   target = _changed(rcjax.width_axes(abstract), params)
   if target:
     params = rcjax.nn.gpt.transfer(model, params, key, target, random_rate=cfg.random_rate,
-                                   norm_rate=cfg.norm_rate, exact=cfg.grow_exact)
+                                   norm_rate=cfg.norm_rate, exact=cfg.grow_exact, split_rate=cfg.split_rate,
+                                   cancel_rate=cfg.cancel_rate)
   return jax.device_put(params, sharding.shardings(params, mesh))
 
 
@@ -466,7 +470,8 @@ def validate(cfg: Config) -> None:
                "eval_every", "warmup", "markov_order"):
     if getattr(cfg, name) < 0:
       raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-  for name, lo, hi in (("random_rate", 0, 1), ("norm_rate", 0, math.inf), ("lr", 0, math.inf),
+  for name, lo, hi in (("random_rate", 0, 1), ("norm_rate", 0, math.inf), ("split_rate", 0, math.inf),
+                       ("cancel_rate", 0, math.inf), ("lr", 0, math.inf),
                        ("min_lr", 0, math.inf), ("clip", 0, math.inf), ("weight_decay", 0, math.inf)):
     if not lo <= getattr(cfg, name) <= hi:
       raise ValueError(f"{name} must be in [{lo}, {hi}], got {getattr(cfg, name)}")
@@ -653,7 +658,8 @@ def _grow(cfg, params, opt_state, model, tx, mesh, data, step):
   # non-integer ratios with exact=True), so the function is kept wherever the math allows.
   params, opt_state = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(jax.random.key(cfg.seed), step),
                                             sizes, opt_state=opt_state, random_rate=cfg.random_rate,
-                                            norm_rate=cfg.norm_rate, exact=cfg.grow_exact)
+                                            norm_rate=cfg.norm_rate, exact=cfg.grow_exact,
+                                            split_rate=cfg.split_rate, cancel_rate=cfg.cancel_rate)
   # grow keeps each leaf's mesh axes; put any leaf the rules shard differently at the new sizes on its rule.
   params = jax.device_put(params, sharding.shardings(params, mesh))
   opt_state = jax.device_put(reset_adam(opt_state, cfg.grow_opt), sharding.shardings(opt_state, mesh))
