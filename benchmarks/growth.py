@@ -39,7 +39,7 @@ PRESETS = {
                 evals=30, lrs=(3e-4, 1e-3, 3e-3), seeds=(0, 1, 2)),
 }
 # The recipe (the default of train.gpt --grow-at/--grow-to unless the value is a flag here): see docs/growth.md
-DEFAULT_VARIANTS = "at=0.5"
+DEFAULT_VARIANTS = "at=0.25,cancel=2.0;at=0.4,cancel=2.0"
 KNOBS = {"at": float, "len": float, "r1": float, "r2": float, "warmup": int, "opt": str, "base": int, "to": int,
          "split": float, "cancel": float}
 FIELDS = {"r1": "random_rate", "r2": "norm_rate", "warmup": "grow_warmup", "opt": "grow_opt", "base": "base_width",
