@@ -188,8 +188,8 @@ def configs(preset: str, steps: int = 0, dataset: str = ""):
   if steps:
     fields["steps"] = steps
   every = max(1, fields["steps"] // p["evals"])
-  small = gpt.Config(**fields, width=p["small"], base_width=p["small"], dataset=dataset or gpt.Config.dataset,
-                     eval_every=every, log_every=every)
+  small = gpt.Config(**{**fields, "width": p["small"], "base_width": p["small"], "eval_every": every,
+                        "log_every": every, "dataset": dataset or gpt.Config.dataset})
   large = dataclasses.replace(small, width=p["large"], heads=small.heads * p["large"] // p["small"],
                               kv_heads=small.kv_heads * p["large"] // p["small"])
   gpt.validate(large)

@@ -466,8 +466,8 @@ def validate(cfg: Config) -> None:
   for name in ("width", "depth", "heads", "seq_len", "batch_size", "steps", "vocab", "log_every"):
     if getattr(cfg, name) <= 0:
       raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
-  for name in ("kv_heads", "head_dim", "mlp", "base_width", "grow_at", "grow_to", "grow_warmup", "ckpt_every", "keep",
-               "eval_every", "warmup", "markov_order"):
+  for name in ("kv_heads", "head_dim", "mlp", "base_width", "grow_at", "grow_to", "ckpt_every", "keep",
+               "eval_every", "warmup", "markov_order", "grow_warmup"):
     if getattr(cfg, name) < 0:
       raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
   for name, lo, hi in (("random_rate", 0, 1), ("norm_rate", 0, math.inf), ("split_rate", 0, math.inf),
