@@ -37,6 +37,7 @@ from tqdm import tqdm
 import rcjax
 from rcjax import sharding
 from rcjax.checkpoint import Checkpointer
+from rcjax.maps import tree_blocks
 from rcjax.rc import is_rc, leaves_with_paths
 from train.text_data import DATASETS, TextData
 
@@ -94,6 +95,8 @@ class Config:
   grow_to: int = 0              # ... to this width; mlp, heads, kv_heads scale with it, head_dim fixed
   random_rate: float = 0.0      # r1 of growth / transfer
   norm_rate: float = 0.0        # r2 of growth / transfer
+  split_rate: float = 0.0       # unequal fan-out split of copies in growth / transfer (keeps the function;
+  cancel_rate: float = 0.0      # ... and cancelling noise; see docs/symmetry.md)
   grow_exact: bool = False      # count-corrected growth (exact for any ratio where the math allows)
   transfer_from: str = ""       # start from another run's last checkpoint, or a HuggingFace checkpoint
                                 # directory (its architecture; --width transfers it), at this width
@@ -403,6 +406,7 @@ def _initial_state(cfg, model, tx, mesh, ckpt, log):
     target = _changed(rcjax.width_axes(abstract), params)
     params = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(key, 7), target,
                                    random_rate=cfg.random_rate, norm_rate=cfg.norm_rate,
+                                   split_rate=cfg.split_rate, cancel_rate=cfg.cancel_rate,
                                    exact=cfg.grow_exact and all(
                                        n >= rcjax.sizes(params)[k] for k, n in target.items()))
     params = jax.device_put(params, sharding.shardings(params, mesh))
@@ -428,7 +432,8 @@ def _from_hf(cfg: Config, model, abstract, mesh, key) -> Any:
   target = _changed(rcjax.width_axes(abstract), params)
   if target:
     params = rcjax.nn.gpt.transfer(model, params, key, target, random_rate=cfg.random_rate,
-                                   norm_rate=cfg.norm_rate, exact=cfg.grow_exact)
+                                   norm_rate=cfg.norm_rate, exact=cfg.grow_exact, split_rate=cfg.split_rate,
+                                   cancel_rate=cfg.cancel_rate)
   return jax.device_put(params, sharding.shardings(params, mesh))
 
 
@@ -454,7 +459,8 @@ def validate(cfg: Config) -> None:
                "eval_every", "warmup", "markov_order"):
     if getattr(cfg, name) < 0:
       raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-  for name, lo, hi in (("random_rate", 0, 1), ("norm_rate", 0, math.inf), ("lr", 0, math.inf),
+  for name, lo, hi in (("random_rate", 0, 1), ("norm_rate", 0, math.inf), ("split_rate", 0, math.inf),
+                       ("cancel_rate", 0, math.inf), ("lr", 0, math.inf),
                        ("min_lr", 0, math.inf), ("clip", 0, math.inf), ("weight_decay", 0, math.inf)):
     if not lo <= getattr(cfg, name) <= hi:
       raise ValueError(f"{name} must be in [{lo}, {hi}], got {getattr(cfg, name)}")
@@ -532,6 +538,7 @@ def run(cfg: Config) -> dict:
       metrics_file.flush()
 
   params, opt_state, start, flops_done = _initial_state(cfg, model, tx, mesh, ckpt, log)
+  spread_maps = _spread_maps(cfg, params, start)  # copy_spread is logged after a growth / transfer
   trainer = Trainer(model, tx, mesh, params, opt_state)
   save_steps = _save_steps(cfg)
   peak, n_dev = peak_flops(cfg), jax.device_count()
@@ -570,10 +577,13 @@ def run(cfg: Config) -> dict:
         rec.update(tokens_per_s=tps, mfu=(tps * fpt / (peak * n_dev)) if peak else None)
         speeds.append(rec)
       t_last, steps_since, paused = now, 0, 0.0
+      if spread_maps:
+        rec["copy_spread"] = rcjax.copy_spread(params, spread_maps)
       log(rec)
       bar.set_postfix(loss=f"{loss_v:.3f}")
     if cfg.grow_at and step == cfg.grow_at and rcjax.sizes(params)["embed"] != cfg.grow_to:
       params, opt_state, trainer, rec = _grow(cfg, params, opt_state, model, tx, mesh, data, step)
+      spread_maps = _spread_maps(cfg, params, step)
       fpt = flops_per_token(params, cfg.seq_len)
       log(rec)  # (before saving: the checkpoint of this step holds the grown state)
       t_last = None
@@ -641,7 +651,8 @@ def _grow(cfg, params, opt_state, model, tx, mesh, data, step):
   # non-integer ratios with exact=True), so the function is kept wherever the math allows.
   params, opt_state = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(jax.random.key(cfg.seed), step),
                                             sizes, opt_state=opt_state, random_rate=cfg.random_rate,
-                                            norm_rate=cfg.norm_rate, exact=cfg.grow_exact)
+                                            norm_rate=cfg.norm_rate, exact=cfg.grow_exact,
+                                            split_rate=cfg.split_rate, cancel_rate=cfg.cancel_rate)
   # grow keeps each leaf's mesh axes; put any leaf the rules shard differently at the new sizes on its rule.
   params = jax.device_put(params, sharding.shardings(params, mesh))
   opt_state = jax.device_put(opt_state, sharding.shardings(opt_state, mesh))
@@ -649,6 +660,23 @@ def _grow(cfg, params, opt_state, model, tx, mesh, data, step):
   after = float(trainer.loss(params, fixed))
   return params, opt_state, trainer, {"event": "grow", "step": step, "loss_before": before, "loss_after": after,
                                       "sizes": rcjax.sizes(params)}
+
+
+def _spread_maps(cfg: Config, params, step: int) -> dict | None:
+  """The index maps of the growth (`--grow-at`, done by `step`) or transfer (`--transfer-from` a run
+  directory) that made `params`, as `_grow` / `_initial_state` drew them (for `rcjax.copy_spread`);
+  None without one, or if the source was an HF checkpoint."""
+  key, blocks = jax.random.key(cfg.seed), tree_blocks(params)
+  if cfg.grow_at and step >= cfg.grow_at:
+    return rcjax.index_maps(jax.random.fold_in(key, cfg.grow_at), scaled_sizes(cfg, cfg.width),
+                            scaled_sizes(cfg, cfg.grow_to), blocks=blocks)
+  if cfg.transfer_from and hf_source(cfg.transfer_from) is None:
+    old = rcjax.width_axes(Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"),
+                                        read_only=True).params_template())
+    new = rcjax.width_axes(params)
+    if all(new[k] >= n for k, n in old.items()):
+      return rcjax.index_maps(jax.random.fold_in(key, 7), old, new, blocks=blocks)
+  return None
 
 
 def _open_metrics(path: str):
