@@ -6,7 +6,7 @@ narrower). The command lines live here, in `rcjax.hf_grow`.
     python -m rcjax.grow pythia-160m big --factor 2 --mesh fsdp=-1     # sharded: no tensor on one host
     python -m rcjax.shrink llama-1b llama-half --factor 0.5
 
-SRC is an HF checkpoint directory (Llama/Mistral/Qwen2, GPT-2, GPT-NeoX; safetensors); DST is written in
+SRC is an HF checkpoint directory (Llama/Mistral/Qwen2, GPT-2, GPT-NeoX, BERT: docs/bert.md); DST is written in
 the same family's format (config.json, safetensors, the tokenizer files of SRC), so `transformers` loads it
 unchanged and `python -m train.gpt --transfer-from DST` continues training it. The transfer is
 `rcjax.transfer` in the standard parametrization HF models use: sampled neurons with fan-in rescaling,
@@ -26,6 +26,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Sequence
 
@@ -108,10 +109,10 @@ def target_sizes(old: dict[str, int], family: str, args: argparse.Namespace, dir
     raise ValueError(f"grow would shrink the query heads per kv head from {g_old} to {g_new} (heads "
                      f"{new['heads']}, kv_heads {new['kv_heads']}), dropping query heads; grow --heads to "
                      f"{g_old * new['kv_heads']} too")
-  if family in ("gpt2", "gpt_neox") and new["heads"] * new["head_dim"] != new["embed"]:
+  if family in ("gpt2", "gpt_neox", "bert") and new["heads"] * new["head_dim"] != new["embed"]:
     raise ValueError(f"{family} derives head_dim from embed / heads: embed {new['embed']} != heads {new['heads']} "
                      f"x head_dim {new['head_dim']}; change --embed and --heads together")
-  if family in ("gpt2", "gpt_neox") and new["kv_heads"] != new["heads"]:
+  if family in ("gpt2", "gpt_neox", "bert") and new["kv_heads"] != new["heads"]:
     raise ValueError(f"{family} has no grouped-query attention: kv_heads must equal heads")
   return new
 
@@ -141,6 +142,22 @@ def inexact(old: dict, new: dict, args, rope: bool, rmsnorm: bool) -> list[str]:
   return why
 
 
+def _check_fn(model):
+  """`fn(variables, tokens)` -> what the check compares: GPT's logits; a BERT's `Bert.comparable` (MLM
+  logits, else the hidden states' Gram matrix over the width: both width-independent)."""
+  from rcjax.nn.bert import Bert
+
+  if isinstance(model, Bert):
+    return lambda variables, tokens: model.apply(variables, tokens, method="comparable")
+  return model.apply
+
+
+def _sentence_files(src: str, width: int, tmp: str) -> dict:
+  from rcjax import hf_bert
+
+  return hf_bert.sentence_files(src, width, tmp)
+
+
 def _count(params) -> int:
   from rcjax.rc import is_rc
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params, is_leaf=is_rc))
@@ -149,6 +166,7 @@ def _count(params) -> int:
 def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
   import rcjax
   from rcjax import hf_model, sharding
+  from rcjax.nn.bert import transfer as bert_transfer
   from rcjax.nn.gpt import transfer as gpt_transfer
 
   t0 = time.perf_counter()
@@ -186,6 +204,9 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
                           head_dim=new["head_dim"], mlp=new["mlp"])
     # what save would refuse, before reading SRC
     hf_model.config_for(resized, hf_model.abstract_params(resized), src_config, args.dtype or src_dtype)
+    if family == "bert":
+      with tempfile.TemporaryDirectory() as tmp:
+        _sentence_files(args.src, new["embed"], tmp)  # refuses sentence-transformers modules it cannot update
     mesh = sharding.make_mesh(args.mesh) if args.mesh else None
     say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
     model, params = hf_model.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,
@@ -206,14 +227,15 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       if mesh is not None:  # every process holds the same prompts: replicate them over the (global) mesh
         rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         tokens = jax.make_array_from_callback(host.shape, rep, lambda idx: host[idx])
-      src_logits = jax.jit(model.apply)({"params": params}, tokens)
+      src_logits = jax.jit(_check_fn(model))({"params": params}, tokens)
     if target:
       say(f"{direction}ing: sampler {args.sampler}, exact {args.exact}, r1 {args.random_rate}, r2 {args.norm_rate}")
       # donate: tensors no changed axis touches (all attention tensors when only mlp changes, ...) are
       # kept, not copied, and SRC's other tensors are freed once DST's exist (memory: DST, not SRC + DST).
-      grown = gpt_transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
-                           norm_rate=args.norm_rate, exact=args.exact, donate=True, split_rate=args.split_rate,
-                           cancel_rate=args.cancel_rate)
+      transfer = bert_transfer if family == "bert" else gpt_transfer  # the tied readouts' corrections
+      grown = transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
+                       norm_rate=args.norm_rate, exact=args.exact, donate=True, split_rate=args.split_rate,
+                       cancel_rate=args.cancel_rate)
     else:
       grown = params
     del params
@@ -222,9 +244,12 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     new_model = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
                             head_dim=new["head_dim"], mlp=new["mlp"])
     say(f"writing {dst}")
-    out = hf_model.save(new_model, grown, dst, config=src_config, dtype=args.dtype or src_dtype,
-                        max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
-                        extra_files=hf_model.tokenizer_files(args.src), progress=True, consume=True)
+    with tempfile.TemporaryDirectory() as tmp:  # BERT: the sentence-transformers files, 1_Pooling's width updated
+      extra = {**hf_model.tokenizer_files(args.src), **(_sentence_files(args.src, new["embed"], tmp) if family == "bert"
+                                                         else {})}
+      out = hf_model.save(new_model, grown, dst, config=src_config, dtype=args.dtype or src_dtype,
+                          max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
+                          extra_files=extra, progress=True, consume=True)
     say(f"wrote {len(out['files'])} file(s), {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB")
     if not args.no_check:
       del grown
@@ -232,11 +257,12 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       # the two forward passes differ only by what the transfer and the output dtype did
       dst_model, dst_params = hf_model.load(dst, dtype=jnp.float32 if args.transfer_dtype == "float32" else src_dtype,
                                             mesh=mesh)
-      dst_logits = jax.jit(dst_model.apply)({"params": dst_params}, tokens)
+      dst_logits = jax.jit(_check_fn(dst_model))({"params": dst_params}, tokens)
       diff = float(jnp.max(jnp.abs(src_logits - dst_logits)))
       scale = float(jnp.max(jnp.abs(src_logits)))
-      say(f"check on {args.check_batch}x{T} random tokens: max |logit difference| {diff:.3g} "
-          f"(max |logit| {scale:.3g}, relative {diff / max(scale, 1e-30):.2g})")
+      what = "hidden-state Gram" if family == "bert" and not model.mlm else "logit"
+      say(f"check on {args.check_batch}x{T} random tokens: max |{what} difference| {diff:.3g} "
+          f"(max |{what}| {scale:.3g}, relative {diff / max(scale, 1e-30):.2g})")
       if why:
         out_("    not function-preserving by construction: " + "; ".join(why))
       else:

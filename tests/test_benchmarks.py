@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -84,10 +85,25 @@ def test_profile_summary_counts_device_streams_only():
   assert s["classes"]["elementwise fusion"]["share"] == pytest.approx(0.4)
 
 
-def test_device_check_passes_on_cpu(fast_compiles_here):
+def test_device_check_reports_a_device_that_disagrees(fast_compiles_here, monkeypatch, capsys):
+  # On a CPU-only machine the "device" is the host, so agreement proves nothing: make one side of every
+  # comparison draw from another key (as a device whose random bits differ would) and check the script
+  # says MISMATCH and exits non-zero.
   from benchmarks import device_check
 
-  assert device_check.main(["--smoke"]) == 0
+  calls = []
+
+  def on(device, tree):
+    if isinstance(tree, jax.Array) and jax.dtypes.issubdtype(tree.dtype, jax.dtypes.prng_key):
+      calls.append(device)
+      if len(calls) % 2:
+        tree = jax.random.fold_in(tree, 1)
+    return jax.device_put(tree, device)
+
+  monkeypatch.setattr(device_check, "_on", on)
+  assert device_check.main(["--smoke"]) == 1
+  out = capsys.readouterr().out
+  assert "MISMATCH" in out and "FAILED" in out, out
 
 
 def test_repeat_kernel_benchmark_smoke(tmp_path):

@@ -278,7 +278,7 @@ def test_sweep_redraws_from_metrics_without_training(tmp_path, capsys):
 def test_digits_without_scikit_learn_is_a_one_line_error(monkeypatch):
   from train import data as data_lib
   monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails as if not installed
-  with pytest.raises(data_lib.DataUnavailable, match=r"needs scikit-learn.*pip install -e '\.\[data\]'"):
+  with pytest.raises(data_lib.DataUnavailable, match=r"needs scikit-learn.*pip install -e '\.\[train\]'"):
     data_lib._digits()
 
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
+from rcjax._progress import bar as progress_bar
 
 import rcjax
 from rcjax import sharding
@@ -157,6 +157,8 @@ def hf_arch(path: str, config: dict) -> dict:
   from rcjax import hf_model
 
   m = hf_model.model_from_config(config, where=os.path.join(path, "config.json"))
+  if hf_model.family_of(m) == "bert":
+    raise ValueError(f"{path} is a BERT encoder: train.gpt trains decoders (grow BERTs with python -m rcjax.grow)")
   a = m.arch()
   style = {"llama": "llama", "gpt2": "gpt2", "gpt_neox": "neox"}[hf_model.family_of(m)]
   s = a["sizes"]
@@ -546,7 +548,7 @@ def run(cfg: Config) -> dict:
   tokens_per_step = cfg.batch_size * cfg.seq_len
   eval_batches = [global_batch(data, i, cfg.batch_size, trainer.b_sh, eval=True)
                   for i in range(cfg.eval_batches if cfg.eval_every else 0)]
-  bar = tqdm(total=cfg.steps, initial=start, disable=not (main and cfg.progress), desc="train.gpt")
+  bar = progress_bar(total=cfg.steps, initial=start, disable=not (main and cfg.progress), desc="train.gpt")
   speeds, t_last, steps_since, paused, loss = [], None, 0, 0.0, None
   if flops_done is None:  # a checkpoint written before the FLOPs were saved with it
     flops_done = start * tokens_per_step * fpt

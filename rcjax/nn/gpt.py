@@ -462,38 +462,48 @@ def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], 
   return _corrected(model, params, rc_transfer(params, key, sizes, **kwargs), key, kwargs)
 
 
-def _corrected(model: GPT, params: Any, out: Any, key: jax.Array, kwargs: dict) -> Any:
-  """`transfer`'s corrections of `out`, the leaf-wise transfer of `params`."""
+def scale_embed(box, s):
+  """`box` times s, a scalar or an (E',) vector along embed (the last axis of the leaf), in its dtype."""
+  return box.replace(value=(box.value.astype(jnp.float32) * s).astype(box.value.dtype))
+
+
+def tied_readout_factor(old_embed, new_embed, key: jax.Array, kwargs: dict) -> tuple:
+  """`(exact, counts, s)` for a tied (vocab, embed) table transferred from `old_embed` to `new_embed`:
+  the readout use sums over the new embed axis, counting source neuron j c_j times, so the norm that
+  feeds the readout absorbs s = mult_old / (mult_new * c_j) per entry (c_j the copy count with
+  `exact=True`, else the scalar N / N'). counts: the (E',) copy counts (None unless exact)."""
   from rcjax.transfer import index_maps
 
-  e_old, e_new = params["embed"].shape[1], out["embed"].shape[1]
-  if e_old == e_new:
-    return out
-  a = model.arch()
-  exact = kwargs.get("exact") and e_new > e_old
+  e_old, e_new = old_embed.shape[1], new_embed.shape[1]
+  exact = bool(kwargs.get("exact")) and e_new > e_old
   counts = None
   if exact:
     m = index_maps(key, {"embed": e_old}, {"embed": e_new}, kwargs.get("sampler", "stratified"))["embed"]
     counts = jnp.bincount(m, length=e_old)[m].astype(jnp.float32)
+  ratio = pz.multiplier(old_embed.replace(fan_in=(1,))) / pz.multiplier(new_embed.replace(fan_in=(1,)))
+  return exact, counts, (ratio / counts if exact else ratio * e_old / e_new)
 
-  def scale(box, s):  # multiply by s, a scalar or an (E',) vector along embed (the last axis of every leaf here)
-    return box.replace(value=(box.value.astype(jnp.float32) * s).astype(box.value.dtype))
 
+def _corrected(model: GPT, params: Any, out: Any, key: jax.Array, kwargs: dict) -> Any:
+  """`transfer`'s corrections of `out`, the leaf-wise transfer of `params`."""
+  e_old, e_new = params["embed"].shape[1], out["embed"].shape[1]
+  if e_old == e_new:
+    return out
+  a = model.arch()
+  exact, counts, s = tied_readout_factor(params["embed"], out["embed"], key, kwargs)
   final = dict(out["final"])
   if a["tied"]:
-    ratio = pz.multiplier(params["embed"].replace(fan_in=(1,))) / pz.multiplier(out["embed"].replace(fan_in=(1,)))
-    s = ratio / counts if exact else ratio * e_old / e_new
-    final = {k: scale(v, s) for k, v in final.items()}
+    final = {k: scale_embed(v, s) for k, v in final.items()}
   if exact and a["norm"] == "rmsnorm" and e_new % e_old:
     amp = jnp.sqrt(e_new / (e_old * counts))
-    out = dict(out, embed=scale(out["embed"], amp))
+    out = dict(out, embed=scale_embed(out["embed"], amp))
     blocks = dict(out["blocks"])
     for name in ("o", "down", "o_bias", "down_bias"):
       if name in blocks:
-        blocks[name] = scale(blocks[name], amp)
+        blocks[name] = scale_embed(blocks[name], amp)
     for name in ("attn_norm_scale", "mlp_norm_scale"):
-      blocks[name] = scale(blocks[name], 1.0 / amp)
+      blocks[name] = scale_embed(blocks[name], 1.0 / amp)
     out["blocks"] = blocks
     # the final norm's output copies; tied, the readout rows carry a_j too (the embedding was scaled)
-    final["norm_scale"] = scale(final["norm_scale"], 1.0 / amp ** 2 if a["tied"] else 1.0 / amp)
+    final["norm_scale"] = scale_embed(final["norm_scale"], 1.0 / amp ** 2 if a["tied"] else 1.0 / amp)
   return {**out, "final": final}
