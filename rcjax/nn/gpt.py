@@ -445,7 +445,7 @@ def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], 
   read the normed residual stream along embed, o reads the attention output along heads and head_dim,
   down the MLP activations). A tied table's leaf has fan-in vocab, so it is not split (the readout use
   reads the final norm's copies with equal rows); the embed axis still splits through its readers.
-  The corrections below scale writers and norm scales, which no split touches.
+  The corrections above scale writers and norm scales, which no split touches.
 
   `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact, donate, split_rate,
   cancel_rate). With `opt_state` (an
