@@ -95,8 +95,8 @@ class Config:
   grow_to: int = 0              # ... to this width; mlp, heads, kv_heads scale with it, head_dim fixed
   random_rate: float = 0.0      # r1 of growth / transfer
   norm_rate: float = 0.0        # r2 of growth / transfer
-  split_rate: float = 0.0       # unequal fan-out split of copies in growth / transfer (keeps the function;
-  cancel_rate: float = 0.0      # ... and cancelling noise; see docs/symmetry.md)
+  split_rate: float = 0.0       # growth / transfer: unequal fan-out split of copies (keeps the function)
+  cancel_rate: float = 0.0      # growth / transfer: cancelling noise on copies' fan-out (docs/symmetry.md)
   grow_exact: bool = False      # count-corrected growth (exact for any ratio where the math allows)
   transfer_from: str = ""       # start from another run's last checkpoint, or a HuggingFace checkpoint
                                 # directory (its architecture; --width transfers it), at this width
