@@ -59,6 +59,8 @@ from rcjax.hf import _DTYPES, _IGNORED, family as _family, read_header, shard_fi
 from rcjax.nn.gpt import GPT, logit_scale
 from rcjax.rc import RC, boxes, is_rc
 
+# config.json fields with one entry per block (remapped by `config_at_depth` when the depth changes)
+PER_LAYER_FIELDS = ("layer_types",)
 FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gpt_neox": "gpt_neox"}
 _ST_DTYPE = {np.dtype(v): k for k, v in _DTYPES.items()}
 _TORCH_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -400,6 +402,42 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
              attention_bias=bool(a["qkv_bias"]), max_position_embeddings=c.get("max_position_embeddings",
                                                                                  model.max_len))
     _write_rope(c, model, pct)
+  return c
+
+
+def config_at_depth(config: Mapping[str, Any], depth_map: Any) -> dict:
+  """`config` (a config.json dict) for the blocks of `depth_map` (new block i copies old block
+  `depth_map[i]`, see `rcjax.depth`): its per-layer fields follow the blocks, so they stay consistent
+  with the new `num_hidden_layers` / `n_layer` (which `config_for` writes from the params). Lists with
+  one entry per layer (`layer_types`) are remapped; Qwen2's `max_window_layers` (layers from it on use
+  the sliding window) becomes the new depth when it covers every old layer, else the first new layer
+  that copies a sliding one, with `layer_types` written out when the remapped pattern is not a prefix.
+
+  >>> c = config_at_depth({"num_hidden_layers": 2, "layer_types": ["full_attention", "sliding_attention"]}, [0, 1, 0, 1])
+  >>> c["layer_types"]
+  ['full_attention', 'sliding_attention', 'full_attention', 'sliding_attention']
+  """
+  c, m = dict(config), [int(i) for i in depth_map]
+  old = int(c.get("num_hidden_layers", c.get("n_layer", 0)) or 0) or max(m) + 1
+  for key in PER_LAYER_FIELDS:
+    value = c.get(key)
+    if isinstance(value, list):
+      if len(value) != old:
+        raise ValueError(f"config.json: {key} has {len(value)} entries for {old} layers")
+      c[key] = [value[i] for i in m]
+  mwl = c.get("max_window_layers")
+  if isinstance(mwl, int) and not isinstance(mwl, bool):
+    if mwl >= old:
+      c["max_window_layers"] = len(m)
+    else:
+      sliding = [i >= mwl for i in m]
+      first = sliding.index(True) if True in sliding else len(m)
+      c["max_window_layers"] = first
+      if any(sliding[first:]) and not all(sliding[first:]) and "layer_types" not in c:
+        c["layer_types"] = ["sliding_attention" if s else "full_attention" for s in sliding]
+  for key in ("num_hidden_layers", "n_layer"):
+    if key in c:
+      c[key] = len(m)
   return c
 
 

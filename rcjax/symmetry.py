@@ -82,7 +82,7 @@ def break_symmetry(x: jax.Array, box: Any, power: int, mapped: list[int], maps: 
   """
   if not jnp.issubdtype(x.dtype, jnp.inexact):
     return x
-  dims = [d for d in mapped if (d in box.fan_in) == (power == 0)]
+  dims = [d for d in mapped if box.axes[d] in old_sizes and (d in box.fan_in) == (power == 0)]  # width axes
   out = x.astype(jnp.float32)
   if rho is not None:
     for d in dims:

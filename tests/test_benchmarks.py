@@ -4,6 +4,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import transfer as bench_transfer
@@ -146,3 +147,13 @@ def test_benchmark_arguments_are_checked_before_any_work(tmp_path, capsys):
   assert "--steps and --top must be at least 1" in capsys.readouterr().err
   assert transfer.main(["--smoke", "--only", "nomatch", "--json", str(tmp_path / "t.json")]) == []
   assert json.loads((tmp_path / "t.json").read_text()) == [] and "no case matches" in capsys.readouterr().err
+
+
+def test_importance_benchmark_smoke(tmp_path, fast_compiles_here):
+  from benchmarks import importance as bench_importance
+
+  rows = bench_importance.main(["--smoke", "--only", "mlp", "--out", str(tmp_path)])
+  shrunk = [r for r in rows if r["target"] != "source"]
+  assert {r["sampler"] for r in shrunk} == set(bench_importance.SAMPLERS) | {"scratch"}
+  assert all(np.isfinite(r["shrunk"]) and np.isfinite(r["retrained"]) for r in shrunk)
+  assert (tmp_path / "importance.png").is_file() and (tmp_path / "table.md").is_file()

@@ -49,7 +49,8 @@ def gpt(style, param, **kw):
 
 def grown_model(model, p):
   s = rcjax.sizes(p)
-  return model.clone(width=s["embed"], heads=s["heads"], kv_heads=s["kv_heads"], mlp=s["mlp"], head_dim=s["head_dim"])
+  return model.clone(width=s["embed"], heads=s["heads"], kv_heads=s["kv_heads"], mlp=s["mlp"], head_dim=s["head_dim"],
+                     depth=s["layers"])
 
 
 @pytest.mark.parametrize("param,factor,exact", [("sp", 2, False), ("ntk", 1.5, True), ("mup", 2, False),
@@ -125,7 +126,8 @@ GPT_CASES = [  # (style, param, model kw, sizes, exact, knobs); from embed 16, h
     ("gpt2", "mup", dict(kv_heads=None), dict(heads=6, kv_heads=6, mlp=96), True,  # (LayerNorm: embed at 1.5x
      dict(split_rate=0.5)),                                                         # is not exact anyway)
     ("llama", "sp", {}, dict(embed=24, heads=6, kv_heads=3, mlp=96), True, dict(split_rate=0.5, cancel_rate=0.5)),
-    ("neox", "mf", {}, dict(embed=32, heads=8, kv_heads=4, mlp=128), False, dict(split_rate=0.5)),
+    ("neox", "mf", {}, dict(embed=32, heads=8, kv_heads=4, mlp=128, layers=2), True,  # and deeper (exact: new
+     dict(split_rate=0.5)),                                                           # blocks start as identity)
 ]
 _APPLY = {}
 

@@ -36,6 +36,10 @@ STYLES = {  # style -> defaults of (norm, positions, activation, tied, bias, par
     "neox": dict(norm="layernorm", positions="rope", activation="gelu_exact", tied=False, bias=True,
                  parallel_residual=True),
 }
+# The Block leaves that write into the residual stream: zero in the new blocks of an exact depth growth
+# (`transfer(..., {'layers': L2}, exact=True)`), so that each new block is the identity (LLaMA Pro). In
+# parallel-residual blocks (GPT-NeoX) too: x + attn(.) + mlp(.) with both outputs zero is x.
+RESIDUAL_WRITERS = ("o", "o_bias", "down", "down_bias")
 ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2's gelu_new (tanh)
                "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),  # erf
                "relu": jax.nn.relu}
@@ -181,6 +185,10 @@ class Block(nn.Module):
   def add_bias(self, y, name, axes, blocks=(), on=True):
     return _plus(y, self.bias_value(name, axes, blocks, on))
 
+  def tap(self, name: str, x):
+    """Identity: where `rcjax.nn.importance` reads the activations `name` ('heads', 'mlp') of a block."""
+    return x
+
   @nn.compact
   def __call__(self, x_BxTxE, _=None):
     dt = self.dtype
@@ -207,8 +215,8 @@ class Block(nn.Module):
       q, k = rope(q, self.rope_base, r, self.rope_scaling), rope(k, self.rope_base, r, self.rope_scaling)
     scale = logit_scale(self.param, d, wq.base[2])
     window = None if self.sliding_window is None else (self.sliding_window - 1, 0)  # itself + w-1 before
-    o_BxTxHxD = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, local_window_size=window,
-                                             implementation=self.attention)
+    o_BxTxHxD = self.tap("heads", jax.nn.dot_product_attention(
+        q, k, v, scale=scale, is_causal=True, local_window_size=window, implementation=self.attention))
     wo = self.rc("o", ("heads", "head_dim", "embed"), (0, 1), self.kernel_init, (("heads", "kv_heads"),))
     attn = self.add_bias(_mm(o_BxTxHxD, wo, "bthd,hde->bte", dt), "o_bias", ("embed",), (), self.o_bias)
     if not self.parallel_residual:
@@ -227,6 +235,7 @@ class Block(nn.Module):
       a_BxTxF = jax.nn.silu(_plus(gate, b_gate)) * _plus(up, b_up)
     else:
       a_BxTxF = ACTIVATIONS[self.activation](_plus(_mm(h, w_up, "bte,ef->btf", dt), b_up))
+    a_BxTxF = self.tap("mlp", a_BxTxF)
     down = self.rc("down", ("mlp", "embed"), (0,), self.kernel_init)
     y = self.add_bias(_mm(a_BxTxF, down, "btf,fe->bte", dt), "down_bias", ("embed",), (), self.mlp_bias)
     if self.parallel_residual:  # GPT-NeoX: x + attn(norm1(x)) + mlp(norm2(x))
@@ -391,7 +400,8 @@ class GPT(nn.Module):
               param_dtype=self.param_dtype)
     block = nn.remat(Block, prevent_cse=not self.scan) if self.remat else Block
     if self.scan:
-      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=self.depth,
+      stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},  # intermediates: rcjax.nn.importance
+                      split_rngs={"params": True}, length=self.depth,
                       unroll=min(max(self.unroll, 1), self.depth), metadata_params={nn.PARTITION_NAME: "layers"})
       x_BxTxE, _ = stack(**kw, name="blocks")(x_BxTxE, None)
     else:
@@ -447,8 +457,13 @@ def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], 
   reads the final norm's copies with equal rows); the embed axis still splits through its readers.
   The corrections above scale writers and norm scales, which no split touches.
 
-  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact, donate, split_rate,
-  cancel_rate). With `opt_state` (an
+  Depth (`sizes['layers']`, scanned models only; `depth_mode=` as in `rcjax.transfer`): blocks are copied
+  along the `layers` axis; with `exact=True` the new blocks' `RESIDUAL_WRITERS` start at zero, so the
+  deeper model computes the same function in every style and parametrization. Apply the result with
+  `model.clone(depth=sizes['layers'])`.
+
+  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact, donate, depth_mode,
+  split_rate, cancel_rate). With `opt_state` (an
   optax state of these params) returns `(params, opt_state)`, both transferred with the same maps as
   `rcjax.transfer((params, opt_state), ...)` does; the corrections above go to the params only
   (rescaling an entry's Adam moments with it, m by 1/s and v by 1/s^2, would leave Adam's step
@@ -456,6 +471,12 @@ def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], 
   """
   from rcjax.transfer import transfer as rc_transfer
 
+  if "layers" in sizes:
+    if not model.scan or "blocks" not in params:
+      raise ValueError("a depth transfer (sizes['layers']) needs a scanned GPT (scan=True, params['blocks'] "
+                       "with a leading layers axis); this one has its blocks as separate leaves")
+    kwargs.setdefault("residual_writers", tuple(f"['blocks']['{n}']" for n in RESIDUAL_WRITERS
+                                                if n in params["blocks"]))
   if opt_state is not None:
     out, opt_out = rc_transfer((params, opt_state), key, sizes, **kwargs)
     return _corrected(model, params, out, key, kwargs), opt_out
