@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rcjax.rc import is_rc, leaves_with_paths, path_hash, sizes as tree_sizes
+from rcjax.rc import leaves_with_paths, path_hash, sizes as tree_sizes
 
 
 def _group_mean(x: jax.Array, d: int, m: jax.Array, n_old: int) -> jax.Array:
