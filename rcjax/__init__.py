@@ -9,6 +9,7 @@
 """
 
 from rcjax import nn
+from rcjax.annotate import annotate, effective
 from rcjax.parametrization import (
     adamw,
     init_scale,
@@ -25,7 +26,7 @@ from rcjax.transfer import apply_maps, grow, index_maps, inverse_maps, shrink, t
 
 # Submodules that `import rcjax` does not load (orbax, safetensors, matplotlib behind them), imported on
 # first use as attributes: `rcjax.checkpoint.Checkpointer(...)`, `rcjax.hf.load(...)`, as the README shows.
-_LAZY = ("analyze", "checkpoint", "diagnostics", "hf", "hf_model", "plots")
+_LAZY = ("analyze", "checkpoint", "diagnostics", "hf", "hf_model", "importance", "nnx", "plots")
 
 
 def __getattr__(name: str):
@@ -41,7 +42,8 @@ def __dir__():
 
 
 __all__ = [
-    "RC", "adamw", "apply_maps", "boxes", "copy_spread", "grow", "index_maps", "init_scale", "inverse_maps", "is_rc",
+    "RC", "adamw", "annotate", "apply_maps", "boxes", "copy_spread", "effective", "grow", "index_maps",
+    "init_scale", "inverse_maps", "is_rc",
     "leaf_class", "lr_multiplier", "multiplier", "nn", "sample", "scale_by_parametrization", "sgd",
     "shrink", "sizes", "transfer", "unbox", "width_axes",
 ]

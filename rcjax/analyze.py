@@ -144,9 +144,9 @@ def _block_entry(s: dict) -> dict:
 def _progress(it, total: int, desc: str, show: bool):
   if not show:
     return it
-  from tqdm import tqdm
+  from rcjax._progress import bar
 
-  return tqdm(it, total=total, desc=desc, unit="block", file=sys.stderr)
+  return bar(it, total=total, desc=desc, unit="block")
 
 
 def max_abs(src: Source, *, seed: int = 0, permutations: int = 200, kinds: Sequence[str] = ("mean",),

@@ -1,5 +1,6 @@
 """Read HuggingFace safetensors checkpoints as RC leaves, one transformer block at a time; `load`/`save`
-convert causal LMs to and from `rcjax.nn.GPT` (implemented in `rcjax.hf_model`).
+convert causal LMs to and from `rcjax.nn.GPT` and BERT encoders to and from `rcjax.nn.Bert` (implemented
+in `rcjax.hf_model`; BERT's blocks through this module's BERT table, `rcjax.hf_bert`).
 
 Supported families (read from config.json `model_type`, else `architectures`): Llama (`llama`, `mistral`,
 `qwen2`), GPT-2 (`gpt2`), GPT-NeoX/Pythia (`gpt_neox`), BERT (`bert`). Single-file (`model.safetensors`)
@@ -379,7 +380,8 @@ _RULES = {"llama": _table(_llama()), "gpt2": _table(_gpt2()), "gpt_neox": _table
 
 # --- causal LMs in and out (rcjax.hf_model; imported lazily: it needs the GPT module) ------------------
 def load(path: str | os.PathLike, **kwargs) -> tuple[Any, Any]:
-  """An HF causal LM (Llama/Mistral/Qwen2, GPT-2, GPT-NeoX) as `(rcjax.nn.GPT, params)`; see
+  """An HF causal LM (Llama/Mistral/Qwen2, GPT-2, GPT-NeoX) as `(rcjax.nn.GPT, params)`, or a BERT
+  (`BertModel`, `BertForMaskedLM`) as `(rcjax.nn.Bert, params)`; see
   `rcjax.hf_model.load` for the keyword arguments (dtype, compute_dtype, mesh)."""
   from rcjax import hf_model
 

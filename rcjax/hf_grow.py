@@ -5,8 +5,9 @@ narrower). The command lines live here, in `rcjax.hf_grow`.
     python -m rcjax.grow llama-1b llama-wide --embed 3072 --mlp 12288 --heads 48 --kv-heads 12 --exact
     python -m rcjax.grow pythia-160m big --factor 2 --mesh fsdp=-1     # sharded: no tensor on one host
     python -m rcjax.shrink llama-1b llama-half --factor 0.5
+    python -m rcjax.grow llama-1b llama-deep --depth 32 --depth-mode stack --exact   # 16 -> 32 blocks
 
-SRC is an HF checkpoint directory (Llama/Mistral/Qwen2, GPT-2, GPT-NeoX; safetensors); DST is written in
+SRC is an HF checkpoint directory (Llama/Mistral/Qwen2, GPT-2, GPT-NeoX, BERT: docs/bert.md); DST is written in
 the same family's format (config.json, safetensors, the tokenizer files of SRC), so `transformers` loads it
 unchanged and `python -m train.gpt --transfer-from DST` continues training it. The transfer is
 `rcjax.transfer` in the standard parametrization HF models use: sampled neurons with fan-in rescaling,
@@ -15,6 +16,8 @@ and of embed in RMSNorm models (Llama family; see `rcjax.nn.gpt.transfer`). Not 
 embed ratio under LayerNorm (GPT-2, GPT-NeoX: the mean averages unequal copy counts), a new head_dim (the
 attention scale and RoPE frequencies depend on it), `--random-rate/--norm-rate` > 0, and shrinking.
 A growth with fewer query heads per kv head (e.g. `--kv-heads` alone) would drop query heads: refused.
+`--depth` changes the number of blocks (docs/depth.md): copies (`--depth-mode` stack, interleave, middle;
+exact with `--exact`, whose new blocks start as identities) or a subset (stride, first, last).
 The command prints what changed and, at the end, the max |logit difference| between SRC and DST (as read
 back from disk) on a fixed batch of random prompts.
 """
@@ -26,12 +29,15 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rcjax.depth import DEPTH_MODES, depth_map
 
 AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim")
 
@@ -46,11 +52,29 @@ def parse(argv: Sequence[str] | None, direction: str) -> argparse.Namespace:
                   "fixed); > 1 for grow, < 1 for shrink")
   for name in AXES:
     ap.add_argument("--" + name.replace("_", "-"), type=int, help=f"new {name} size (overrides --factor)")
+  ap.add_argument("--depth", type=int, help="new number of blocks (num_hidden_layers / n_layer)")
+  ap.add_argument("--depth-mode", choices=DEPTH_MODES, help="blocks copied (grow: stack (default), interleave, "
+                  "middle) or kept (shrink: stride (default), first, last); see docs/depth.md")
   ap.add_argument("--random-rate", type=float, default=0.0, help="r1: fraction of fresh neurons")
   ap.add_argument("--norm-rate", type=float, default=0.0, help="r2: noise relative to each leaf's RMS")
+  ap.add_argument("--split-rate", type=float, default=0.0,
+                  help="unequal fan-out split of copied neurons (keeps the function; docs/symmetry.md)")
+  ap.add_argument("--cancel-rate", type=float, default=0.0,
+                  help="cancelling noise on copied neurons' fan-out, relative to each leaf's RMS (keeps the function)")
   ap.add_argument("--exact", action="store_true", help="count-corrected sampling (exact for any ratio of "
                   "mlp, heads, kv_heads)")
-  ap.add_argument("--sampler", default="stratified", choices=("stratified", "iid", "stride"))
+  ap.add_argument("--sampler", default="stratified", choices=("stratified", "iid", "stride") + (
+      ("importance", "importance-sample") if direction == "shrink" else ()),
+                  help="importance: keep the neurons of highest --scores (importance-sample: a sample proportional "
+                  "to them); shrink only" if direction == "shrink" else None)
+  if direction == "shrink":
+    ap.add_argument("--scores", choices=("activations", "weights"), default="activations",
+                    help="importance scores: activations on --calibration (Minitron-style) or weight norms (no data)")
+    ap.add_argument("--calibration", help="text file for --scores activations (SRC's tokenizer, else bytes)")
+    ap.add_argument("--calibration-batch", type=int, default=8, help="sequences per calibration batch")
+    ap.add_argument("--calibration-len", type=int, default=256, help="tokens per calibration sequence")
+    ap.add_argument("--aggregation", choices=("mean", "l2"), default="mean",
+                    help="activation scores: mean |a| or root mean square over the calibration tokens")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                   help="output dtype (default: the one SRC's tensors are stored in)")
@@ -72,9 +96,11 @@ def parse(argv: Sequence[str] | None, direction: str) -> argparse.Namespace:
 def target_sizes(old: dict[str, int], family: str, args: argparse.Namespace, direction: str) -> dict[str, int]:
   """New sizes of the width axes from --factor and the per-axis flags; ValueError for impossible ones."""
   explicit = {a: getattr(args, a) for a in AXES if getattr(args, a) is not None}
-  if args.factor is None and not explicit:
-    raise ValueError("give --factor or at least one of --embed --mlp --heads --kv-heads --head-dim")
   new = dict(old)
+  if args.factor is None and not explicit:
+    if getattr(args, "depth", None) is not None:
+      return new  # depth alone
+    raise ValueError("give --factor, --depth or at least one of --embed --mlp --heads --kv-heads --head-dim")
   if args.factor is not None:
     f = args.factor
     if not math.isfinite(f) or f <= 0:
@@ -104,10 +130,10 @@ def target_sizes(old: dict[str, int], family: str, args: argparse.Namespace, dir
     raise ValueError(f"grow would shrink the query heads per kv head from {g_old} to {g_new} (heads "
                      f"{new['heads']}, kv_heads {new['kv_heads']}), dropping query heads; grow --heads to "
                      f"{g_old * new['kv_heads']} too")
-  if family in ("gpt2", "gpt_neox") and new["heads"] * new["head_dim"] != new["embed"]:
+  if family in ("gpt2", "gpt_neox", "bert") and new["heads"] * new["head_dim"] != new["embed"]:
     raise ValueError(f"{family} derives head_dim from embed / heads: embed {new['embed']} != heads {new['heads']} "
                      f"x head_dim {new['head_dim']}; change --embed and --heads together")
-  if family in ("gpt2", "gpt_neox") and new["kv_heads"] != new["heads"]:
+  if family in ("gpt2", "gpt_neox", "bert") and new["kv_heads"] != new["heads"]:
     raise ValueError(f"{family} has no grouped-query attention: kv_heads must equal heads")
   return new
 
@@ -137,6 +163,45 @@ def inexact(old: dict, new: dict, args, rope: bool, rmsnorm: bool) -> list[str]:
   return why
 
 
+def _check_fn(model):
+  """`fn(variables, tokens)` -> what the check compares: GPT's logits; a BERT's `Bert.comparable` (MLM
+  logits, else the hidden states' Gram matrix over the width: both width-independent)."""
+  from rcjax.nn.bert import Bert
+
+  if isinstance(model, Bert):
+    return lambda variables, tokens: model.apply(variables, tokens, method="comparable")
+  return model.apply
+
+
+def _sentence_files(src: str, width: int, tmp: str) -> dict:
+  from rcjax import hf_bert
+
+  return hf_bert.sentence_files(src, width, tmp)
+
+
+def target_depth(old: int, args: argparse.Namespace, direction: str) -> tuple[int, list[str]]:
+  """The new depth (`--depth`, checked against `--depth-mode` and `--exact`) and the reasons it is not
+  function-preserving."""
+  if args.depth is None:
+    if args.depth_mode is not None:
+      raise ValueError("--depth-mode needs --depth (the new number of blocks)")
+    return old, []
+  if args.depth < 1:
+    raise ValueError(f"--depth must be at least 1, got {args.depth}")
+  if direction == "grow" and args.depth < old or direction == "shrink" and args.depth > old:
+    raise ValueError(f"{direction} would {'shrink' if direction == 'grow' else 'grow'} the depth from {old} to "
+                     f"{args.depth} (use python -m rcjax.{'shrink' if direction == 'grow' else 'grow'})")
+  if args.exact and args.depth < old:
+    raise ValueError(f"--exact needs the depth to grow, but it shrinks from {old} to {args.depth} (dropping "
+                     "blocks changes the function)")
+  depth_map(old, args.depth, args.depth_mode)  # a mode for the other direction, 'middle' past 2x: ValueError
+  if args.depth < old:
+    return args.depth, [f"depth {old} -> {args.depth} drops blocks"]
+  if args.depth > old and not args.exact:
+    return args.depth, [f"depth {old} -> {args.depth} without --exact (new blocks are plain copies)"]
+  return args.depth, []
+
+
 def _count(params) -> int:
   from rcjax.rc import is_rc
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params, is_leaf=is_rc))
@@ -144,7 +209,8 @@ def _count(params) -> int:
 
 def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
   import rcjax
-  from rcjax import hf_model, sharding
+  from rcjax import hf_model, importance, sharding
+  from rcjax.nn.bert import transfer as bert_transfer
   from rcjax.nn.gpt import transfer as gpt_transfer
 
   t0 = time.perf_counter()
@@ -162,6 +228,8 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       raise ValueError("SRC and DST are the same directory")
     if not 0 <= args.random_rate <= 1 or args.norm_rate < 0:
       raise ValueError("--random-rate must be in [0, 1] and --norm-rate >= 0")
+    if not (0 <= args.split_rate < float("inf") and 0 <= args.cancel_rate < float("inf")):
+      raise ValueError("--split-rate and --cancel-rate must be finite and >= 0")
     cfg_path = os.path.join(args.src, "config.json")
     if not os.path.isfile(cfg_path):
       raise FileNotFoundError(f"{args.src}: no such directory" if not os.path.isdir(args.src) else
@@ -172,26 +240,40 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
     family = hf_model.family_of(model)
     old = dict(rcjax.width_axes(hf_model.abstract_params(model)))
     new = target_sizes(old, family, args, direction)
+    depth, depth_why = target_depth(model.depth, args, direction)
+    if family == "bert" and depth > model.depth and args.exact:
+      raise ValueError("--exact depth growth is not available for BERT: a post-LayerNorm block with zero output "
+                       "projections is not the identity (grow without --exact for plain copies)")
     if model.rotary_dim is not None and new["head_dim"] != old["head_dim"]:
       raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
                        "head_dim cannot change")
+    calibration = importance.cli_calibration(args, model)  # bad --calibration fails before SRC is read
     src_dtype = hf_model.stored_dtype(args.src, src_config)  # the tensors' (config.json may not say)
     resized = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
-                          head_dim=new["head_dim"], mlp=new["mlp"])
+                          head_dim=new["head_dim"], mlp=new["mlp"], depth=depth)
+    if depth != model.depth:  # per-layer config fields follow the blocks (Qwen2's layer_types, ...)
+      src_config = hf_model.config_at_depth(src_config, depth_map(model.depth, depth, args.depth_mode))
     # what save would refuse, before reading SRC
     hf_model.config_for(resized, hf_model.abstract_params(resized), src_config, args.dtype or src_dtype)
+    if family == "bert":
+      with tempfile.TemporaryDirectory() as tmp:
+        _sentence_files(args.src, new["embed"], tmp)  # refuses sentence-transformers modules it cannot update
     mesh = sharding.make_mesh(args.mesh) if args.mesh else None
     say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
     model, params = hf_model.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,
                                   mesh=mesh, progress=jax.process_index() == 0)
     a = model.arch()
-    why = inexact(old, new, args, a["positions"] == "rope", a["norm"] == "rmsnorm")
+    why = inexact(old, new, args, a["positions"] == "rope", a["norm"] == "rmsnorm") + depth_why
     n_old = _count(params)
     say(f"{family} ({src_config.get('model_type')}), {model.depth} blocks, vocab {model.vocab}")
     for ax in AXES:
       mark = "" if new[ax] == old[ax] else f"  (x{new[ax] / old[ax]:.4g})"
       out_(f"    {ax:9s} {old[ax]:>7d} -> {new[ax]:<7d}{mark}")
     target = {k: v for k, v in new.items() if v != old[k]}
+    if depth != model.depth:
+      out_(f"    {'layers':9s} {model.depth:>7d} -> {depth:<7d}  (x{depth / model.depth:.4g}, "
+           f"{args.depth_mode or ('stack' if depth > model.depth else 'stride')})")
+      target["layers"] = depth
     key = jax.random.key(args.seed)
     if not args.no_check:  # SRC's logits first, so SRC's params can go before DST is written
       T = min(args.check_len, model.max_len) if a["positions"] == "learned" else args.check_len
@@ -200,24 +282,32 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       if mesh is not None:  # every process holds the same prompts: replicate them over the (global) mesh
         rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         tokens = jax.make_array_from_callback(host.shape, rep, lambda idx: host[idx])
-      src_logits = jax.jit(model.apply)({"params": params}, tokens)
+      src_logits = jax.jit(_check_fn(model))({"params": params}, tokens)
     if target:
       say(f"{direction}ing: sampler {args.sampler}, exact {args.exact}, r1 {args.random_rate}, r2 {args.norm_rate}")
       # donate: tensors no changed axis touches (all attention tensors when only mlp changes, ...) are
       # kept, not copied, and SRC's other tensors are freed once DST's exist (memory: DST, not SRC + DST).
-      grown = gpt_transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
-                           norm_rate=args.norm_rate, exact=args.exact, donate=True)
+      transfer = bert_transfer if family == "bert" else gpt_transfer  # the tied readouts' corrections
+      scores = importance.cli_scores(args, model, params, calibration, say)
+      grown = transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
+                       norm_rate=args.norm_rate, exact=args.exact, donate=True,
+                       depth_mode=args.depth_mode if "layers" in target else None,
+                       split_rate=args.split_rate, cancel_rate=args.cancel_rate,
+                       **({} if scores is None else {"scores": scores}))
     else:
       grown = params
     del params
     n_new = _count(grown)
     out_(f"    params    {n_old / 1e6:.2f}M -> {n_new / 1e6:.2f}M  (x{n_new / n_old:.3f})")
     new_model = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
-                            head_dim=new["head_dim"], mlp=new["mlp"])
+                            head_dim=new["head_dim"], mlp=new["mlp"], depth=depth)
     say(f"writing {dst}")
-    out = hf_model.save(new_model, grown, dst, config=src_config, dtype=args.dtype or src_dtype,
-                        max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
-                        extra_files=hf_model.tokenizer_files(args.src), progress=True, consume=True)
+    with tempfile.TemporaryDirectory() as tmp:  # BERT: the sentence-transformers files, 1_Pooling's width updated
+      extra = {**hf_model.tokenizer_files(args.src), **(_sentence_files(args.src, new["embed"], tmp) if family == "bert"
+                                                         else {})}
+      out = hf_model.save(new_model, grown, dst, config=src_config, dtype=args.dtype or src_dtype,
+                          max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
+                          extra_files=extra, progress=True, consume=True)
     say(f"wrote {len(out['files'])} file(s), {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB")
     if not args.no_check:
       del grown
@@ -225,11 +315,12 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       # the two forward passes differ only by what the transfer and the output dtype did
       dst_model, dst_params = hf_model.load(dst, dtype=jnp.float32 if args.transfer_dtype == "float32" else src_dtype,
                                             mesh=mesh)
-      dst_logits = jax.jit(dst_model.apply)({"params": dst_params}, tokens)
+      dst_logits = jax.jit(_check_fn(dst_model))({"params": dst_params}, tokens)
       diff = float(jnp.max(jnp.abs(src_logits - dst_logits)))
       scale = float(jnp.max(jnp.abs(src_logits)))
-      say(f"check on {args.check_batch}x{T} random tokens: max |logit difference| {diff:.3g} "
-          f"(max |logit| {scale:.3g}, relative {diff / max(scale, 1e-30):.2g})")
+      what = "hidden-state Gram" if family == "bert" and not model.mlm else "logit"
+      say(f"check on {args.check_batch}x{T} random tokens: max |{what} difference| {diff:.3g} "
+          f"(max |{what}| {scale:.3g}, relative {diff / max(scale, 1e-30):.2g})")
       if why:
         out_("    not function-preserving by construction: " + "; ".join(why))
       else:

@@ -1,7 +1,8 @@
 """HuggingFace causal LMs in and out of rcjax: `load(path) -> (GPT, params)`, `save(model, params, path)`.
 
 Families: Llama (`llama`, `mistral`, `qwen2`; grouped-query attention, RoPE, SwiGLU, tied or untied,
-optional biases), GPT-2 (`gpt2`) and GPT-NeoX/Pythia (`gpt_neox`; partial rotary, parallel residual).
+optional biases), GPT-2 (`gpt2`) and GPT-NeoX/Pythia (`gpt_neox`; partial rotary, parallel residual);
+BERT encoders (`bert`) load as `rcjax.nn.Bert` through the same functions (`rcjax.hf_bert`, docs/bert.md).
 `load` returns an `rcjax.nn.GPT` configured like the checkpoint (param 'sp': HF models are standard
 parametrization) and params of RC leaves in the checkpoint's dtype; `GPT.apply` gives the original
 model's logits. `save` writes `config.json` and safetensors in the family's own names and layouts
@@ -58,6 +59,8 @@ from rcjax.hf import _DTYPES, _IGNORED, family as _family, read_header, shard_fi
 from rcjax.nn.gpt import GPT, logit_scale
 from rcjax.rc import RC, boxes, is_rc
 
+# config.json fields with one entry per block (remapped by `config_at_depth` when the depth changes)
+PER_LAYER_FIELDS = ("layer_types",)
 FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gpt_neox": "gpt_neox"}
 _ST_DTYPE = {np.dtype(v): k for k, v in _DTYPES.items()}
 _TORCH_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -179,6 +182,10 @@ def _entries(family: str, a: Mapping[str, Any]) -> list[Entry]:
     one("gpt_neox.final_layer_norm.bias", (E,), ("final", "norm_bias"))
     if not a["tied"]:
       one("embed_out.weight", (V, E), ("readout",), _t)
+  elif family == "bert":
+    from rcjax import hf_bert
+
+    out = hf_bert.entries(a)
   else:
     raise ValueError(f"unsupported family {family!r}; supported: {sorted(set(FAMILIES.values()))}")
   return out
@@ -211,7 +218,11 @@ def _rope_scaling(c: dict, where: str) -> tuple | None:
 def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, param_dtype: Any = None,
                       where: str = "config.json") -> GPT:
   """An `rcjax.nn.GPT` (param 'sp') that computes what the HF model of this config.json dict computes."""
+  from rcjax import hf_bert
+
   c = dict(config)
+  if hf_bert.is_bert_config(c):  # BERT encoders: rcjax.nn.Bert (rcjax.hf_bert)
+    return hf_bert.model_from_config(c, dtype=dtype, param_dtype=param_dtype, where=where)
   mt = c.get("model_type")
   fam = FAMILIES.get(mt) if mt else None
   if fam is None:
@@ -221,7 +232,7 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
       fam = None
     if fam not in ("llama", "gpt2", "gpt_neox"):
       raise ValueError(f"{where}: unsupported model type {mt!r} (architectures {c.get('architectures')}); "
-                       f"supported: {', '.join(sorted(FAMILIES))}")
+                       f"supported: {', '.join(sorted(FAMILIES) + ['bert'])}")
   pd = param_dtype or _TORCH_DTYPE.get(str(c.get("torch_dtype") or c.get("dtype") or "float32"), np.float32)
   common = dict(vocab=int(c["vocab_size"]), param="sp", dtype=dtype, param_dtype=pd)
   if fam == "llama":
@@ -282,6 +293,10 @@ def _arch(model: GPT, params: Any) -> dict:
   if "blocks" not in params:
     raise ValueError("HF conversion needs scanned blocks (params['blocks'] with a leading layers axis: "
                      "rcjax.nn.GPT(scan=True), the default)")
+  if _is_bert(model):
+    from rcjax import hf_bert
+
+    return hf_bert.arch(model, params)
   a = model.arch()
   q = params["blocks"]["q"]
   L, E, H, D = q.shape
@@ -292,8 +307,16 @@ def _arch(model: GPT, params: Any) -> dict:
   return a
 
 
+def _is_bert(model: Any) -> bool:
+  from rcjax.nn.bert import Bert
+
+  return isinstance(model, Bert)
+
+
 def family_of(model: GPT) -> str:
-  """The HF family ('llama' | 'gpt2' | 'gpt_neox') whose architecture `model` has; ValueError if none."""
+  """The HF family ('llama' | 'gpt2' | 'gpt_neox' | 'bert') whose architecture `model` has; ValueError if none."""
+  if _is_bert(model):
+    return "bert"
   a = model.arch()
   ln, swiglu, par = a["norm"] == "layernorm", a["activation"] == "swiglu", a["parallel_residual"]
   if a["norm"] == "rmsnorm" and a["positions"] == "rope" and swiglu and not par:
@@ -311,6 +334,13 @@ def family_of(model: GPT) -> str:
 def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, dtype: Any = None) -> dict:
   """The HF config.json dict of `model` at the sizes of `params`, updating `base` (e.g. the source's
   config, to keep its token ids and other fields) where given."""
+  if _is_bert(model):
+    from rcjax import hf_bert
+
+    dt = np.dtype(dtype or _leaf_dtype(params))
+    if dt not in {np.dtype(v) for v in _TORCH_DTYPE.values()}:
+      raise ValueError(f"cannot save dtype {dt} (float32, float16 or bfloat16)")
+    return hf_bert.config_for(model, params, base, {np.dtype(v): k for k, v in _TORCH_DTYPE.items()}[dt])
   fam = family_of(model)
   a = _arch(model, params)
   c = dict(base) if base and FAMILIES.get(base.get("model_type")) == fam else {}
@@ -372,6 +402,42 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
              attention_bias=bool(a["qkv_bias"]), max_position_embeddings=c.get("max_position_embeddings",
                                                                                  model.max_len))
     _write_rope(c, model, pct)
+  return c
+
+
+def config_at_depth(config: Mapping[str, Any], depth_map: Any) -> dict:
+  """`config` (a config.json dict) for the blocks of `depth_map` (new block i copies old block
+  `depth_map[i]`, see `rcjax.depth`): its per-layer fields follow the blocks, so they stay consistent
+  with the new `num_hidden_layers` / `n_layer` (which `config_for` writes from the params). Lists with
+  one entry per layer (`layer_types`) are remapped; Qwen2's `max_window_layers` (layers from it on use
+  the sliding window) becomes the new depth when it covers every old layer, else the first new layer
+  that copies a sliding one, with `layer_types` written out when the remapped pattern is not a prefix.
+
+  >>> c = config_at_depth({"num_hidden_layers": 2, "layer_types": ["full_attention", "sliding_attention"]}, [0, 1, 0, 1])
+  >>> c["layer_types"]
+  ['full_attention', 'sliding_attention', 'full_attention', 'sliding_attention']
+  """
+  c, m = dict(config), [int(i) for i in depth_map]
+  old = int(c.get("num_hidden_layers", c.get("n_layer", 0)) or 0) or max(m) + 1
+  for key in PER_LAYER_FIELDS:
+    value = c.get(key)
+    if isinstance(value, list):
+      if len(value) != old:
+        raise ValueError(f"config.json: {key} has {len(value)} entries for {old} layers")
+      c[key] = [value[i] for i in m]
+  mwl = c.get("max_window_layers")
+  if isinstance(mwl, int) and not isinstance(mwl, bool):
+    if mwl >= old:
+      c["max_window_layers"] = len(m)
+    else:
+      sliding = [i >= mwl for i in m]
+      first = sliding.index(True) if True in sliding else len(m)
+      c["max_window_layers"] = first
+      if any(sliding[first:]) and not all(sliding[first:]) and "layer_types" not in c:
+        c["layer_types"] = ["sliding_attention" if s else "full_attention" for s in sliding]
+  for key in ("num_hidden_layers", "n_layer"):
+    if key in c:
+      c[key] = len(m)
   return c
 
 
@@ -465,7 +531,9 @@ def _resolve_names(entries: list[Entry], files: _Files, path: str) -> dict[str, 
   have = files.names()
   out = {}
   for e in entries:
-    for cand in (e.name, e.name.removeprefix("transformer."), "lm_head.weight" if e.name == "embed_out.weight" else ""):
+    for cand in (e.name, e.name.removeprefix("transformer."), "lm_head.weight" if e.name == "embed_out.weight" else "",
+                 e.name.removeprefix("bert."), "bert." + e.name):  # BERT: BertModel's names lack 'bert.'
+
       if cand in have:
         out[e.name] = cand
         break
@@ -503,6 +571,10 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
     config = json.load(f)
   files = _Files(path)
   model = model_from_config(config, dtype=compute_dtype, param_dtype=dtype or _stored(files), where=cfg_path)
+  if _is_bert(model):  # the pooler and MLM head are in the tensors, not in config.json
+    from rcjax import hf_bert
+
+    model = hf_bert.fit_to_tensors(model, files.names())
   abstract = abstract_params(model)
   fam = family_of(model)
   a = _arch(model, abstract)
@@ -608,9 +680,9 @@ def _chunks(x: Any) -> list[tuple[tuple, np.ndarray]]:
 def _progress(items: list, on: bool, desc: str):
   if not on:
     return items
-  from tqdm import tqdm
+  from rcjax._progress import bar
 
-  return tqdm(items, desc=desc, unit="param", leave=False)
+  return bar(items, desc=desc, unit="param", leave=False)
 
 
 def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[str, Any] | None = None,
@@ -640,7 +712,7 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
     raise FileExistsError(f"{path} exists (pass overwrite=True / --overwrite to replace it)")
   sp_model, factors = as_sp(model, params)
   cfg = config_for(sp_model, params, config, dtype)
-  fam = FAMILIES[cfg["model_type"]]
+  fam = family_of(sp_model)
   entries = _entries(fam, _arch(sp_model, params))
   leaves = {tuple(k.key for k in kp): box for kp, box in
             jax.tree_util.tree_flatten_with_path(params, is_leaf=is_rc)[0]}
@@ -715,7 +787,7 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
   return {"path": path, "files": names, "tensors": len(entries), "bytes": total, "max_chunk_bytes": max_chunk}
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "vocab.txt",
                    "merges.txt", "tokenizer.model", "generation_config.json", "added_tokens.json",
                    "chat_template.jinja", "chat_template.json")
 TOKENIZER_DIRS = ("additional_chat_templates",)  # transformers >= 4.47: named chat templates, one .jinja each

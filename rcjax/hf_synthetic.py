@@ -142,3 +142,56 @@ def write_synthetic(path: str | os.PathLike, model_type: str, *, num_blocks: int
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(config, f, indent=1)
   return kept
+
+
+def main(argv=None) -> int:
+  """`python -m rcjax.hf_synthetic DST --family llama`: a tiny random HF checkpoint, to try the CLIs on.
+
+  >>> import os, tempfile
+  >>> d = os.path.join(tempfile.mkdtemp(), 'tiny-llama')
+  >>> main([d, '--family', 'llama'])
+  wrote .../tiny-llama: llama, 2 blocks, embed 32, heads 4, vocab 64 (random weights); try: ...
+  0
+  >>> sorted(os.listdir(d))
+  ['config.json', 'model.safetensors']
+  """
+  import argparse
+
+  from rcjax import _cli
+
+  def body(args) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m rcjax.hf_synthetic", description="Write a small random HuggingFace checkpoint "
+        "(config.json + model.safetensors) to try python -m rcjax.grow / rcjax.shrink / rcjax.analyze on.")
+    p.add_argument("dst", help="output directory (must not exist, or be empty)")
+    p.add_argument("--family", default="llama", choices=sorted(_ARCH), help="model type (default: llama)")
+    p.add_argument("--blocks", type=int, default=2, help="transformer blocks (default: 2)")
+    p.add_argument("--embed", type=int, default=32, help="hidden size (default: 32)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
+    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads, Llama family (default: --heads)")
+    p.add_argument("--mlp", type=int, default=None, help="MLP size (default: 4 * --embed)")
+    p.add_argument("--vocab", type=int, default=64, help="vocabulary size (default: 64)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="stored dtype (default: float32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    a = p.parse_args(args)
+    if os.path.exists(a.dst) and (not os.path.isdir(a.dst) or os.listdir(a.dst)):
+      raise _cli.UsageError(f"{a.dst} exists and is not an empty directory")
+    for name in ("blocks", "embed", "heads", "vocab"):
+      if getattr(a, name) <= 0:
+        raise _cli.UsageError(f"--{name} must be positive, got {getattr(a, name)}")
+    if a.embed % a.heads or (a.kv_heads and a.heads % a.kv_heads):
+      raise _cli.UsageError(f"--embed {a.embed} must be a multiple of --heads {a.heads}, and --heads of --kv-heads")
+    write_synthetic(a.dst, a.family, num_blocks=a.blocks, embed=a.embed, heads=a.heads, kv_heads=a.kv_heads,
+                    mlp=a.mlp, vocab=a.vocab, dtype=a.dtype, seed=a.seed, keep=False)
+    print(f"wrote {a.dst}: {a.family}, {a.blocks} blocks, embed {a.embed}, heads {a.heads}, vocab {a.vocab} "
+          f"(random weights); try: python -m rcjax.grow {a.dst} {a.dst.rstrip('/')}-x2 --factor 2")
+    return 0
+
+  return _cli.run("rcjax.hf_synthetic", body, argv)
+
+
+if __name__ == "__main__":
+  import sys
+
+  sys.exit(main())

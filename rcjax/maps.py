@@ -9,6 +9,8 @@ another mapped axis, whose whole blocks follow that axis's map: `[0, 1, 0, 1, 2,
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Mapping
 
 import jax
@@ -18,6 +20,8 @@ import numpy as np
 from rcjax.rc import leaves_with_paths, path_hash
 
 SAMPLERS = ("stratified", "iid", "stride")
+# Samplers that keep the neurons with the highest scores (`rcjax.shrink(..., scores=...)`; see `_score_maps`).
+SCORE_SAMPLERS = ("importance", "importance-sample")
 
 def _check_key(key: Any) -> None:
   ok = isinstance(key, jax.Array) and (
@@ -66,9 +70,11 @@ def _axis_key(key, name: str):
   return jax.random.fold_in(key, path_hash("axis/" + name))
 
 
-def _maps(key, old: tuple, new: tuple, sampler: str, blocks: tuple = ()) -> dict[str, jax.Array]:
+def _maps(key, old: tuple, new: tuple, sampler: str, blocks: tuple = (), scores=None) -> dict[str, jax.Array]:
   """Maps for the axes in `new`; a blocked axis (see `RC.blocks`) maps whole blocks with its outer axis's
   map (identity for fixed blocks or an outer axis not in `new`) and entries within blocks with one map."""
+  if sampler in SCORE_SAMPLERS:
+    return _score_maps(key, old, new, sampler, blocks, scores)
   old, new, blocks = dict(old), dict(new), dict(blocks)
   maps = {name: _one_map(_axis_key(key, name), old[name], n, sampler)
           for name, n in new.items() if name not in blocks}
@@ -193,3 +199,100 @@ def _check_size(name: str, n: Any) -> None:
     raise TypeError(f"size of axis {name!r} must be an int, got {n!r}")
   if n <= 0:
     raise ValueError(f"size of axis {name!r} must be positive, got {n}")
+
+
+# --- shrinking by importance scores -------------------------------------------------------------
+
+def _copy_rank(score: jax.Array) -> jax.Array:
+  """int32[n]: how many lower-indexed neurons have exactly the same score (0 for the first copy)."""
+  n = score.shape[0]
+  order = jnp.argsort(-score, stable=True)  # equal scores adjacent, in index order
+  s = score[order]
+  pos = jnp.arange(n, dtype=jnp.int32)
+  start = jax.lax.cummax(jnp.where(jnp.concatenate([jnp.ones(1, bool), s[1:] != s[:-1]]), pos, 0))
+  return jnp.zeros(n, jnp.int32).at[order].set(pos - start)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _top(key: jax.Array, score: jax.Array, k: int, stochastic: bool) -> jax.Array:
+  """Sorted int32[k]: the k neurons ranked first by (copy rank, -score or a race time, index).
+
+  Neurons with equal scores (the copies of a duplicated neuron) are ranked one copy per score first, so
+  a k that the distinct scores cover keeps k distinct neurons. `stochastic`: without replacement,
+  proportionally to score (Efraimidis-Spirakis: the k smallest Exp(1) / score; score 0 comes last)."""
+  n = score.shape[0]
+  if stochastic:
+    e = jax.random.exponential(key, (n,), jnp.float32)
+    primary = jnp.where(score > 0, e / jnp.where(score > 0, score, 1.0), jnp.inf)
+  else:
+    primary = -score
+  order = jnp.lexsort((jnp.arange(n), primary, _copy_rank(score)))
+  return jnp.sort(order[:k]).astype(jnp.int32)
+
+
+def _score_maps(key, old: tuple, new: tuple, sampler: str, blocks: tuple, scores) -> dict[str, jax.Array]:
+  """`_maps` for the SCORE_SAMPLERS: the top-k (or a proportional sample) of each axis by its score;
+  an axis in blocks keeps whole blocks with its outer axis's map and picks the same entries in every
+  block by the scores summed over blocks. Axes at their old size map to the identity."""
+  old, new, blocks, scores = dict(old), dict(new), dict(blocks), dict(scores or {})
+  stochastic = sampler == "importance-sample"
+
+  def pick(name, n_old, n_new, score):
+    if n_new == n_old:
+      return jnp.arange(n_old, dtype=jnp.int32)
+    return _top(_axis_key(key, name), jnp.asarray(score, jnp.float32), n_new, stochastic)
+
+  maps = {name: pick(name, old[name], n, scores.get(name)) for name, n in new.items() if name not in blocks}
+  for name, outer in blocks.items():
+    if name not in new:
+      continue
+    o_old, o_new = (outer, outer) if isinstance(outer, int) else (old[outer], new.get(outer, old[outer]))
+    i_old, i_new = old[name] // o_old, new[name] // o_new
+    outer_map = maps.get(outer) if isinstance(outer, str) else None
+    outer_map = jnp.arange(o_old, dtype=jnp.int32) if outer_map is None else outer_map
+    s = scores.get(name)
+    inner = pick(name, i_old, i_new, None if s is None else jnp.asarray(s, jnp.float32).reshape(o_old, i_old).sum(0))
+    maps[name] = (outer_map[:, None] * i_old + inner[None, :]).reshape(-1)
+  return maps
+
+
+def check_scores(scores: Any, old: Mapping[str, int], new: Mapping[str, int], blocks: Mapping[str, str | int],
+                 sampler: str) -> dict[str, jax.Array]:
+  """Validate `scores` (`{axis: float[N]}`) for a SCORE_SAMPLERS shrink from `old` to `new` sizes and
+  return those the maps need, as float32 arrays. ValueError names the axis: an axis that grows, an axis
+  that shrinks without scores, a score of the wrong length, NaN, inf or negative scores, an unknown axis."""
+  for name, n in new.items():
+    if n > old[name]:
+      raise ValueError(f"sampler={sampler!r} only shrinks, but axis {name!r} grows from {old[name]} to {n} "
+                       "(grow with 'stratified', 'iid' or 'stride')")
+  if not isinstance(scores, Mapping):
+    raise TypeError(f"sampler={sampler!r} needs scores={{axis: float[N]}} (rcjax.importance.weights(params) "
+                    f"or rcjax.importance.activations(...)), got {type(scores).__name__}")
+  for name in scores:
+    if name not in old:
+      raise ValueError(f"scores name axis {name!r}, which this pytree does not have (axes: {sorted(old)})")
+  out = {}
+  for name, n in new.items():
+    outer = blocks.get(name)
+    o_old = 1 if outer is None else outer if isinstance(outer, int) else old[outer]
+    o_new = 1 if outer is None else outer if isinstance(outer, int) else new.get(outer, old[outer])
+    if n // o_new > old[name] // o_old:
+      raise ValueError(f"sampler={sampler!r} only shrinks, but the blocks of axis {name!r} per {outer!r} grow "
+                       f"from {old[name] // o_old} to {n // o_new} entries; shrink {name!r} with {outer!r}")
+    if n // o_new == old[name] // o_old:
+      continue  # kept whole (or moved in whole blocks): no scores needed
+    if name not in scores:
+      raise ValueError(f"sampler={sampler!r}: axis {name!r} shrinks from {old[name]} to {n} but scores has no "
+                       f"entry for it (scores has {sorted(scores)})")
+    s = scores[name]
+    if np.shape(s) != (old[name],):
+      raise ValueError(f"scores[{name!r}] has shape {np.shape(s)}, expected ({old[name]},): one score per "
+                       f"neuron of axis {name!r}")
+    if not isinstance(s, jax.core.Tracer):
+      v = np.asarray(s, np.float64)
+      if not np.all(np.isfinite(v)):
+        raise ValueError(f"scores[{name!r}] holds {int(np.sum(~np.isfinite(v)))} NaN or infinite value(s)")
+      if np.any(v < 0):
+        raise ValueError(f"scores[{name!r}] holds negative values (min {v.min():g}); scores are magnitudes >= 0")
+    out[name] = jnp.asarray(s, jnp.float32)
+  return out

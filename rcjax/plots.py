@@ -34,14 +34,50 @@ _LABELS = {"train_loss": "training loss", "test_loss": "test loss", "test_acc": 
            "flops": "training FLOPs (cumulative)"}
 
 
+def _finite(v) -> bool:
+  import math
+
+  return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _mark_transfers(ax, lines, x, key, color) -> None:
+  """A transfer: a dotted vertical line at its x, a dot on the curve, and 'N -> N'' above it."""
+  for m in lines:
+    if m.get("event") != "transfer" or x not in m:
+      continue
+    ax.axvline(m[x], color=color, lw=0.8, ls=":", alpha=0.8)
+    if _finite(m.get(key)):
+      ax.plot([m[x]], [m[key]], "o", color=color, markersize=4)
+    what = f"transfer {m['from_width']} -> {m.get('width', '?')}" if "from_width" in m else "transfer"
+    ax.annotate(what, (m[x], 1.0), xycoords=("data", "axes fraction"), fontsize=7, color=color,
+                rotation=90, va="top", ha="right")
+
+
+def _diverged(ax, lines, x, key, color) -> bool:
+  """Mark where a curve stops being finite (NaN or inf: a diverged run) with an x; True if it does."""
+  bad = [m for m in lines if x in m and key in m and not _finite(m[key])]
+  if not bad:
+    return False
+  good = [m for m in lines if x in m and _finite(m.get(key)) and m[x] < bad[0][x]]
+  y = good[-1][key] if good else None
+  if y is not None:
+    ax.plot([bad[0][x]], [y], "x", color=color, markersize=7, mew=2)
+  ax.annotate(f"{bad[0][key]} at {x} {bad[0][x]}", (bad[0][x], 0.02), xycoords=("data", "axes fraction"),
+              xytext=(-5, 0), textcoords="offset points", fontsize=7, color=color, rotation=90, va="bottom",
+              ha="right")
+  return True
+
+
 def training_curves(runs, *, panels=("train_loss", "test_acc"), x="epoch", title=None, styles=None,
                     log_y=("train_loss", "test_loss")):
-  """Curves of metrics (one panel per metric, one line per run), transfer events marked by a dot.
+  """Curves of metrics (one panel per metric, one line per run), transfers and divergence marked.
 
   Args:
     runs: `{label: [metrics dict, ...]}`, e.g. the lines of train.mlp's `metrics.jsonl` files. Lines
-      whose `event` is 'transfer' are drawn as the first point of the transferred part (a dot), so a
-      combined run shows the jump (or the absence of one) at the transfer.
+      whose `event` is 'transfer' are drawn as the first point of the transferred part (a dot), under a
+      dotted vertical line labelled with the widths, so a combined run shows the jump (or the absence
+      of one) at the transfer. Non-finite values (a diverged run) are left out of the curve, and where
+      they start is marked with an x and labelled; a panel with no finite value says so.
     panels: metric keys, one panel each.
     x: the key for the x axis ('epoch', 'step' or 'flops').
     title: figure title.
@@ -55,18 +91,21 @@ def training_curves(runs, *, panels=("train_loss", "test_acc"), x="epoch", title
   fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
   styles = styles or {}
   for ax, key in zip(axes[0], panels):
+    drawn, positive = False, True
     for label, lines in runs.items():
-      pts = [(m[x], m[key]) for m in lines if key in m and x in m]
-      if not pts:
+      pts = [(m[x], m[key]) for m in lines if key in m and x in m and _finite(m[key])]
+      if not pts and not any(key in m for m in lines):
         continue
-      xs, ys = zip(*pts)
+      xs, ys = zip(*pts) if pts else ((), ())
       (line,) = ax.plot(xs, ys, label=label, **styles.get(label, {}))
-      for m in lines:
-        if m.get("event") == "transfer" and key in m:
-          ax.plot([m[x]], [m[key]], "o", color=line.get_color(), markersize=4)
+      drawn, positive = drawn or bool(pts), positive and all(y > 0 for y in ys)
+      _mark_transfers(ax, lines, x, key, line.get_color())
+      _diverged(ax, lines, x, key, line.get_color())
     ax.set_xlabel(_LABELS.get(x, x))
     ax.set_ylabel(_LABELS.get(key, key))
-    if key in log_y:
+    if not drawn:
+      ax.text(0.5, 0.5, f"no finite {_LABELS.get(key, key)}", transform=ax.transAxes, ha="center", va="center")
+    elif key in log_y and positive:
       ax.set_yscale("log")
     if x == "flops":
       ax.set_xscale("log")
@@ -126,14 +165,26 @@ def lm_loss_curve(records, floor=None):
       train.append((r["step"], r["loss"]))
     elif "eval_loss" in r:
       evals.append((r["step"], r["eval_loss"]))
+  bad = [p for p in train + evals if not _finite(p[1])]
+  train, evals = [p for p in train if _finite(p[1])], [p for p in evals if _finite(p[1])]
   for pts, label in ((train, "train"), (evals, "eval")):
     if pts:
       ax.plot(*zip(*pts), label=label, marker="." if len(pts) < 30 else None)
+  if bad:
+    first = min(bad)
+    ax.axvline(first[0], color="tab:red", lw=0.8, ls="--", label=f"loss {first[1]} from step {first[0]}")
+  ys = [p[1] for p in train + evals] + ([floor] if floor is not None else [])
+  if ys:  # the floor inside the axes, not on their edge
+    lo, hi = min(ys), max(ys)
+    pad = 0.06 * (hi - lo) if hi > lo else 0.1 * max(abs(hi), 1.0)
+    ax.set_ylim(lo - pad, hi + pad)
+  else:
+    ax.text(0.5, 0.5, "no finite loss", transform=ax.transAxes, ha="center", va="center")
   for r in records:
     if r.get("event") == "grow":
       ax.axvline(r["step"], color="gray", lw=0.8, ls=":")
-      ax.annotate(f"grow to {r['sizes'].get('embed')}", (r["step"], ax.get_ylim()[1]), fontsize=7,
-                  va="top", rotation=90)
+      ax.annotate(f"grow to {r['sizes'].get('embed')}", (r["step"], 1.0), xycoords=("data", "axes fraction"),
+                  fontsize=7, va="top", rotation=90)
   if floor is not None:
     ax.axhline(floor, color="k", ls="--", lw=0.8, label=f"floor {floor:.3f} nats")
   ax.set_xlabel("step")

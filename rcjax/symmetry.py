@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rcjax.rc import is_rc, leaves_with_paths, path_hash, sizes as tree_sizes
+from rcjax.rc import leaves_with_paths, path_hash, sizes as tree_sizes
 
 
 def _group_mean(x: jax.Array, d: int, m: jax.Array, n_old: int) -> jax.Array:
@@ -82,7 +82,7 @@ def break_symmetry(x: jax.Array, box: Any, power: int, mapped: list[int], maps: 
   """
   if not jnp.issubdtype(x.dtype, jnp.inexact):
     return x
-  dims = [d for d in mapped if (d in box.fan_in) == (power == 0)]
+  dims = [d for d in mapped if box.axes[d] in old_sizes and (d in box.fan_in) == (power == 0)]  # width axes
   out = x.astype(jnp.float32)
   if rho is not None:
     for d in dims:
@@ -113,9 +113,7 @@ def _incoming(tree, name: str, n: int) -> list[jax.Array]:
   return out
 
 
-@jax.jit
-def _spread(blocks: list[jax.Array], m: jax.Array) -> jax.Array:
-  x = jnp.concatenate(blocks, axis=1)
+def _spread(x: jax.Array, m: jax.Array) -> jax.Array:
   n = x.shape[0]
   count = jnp.bincount(m, length=n)[m].astype(jnp.float32)  # copies of each new neuron's source
   within = jnp.sum(jnp.square(x - _group_mean(x, 0, m, n)), axis=1)  # segments by source (< n of them)
@@ -125,6 +123,16 @@ def _spread(blocks: list[jax.Array], m: jax.Array) -> jax.Array:
   w = jnp.sum(jnp.where(multi, within / jnp.maximum(count - 1.0, 1.0), 0.0)) / groups
   across = jnp.sum(jnp.square(x - jnp.mean(x, axis=0))) / max(n - 1, 1)
   return w / jnp.maximum(across, 1e-30)
+
+
+@jax.jit
+def _spreads(tree, maps: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  out = {}
+  for name, m in maps.items():
+    blocks = _incoming(tree, name, m.shape[0])
+    if blocks:
+      out[name] = _spread(jnp.concatenate(blocks, axis=1), m)
+  return out
 
 
 def copy_spread(tree: Any, maps: Mapping[str, jax.Array]) -> dict[str, float]:
@@ -153,7 +161,7 @@ def copy_spread(tree: Any, maps: Mapping[str, jax.Array]) -> dict[str, float]:
   {'hidden': 0.0}
   """
   have = tree_sizes(tree)
-  out = {}
+  use = {}
   for name, m in maps.items():
     if name not in have:
       continue
@@ -162,10 +170,8 @@ def copy_spread(tree: Any, maps: Mapping[str, jax.Array]) -> dict[str, float]:
       raise ValueError(f"copy_spread: the map of axis {name!r} has {m.shape[0] if m.ndim == 1 else m.shape} "
                        f"entries, the tree's axis {have[name]} (give the maps of the growth that made it)")
     if m.min() < 0 or m.max() >= m.shape[0]:
-      raise ValueError(f"copy_spread: the map of axis {name!r} holds {int(m.max())}, outside [0, {m.shape[0]})")
-    if np.bincount(m).max(initial=0) < 2:
-      continue
-    blocks = _incoming(tree, name, have[name])
-    if blocks:
-      out[name] = float(_spread(blocks, jnp.asarray(m, jnp.int32)))
-  return out
+      bad = int(m.min() if m.min() < 0 else m.max())
+      raise ValueError(f"copy_spread: the map of axis {name!r} holds {bad}, outside [0, {m.shape[0]})")
+    if np.bincount(m).max(initial=0) >= 2:
+      use[name] = jnp.asarray(m, jnp.int32)
+  return {k: float(v) for k, v in _spreads(tree, use).items()}

@@ -34,9 +34,10 @@ from jax.sharding import NamedSharding
 
 from rcjax import kernels
 from rcjax import parametrization as pz
+from rcjax.depth import DEPTH_AXIS, check_mode, depth_map, new_blocks
 from rcjax.gather import _broadcast, _gather, _on_cpu
-from rcjax.maps import (_check_blocks, _check_key, _check_sampler, _check_size, _maps, _scalar, index_maps,
-                        inverse_maps, tree_blocks)
+from rcjax.maps import (SCORE_SAMPLERS, _check_blocks, _check_key, _check_sampler, _check_size, _maps, _scalar,
+                        check_scores, index_maps, inverse_maps, tree_blocks)
 from rcjax.sharding import constrain, fit_spec, gather_plan, leaf_shardings, spec_tuple
 from rcjax.rc import RC, _axes_info, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
 from rcjax.symmetry import break_symmetry, split_factors
@@ -74,8 +75,9 @@ def _check_fields(tree) -> None:
 
 def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float,
               repeats: dict[str, int], sharding: NamedSharding | None = None, pallas: tuple = (False, False),
-              trusted: bool = True, sym: tuple = (None, 0.0, None)):
-  mapped = [d for d in box.width_dims if box.axes[d] in maps]
+              trusted: bool = True, zero_new: jax.Array | None = None, sym: tuple = (None, 0.0, None)):
+  # width dims and the depth axis (fixed, but mapped by a depth transfer: gathered, never rescaled)
+  mapped = [d for d, a in enumerate(box.axes) if a in maps and (box.base[d] is not None or a == DEPTH_AXIS)]
   if not mapped:
     return box
   x, old_shape = box.value, box.shape
@@ -87,10 +89,10 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
   # Rescaling: params (power 0) along fan-in; gradient statistics (power p) along width fan-out.
   if power == 0:
     scalar = pz.multiplier(box) / pz.multiplier(box, new_shape)
-    side = [d for d in mapped if d in box.fan_in]
+    side = [d for d in mapped if d in box.fan_in and box.base[d] is not None]
   else:
     scalar = pz.multiplier(box, new_shape) / pz.multiplier(box)
-    side = [d for d in mapped if d not in box.fan_in]
+    side = [d for d in mapped if d not in box.fan_in and box.base[d] is not None]
   factor = None
   for d in side:
     if exact and box.axes[d] not in repeats:  # integer repeats have uniform counts
@@ -139,11 +141,11 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
     rms = jnp.sqrt(jnp.mean(jnp.square(x32)))
     noise = jax.random.normal(jax.random.fold_in(leaf_key, 1), new_shape, jnp.float32)
     x = (x32 + r2 * rms * noise).astype(x.dtype)
-  if fresh:
-    mask = None
-    for d in mapped:
-      m = _broadcast(fresh[box.axes[d]], d, ndim)
-      mask = m if mask is None else (mask | m)
+  mask = None
+  for d in (d for d in mapped if fresh and box.axes[d] in fresh):  # (the depth axis has no fresh blocks)
+    m = _broadcast(fresh[box.axes[d]], d, ndim)
+    mask = m if mask is None else (mask | m)
+  if mask is not None:
     if power == 0:
       new_box = box.replace(value=jax.ShapeDtypeStruct(new_shape, x.dtype))
       draw = pz.sample(box.init, jax.random.fold_in(leaf_key, 0), new_shape,
@@ -153,6 +155,8 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
     else:  # no history for a fresh neuron: give it the leaf's typical second moment
       draw = jnp.mean(x.astype(jnp.float32)).astype(x.dtype)
     x = jnp.where(mask, draw, x)
+  if zero_new is not None:  # exact depth growth: a residual writer of a new block starts at zero
+    x = jnp.where(_broadcast(zero_new, box.axes.index(DEPTH_AXIS), ndim), jnp.zeros((), x.dtype), x)
   if sharding is not None:
     x = constrain(x, sharding.mesh, fit_spec(spec0, new_shape, sharding.mesh))
   return box.replace(value=x)
@@ -160,24 +164,29 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
 
 def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, repeats: tuple = (),
            shardings: tuple = (), pallas: tuple = (False, False), trusted: bool = True, unsorted: tuple = (),
-           split: float = 0.0, cancel: float = 0.0):
+           depth: tuple | None = None, split: float = 0.0, cancel: float = 0.0):
   """Every RC leaf of `tree` mapped (`_map_leaf`). `trusted`: the maps are sorted and in bounds, as
   `index_maps` draws them (the gathers are promised both); False where that is not known (`apply_maps`
-  given traced or unsorted maps), and for leaves with an axis in `unsorted`. `split`, `cancel`: the
-  split and cancel rates of `transfer`."""
+  given traced or unsorted maps), and for leaves with an axis in `unsorted`. `depth`: `(new, writers)`
+  of an exact depth growth: params and first moments of leaves whose path ends with one of `writers`
+  are zero in the new blocks (bool mask `new`); second moments keep their copies. `split`, `cancel`:
+  the split and cancel rates of `transfer` (width axes only)."""
   old = width_axes(tree)
   repeats, shardings = dict(repeats), dict(shardings)
-  counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items() if name not in repeats}
-            if exact else {})
-  sym = (split_factors(key, maps, old, split) if split > 0 else None, cancel, old)
+  counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items()
+             if name not in repeats and name in old} if exact else {})
+  new, writers = (jnp.asarray(depth[0]), depth[1]) if depth else (None, ())
+  width_maps = {name: m for name, m in maps.items() if name in old}
+  sym = (split_factors(key, width_maps, old, split) if split > 0 else None, cancel, old)
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)
   out = []
   for path, leaf in flat:
     if is_rc(leaf):
       power = moment if moment is not None else _moment_power(path, 0)
       path = jax.tree_util.keystr(path)
+      zero = power < 2 and DEPTH_AXIS in leaf.axes and any(path.endswith(w) for w in writers)
       leaf = _map_leaf(leaf, path, power, maps, counts, fresh, key, exact, r2, repeats, shardings.get(path),
-                       pallas, trusted and not set(leaf.axes) & set(unsorted), sym)
+                       pallas, trusted and not set(leaf.axes) & set(unsorted), new if zero else None, sym)
     out.append(leaf)
   return jax.tree.unflatten(treedef, out)
 
@@ -193,7 +202,8 @@ _apply_maps_jit_donated = jax.jit(_apply_maps_impl, static_argnames=_APPLY_STATI
 
 def _touched(leaf: Any, names) -> bool:
   """Whether a transfer over the axes `names` changes this leaf (an RC leaf with such a width axis)."""
-  return is_rc(leaf) and any(leaf.axes[d] in names for d in leaf.width_dims)
+  return is_rc(leaf) and any(a in names and (b is not None or a == DEPTH_AXIS)
+                             for a, b in zip(leaf.axes, leaf.base))
 
 
 def _donated(donating, plain, tree, names):
@@ -259,6 +269,12 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
     if m.shape[0] == 0:
       raise ValueError(f"apply_maps: the map of axis {name!r} is empty (an axis keeps at least one neuron)")
   widths = width_axes(tree)
+  if DEPTH_AXIS in old and DEPTH_AXIS not in widths and DEPTH_AXIS in maps:  # a depth map: plain copies
+    if exact:
+      raise ValueError("apply_maps: exact=True with a map of the depth axis 'layers': a function-preserving "
+                       "depth growth zeroes the new blocks' residual writers, which rcjax.transfer(..., "
+                       "{'layers': L2}, exact=True, residual_writers=...) does (rcjax.nn.gpt.transfer for GPTs)")
+    widths = {**widths, DEPTH_AXIS: old[DEPTH_AXIS]}
   maps = {k: jnp.asarray(v) for k, v in maps.items() if k in widths}
   if moment not in (None, 0, 1, 2):
     raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
@@ -280,7 +296,7 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
     if f := _repeat_factor(v, widths[name]):
       repeats.append((name, f))
   repeats = tuple(sorted(repeats))
-  _warn_plain_leaves(tree, {k: widths[k] for k, m in maps.items() if m.shape[0] != widths[k]})
+  _warn_plain_leaves(tree, {k: widths[k] for k, m in maps.items() if m.shape[0] != widths[k] and k != DEPTH_AXIS})
   kw = dict(exact=exact, moment=moment, repeats=repeats, pallas=kernels.settings(), trusted=trusted)
   if donate:
     call = lambda jitted: lambda t: jitted(t, maps, shardings=leaf_shardings(t), **kw)
@@ -357,11 +373,14 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
       if name in varies:
         raise ValueError(f"axis {name!r} is a fixed (non-width) axis, of different sizes in different leaves, "
                          "and cannot change size")
-      if name not in all_sizes:
+      if name not in all_sizes and name != DEPTH_AXIS:
         raise ValueError(f"unknown axis {name!r}; this pytree has axes {sorted(all_sizes)} "
                          f"(width axes: {sorted(widths)})")
       _check_size(name, n)
       n = int(_scalar(n))
+      if name == DEPTH_AXIS and name not in widths:  # a depth transfer (checked by _depth_plan)
+        target[name] = n
+        continue
       if name not in widths:
         if n != all_sizes[name]:
           raise ValueError(f"axis {name!r} is a fixed (non-width) axis at {_fixed_axis_path(params, name)} "
@@ -370,18 +389,19 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
         continue
       target[name] = int(n)
   for name, n in target.items():
-    if direction == "grow" and n < widths[name]:
-      raise ValueError(f"grow asked to shrink axis {name!r} from {widths[name]} to {n} "
+    now = widths.get(name, all_sizes.get(name, n))
+    if direction == "grow" and n < now:
+      raise ValueError(f"grow asked to shrink axis {name!r} from {now} to {n} "
                        "(use rcjax.shrink or rcjax.transfer)")
-    if direction == "shrink" and n > widths[name]:
-      raise ValueError(f"shrink asked to grow axis {name!r} from {widths[name]} to {n} "
+    if direction == "shrink" and n > now:
+      raise ValueError(f"shrink asked to grow axis {name!r} from {now} to {n} "
                        "(use rcjax.grow or rcjax.transfer)")
   return target
 
 
 def _transfer_impl(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings,
-                   pallas=(False, False), split=0.0, cancel=0.0):
-  maps = _maps(key, old, new, sampler, blocks)
+                   pallas=(False, False), depth=None, scores=None, split=0.0, cancel=0.0):
+  maps = _maps(key, old, new, sampler, blocks, scores)
   # Maps of axes in blocks per a mapped axis repeat whole blocks in the outer map's order: not sorted
   # ([0, 1, 0, 1, 2, 3, 2, 3] for query heads when kv heads double), so their gathers are promised nothing.
   unsorted = tuple(sorted(k for k, o in blocks if isinstance(o, str) and o in maps))
@@ -407,28 +427,75 @@ def _transfer_impl(tree, key, *, old, new, sampler, r1, r2, exact, moment, block
   repeats = tuple((name, n // old_sizes[name]) for name, n in new
                   if sampler in ("stratified", "stride") and n % old_sizes[name] == 0
                   and not isinstance(outer_of.get(name), str))
+  zero = None
+  if depth is not None:  # (old depth, map, new blocks, residual writers): see _depth_plan
+    n_old, m = depth[0], np.asarray(depth[1], np.int32)
+    maps[DEPTH_AXIS] = jnp.asarray(m)
+    if np.any(m[1:] < m[:-1]):
+      unsorted = tuple(sorted(unsorted + (DEPTH_AXIS,)))
+    if k := _repeat_factor(m, n_old):  # interleave at an integer ratio: a broadcast
+      repeats += ((DEPTH_AXIS, k),)
+    zero = (depth[2], depth[3]) if depth[3] else None
   return _apply(tree, maps, fresh, key, exact, r2, moment, repeats, shardings, pallas, unsorted=unsorted,
-                split=split, cancel=cancel)
+                depth=zero, split=split, cancel=cancel)
 
 
 _TRANSFER_STATIC = ("old", "new", "sampler", "r1", "r2", "exact", "moment", "blocks", "shardings", "pallas",
-                    "split", "cancel")
+                    "depth", "split", "cancel")
 _transfer_jit = jax.jit(_transfer_impl, static_argnames=_TRANSFER_STATIC)
 _transfer_jit_donated = jax.jit(_transfer_impl, static_argnames=_TRANSFER_STATIC, donate_argnums=0)
+
+
+def _depth_plan(params, target: dict, mode, exact: bool, writers, direction: str) -> tuple | None:
+  """Pops the depth axis from `target`; returns `(old depth, map, new blocks, writers)` (static tuples for
+  `_transfer_impl`), or None when the depth stays. ValueError for a depth transfer that cannot be."""
+  check_mode(mode)
+  if isinstance(writers, str):
+    raise TypeError(f"residual_writers must be a sequence of leaf path suffixes, got the string {writers!r}")
+  writers = tuple(writers or ())
+  if DEPTH_AXIS not in target:
+    if mode is not None:
+      raise ValueError(f"depth_mode {mode!r} given, but sizes has no {DEPTH_AXIS!r} entry (the new depth)")
+    return None
+  n_new, all_sizes = target.pop(DEPTH_AXIS), tree_sizes(params)
+  if DEPTH_AXIS not in all_sizes:
+    raise ValueError(f"sizes asks for depth {n_new}, but no leaf has a {DEPTH_AXIS!r} axis: depth transfer "
+                     "needs scanned blocks (rcjax.nn.GPT(scan=True), or nn.scan with metadata_params="
+                     "{nn.PARTITION_NAME: 'layers'}); a non-scanned model's blocks are separate leaves")
+  n_old = all_sizes[DEPTH_AXIS]
+  m = depth_map(n_old, n_new, mode)
+  if n_new == n_old:
+    return None
+  if exact and n_new < n_old:
+    raise ValueError(f"exact=True needs the depth to grow, but it shrinks from {n_old} to {n_new} (dropping "
+                     "blocks changes the function)")
+  if exact and not writers:
+    raise ValueError("exact=True depth growth needs residual_writers (the leaves that write into the residual "
+                     "stream, zero in new blocks), which come from the model layer: use rcjax.nn.gpt.transfer "
+                     "for GPT params")
+  paths = [p for p, b in leaves_with_paths(params) if DEPTH_AXIS in b.axes]
+  for w in writers if exact else ():
+    if not any(p.endswith(w) for p in paths):
+      raise ValueError(f"residual_writers: no leaf with a {DEPTH_AXIS!r} axis has a path ending with {w!r}")
+  return n_old, tuple(m.tolist()), tuple(new_blocks(m).tolist()), writers if exact else ()
 
 
 def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: str = "stratified",
              random_rate: float = 0.0, norm_rate: float = 0.0, exact: bool = False,
              check_finite: bool = False, moment: int | None = None, donate: bool = False,
-             split_rate: float = 0.0, cancel_rate: float = 0.0, _direction: str = "transfer") -> Any:
-  """Transfer a pytree of RC leaves to new sizes of its width axes (grow or shrink, per axis).
+             depth_mode: str | None = None, residual_writers: tuple[str, ...] = (),
+             scores: Mapping[str, Any] | None = None, split_rate: float = 0.0, cancel_rate: float = 0.0,
+             _direction: str = "transfer") -> Any:
+  """Transfer a pytree of RC leaves to new sizes of its width axes (grow or shrink, per axis), and of
+  the depth of its scanned stacks (`sizes['layers']`, see `rcjax.depth`).
 
   Args:
     params: params, an optax state mirroring boxed params, or a tuple of both.
     key: a `jax.random` key; the same key gives bitwise the same result (and the same maps and fresh
       neurons for params and for the optimizer state transferred with it).
     sizes: `{axis: new size}` for width axes; axes not named keep their size and are not resampled.
-    sampler: 'stratified' | 'iid' | 'stride' (see `index_maps`).
+    sampler: 'stratified' | 'iid' | 'stride' (see `index_maps`), or for shrinking 'importance' (keep the
+      highest `scores`) | 'importance-sample' (a sample without replacement proportional to them).
     random_rate: r1 in [0, 1]: each target neuron is, with probability r1, a fresh neuron drawn from
       the init distribution at the target width (r1 = 1 is training from scratch). Optimizer moments of
       fresh neurons start at 0 (first moments) or at the leaf mean (second moments).
@@ -436,6 +503,14 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
     exact: count-corrected fan-in weights, function-preserving for any ratio N'/N >= 1.
     check_finite: raise if a leaf holds NaN or inf (needs concrete arrays).
     moment: see `apply_maps`.
+    depth_mode: with `sizes['layers']`, how blocks are copied or kept: 'stack' (default for growth),
+      'interleave', 'middle'; 'stride' (default for shrinking), 'first', 'last' (`rcjax.depth.depth_map`).
+      One map for every leaf with a `layers` axis (params and optimizer moments alike); nothing is
+      rescaled along it (a block is not a mean-field neuron: no multiplier depends on the depth).
+    residual_writers: with `exact=True` and a deeper stack, suffixes of the leaf paths (`keystr`, e.g.
+      "['blocks']['o']") of the leaves that write into the residual stream; in the new blocks they
+      (and their first moments) are zero, so each new block is the identity (LLaMA Pro). Model layers
+      know them: `rcjax.nn.gpt.transfer` passes the GPT's.
     split_rate: s >= 0: unequal fan-out split of neurons with >= 2 copies (LEMON / Net2Net): the
       fan-in entries of copy j times `rho_j = 1 + s * (z_j - mean over the copies)`, z ~ N(0, 1) per axis;
       first moments along the copies' fan-out dims scale by rho_j, second moments by rho_j**2. Keeps the
@@ -448,17 +523,24 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
       transfer, which reuses them for outputs of the same shape and dtype (axes remapped at their size).
       Do not use `params` afterwards: the output shares arrays with it, and donated ones are deleted.
       The result is bitwise the same either way. Without it, every output leaf is a new array.
+    scores: `{axis: float[N]}` for the score samplers (`rcjax.importance`): one score >= 0 per neuron of
+      every axis that shrinks (for an axis in blocks, e.g. query heads per kv head, the scores summed
+      over blocks pick the same entries in every block).
 
   Returns:
     The transferred pytree.
   """
   _check_key(key)
-  _check_sampler(sampler)
+  if sampler not in SCORE_SAMPLERS:
+    _check_sampler(sampler)
+    if scores is not None:
+      raise ValueError(f"scores= is for sampler 'importance' or 'importance-sample', not {sampler!r}")
   if not isinstance(sizes, Mapping):
     raise TypeError(f"transfer: sizes must be a dict {{axis: new size}}, got {type(sizes).__name__} (for a "
                     "factor on every width axis: rcjax.grow/shrink(params, key, factor=...))")
   # grow/shrink computed (and checked) their targets with _target_sizes already
   target = _target_sizes(params, None, sizes, _direction) if _direction == "transfer" else dict(sizes)
+  depth = _depth_plan(params, target, depth_mode, exact, residual_writers, _direction)
   old = width_axes(params)
   all_sizes, blocks = tree_sizes(params), tree_blocks(params)
   for name, outer in blocks.items():
@@ -482,6 +564,8 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
     if shrunk:
       raise ValueError(f"exact=True needs new sizes >= old sizes, but axis {shrunk[0]!r} shrinks "
                        f"from {old[shrunk[0]]} to {target[shrunk[0]]}")
+  if sampler in SCORE_SAMPLERS:
+    scores = check_scores(scores, all_sizes, target, blocks, sampler)
   if check_finite:
     _check_finite(params)
   _warn_plain_leaves(params, {k: old[k] for k, n in target.items() if n != old[k]})
@@ -490,22 +574,27 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   need = set(target) | {v for v in blocks.values() if isinstance(v, str)}
   kw = dict(old=tuple(sorted((k, all_sizes[k]) for k in need)), new=new, sampler=sampler,
             r1=float(random_rate), r2=float(norm_rate), exact=bool(exact), moment=moment,
-            blocks=tuple(sorted(blocks.items())), pallas=kernels.settings(), split=float(split_rate),
-            cancel=float(cancel_rate))
+            blocks=tuple(sorted(blocks.items())), pallas=kernels.settings(), depth=depth,
+            split=float(split_rate), cancel=float(cancel_rate))
+  if sampler in SCORE_SAMPLERS:
+    kw["scores"] = scores
   if donate:
     call = lambda jitted: lambda t: jitted(t, key, shardings=leaf_shardings(t), **kw)
-    return _donated(call(_transfer_jit_donated), call(_transfer_jit), params, set(target))
+    return _donated(call(_transfer_jit_donated), call(_transfer_jit), params,
+                    set(target) | ({DEPTH_AXIS} if depth else set()))
   return _transfer_jit(params, key, shardings=leaf_shardings(params), **kw)
 
 
 def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,
          sampler: str = "stratified", random_rate: float = 0.0, norm_rate: float = 0.0,
          exact: bool = False, check_finite: bool = False, moment: int | None = None,
-         donate: bool = False, split_rate: float = 0.0, cancel_rate: float = 0.0) -> Any:
+         donate: bool = False, depth_mode: str | None = None, residual_writers: tuple[str, ...] = (),
+         split_rate: float = 0.0, cancel_rate: float = 0.0) -> Any:
   """Grow every width axis by `factor` (default 2), or the axes named in `sizes`.
 
   Pure and jit-compiled (sizes static). With the default sampler and an integer factor the grown model
   computes the same function under every parametrization; `exact=True` makes any ratio exact.
+  `sizes['layers']` grows the depth of scanned stacks (`depth_mode`, `residual_writers`: see `transfer`).
   `split_rate`, `cancel_rate` break the symmetry of the copies and keep the function (see `transfer`).
 
   >>> import jax.numpy as jnp
@@ -516,18 +605,32 @@ def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Map
   """
   target = _target_sizes(params, factor, sizes, "grow")
   return transfer(params, key, target, sampler=sampler, random_rate=random_rate, norm_rate=norm_rate,
-                  exact=exact, check_finite=check_finite, moment=moment, donate=donate, split_rate=split_rate,
-                  cancel_rate=cancel_rate, _direction="grow")
+                  exact=exact, check_finite=check_finite, moment=moment, donate=donate, depth_mode=depth_mode,
+                  residual_writers=residual_writers, split_rate=split_rate, cancel_rate=cancel_rate,
+                  _direction="grow")
 
 
 def shrink(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,
            sampler: str = "stratified", random_rate: float = 0.0, norm_rate: float = 0.0,
-           check_finite: bool = False, moment: int | None = None, donate: bool = False) -> Any:
+           check_finite: bool = False, moment: int | None = None, donate: bool = False,
+           depth_mode: str | None = None, scores: Mapping[str, Any] | None = None) -> Any:
   """Shrink (prune) every width axis by `factor` (default 0.5), or the axes named in `sizes`.
 
-  Neurons are kept as a uniform subset ('stratified'), evenly spaced ('stride') or drawn with
-  replacement ('iid'); fan-in entries are rescaled by N/N' as the parametrization requires.
+  Neurons are kept as a uniform subset ('stratified'), evenly spaced ('stride'), drawn with
+  replacement ('iid'), or by importance `scores` (`{axis: float[N]}`, e.g. from `rcjax.importance`):
+  the highest ('importance'; neurons with equal scores, such as the copies of a grown neuron, are kept one
+  copy per score first) or a sample without replacement proportional to them ('importance-sample'). Fan-in
+  entries are rescaled by N/N' as the parametrization requires; the maps stay sorted.
+  `sizes['layers']` keeps a subset of the blocks of scanned stacks (`depth_mode`: see `transfer`).
+
+  >>> import jax.numpy as jnp
+  >>> from rcjax import RC
+  >>> p = {'w': RC(jnp.ones((2, 4)), axes=('input', 'hidden'), fan_in=(0,), base=(None, 4), param='mf')}
+  >>> s = {'hidden': jnp.array([0.1, 3.0, 0.2, 2.0])}
+  >>> shrink(p, jax.random.key(0), sizes={'hidden': 2}, sampler='importance', scores=s)['w'].shape
+  (2, 2)
   """
   target = _target_sizes(params, factor, sizes, "shrink")
   return transfer(params, key, target, sampler=sampler, random_rate=random_rate, norm_rate=norm_rate,
-                  check_finite=check_finite, moment=moment, donate=donate, _direction="shrink")
+                  check_finite=check_finite, moment=moment, donate=donate, depth_mode=depth_mode,
+                  scores=scores, _direction="shrink")

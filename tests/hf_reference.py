@@ -5,7 +5,8 @@ asked) in the tensor names and layouts HF itself stores for Llama, Mistral, Qwen
 random weights in which every tensor matters (norm weights near 1 but not 1, nonzero biases).
 `reference_logits` reads such a directory (or a real one of these families) and runs a plain float64 forward
 pass written from the architectures: numpy only, nothing from rcjax, jax or torch, so that library code can be
-tested against it. `tests/test_hf_reference.py` checks both against `transformers`.
+tested against it. `tests/test_hf_reference.py` checks both against `transformers`; the BERT section at the
+end (`write_tiny_bert`, `reference_bert`) is checked against it in `tests/test_bert.py`.
 
 >>> import tempfile
 >>> d = tempfile.mkdtemp()
@@ -472,3 +473,125 @@ def reference_logits(path: str | os.PathLike, tokens) -> np.ndarray:
   if mt == "gpt_neox":
     return _gpt_neox(cfg, t, tokens)
   raise NotImplementedError(f"model type {mt!r} is not implemented; supported: {MODEL_TYPES}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# BERT encoders (BertModel, BertForMaskedLM; sentence-transformers files on top)
+
+BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + ("the a cat dog sat on mat ran far away big small red "
+                                                                "blue one two three four").split()
+
+
+def _bert_spec(cfg: dict, pooler: bool, mlm: bool) -> list[tuple[str, tuple, str]]:
+  V, E, L, I = cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
+  p = "bert." if mlm else ""
+  out = [(p + "embeddings.word_embeddings.weight", (V, E), "emb"),
+         (p + "embeddings.position_embeddings.weight", (cfg["max_position_embeddings"], E), "emb"),
+         (p + "embeddings.token_type_embeddings.weight", (cfg["type_vocab_size"], E), "emb"),
+         (p + "embeddings.LayerNorm.weight", (E,), "norm"), (p + "embeddings.LayerNorm.bias", (E,), "bias")]
+  for i in range(L):
+    q = f"{p}encoder.layer.{i}."
+    for s in ("query", "key", "value"):
+      out += [(q + f"attention.self.{s}.weight", (E, E), "w"), (q + f"attention.self.{s}.bias", (E,), "bias")]
+    out += [(q + "attention.output.dense.weight", (E, E), "w"), (q + "attention.output.dense.bias", (E,), "bias"),
+            (q + "attention.output.LayerNorm.weight", (E,), "norm"),
+            (q + "attention.output.LayerNorm.bias", (E,), "bias"),
+            (q + "intermediate.dense.weight", (I, E), "w"), (q + "intermediate.dense.bias", (I,), "bias"),
+            (q + "output.dense.weight", (E, I), "w"), (q + "output.dense.bias", (E,), "bias"),
+            (q + "output.LayerNorm.weight", (E,), "norm"), (q + "output.LayerNorm.bias", (E,), "bias")]
+  if pooler:
+    out += [(p + "pooler.dense.weight", (E, E), "w"), (p + "pooler.dense.bias", (E,), "bias")]
+  if mlm:
+    out += [("cls.predictions.transform.dense.weight", (E, E), "w"),
+            ("cls.predictions.transform.dense.bias", (E,), "bias"),
+            ("cls.predictions.transform.LayerNorm.weight", (E,), "norm"),
+            ("cls.predictions.transform.LayerNorm.bias", (E,), "bias"), ("cls.predictions.bias", (V,), "bias")]
+  return out
+
+
+def write_tiny_bert(path: str | os.PathLike, *, mlm: bool = False, layers: int = 2, embed: int = 32, heads: int = 4,
+                    mlp: int = 64, max_len: int = 16, seed: int = 0, shards: int = 1,
+                    sentence_transformers: bool = False,
+                    **config_overrides) -> dict:
+  """A tiny random BERT checkpoint (BertModel with its pooler, or BertForMaskedLM) with a 24-word BERT
+  tokenizer (vocab.txt); `sentence_transformers` adds modules.json, sentence_bert_config.json,
+  1_Pooling/config.json (mean pooling, `word_embedding_dimension`) and a Normalize module. Returns the config."""
+  from safetensors.numpy import save_file
+
+  cfg = {"model_type": "bert", "architectures": ["BertForMaskedLM" if mlm else "BertModel"],
+         "vocab_size": len(BERT_WORDS), "hidden_size": embed, "num_hidden_layers": layers, "num_attention_heads": heads,
+         "intermediate_size": mlp, "hidden_act": "gelu", "max_position_embeddings": max_len, "type_vocab_size": 2,
+         "layer_norm_eps": 1e-12, "pad_token_id": 0, "torch_dtype": "float32", "tie_word_embeddings": True,
+         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, **config_overrides}
+  rng = np.random.default_rng(seed)
+  spec = _bert_spec(cfg, pooler=not mlm, mlm=mlm)
+  os.makedirs(path, exist_ok=True)
+  per = -(-len(spec) // shards)
+  weight_map = {}
+  for s in range(shards):
+    fname = "model.safetensors" if shards == 1 else f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+    tensors = {n: _random(rng, shape, kind).astype(np.float32) for n, shape, kind in spec[s * per:(s + 1) * per]}
+    weight_map.update({n: fname for n in tensors})
+    save_file(tensors, os.path.join(path, fname), metadata={"format": "pt"})
+  if shards > 1:
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+      json.dump({"metadata": {}, "weight_map": weight_map}, f)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(cfg, f, indent=1)
+  with open(os.path.join(path, "vocab.txt"), "w") as f:
+    f.write("\n".join(BERT_WORDS) + "\n")
+  with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+    json.dump({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": max_len}, f)
+  if sentence_transformers:
+    modules = [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")]
+    files = {"modules.json": [{"idx": i, "name": str(i), "path": p, "type": f"sentence_transformers.models.{t}"}
+                              for i, (p, t) in enumerate(modules)],
+             "sentence_bert_config.json": {"max_seq_length": max_len, "do_lower_case": False},
+             "1_Pooling/config.json": {"word_embedding_dimension": embed, "pooling_mode_mean_tokens": True,
+                                       "pooling_mode_cls_token": False, "pooling_mode_max_tokens": False},
+             "2_Normalize/config.json": {}}
+    for name, content in files.items():
+      os.makedirs(os.path.dirname(os.path.join(path, name)), exist_ok=True)
+      with open(os.path.join(path, name), "w") as f:
+        json.dump(content, f, indent=1)
+  return cfg
+
+
+def reference_bert(path: str | os.PathLike, tokens, mask=None, token_types=None) -> dict[str, np.ndarray]:
+  """Float64 outputs of the BERT checkpoint at `path` on int tokens [B, T]: `last_hidden_state` [B, T, E],
+  `pooler_output` [B, E] (if it has a pooler), `logits` [B, T, V] (if it has an MLM head), and `sentence`
+  [B, E], the mean over unmasked tokens L2-normalised (sentence-transformers' mean pooling + Normalize).
+  mask: [B, T] with 1 for tokens to attend to (None: all); token_types: [B, T] (None: zeros)."""
+  with open(os.path.join(path, "config.json")) as f:
+    cfg = json.load(f)
+  if cfg.get("model_type") != "bert" or (cfg.get("position_embedding_type") or "absolute") != "absolute":
+    raise NotImplementedError("only BERT with absolute position embeddings is implemented")
+  t = {k.removeprefix("bert."): v for k, v in _load(path).items()}
+  tokens = np.asarray(tokens)
+  B, T = tokens.shape
+  mask = np.ones((B, T)) if mask is None else np.asarray(mask, np.float64)
+  types = np.zeros((B, T), np.int64) if token_types is None else np.asarray(token_types)
+  eps, H, act = cfg["layer_norm_eps"], cfg["num_attention_heads"], _act(cfg["hidden_act"])
+  ln = lambda x, n: _layer_norm(x, t[n + ".weight"], t[n + ".bias"], eps)
+  lin = lambda x, n: _linear(x, t[n + ".weight"], t[n + ".bias"])
+  x = (t["embeddings.word_embeddings.weight"][tokens] + t["embeddings.token_type_embeddings.weight"][types]
+       + t["embeddings.position_embeddings.weight"][:T])
+  x = ln(x, "embeddings.LayerNorm")
+  for i in range(cfg["num_hidden_layers"]):
+    p = f"encoder.layer.{i}."
+    q, k, v = (_heads(lin(x, p + f"attention.self.{s}"), H) for s in ("query", "key", "value"))
+    s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])
+    s = np.where(mask[:, None, None, :] > 0, s, -np.inf)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    ctx = (w @ v).transpose(0, 2, 1, 3).reshape(B, T, -1)
+    x = ln(x + lin(ctx, p + "attention.output.dense"), p + "attention.output.LayerNorm")
+    x = ln(x + lin(act(lin(x, p + "intermediate.dense")), p + "output.dense"), p + "output.LayerNorm")
+  e = (x * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+  out = {"last_hidden_state": x, "sentence": e / np.linalg.norm(e, axis=-1, keepdims=True)}
+  if "pooler.dense.weight" in t:
+    out["pooler_output"] = np.tanh(lin(x[:, 0], "pooler.dense"))
+  if "cls.predictions.bias" in t:
+    h = ln(act(lin(x, "cls.predictions.transform.dense")), "cls.predictions.transform.LayerNorm")
+    out["logits"] = h @ t["embeddings.word_embeddings.weight"].T + t["cls.predictions.bias"]
+  return out

@@ -2,7 +2,9 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import transfer as bench_transfer
@@ -84,10 +86,25 @@ def test_profile_summary_counts_device_streams_only():
   assert s["classes"]["elementwise fusion"]["share"] == pytest.approx(0.4)
 
 
-def test_device_check_passes_on_cpu(fast_compiles_here):
+def test_device_check_reports_a_device_that_disagrees(fast_compiles_here, monkeypatch, capsys):
+  # On a CPU-only machine the "device" is the host, so agreement proves nothing: make one side of every
+  # comparison draw from another key (as a device whose random bits differ would) and check the script
+  # says MISMATCH and exits non-zero.
   from benchmarks import device_check
 
-  assert device_check.main(["--smoke"]) == 0
+  calls = []
+
+  def on(device, tree):
+    if isinstance(tree, jax.Array) and jax.dtypes.issubdtype(tree.dtype, jax.dtypes.prng_key):
+      calls.append(device)
+      if len(calls) % 2:
+        tree = jax.random.fold_in(tree, 1)
+    return jax.device_put(tree, device)
+
+  monkeypatch.setattr(device_check, "_on", on)
+  assert device_check.main(["--smoke"]) == 1
+  out = capsys.readouterr().out
+  assert "MISMATCH" in out and "FAILED" in out, out
 
 
 def test_repeat_kernel_benchmark_smoke(tmp_path):
@@ -130,3 +147,13 @@ def test_benchmark_arguments_are_checked_before_any_work(tmp_path, capsys):
   assert "--steps and --top must be at least 1" in capsys.readouterr().err
   assert transfer.main(["--smoke", "--only", "nomatch", "--json", str(tmp_path / "t.json")]) == []
   assert json.loads((tmp_path / "t.json").read_text()) == [] and "no case matches" in capsys.readouterr().err
+
+
+def test_importance_benchmark_smoke(tmp_path, fast_compiles_here):
+  from benchmarks import importance as bench_importance
+
+  rows = bench_importance.main(["--smoke", "--only", "mlp", "--out", str(tmp_path)])
+  shrunk = [r for r in rows if r["target"] != "source"]
+  assert {r["sampler"] for r in shrunk} == set(bench_importance.SAMPLERS) | {"scratch"}
+  assert all(np.isfinite(r["shrunk"]) and np.isfinite(r["retrained"]) for r in shrunk)
+  assert (tmp_path / "importance.png").is_file() and (tmp_path / "table.md").is_file()

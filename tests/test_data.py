@@ -31,9 +31,11 @@ def test_cifar10_through_tfds_mock_loads_and_trains(tmp_path):
   from train import mlp
   with tfds.testing.mock_data(num_examples=64):
     d = data.load("cifar10", str(tmp_path / "tfds"))
+    auto, notice = data.load_auto(str(tmp_path / "tfds"))  # --dataset auto takes CIFAR-10 when prepared
     lines = mlp.run(mlp.Config(dataset="cifar10", data_dir=str(tmp_path / "tfds"), width=8, epochs=1,
                                batch_size=16, out=str(tmp_path / "run"), progress=False))
   assert d.x_train.shape == (64, 3072) and d.x_test.shape == (64, 3072) and d.input_dim == 3072
+  assert auto.name == "cifar10" and notice is None and np.array_equal(auto.x_train, d.x_train)
   assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int32
   assert d.y_train.min() >= 0 and d.y_train.max() < 10
   per_channel = d.x_train.reshape(64, 32, 32, 3)  # HWC order, standardised per channel

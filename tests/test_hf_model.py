@@ -252,10 +252,12 @@ def test_cli_refuses_existing_destination_and_unsupported_family(tmp_path, capsy
   assert code == 2 and "exists" in out.err and (dst / "keep.txt").read_text() == "mine"
   code, out = _grow(src, str(dst), "--factor", "2", "--overwrite", capsys=capsys)
   assert code == 0 and not (dst / "keep.txt").exists()
-  bert = str(tmp_path / "bert")
-  write_synthetic(bert, "bert", num_blocks=1, embed=8, heads=2)
-  code, out = _grow(bert, str(tmp_path / "b2"), "--factor", "2", capsys=capsys)
-  assert code == 2 and "unsupported model type 'bert'" in out.err
+  other = str(tmp_path / "t5")  # BERT is supported (tests/test_bert.py): an encoder-decoder is not
+  write_synthetic(other, "bert", num_blocks=1, embed=8, heads=2)
+  cfg = json.load(open(os.path.join(other, "config.json")))
+  json.dump({**cfg, "model_type": "t5", "architectures": ["T5Model"]}, open(os.path.join(other, "config.json"), "w"))
+  code, out = _grow(other, str(tmp_path / "b2"), "--factor", "2", capsys=capsys)
+  assert code == 2 and "unsupported model type 't5'" in out.err
 
 
 def test_truncated_source_and_rope_scaling_fail_cleanly(tmp_path, capsys):

@@ -49,34 +49,26 @@ def gpt(style, param, **kw):
 
 def grown_model(model, p):
   s = rcjax.sizes(p)
-  return model.clone(width=s["embed"], heads=s["heads"], kv_heads=s["kv_heads"], mlp=s["mlp"], head_dim=s["head_dim"])
+  return model.clone(width=s["embed"], heads=s["heads"], kv_heads=s["kv_heads"], mlp=s["mlp"], head_dim=s["head_dim"],
+                     depth=s["layers"])
 
 
-@pytest.mark.parametrize("param", ["sp", "ntk", "mup", "mf"])
-@pytest.mark.parametrize("factor,exact", [(2, False), (1.5, True)])
+@pytest.mark.parametrize("param,factor,exact", [("sp", 2, False), ("ntk", 1.5, True), ("mup", 2, False),
+                                                ("mf", 1.5, True)])
 def test_split_and_cancel_keep_the_function(param, factor, exact):
   _, p = mlp(param)
-  y = mlp_apply(p)
-  plain = rcjax.grow(p, KEY, factor=factor, exact=exact)
-  for kw in (dict(split_rate=0.3, cancel_rate=0.3),):
-    big = rcjax.grow(p, KEY, factor=factor, exact=exact, **kw)
-    np.testing.assert_allclose(mlp_apply(big), y, rtol=1e-5, atol=1e-6)
-    w, w0 = big["Dense_1"]["kernel"].value, plain["Dense_1"]["kernel"].value  # (hidden, out): fan-in hidden
-    assert float(jnp.max(jnp.abs(w - w0))) > 0.01 * float(jnp.max(jnp.abs(w0)))  # it did something
-    np.testing.assert_array_equal(big["Dense_0"]["kernel"].value, plain["Dense_0"]["kernel"].value)
-  assert rcjax.grow(p, KEY, factor=factor, exact=exact, split_rate=0.0, cancel_rate=0.0)["Dense_1"][
-      "kernel"].value.tobytes() == plain["Dense_1"]["kernel"].value.tobytes()
-
-
-def test_neurons_with_one_copy_are_left_alone():
-  _, p = mlp(width=4)
-  plain = rcjax.grow(p, KEY, sizes={"hidden_0": 6}, exact=True)  # 2 neurons copied twice, 2 once
-  big = rcjax.grow(p, KEY, sizes={"hidden_0": 6}, exact=True, split_rate=0.5, cancel_rate=0.5)
-  m = np.asarray(rcjax.index_maps(KEY, {"hidden_0": 4}, {"hidden_0": 6})["hidden_0"])
-  single = np.bincount(m, minlength=4)[m] == 1
-  a, b = big["Dense_1"]["kernel"].value, plain["Dense_1"]["kernel"].value
-  np.testing.assert_array_equal(a[single], b[single])
-  assert not np.allclose(a[~single], b[~single])
+  big = rcjax.grow(p, KEY, factor=factor, exact=exact, split_rate=0.3, cancel_rate=0.3)
+  np.testing.assert_allclose(mlp_apply(big), mlp_apply(p), rtol=1e-5, atol=1e-6)
+  m = np.asarray(rcjax.index_maps(KEY, {"hidden_0": 6}, {"hidden_0": rcjax.sizes(big)["hidden_0"]})["hidden_0"])
+  w_in, w_out = big["Dense_0"]["kernel"].value, big["Dense_1"]["kernel"].value  # (in, hidden), (hidden, out)
+  j = int(np.flatnonzero(m[1:] == m[:-1])[0])  # new neurons j, j + 1 copy one neuron
+  assert not np.allclose(w_out[j], w_out[j + 1])  # the copies' outgoing rows split
+  np.testing.assert_array_equal(w_in[:, j], w_in[:, j + 1])  # their incoming weights stay copies
+  if factor != 2:  # 6 -> 9: neurons with one copy are left alone
+    single = np.bincount(m, minlength=6)[m] == 1
+    plain = rcjax.grow(p, KEY, factor=factor, exact=exact)["Dense_1"]["kernel"].value
+    np.testing.assert_array_equal(w_out[single], plain[single])
+    assert single.any() and not np.allclose(w_out[~single], plain[~single])
 
 
 def test_moments_scale_with_rho_and_noise_stays_in_params():
@@ -85,6 +77,8 @@ def test_moments_scale_with_rho_and_noise_stays_in_params():
   state = jax.tree.map(lambda b: b.replace(value=b.value + 1.0) if rcjax.is_rc(b) else b, state,
                        is_leaf=rcjax.is_rc)  # nonzero moments
   p0, s0 = rcjax.grow((p, state), KEY)
+  zero = rcjax.grow((p, state), KEY, split_rate=0.0, cancel_rate=0.0)  # rates 0: today's transfer, bitwise
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b, strict=True), zero, (p0, s0))
   p1, s1 = rcjax.grow((p, state), KEY, split_rate=0.5)
   p2, s2 = rcjax.grow((p, state), KEY, split_rate=0.5, cancel_rate=0.5)
   rho = (p1["Dense_1"]["kernel"].value / p0["Dense_1"]["kernel"].value)[:, 0]  # the params' draw
@@ -126,27 +120,37 @@ def test_one_step_separates_the_copies_only_with_symmetry_breaking(kw, differ):
     assert spread == 0.0
 
 
-GPT_CASES = [  # (style, param, model kw, sizes, exact); from embed 16, heads 4, kv 2, head_dim 4
-    ("gpt2", "sp", dict(kv_heads=None), dict(embed=32, heads=8, mlp=128), False),   # tied, SP
-    ("gpt2", "mup", dict(kv_heads=None), dict(heads=6, kv_heads=6, mlp=96), True),              # LayerNorm: not embed
-    ("llama", "mup", {}, dict(embed=32, heads=8, kv_heads=4, mlp=128), False),
-    ("llama", "sp", {}, dict(embed=24, heads=6, kv_heads=3, mlp=72), True),          # RMSNorm, 1.5x
-    ("neox", "mf", {}, dict(embed=32, heads=8, kv_heads=4, mlp=128), False),
-    ("neox", "ntk", {}, dict(heads=6, kv_heads=3, mlp=96), True),
+GPT_CASES = [  # (style, param, model kw, sizes, exact, knobs); from embed 16, heads 4, kv 2, mlp 64
+    ("gpt2", "sp", dict(kv_heads=None), dict(embed=32, heads=8, kv_heads=8, mlp=128), False,  # tied readout, SP
+     dict(split_rate=0.5, cancel_rate=0.5)),
+    ("gpt2", "mup", dict(kv_heads=None), dict(heads=6, kv_heads=6, mlp=96), True,  # (LayerNorm: embed at 1.5x
+     dict(split_rate=0.5)),                                                         # is not exact anyway)
+    ("llama", "sp", {}, dict(embed=24, heads=6, kv_heads=3, mlp=96), True, dict(split_rate=0.5, cancel_rate=0.5)),
+    ("neox", "mf", {}, dict(embed=32, heads=8, kv_heads=4, mlp=128, layers=2), True,  # and deeper (exact: new
+     dict(split_rate=0.5)),                                                           # blocks start as identity)
 ]
+_APPLY = {}
 
 
-@pytest.mark.parametrize("style,param,kw,sizes,exact", GPT_CASES)
-def test_gpt_styles_keep_the_function(style, param, kw, sizes, exact):
+def logits(model, p):
+  if model not in _APPLY:
+    _APPLY[model] = jax.jit(lambda p, x: model.apply({"params": p}, x))
+  return _APPLY[model](p, TOKENS)
+
+
+@pytest.mark.parametrize("style,param,kw,sizes,exact,knobs", GPT_CASES)
+def test_gpt_styles_keep_the_function(style, param, kw, sizes, exact, knobs):
+  # (llama at 2x with both knobs: test_gpt_copies_separate_...)
   model, p = gpt(style, param, **kw)
-  y = model.apply({"params": p}, TOKENS)
-  big = rcjax.nn.gpt.transfer(model, p, KEY, sizes, exact=exact, split_rate=0.5, cancel_rate=0.5)
-  plain = rcjax.nn.gpt.transfer(model, p, KEY, sizes, exact=exact)
-  assert not np.allclose(big["blocks"]["down"].value, plain["blocks"]["down"].value)
-  np.testing.assert_allclose(grown_model(model, big).apply({"params": big}, TOKENS), y, rtol=1e-4, atol=2e-5)
+  big = rcjax.nn.gpt.transfer(model, p, KEY, sizes, exact=exact, **knobs)
+  np.testing.assert_allclose(logits(grown_model(model, big), big), logits(model, p), rtol=1e-4, atol=2e-5)
+  m = np.asarray(rcjax.index_maps(KEY, {"mlp": rcjax.sizes(p)["mlp"]}, {"mlp": sizes["mlp"]})["mlp"])
+  j = int(np.flatnonzero(m[1:] == m[:-1])[0])  # new neurons j, j + 1 copy one neuron
+  down = np.asarray(big["blocks"]["down"].value)[0]  # (mlp, embed): fan-in mlp
+  assert not np.allclose(down[j], down[j + 1])
 
 
-def test_gpt_maps_from_index_maps_and_copies_separate_in_one_step():
+def test_gpt_copies_separate_in_one_step_with_the_maps_of_index_maps_sharded_or_not():
   model, p = gpt("llama", "mup")
   sizes = dict(embed=32, heads=8, kv_heads=4, mlp=128)  # (head_dim with RoPE: not exact)
   old = rcjax.width_axes(p)
@@ -156,24 +160,21 @@ def test_gpt_maps_from_index_maps_and_copies_separate_in_one_step():
   other = {k: jnp.roll(jnp.sort(m), 1) for k, m in maps.items()}  # wrong maps: groups of unrelated neurons
   assert min(rcjax.copy_spread(plain, other).values()) > 0.05
   assert rcjax.copy_spread(plain, rcjax.index_maps(KEY, old, sizes))["heads"] > 0.05  # blocks left out
-  big = rcjax.nn.gpt.transfer(model, p, KEY, sizes, split_rate=0.5)
+  big = rcjax.nn.gpt.transfer(model, p, KEY, sizes, split_rate=0.5, cancel_rate=0.5)
   wide = grown_model(model, big)
-  g = jax.grad(lambda q: wide.apply({"params": q}, TOKENS, TOKENS))(big)
-  stepped = jax.tree.map(lambda b, d: b.replace(value=b.value - 0.1 * d.value), big, g, is_leaf=rcjax.is_rc)
-  spread = rcjax.copy_spread(stepped, maps)
+  np.testing.assert_allclose(logits(wide, big), logits(model, p), rtol=1e-4, atol=2e-5)
+  sgd = jax.jit(lambda q: jax.tree.map(lambda b, d: b.replace(value=b.value - 0.1 * d.value), q, jax.grad(
+      lambda q: wide.apply({"params": q}, TOKENS, TOKENS))(q), is_leaf=rcjax.is_rc))
+  spread = rcjax.copy_spread(sgd(big), maps)
   assert all(spread[k] > 1e-8 for k in ("embed", "mlp", "heads")), spread
-  g0 = jax.grad(lambda q: wide.apply({"params": q}, TOKENS, TOKENS))(plain)
-  stepped0 = jax.tree.map(lambda b, d: b.replace(value=b.value - 0.1 * d.value), plain, g0, is_leaf=rcjax.is_rc)
-  assert max(rcjax.copy_spread(stepped0, maps).values()) < 1e-10
-
-
-def test_sharded_growth_matches_one_device():
-  model, p = gpt("llama", "mup")
-  sizes = dict(embed=32, heads=8, kv_heads=4, mlp=128)
-  mesh = sharding.make_mesh("data=1,fsdp=4,tensor=2")
-  one = rcjax.grow(p, KEY, sizes=sizes, split_rate=0.5, cancel_rate=0.5)
-  many = rcjax.grow(sharding.shard(p, mesh), KEY, sizes=sizes, split_rate=0.5, cancel_rate=0.5)
+  assert max(rcjax.copy_spread(sgd(plain), maps).values()) < 1e-10
+  mesh = sharding.make_mesh("data=1,fsdp=4,tensor=2")  # sharded (mlp on tensor, embed on fsdp): the same draws
+  kw = dict(sizes={"mlp": 128}, split_rate=0.5, cancel_rate=0.5)
+  one, many = rcjax.grow(p, KEY, **kw), rcjax.grow(sharding.shard(p, mesh), KEY, **kw)
+  assert many["blocks"]["down"].value.sharding.spec == sharding.logical_spec(("layers", "mlp", "embed"),
+                                                                             (1, 128, 16), mesh)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one, many)
+  assert rcjax.copy_spread(many, {"mlp": maps["mlp"]}) == rcjax.copy_spread(one, {"mlp": maps["mlp"]})
 
 
 def test_bad_rates_and_maps_are_clear_errors():

@@ -313,12 +313,21 @@ def test_norm_rate_noise_size(r2):
     assert abs(ratio / r2 - 1) < 0.1, (layer, ratio)
 
 
-def test_grow_works_on_optimizer_state_with_the_same_maps():
+def test_grow_moves_optimizer_state_with_the_params_maps():
   import optax
   _, p = mlp("mf", width=10)
   s = optax.adam(1e-3).init(p)
-  big_p, big_s = rcjax.grow((p, s), jax.random.key(0), factor=2, random_rate=0.5)
-  assert big_s[0].mu["Dense_1"]["kernel"].shape == (20, 20)
+  s = (s[0]._replace(mu=p),) + tuple(s[1:])  # first moments = the params themselves, entry for entry
+  # non-integer sizes: the extra neurons are a random subset, so two independent draws would differ
+  big_p, big_s = rcjax.grow((p, s), jax.random.key(0), sizes={"hidden_0": 15, "hidden_1": 17})
+  flat_p = jax.tree_util.tree_leaves_with_path(rcjax.unbox(big_p))
+  flat_mu = dict(jax.tree_util.tree_leaves_with_path(rcjax.unbox(big_s[0].mu)))
+  assert len(flat_p) == len(flat_mu) == 6
+  for path, w in flat_p:
+    mu = np.asarray(flat_mu[path])
+    assert mu.shape == w.shape, path
+    ratio = mu / np.asarray(w)  # the same maps: one scale factor per leaf (the state's rescaling), no shuffle
+    np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-6, err_msg=str(path))
   assert int(big_s[0].count) == 0
 
 

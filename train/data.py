@@ -22,6 +22,7 @@ import urllib.parse
 import numpy as np
 
 DATASETS = ("cifar10", "digits")
+AUTO = "auto"  # train.mlp's default: CIFAR-10 when prepared locally, else digits (see `load_auto`)
 # Where TFDS downloads CIFAR-10 from (checked for reachability before TFDS tries; tests patch it).
 CIFAR10_HOST = ("www.cs.toronto.edu", 443)
 NET_TIMEOUT_S = 3.0
@@ -85,7 +86,7 @@ def _digits() -> Dataset:
     from sklearn.model_selection import train_test_split
   except ImportError:
     raise DataUnavailable("--dataset digits needs scikit-learn (it ships the images): "
-                          "pip install -e '.[data]' (or '.[test]')") from None
+                          "pip install -e '.[train]' (or '.[data]', '.[test]')") from None
 
   x, y = load_digits(return_X_y=True)
   # A fixed split: 80% / 20%, stratified by class, random_state=0 (1437 / 360 images).
@@ -125,7 +126,24 @@ def _offline_message(data_dir: str | None) -> str:
           "(pass it with --data-dir), or train offline on the embedded digits: --dataset digits")
 
 
-def _cifar10(data_dir: str | None) -> Dataset:
+def load_auto(data_dir: str | None = None) -> tuple[Dataset, str | None]:
+  """CIFAR-10 if it is prepared locally (nothing is downloaded), else the embedded digits and a notice.
+
+  Returns:
+    `(dataset, notice)`: `notice` is None for CIFAR-10, else one line saying digits stand in and how to
+    get CIFAR-10.
+  """
+  try:
+    return _cifar10(data_dir, download=False), None
+  except (DataUnavailable, ImportError):  # not prepared here, or tensorflow-datasets not installed
+    where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    notice = (f"--dataset auto: CIFAR-10 is not prepared in {where}, so this trains on scikit-learn's embedded "
+              "8x8 digits (64-dim; mean-field learns them at --lr 1); for CIFAR-10: pip install -e '.[data]', "
+              "then --dataset cifar10 (downloads it once, ~170 MB)")
+    return _digits(), notice
+
+
+def _cifar10(data_dir: str | None, download: bool = True) -> Dataset:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   try:
     import tensorflow_datasets as tfds
@@ -147,6 +165,8 @@ def _cifar10(data_dir: str | None) -> Dataset:
   try:  # prepared data (or tfds.testing.mock_data) needs no network
     train, test = split("train", False), split("test", False)
   except AssertionError:  # TFDS: "could not find data in ..."
+    if not download:
+      raise DataUnavailable(f"CIFAR-10 is not prepared in {data_dir or '(the TFDS default)'}") from None
     if not _reachable(*CIFAR10_HOST):
       raise DataUnavailable(_offline_message(data_dir)) from None
     train, test = split("train", True), split("test", True)

@@ -3,6 +3,7 @@
     python -m train.gpt --preset tiny --steps 300 --out runs/tiny                  # CPU, ~1 min
     python -m train.gpt --preset tiny --mesh data=2,fsdp=2,tensor=2 --out runs/t8  # 8 devices
     python -m train.gpt --preset tiny --grow-at 150 --grow-to 128 --out runs/grow  # 64 -> 128 mid-run
+    python -m train.gpt --preset tiny --grow-at 150 --grow-to-depth 4 --grow-exact true --out runs/deep  # 2 -> 4 blocks
     python -m train.gpt --preset tiny --width 128 --transfer-from runs/tiny --out runs/from_tiny
     python -m train.gpt --transfer-from gpt2-x2 --steps 100 --out runs/gpt2-x2   # an HF directory
     python -m train.gpt --preset gpt-small --steps 50 --log-every 10               # GPU: tokens/s, MFU
@@ -33,11 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
+from rcjax._progress import bar as progress_bar
 
 import rcjax
 from rcjax import sharding
 from rcjax.checkpoint import Checkpointer
+from rcjax.depth import GROW_MODES, depth_map
+from rcjax.maps import tree_blocks
 from rcjax.rc import is_rc, leaves_with_paths
 from train.text_data import DATASETS, TextData, default_dataset
 
@@ -95,10 +98,12 @@ class Config:
   eval_batches: int = 2         # batches of each eval
   grow_at: int = 0              # grow after this step (0: never) ...
   grow_to: int = 0              # ... to this width; mlp, heads, kv_heads scale with it, head_dim fixed
+  grow_to_depth: int = 0        # ... and/or to this depth (0: keep), blocks copied by grow_depth_mode
+  grow_depth_mode: str = "stack"  # stack | interleave | middle (rcjax.depth); exact with --grow-exact
   random_rate: float = 0.0      # r1 of growth / transfer
   norm_rate: float = 0.0        # r2 of growth / transfer
-  split_rate: float = 0.0       # unequal fan-out split of copies in growth / transfer (keeps the function;
-  cancel_rate: float = 0.0      # ... and cancelling noise; see docs/symmetry.md)
+  split_rate: float = 0.0       # growth / transfer: unequal fan-out split of copies (keeps the function)
+  cancel_rate: float = 0.0      # growth / transfer: cancelling noise on copies' fan-out (docs/symmetry.md)
   grow_exact: bool = False      # count-corrected growth (exact for any ratio where the math allows)
   grow_warmup: int = 0          # after growth, re-warm the lr linearly over this many steps (0: the run's
                                 # schedule continues)
@@ -163,6 +168,8 @@ def hf_arch(path: str, config: dict) -> dict:
   from rcjax import hf_model
 
   m = hf_model.model_from_config(config, where=os.path.join(path, "config.json"))
+  if hf_model.family_of(m) == "bert":
+    raise ValueError(f"{path} is a BERT encoder: train.gpt trains decoders (grow BERTs with python -m rcjax.grow)")
   a = m.arch()
   style = {"llama": "llama", "gpt2": "gpt2", "gpt_neox": "neox"}[hf_model.family_of(m)]
   s = a["sizes"]
@@ -323,8 +330,9 @@ def _check_run_dir(cfg: Config) -> None:
     raise ValueError(f"{cfg.out} holds a run with another config ({theirs} vs {ours}); use a new --out")
 
 
-def _check_arch(template: Any, abstract: Any, where: str) -> None:
-  """Raise unless the checkpoint `template` has this model's leaves and fixed axes."""
+def _check_arch(template: Any, abstract: Any, where: str, depths: tuple = ()) -> None:
+  """Raise unless the checkpoint `template` has this model's leaves and fixed axes (its `layers` may
+  also have a size in `depths`: a run resumed after its depth growth)."""
   saved = {p: b for p, b in leaves_with_paths(template)}
   ours = {p: b for p, b in leaves_with_paths(abstract)}
   for p in sorted(set(saved) ^ set(ours)):
@@ -332,7 +340,8 @@ def _check_arch(template: Any, abstract: Any, where: str) -> None:
                      f"{'only in the checkpoint' if p in saved else 'missing from the checkpoint'}")
   for p, b in ours.items():
     s = saved[p]
-    fixed = [(a, n, m) for a, n, m, w in zip(b.axes, s.shape, b.shape, b.base) if w is None and n != m]
+    fixed = [(a, n, m) for a, n, m, w in zip(b.axes, s.shape, b.shape, b.base)
+             if w is None and n != m and not (a == "layers" and n in depths)]
     if s.axes != b.axes or fixed:
       raise ValueError(f"{where} holds another architecture: leaf {p} has axes {s.axes} shape {s.shape}, "
                        f"this model {b.axes} shape {b.shape}")
@@ -383,7 +392,7 @@ def _preflight(cfg: Config, model) -> None:
   own = os.path.join(cfg.out, "checkpoints") if cfg.out else None
   if own and os.path.isdir(own) and Checkpointer(own, read_only=True).latest_step() is not None:
     ckpt = Checkpointer(own, read_only=True)
-    _check_arch(ckpt.params_template(ckpt.latest_step()), abstract, own)
+    _check_arch(ckpt.params_template(ckpt.latest_step()), abstract, own, (cfg.grow_to_depth,))
   elif cfg.transfer_from and hf_source(cfg.transfer_from) is None:
     template = Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"), read_only=True).params_template()
     _check_arch(template, abstract, cfg.transfer_from)
@@ -399,7 +408,7 @@ def _initial_state(cfg, model, tx, mesh, ckpt, log):
   latest = ckpt.latest_step() if ckpt else None
   if latest is not None:  # resume as saved (widths and RC metadata, e.g. a transferred muP base), onto this mesh
     template = ckpt.params_template(latest)
-    _check_arch(template, abstract, ckpt.directory)
+    _check_arch(template, abstract, ckpt.directory, (cfg.grow_to_depth,))
     r = ckpt.restore(latest, params=sharding.abstract(template, mesh),
                      opt_state=sharding.abstract(jax.eval_shape(tx.init, template), mesh))
     log({"event": "resume", "step": latest})
@@ -466,7 +475,7 @@ def validate(cfg: Config) -> None:
   for name in ("width", "depth", "heads", "seq_len", "batch_size", "steps", "vocab", "log_every"):
     if getattr(cfg, name) <= 0:
       raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
-  for name in ("kv_heads", "head_dim", "mlp", "base_width", "grow_at", "grow_to", "ckpt_every", "keep",
+  for name in ("kv_heads", "head_dim", "mlp", "base_width", "grow_at", "grow_to", "grow_to_depth", "ckpt_every", "keep",
                "eval_every", "warmup", "markov_order", "grow_warmup"):
     if getattr(cfg, name) < 0:
       raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
@@ -494,9 +503,20 @@ def validate(cfg: Config) -> None:
   if cfg.base_width:
     scaled_sizes(cfg, cfg.base_width)
   if cfg.grow_at:
-    if cfg.grow_to <= cfg.width:
+    if not cfg.grow_to and not cfg.grow_to_depth:
+      raise ValueError("grow_at needs grow_to (a width) or grow_to_depth (a depth), or both")
+    if cfg.grow_to and cfg.grow_to <= cfg.width:
       raise ValueError(f"grow_to must exceed width {cfg.width}, got {cfg.grow_to}")
-    scaled_sizes(cfg, cfg.grow_to)
+    if cfg.grow_to:
+      scaled_sizes(cfg, cfg.grow_to)
+  if cfg.grow_to_depth:
+    if not cfg.grow_at:
+      raise ValueError("grow_to_depth needs grow_at (the step to grow after)")
+    if cfg.grow_to_depth <= cfg.depth:
+      raise ValueError(f"grow_to_depth must exceed depth {cfg.depth}, got {cfg.grow_to_depth}")
+    if cfg.grow_depth_mode not in GROW_MODES:
+      raise ValueError(f"grow_depth_mode must be one of {GROW_MODES}, got {cfg.grow_depth_mode!r}")
+    depth_map(cfg.depth, cfg.grow_to_depth, cfg.grow_depth_mode)
   if cfg.transfer_from and not os.path.isdir(os.path.join(cfg.transfer_from, "checkpoints")) \
       and hf_source(cfg.transfer_from) is None:
     raise ValueError(f"--transfer-from {cfg.transfer_from}: neither a run (no checkpoints/ folder) nor a "
@@ -549,6 +569,8 @@ def run(cfg: Config) -> dict:
       metrics_file.flush()
 
   params, opt_state, start, flops_done = _initial_state(cfg, model, tx, mesh, ckpt, log)
+  model = _at_depth(model, cfg, params)  # a run resumed after a depth growth
+  spread_maps = _spread_maps(cfg, params, start)  # copy_spread is logged after a growth / transfer
   trainer = Trainer(model, tx, mesh, params, opt_state)
   save_steps = _save_steps(cfg)
   peak, n_dev = peak_flops(cfg), jax.device_count()
@@ -556,7 +578,7 @@ def run(cfg: Config) -> dict:
   tokens_per_step = cfg.batch_size * cfg.seq_len
   eval_batches = [global_batch(data, i, cfg.batch_size, trainer.b_sh, eval=True)
                   for i in range(cfg.eval_batches if cfg.eval_every else 0)]
-  bar = tqdm(total=cfg.steps, initial=start, disable=not (main and cfg.progress), desc="train.gpt")
+  bar = progress_bar(total=cfg.steps, initial=start, disable=not (main and cfg.progress), desc="train.gpt")
   speeds, t_last, steps_since, paused, loss = [], None, 0, 0.0, None
   if flops_done is None:  # a checkpoint written before the FLOPs were saved with it
     flops_done = start * tokens_per_step * fpt
@@ -587,10 +609,13 @@ def run(cfg: Config) -> dict:
         rec.update(tokens_per_s=tps, mfu=(tps * fpt / (peak * n_dev)) if peak else None)
         speeds.append(rec)
       t_last, steps_since, paused = now, 0, 0.0
+      if spread_maps:
+        rec["copy_spread"] = rcjax.copy_spread(params, spread_maps)
       log(rec)
       bar.set_postfix(loss=f"{loss_v:.3f}")
-    if cfg.grow_at and step == cfg.grow_at and rcjax.sizes(params)["embed"] != cfg.grow_to:
-      params, opt_state, trainer, rec = _grow(cfg, params, opt_state, model, tx, mesh, data, step)
+    if cfg.grow_at and step == cfg.grow_at and _growth_sizes(cfg, params):
+      params, opt_state, trainer, rec, model = _grow(cfg, params, opt_state, model, tx, mesh, data, step)
+      spread_maps = _spread_maps(cfg, params, step)
       fpt = flops_per_token(params, cfg.seq_len)
       log(rec)  # (before saving: the checkpoint of this step holds the grown state)
       t_last = None
@@ -647,26 +672,62 @@ def _finished(cfg: Config, ckpt: Checkpointer) -> dict | None:
   return {**summary, "finished_before": True}
 
 
+def _growth_sizes(cfg, params) -> dict:
+  """The sizes a growth at `grow_at` changes (empty: the params have them already, e.g. on resume): the
+  width axes of `grow_to` and the depth `grow_to_depth` (`layers`)."""
+  sizes = _changed(scaled_sizes(cfg, cfg.grow_to), params) if cfg.grow_to else {}
+  if cfg.grow_to_depth and rcjax.sizes(params)["layers"] != cfg.grow_to_depth:
+    sizes["layers"] = cfg.grow_to_depth
+  return sizes
+
+
+def _at_depth(model, cfg, params):
+  """`model` with the depth of `params` (scanned blocks: the size of their `layers` axis)."""
+  depth = rcjax.sizes(params).get("layers", model.depth)
+  return model if depth == model.depth else model.clone(depth=depth, unroll=cfg.unroll or depth)
+
+
 def _grow(cfg, params, opt_state, model, tx, mesh, data, step):
-  """Grow params and AdamW state to `grow_to`; returns them, a new Trainer and a metrics record with the
-  loss on one fixed batch right before and right after growth."""
+  """Grow params and AdamW state to `grow_to` / `grow_to_depth`; returns them, a new Trainer, a metrics
+  record with the loss on one fixed batch right before and right after growth, and the model (at the new
+  depth)."""
   trainer = Trainer(model, tx, mesh, params, opt_state)
   fixed = global_batch(data, 0, cfg.batch_size, trainer.b_sh, eval=True)
   before = float(trainer.loss(params, fixed))
-  sizes = _changed(scaled_sizes(cfg, cfg.grow_to), params)
+  sizes = _growth_sizes(cfg, params)
   # rcjax.nn.gpt.transfer: the leaf-wise rules plus the GPT's own (a tied readout in SP, RMSNorm at
-  # non-integer ratios with exact=True), so the function is kept wherever the math allows.
+  # non-integer ratios with exact=True; new blocks as identities), so the function is kept wherever the
+  # math allows.
   params, opt_state = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(jax.random.key(cfg.seed), step),
                                             sizes, opt_state=opt_state, random_rate=cfg.random_rate,
                                             norm_rate=cfg.norm_rate, exact=cfg.grow_exact,
+                                            depth_mode=cfg.grow_depth_mode if "layers" in sizes else None,
                                             split_rate=cfg.split_rate, cancel_rate=cfg.cancel_rate)
   # grow keeps each leaf's mesh axes; put any leaf the rules shard differently at the new sizes on its rule.
   params = jax.device_put(params, sharding.shardings(params, mesh))
   opt_state = jax.device_put(reset_adam(opt_state, cfg.grow_opt), sharding.shardings(opt_state, mesh))
+  model = _at_depth(model, cfg, params)
   trainer = Trainer(model, tx, mesh, params, opt_state)
   after = float(trainer.loss(params, fixed))
   return params, opt_state, trainer, {"event": "grow", "step": step, "loss_before": before, "loss_after": after,
-                                      "sizes": rcjax.sizes(params)}
+                                      "sizes": rcjax.sizes(params)}, model
+
+
+def _spread_maps(cfg: Config, params, step: int) -> dict | None:
+  """The index maps of the growth (`--grow-at`, done by `step`) or transfer (`--transfer-from` a run
+  directory) that made `params`, as `_grow` / `_initial_state` drew them (for `rcjax.copy_spread`);
+  None without one, or if the source was an HF checkpoint."""
+  key, blocks = jax.random.key(cfg.seed), tree_blocks(params)
+  if cfg.grow_at and step >= cfg.grow_at and cfg.grow_to:  # (a depth growth alone copies no neuron)
+    return rcjax.index_maps(jax.random.fold_in(key, cfg.grow_at), scaled_sizes(cfg, cfg.width),
+                            scaled_sizes(cfg, cfg.grow_to), blocks=blocks)
+  if cfg.transfer_from and hf_source(cfg.transfer_from) is None:
+    old = rcjax.width_axes(Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"),
+                                        read_only=True).params_template())
+    new = rcjax.width_axes(params)
+    if all(new[k] >= n for k, n in old.items()):
+      return rcjax.index_maps(jax.random.fold_in(key, 7), old, new, blocks=blocks)
+  return None
 
 
 def reset_adam(opt_state: Any, how: str) -> Any:

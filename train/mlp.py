@@ -1,7 +1,8 @@
 """Train the paper's CIFAR-10 MLPs (Example 1.1: input -> N -> N -> 10 with biases), with transfer mid-training.
 
+    python -m train.mlp --width 1000                # CIFAR-10 if prepared, else the embedded digits (says so)
     python -m train.mlp --dataset digits --width 64 --epochs 10 --out runs/digits64   # offline, seconds
-    python -m train.mlp --width 1000 --epochs 10 --out runs/n1000                    # CIFAR-10 via TFDS
+    python -m train.mlp --dataset cifar10 --width 1000 --epochs 10 --out runs/n1000  # CIFAR-10 via TFDS
     python -m train.mlp --width 100 --epochs 10 --out runs/n100
     python -m train.mlp --width 1000 --epochs 10 --out runs/n100to1000 \\
         --transfer-from runs/n100 --transfer-epoch 4 --random-rate 0.1 --norm-rate 0.01
@@ -64,8 +65,9 @@ class Config:
   bias_value: float = _f(0.0, "start value of every bias with --bias constant")
   base: int = _f(0, "base width of the hidden axes for muP (0: --width, so muP equals SP at that width; "
                  "with --transfer-from, the source's)")
-  dataset: str = _f("cifar10", "cifar10 (TFDS, 3072-dim) or digits (scikit-learn 8x8, 64-dim, offline)",
-                    data_lib.DATASETS)
+  dataset: str = _f(data_lib.AUTO, "auto: cifar10 if prepared locally, else digits (config.json records which; "
+                    "a resumed run keeps its own); cifar10 (TFDS, 3072-dim, downloads once); digits "
+                    "(scikit-learn 8x8, 64-dim, offline)", (data_lib.AUTO,) + data_lib.DATASETS)
   data_dir: typing.Optional[str] = _f(None, "TFDS data directory (default: TFDS's, ~/tensorflow_datasets)")
   epochs: int = _f(10, "total number of epochs (a transferred run counts the source's epochs too)")
   lr: float = _f(0.1, "SGD learning rate eta (the paper's 0.1), times the parametrization's per-leaf "
@@ -80,9 +82,11 @@ class Config:
                            "from there)")
   random_rate: float = _f(0.0, "r1: fraction of fresh neurons drawn from the init distribution")
   norm_rate: float = _f(0.0, "r2: symmetry-breaking noise, std r2 * RMS(leaf), on transferred entries")
+  split_rate: float = _f(0.0, "unequal fan-out split of copied neurons (function-preserving; docs/symmetry.md)")
+  cancel_rate: float = _f(0.0, "cancelling noise on copied neurons' fan-out (function-preserving)")
   sampler: str = _f("stratified", "how target neurons sample source neurons", SAMPLERS)
   exact: bool = _f(False, "count-corrected transfer, function-preserving for any growth ratio")
-  progress: bool = _f(True, "show a progress bar per epoch")
+  progress: bool = _f(True, "show a progress bar per epoch (on a terminal only)")
 
 
 class TrainingDiverged(RuntimeError):
@@ -97,7 +101,8 @@ def validate(config: Config) -> None:
       (c.depth >= 2, f"--depth (number of weight layers) must be >= 2, got {c.depth}"),
       (c.param in PARAMS, f"unknown --param {c.param!r}; expected one of {PARAMS}"),
       (c.bias in BIASES, f"unknown --bias {c.bias!r}; expected one of {BIASES}"),
-      (c.dataset in data_lib.DATASETS, f"unknown --dataset {c.dataset!r}; expected one of {data_lib.DATASETS}"),
+      (c.dataset in (data_lib.AUTO,) + data_lib.DATASETS,
+       f"unknown --dataset {c.dataset!r}; expected one of {(data_lib.AUTO,) + data_lib.DATASETS}"),
       (c.epochs >= 0, f"--epochs must be >= 0, got {c.epochs}"),
       (c.batch_size > 0, f"--batch-size must be positive, got {c.batch_size}"),
       (c.lr > 0 and math.isfinite(c.lr), f"--lr must be a positive number, got {c.lr}"),
@@ -106,6 +111,8 @@ def validate(config: Config) -> None:
       (c.sampler in SAMPLERS, f"unknown --sampler {c.sampler!r}; expected one of {SAMPLERS}"),
       (0 <= c.random_rate <= 1, f"--random-rate must be in [0, 1], got {c.random_rate}"),
       (0 <= c.norm_rate < math.inf, f"--norm-rate must be >= 0, got {c.norm_rate}"),
+      (0 <= c.split_rate < math.inf, f"--split-rate must be >= 0, got {c.split_rate}"),
+      (0 <= c.cancel_rate < math.inf, f"--cancel-rate must be >= 0, got {c.cancel_rate}"),
   ]
   for ok, message in checks:
     if not ok:
@@ -201,6 +208,29 @@ def restore_opt_state(ckpt: Checkpointer, step: int, params, tx):
 
 # --- run directory ---------------------------------------------------------------------------------
 
+def _recorded_dataset(run_dir: str | None) -> str | None:
+  """The dataset a run directory's config.json names (None if there is none to read)."""
+  try:
+    name = json.loads((Path(run_dir) / "config.json").read_text()).get("dataset")
+  except (TypeError, OSError, ValueError, AttributeError):
+    return None
+  return name if name in data_lib.DATASETS else None
+
+
+def load_data(config: Config) -> tuple[Config, data_lib.Dataset]:
+  """The dataset, and the config with `--dataset auto` resolved to the one used: the dataset of the run
+  being resumed (or transferred from), else CIFAR-10 if prepared locally, else digits (saying so)."""
+  name = config.dataset
+  if name == data_lib.AUTO:
+    name = _recorded_dataset(config.out) or _recorded_dataset(config.transfer_from) or name
+  if name != data_lib.AUTO:
+    return dataclasses.replace(config, dataset=name), data_lib.load(name, config.data_dir)
+  data, notice = data_lib.load_auto(config.data_dir)
+  if notice:
+    print(f"train.mlp: {notice}", file=sys.stderr)
+  return dataclasses.replace(config, dataset=data.name), data
+
+
 def read_metrics(path) -> list[dict]:
   """The lines of a metrics.jsonl file (an empty list if it does not exist)."""
   path = Path(path)
@@ -267,12 +297,12 @@ def run(config: Config) -> list[dict]:
     data_lib.DataUnavailable: the dataset cannot be loaded.
     TrainingDiverged: NaN/inf loss (the last good checkpoint is kept).
   """
-  from tqdm import tqdm
+  from rcjax._progress import bar as progress_bar
 
   validate(config)
   out = Path(config.out)
+  config, data = load_data(config)
   check_out_dir(out, config)
-  data = data_lib.load(config.dataset, config.data_dir)
   n = len(data.y_train)
   steps = n // config.batch_size
   if steps == 0:
@@ -334,8 +364,8 @@ def run(config: Config) -> list[dict]:
     perm = np.asarray(_permutation(data_key, epoch, n))
     idx = perm[:steps * config.batch_size].reshape(steps, config.batch_size)
     losses = []
-    bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not config.progress,
-               file=sys.stderr)
+    bar = progress_bar(range(steps), desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                       disable=not config.progress)
     for i in bar:
       if on_device:
         params, opt_state, loss, acc = train_step(params, opt_state, x_tr, y_tr, idx[i])
@@ -377,10 +407,19 @@ def _plot_run(out: Path, lines: list[dict]) -> None:
 
 # --- command line ----------------------------------------------------------------------------------
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Adds '(default: X)' once: not to on/off flags or None defaults, nor to a help that names its default."""
+
+  def _get_help_string(self, action):
+    if action.default is None or isinstance(action.default, bool) or "default" in (action.help or ""):
+      return action.help
+    return super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
   """Flags generated from the Config fields (bools: `--exact`, `--no-progress`)."""
   p = argparse.ArgumentParser(prog="python -m train.mlp", description=__doc__.split("\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=HelpFormatter)
   hints = typing.get_type_hints(Config)
   for f in dataclasses.fields(Config):
     flag = "--" + f.name.replace("_", "-")
@@ -388,7 +427,7 @@ def parser() -> argparse.ArgumentParser:
     if kind is bool:
       if f.default:
         p.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                       help=f"turn off (default: on): {f.metadata['help']}")
+                       help=f"turn off: {f.metadata['help']} (on by default)")
       else:
         p.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
       continue

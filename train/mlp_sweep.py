@@ -159,7 +159,7 @@ def fig41(args) -> None:
 
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m train.mlp_sweep", description=__doc__.split("\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=mlp.HelpFormatter)
   p.add_argument("figure", choices=("fig41", "fig43a", "fig43b", "fig43c"))
   p.add_argument("--out", required=True, help="folder of the sweep's run directories and PNGs")
   p.add_argument("--dataset", default="cifar10", choices=("cifar10", "digits"))

@@ -36,6 +36,10 @@ STYLES = {  # style -> defaults of (norm, positions, activation, tied, bias, par
     "neox": dict(norm="layernorm", positions="rope", activation="gelu_exact", tied=False, bias=True,
                  parallel_residual=True),
 }
+# The Block leaves that write into the residual stream: zero in the new blocks of an exact depth growth
+# (`transfer(..., {'layers': L2}, exact=True)`), so that each new block is the identity (LLaMA Pro). In
+# parallel-residual blocks (GPT-NeoX) too: x + attn(.) + mlp(.) with both outputs zero is x.
+RESIDUAL_WRITERS = ("o", "o_bias", "down", "down_bias")
 ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2's gelu_new (tanh)
                "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),  # erf
                "relu": jax.nn.relu}
@@ -181,6 +185,10 @@ class Block(nn.Module):
   def add_bias(self, y, name, axes, blocks=(), on=True):
     return _plus(y, self.bias_value(name, axes, blocks, on))
 
+  def tap(self, name: str, x):
+    """Identity: where `rcjax.nn.importance` reads the activations `name` ('heads', 'mlp') of a block."""
+    return x
+
   @nn.compact
   def __call__(self, x_BxTxE, _=None):
     dt = self.dtype
@@ -207,8 +215,8 @@ class Block(nn.Module):
       q, k = rope(q, self.rope_base, r, self.rope_scaling), rope(k, self.rope_base, r, self.rope_scaling)
     scale = logit_scale(self.param, d, wq.base[2])
     window = None if self.sliding_window is None else (self.sliding_window - 1, 0)  # itself + w-1 before
-    o_BxTxHxD = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, local_window_size=window,
-                                             implementation=self.attention)
+    o_BxTxHxD = self.tap("heads", jax.nn.dot_product_attention(
+        q, k, v, scale=scale, is_causal=True, local_window_size=window, implementation=self.attention))
     wo = self.rc("o", ("heads", "head_dim", "embed"), (0, 1), self.kernel_init, (("heads", "kv_heads"),))
     attn = self.add_bias(_mm(o_BxTxHxD, wo, "bthd,hde->bte", dt), "o_bias", ("embed",), (), self.o_bias)
     if not self.parallel_residual:
@@ -227,6 +235,7 @@ class Block(nn.Module):
       a_BxTxF = jax.nn.silu(_plus(gate, b_gate)) * _plus(up, b_up)
     else:
       a_BxTxF = ACTIVATIONS[self.activation](_plus(_mm(h, w_up, "bte,ef->btf", dt), b_up))
+    a_BxTxF = self.tap("mlp", a_BxTxF)
     down = self.rc("down", ("mlp", "embed"), (0,), self.kernel_init)
     y = self.add_bias(_mm(a_BxTxF, down, "btf,fe->bte", dt), "down_bias", ("embed",), (), self.mlp_bias)
     if self.parallel_residual:  # GPT-NeoX: x + attn(norm1(x)) + mlp(norm2(x))
@@ -391,7 +400,8 @@ class GPT(nn.Module):
               param_dtype=self.param_dtype)
     block = nn.remat(Block, prevent_cse=not self.scan) if self.remat else Block
     if self.scan:
-      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True}, length=self.depth,
+      stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},  # intermediates: rcjax.nn.importance
+                      split_rngs={"params": True}, length=self.depth,
                       unroll=min(max(self.unroll, 1), self.depth), metadata_params={nn.PARTITION_NAME: "layers"})
       x_BxTxE, _ = stack(**kw, name="blocks")(x_BxTxE, None)
     else:
@@ -440,7 +450,20 @@ def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], 
   now carry a_j, gets another 1/a_j in the final norm). (LayerNorm's mean cannot be
   kept this way: a non-integer embed ratio stays inexact there.)
 
-  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact, donate). With `opt_state` (an
+  Symmetry breaking (`split_rate`, `cancel_rate`, see `rcjax.symmetry`) is exact wherever the growth is:
+  every leaf it touches reads copies with identical activations (q, k, v, up, gate and an untied readout
+  read the normed residual stream along embed, o reads the attention output along heads and head_dim,
+  down the MLP activations). A tied table's leaf has fan-in vocab, so it is not split (the readout use
+  reads the final norm's copies with equal rows); the embed axis still splits through its readers.
+  The corrections above scale writers and norm scales, which no split touches.
+
+  Depth (`sizes['layers']`, scanned models only; `depth_mode=` as in `rcjax.transfer`): blocks are copied
+  along the `layers` axis; with `exact=True` the new blocks' `RESIDUAL_WRITERS` start at zero, so the
+  deeper model computes the same function in every style and parametrization. Apply the result with
+  `model.clone(depth=sizes['layers'])`.
+
+  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact, donate, depth_mode,
+  split_rate, cancel_rate). With `opt_state` (an
   optax state of these params) returns `(params, opt_state)`, both transferred with the same maps as
   `rcjax.transfer((params, opt_state), ...)` does; the corrections above go to the params only
   (rescaling an entry's Adam moments with it, m by 1/s and v by 1/s^2, would leave Adam's step
@@ -448,44 +471,60 @@ def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], 
   """
   from rcjax.transfer import transfer as rc_transfer
 
+  if "layers" in sizes:
+    if not model.scan or "blocks" not in params:
+      raise ValueError("a depth transfer (sizes['layers']) needs a scanned GPT (scan=True, params['blocks'] "
+                       "with a leading layers axis); this one has its blocks as separate leaves")
+    kwargs.setdefault("residual_writers", tuple(f"['blocks']['{n}']" for n in RESIDUAL_WRITERS
+                                                if n in params["blocks"]))
   if opt_state is not None:
     out, opt_out = rc_transfer((params, opt_state), key, sizes, **kwargs)
     return _corrected(model, params, out, key, kwargs), opt_out
   return _corrected(model, params, rc_transfer(params, key, sizes, **kwargs), key, kwargs)
 
 
-def _corrected(model: GPT, params: Any, out: Any, key: jax.Array, kwargs: dict) -> Any:
-  """`transfer`'s corrections of `out`, the leaf-wise transfer of `params`."""
+def scale_embed(box, s):
+  """`box` times s, a scalar or an (E',) vector along embed (the last axis of the leaf), in its dtype."""
+  return box.replace(value=(box.value.astype(jnp.float32) * s).astype(box.value.dtype))
+
+
+def tied_readout_factor(old_embed, new_embed, key: jax.Array, kwargs: dict) -> tuple:
+  """`(exact, counts, s)` for a tied (vocab, embed) table transferred from `old_embed` to `new_embed`:
+  the readout use sums over the new embed axis, counting source neuron j c_j times, so the norm that
+  feeds the readout absorbs s = mult_old / (mult_new * c_j) per entry (c_j the copy count with
+  `exact=True`, else the scalar N / N'). counts: the (E',) copy counts (None unless exact)."""
   from rcjax.transfer import index_maps
 
-  e_old, e_new = params["embed"].shape[1], out["embed"].shape[1]
-  if e_old == e_new:
-    return out
-  a = model.arch()
-  exact = kwargs.get("exact") and e_new > e_old
+  e_old, e_new = old_embed.shape[1], new_embed.shape[1]
+  exact = bool(kwargs.get("exact")) and e_new > e_old
   counts = None
   if exact:
     m = index_maps(key, {"embed": e_old}, {"embed": e_new}, kwargs.get("sampler", "stratified"))["embed"]
     counts = jnp.bincount(m, length=e_old)[m].astype(jnp.float32)
+  ratio = pz.multiplier(old_embed.replace(fan_in=(1,))) / pz.multiplier(new_embed.replace(fan_in=(1,)))
+  return exact, counts, (ratio / counts if exact else ratio * e_old / e_new)
 
-  def scale(box, s):  # multiply by s, a scalar or an (E',) vector along embed (the last axis of every leaf here)
-    return box.replace(value=(box.value.astype(jnp.float32) * s).astype(box.value.dtype))
 
+def _corrected(model: GPT, params: Any, out: Any, key: jax.Array, kwargs: dict) -> Any:
+  """`transfer`'s corrections of `out`, the leaf-wise transfer of `params`."""
+  e_old, e_new = params["embed"].shape[1], out["embed"].shape[1]
+  if e_old == e_new:
+    return out
+  a = model.arch()
+  exact, counts, s = tied_readout_factor(params["embed"], out["embed"], key, kwargs)
   final = dict(out["final"])
   if a["tied"]:
-    ratio = pz.multiplier(params["embed"].replace(fan_in=(1,))) / pz.multiplier(out["embed"].replace(fan_in=(1,)))
-    s = ratio / counts if exact else ratio * e_old / e_new
-    final = {k: scale(v, s) for k, v in final.items()}
+    final = {k: scale_embed(v, s) for k, v in final.items()}
   if exact and a["norm"] == "rmsnorm" and e_new % e_old:
     amp = jnp.sqrt(e_new / (e_old * counts))
-    out = dict(out, embed=scale(out["embed"], amp))
+    out = dict(out, embed=scale_embed(out["embed"], amp))
     blocks = dict(out["blocks"])
     for name in ("o", "down", "o_bias", "down_bias"):
       if name in blocks:
-        blocks[name] = scale(blocks[name], amp)
+        blocks[name] = scale_embed(blocks[name], amp)
     for name in ("attn_norm_scale", "mlp_norm_scale"):
-      blocks[name] = scale(blocks[name], 1.0 / amp)
+      blocks[name] = scale_embed(blocks[name], 1.0 / amp)
     out["blocks"] = blocks
     # the final norm's output copies; tied, the readout rows carry a_j too (the embedding was scaled)
-    final["norm_scale"] = scale(final["norm_scale"], 1.0 / amp ** 2 if a["tied"] else 1.0 / amp)
+    final["norm_scale"] = scale_embed(final["norm_scale"], 1.0 / amp ** 2 if a["tied"] else 1.0 / amp)
   return {**out, "final": final}
