@@ -21,6 +21,7 @@ from rcjax.parametrization import (
     sgd,
 )
 from rcjax.rc import RC, boxes, is_rc, sizes, unbox, width_axes
+from rcjax.symmetry import copy_spread
 from rcjax.transfer import apply_maps, grow, index_maps, inverse_maps, shrink, transfer
 
 # Submodules that `import rcjax` does not load (orbax, safetensors, matplotlib behind them), imported on
@@ -41,7 +42,8 @@ def __dir__():
 
 
 __all__ = [
-    "RC", "adamw", "annotate", "apply_maps", "boxes", "effective", "grow", "index_maps", "init_scale", "inverse_maps", "is_rc",
+    "RC", "adamw", "annotate", "apply_maps", "boxes", "copy_spread", "effective", "grow", "index_maps",
+    "init_scale", "inverse_maps", "is_rc",
     "leaf_class", "lr_multiplier", "multiplier", "nn", "sample", "scale_by_parametrization", "sgd",
     "shrink", "sizes", "transfer", "unbox", "width_axes",
 ]

@@ -57,6 +57,10 @@ def parse(argv: Sequence[str] | None, direction: str) -> argparse.Namespace:
                   "middle) or kept (shrink: stride (default), first, last); see docs/depth.md")
   ap.add_argument("--random-rate", type=float, default=0.0, help="r1: fraction of fresh neurons")
   ap.add_argument("--norm-rate", type=float, default=0.0, help="r2: noise relative to each leaf's RMS")
+  ap.add_argument("--split-rate", type=float, default=0.0,
+                  help="unequal fan-out split of copied neurons (keeps the function; docs/symmetry.md)")
+  ap.add_argument("--cancel-rate", type=float, default=0.0,
+                  help="cancelling noise on copied neurons' fan-out, relative to each leaf's RMS (keeps the function)")
   ap.add_argument("--exact", action="store_true", help="count-corrected sampling (exact for any ratio of "
                   "mlp, heads, kv_heads)")
   ap.add_argument("--sampler", default="stratified", choices=("stratified", "iid", "stride") + (
@@ -224,6 +228,8 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       raise ValueError("SRC and DST are the same directory")
     if not 0 <= args.random_rate <= 1 or args.norm_rate < 0:
       raise ValueError("--random-rate must be in [0, 1] and --norm-rate >= 0")
+    if not (0 <= args.split_rate < float("inf") and 0 <= args.cancel_rate < float("inf")):
+      raise ValueError("--split-rate and --cancel-rate must be finite and >= 0")
     cfg_path = os.path.join(args.src, "config.json")
     if not os.path.isfile(cfg_path):
       raise FileNotFoundError(f"{args.src}: no such directory" if not os.path.isdir(args.src) else
@@ -286,6 +292,7 @@ def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
       grown = transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
                        norm_rate=args.norm_rate, exact=args.exact, donate=True,
                        depth_mode=args.depth_mode if "layers" in target else None,
+                       split_rate=args.split_rate, cancel_rate=args.cancel_rate,
                        **({} if scores is None else {"scores": scores}))
     else:
       grown = params

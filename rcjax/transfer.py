@@ -17,6 +17,8 @@ per-leaf learning rates satisfy, for every leaf class,
 With integer factors k this holds for mean-field and muP, under SGD (with or without momentum) and
 under Adam; it fails for SP and NTK, whose learning dynamics are not width-consistent (e.g. SP input
 weights would need lr'/lr = k). tests/test_optimizer_transfer.py checks all eight pairs.
+
+`split_rate` / `cancel_rate` break that symmetry and keep the function (`rcjax.symmetry`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from rcjax.maps import (SCORE_SAMPLERS, _check_blocks, _check_key, _check_sample
                         check_scores, index_maps, inverse_maps, tree_blocks)
 from rcjax.sharding import constrain, fit_spec, gather_plan, leaf_shardings, spec_tuple
 from rcjax.rc import RC, _axes_info, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
+from rcjax.symmetry import break_symmetry, split_factors
 
 # Optimizer-state fields holding gradient statistics: power 1 (linear in the gradient) or 2 (squared):
 # momentum, Adam/Lion/AdaBelief `mu`, `nu`, AMSGrad `nu_max`, Adagrad/RSS `sum_of_squares`, Adadelta `e_g`.
@@ -72,7 +75,7 @@ def _check_fields(tree) -> None:
 
 def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float,
               repeats: dict[str, int], sharding: NamedSharding | None = None, pallas: tuple = (False, False),
-              trusted: bool = True, zero_new: jax.Array | None = None):
+              trusted: bool = True, zero_new: jax.Array | None = None, sym: tuple = (None, 0.0, None)):
   # width dims and the depth axis (fixed, but mapped by a depth transfer: gathered, never rescaled)
   mapped = [d for d, a in enumerate(box.axes) if a in maps and (box.base[d] is not None or a == DEPTH_AXIS)]
   if not mapped:
@@ -128,6 +131,9 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
     x = (x.astype(jnp.float32) * factor).astype(box.value.dtype)
 
   leaf_key = jax.random.fold_in(key, path_hash("leaf/" + path))
+  rho, cancel, old_sizes = sym  # function-preserving symmetry breaking (rcjax.symmetry)
+  if rho is not None or cancel > 0:
+    x = break_symmetry(x, box, power, mapped, maps, old_sizes, rho, cancel, jax.random.fold_in(leaf_key, 2))
   if not jnp.issubdtype(x.dtype, jnp.inexact):  # masks, counters: gathered, never noised or drawn afresh
     r2, fresh = 0.0, None
   if r2 > 0 and power == 0:
@@ -158,17 +164,20 @@ def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: b
 
 def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, repeats: tuple = (),
            shardings: tuple = (), pallas: tuple = (False, False), trusted: bool = True, unsorted: tuple = (),
-           depth: tuple | None = None):
+           depth: tuple | None = None, split: float = 0.0, cancel: float = 0.0):
   """Every RC leaf of `tree` mapped (`_map_leaf`). `trusted`: the maps are sorted and in bounds, as
   `index_maps` draws them (the gathers are promised both); False where that is not known (`apply_maps`
   given traced or unsorted maps), and for leaves with an axis in `unsorted`. `depth`: `(new, writers)`
   of an exact depth growth: params and first moments of leaves whose path ends with one of `writers`
-  are zero in the new blocks (bool mask `new`); second moments keep their copies."""
+  are zero in the new blocks (bool mask `new`); second moments keep their copies. `split`, `cancel`:
+  the split and cancel rates of `transfer` (width axes only)."""
   old = width_axes(tree)
   repeats, shardings = dict(repeats), dict(shardings)
   counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items()
              if name not in repeats and name in old} if exact else {})
   new, writers = (jnp.asarray(depth[0]), depth[1]) if depth else (None, ())
+  width_maps = {name: m for name, m in maps.items() if name in old}
+  sym = (split_factors(key, width_maps, old, split) if split > 0 else None, cancel, old)
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)
   out = []
   for path, leaf in flat:
@@ -177,7 +186,7 @@ def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, r
       path = jax.tree_util.keystr(path)
       zero = power < 2 and DEPTH_AXIS in leaf.axes and any(path.endswith(w) for w in writers)
       leaf = _map_leaf(leaf, path, power, maps, counts, fresh, key, exact, r2, repeats, shardings.get(path),
-                       pallas, trusted and not set(leaf.axes) & set(unsorted), new if zero else None)
+                       pallas, trusted and not set(leaf.axes) & set(unsorted), new if zero else None, sym)
     out.append(leaf)
   return jax.tree.unflatten(treedef, out)
 
@@ -391,7 +400,7 @@ def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
 
 
 def _transfer_impl(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings,
-                   pallas=(False, False), depth=None, scores=None):
+                   pallas=(False, False), depth=None, scores=None, split=0.0, cancel=0.0):
   maps = _maps(key, old, new, sampler, blocks, scores)
   # Maps of axes in blocks per a mapped axis repeat whole blocks in the outer map's order: not sorted
   # ([0, 1, 0, 1, 2, 3, 2, 3] for query heads when kv heads double), so their gathers are promised nothing.
@@ -428,11 +437,11 @@ def _transfer_impl(tree, key, *, old, new, sampler, r1, r2, exact, moment, block
       repeats += ((DEPTH_AXIS, k),)
     zero = (depth[2], depth[3]) if depth[3] else None
   return _apply(tree, maps, fresh, key, exact, r2, moment, repeats, shardings, pallas, unsorted=unsorted,
-                depth=zero)
+                depth=zero, split=split, cancel=cancel)
 
 
 _TRANSFER_STATIC = ("old", "new", "sampler", "r1", "r2", "exact", "moment", "blocks", "shardings", "pallas",
-                    "depth")
+                    "depth", "split", "cancel")
 _transfer_jit = jax.jit(_transfer_impl, static_argnames=_TRANSFER_STATIC)
 _transfer_jit_donated = jax.jit(_transfer_impl, static_argnames=_TRANSFER_STATIC, donate_argnums=0)
 
@@ -475,7 +484,8 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
              random_rate: float = 0.0, norm_rate: float = 0.0, exact: bool = False,
              check_finite: bool = False, moment: int | None = None, donate: bool = False,
              depth_mode: str | None = None, residual_writers: tuple[str, ...] = (),
-             scores: Mapping[str, Any] | None = None, _direction: str = "transfer") -> Any:
+             scores: Mapping[str, Any] | None = None, split_rate: float = 0.0, cancel_rate: float = 0.0,
+             _direction: str = "transfer") -> Any:
   """Transfer a pytree of RC leaves to new sizes of its width axes (grow or shrink, per axis), and of
   the depth of its scanned stacks (`sizes['layers']`, see `rcjax.depth`).
 
@@ -501,6 +511,12 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
       "['blocks']['o']") of the leaves that write into the residual stream; in the new blocks they
       (and their first moments) are zero, so each new block is the identity (LLaMA Pro). Model layers
       know them: `rcjax.nn.gpt.transfer` passes the GPT's.
+    split_rate: s >= 0: unequal fan-out split of neurons with >= 2 copies (LEMON / Net2Net): the
+      fan-in entries of copy j times `rho_j = 1 + s * (z_j - mean over the copies)`, z ~ N(0, 1) per axis;
+      first moments along the copies' fan-out dims scale by rho_j, second moments by rho_j**2. Keeps the
+      function (see `rcjax.symmetry`, docs/symmetry.md).
+    cancel_rate: r >= 0: noise of std r * RMS(leaf) on those fan-in entries, centred over the copies of
+      each source neuron so it cancels (HyperCloning); params only. Keeps the function.
     donate: the caller gives `params` up (e.g. `params = rcjax.grow(params, key, donate=True)`): leaves
       that no transferred axis touches (and non-RC leaves, such as an optimizer's step count) are
       returned as they are instead of copied, and the arrays of the others are donated to the jitted
@@ -535,10 +551,11 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   growing = _direction == "transfer" and all(n >= all_sizes[k] for k, n in target.items())
   _check_blocks(blocks, all_sizes, target,
                 "exact=True" if exact else "transfer (no axis shrinks)" if growing else _direction)
-  for name, value, lo, hi in (("random_rate", random_rate, 0.0, 1.0), ("norm_rate", norm_rate, 0.0, math.inf)):
+  for name, value, lo, hi in (("random_rate", random_rate, 0.0, 1.0), ("norm_rate", norm_rate, 0.0, math.inf),
+                              ("split_rate", split_rate, 0.0, math.inf), ("cancel_rate", cancel_rate, 0.0, math.inf)):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
       raise TypeError(f"{name} must be a number, got {value!r}")
-    if not (lo <= value <= hi) or math.isnan(value) or (name == "norm_rate" and math.isinf(value)):
+    if not (lo <= value <= hi) or math.isnan(value) or (hi == math.inf and math.isinf(value)):
       raise ValueError(f"{name} must be in [{lo}, {hi}{']' if hi < math.inf else ')'}, got {value}")
   if exact:
     if sampler == "iid":
@@ -557,7 +574,8 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   need = set(target) | {v for v in blocks.values() if isinstance(v, str)}
   kw = dict(old=tuple(sorted((k, all_sizes[k]) for k in need)), new=new, sampler=sampler,
             r1=float(random_rate), r2=float(norm_rate), exact=bool(exact), moment=moment,
-            blocks=tuple(sorted(blocks.items())), pallas=kernels.settings(), depth=depth)
+            blocks=tuple(sorted(blocks.items())), pallas=kernels.settings(), depth=depth,
+            split=float(split_rate), cancel=float(cancel_rate))
   if sampler in SCORE_SAMPLERS:
     kw["scores"] = scores
   if donate:
@@ -570,12 +588,14 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
 def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,
          sampler: str = "stratified", random_rate: float = 0.0, norm_rate: float = 0.0,
          exact: bool = False, check_finite: bool = False, moment: int | None = None,
-         donate: bool = False, depth_mode: str | None = None, residual_writers: tuple[str, ...] = ()) -> Any:
+         donate: bool = False, depth_mode: str | None = None, residual_writers: tuple[str, ...] = (),
+         split_rate: float = 0.0, cancel_rate: float = 0.0) -> Any:
   """Grow every width axis by `factor` (default 2), or the axes named in `sizes`.
 
   Pure and jit-compiled (sizes static). With the default sampler and an integer factor the grown model
   computes the same function under every parametrization; `exact=True` makes any ratio exact.
   `sizes['layers']` grows the depth of scanned stacks (`depth_mode`, `residual_writers`: see `transfer`).
+  `split_rate`, `cancel_rate` break the symmetry of the copies and keep the function (see `transfer`).
 
   >>> import jax.numpy as jnp
   >>> from rcjax import RC
@@ -586,7 +606,8 @@ def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Map
   target = _target_sizes(params, factor, sizes, "grow")
   return transfer(params, key, target, sampler=sampler, random_rate=random_rate, norm_rate=norm_rate,
                   exact=exact, check_finite=check_finite, moment=moment, donate=donate, depth_mode=depth_mode,
-                  residual_writers=residual_writers, _direction="grow")
+                  residual_writers=residual_writers, split_rate=split_rate, cancel_rate=cancel_rate,
+                  _direction="grow")
 
 
 def shrink(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,

@@ -390,7 +390,7 @@ def test_train_gpt_starts_from_an_hf_checkpoint(tmp_path, case, width):
   src = str(tmp_path / "src")
   write_tiny(src, model_type, **{**kw, "vocab": 128})  # byte tokens of the markov language need 113
   flags = ["--transfer-from", src, "--dtype", "float32", "--steps", "4", "--log-every", "2",
-           "--progress", "false"] + (["--width", str(width)] if width else [])
+           "--progress", "false", "--dataset", "markov"] + (["--width", str(width)] if width else [])
   cfg, _ = tg.parse(flags)
   assert cfg.param == "mup" and cfg.base_width == 32 and cfg.width == (width or 32)
   model = tg.build_model(cfg)

@@ -38,7 +38,7 @@ def run_two(cmd: list[str], extra=lambda i: [], returncode: int = 0) -> list[str
 def test_two_processes_agree_on_the_loss(tmp_path):
   out = str(tmp_path / "run")
   port = free_port()
-  cmd = [sys.executable, "-m", "train.gpt", "--width", "32", "--seq-len", "16", "--batch-size", "8",
+  cmd = [sys.executable, "-m", "train.gpt", "--dataset", "markov", "--width", "32", "--seq-len", "16", "--batch-size", "8",
          "--steps", "3", "--log-every", "1", "--dtype", "float32", "--mesh", "data=2,fsdp=2,tensor=2",
          "--progress", "false", "--out", out, "--coordinator", f"localhost:{port}", "--num-processes", "2"]
   outs = run_two(cmd)
@@ -78,7 +78,7 @@ def test_two_processes_grow_an_hf_checkpoint_shard_by_shard(tmp_path):
 def test_processes_started_with_other_flags_all_stop_with_one_clear_error(tmp_path):
   # Another --seed on process 1 alone used to train a silent mix of two runs; now both processes refuse.
   port = free_port()
-  cmd = [sys.executable, "-m", "train.gpt", "--width", "32", "--seq-len", "16", "--batch-size", "8", "--steps", "2",
+  cmd = [sys.executable, "-m", "train.gpt", "--dataset", "markov", "--width", "32", "--seq-len", "16", "--batch-size", "8", "--steps", "2",
          "--progress", "false", "--out", str(tmp_path / "run"), "--coordinator", f"localhost:{port}",
          "--num-processes", "2"]
   outs = run_two(cmd, extra=lambda i: ["--seed", str(5 * i)], returncode=2)

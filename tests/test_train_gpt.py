@@ -22,7 +22,8 @@ from train import gpt
 from train.gpt import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(width=32, depth=2, heads=4, seq_len=16, batch_size=8, log_every=1, progress=False, dtype="float32")
+TINY = dict(width=32, depth=2, heads=4, seq_len=16, batch_size=8, log_every=1, progress=False, dtype="float32",
+            dataset="markov")  # the synthetic language (exact floor), not the default real text
 
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -183,12 +184,17 @@ def test_bad_flags_fail_before_training(capsys):
 
 def test_grow_mid_training_keeps_a_tied_sp_gpt2(tmp_path):
   # GPT-2 in SP with tied embeddings: the leaf-wise rules alone double the readout's sum over a doubled
-  # embed; train.gpt grows through rcjax.nn.gpt.transfer, whose final-norm correction keeps the loss.
+  # embed; train.gpt grows through rcjax.nn.gpt.transfer, whose final-norm correction keeps the loss,
+  # also with the function-preserving symmetry breaking; copy_spread is logged from the growth on.
   out = str(tmp_path / "run")
-  gpt.run(Config(**TINY, param="sp", steps=2, grow_at=1, grow_to=64, out=out))
-  grow = [r for r in metrics(out) if r.get("event") == "grow"][0]
+  gpt.run(Config(**TINY, param="sp", steps=2, grow_at=1, grow_to=64, split_rate=0.5, cancel_rate=0.5, out=out))
+  recs = metrics(out)
+  grow = [r for r in recs if r.get("event") == "grow"][0]
   assert grow["sizes"]["embed"] == 64
   np.testing.assert_allclose(grow["loss_after"], grow["loss_before"], rtol=1e-5)
+  steps = {r["step"]: r for r in recs if "loss" in r and "event" not in r}
+  assert "copy_spread" not in steps[1] and set(steps[2]["copy_spread"]) == {"embed", "heads", "kv_heads", "mlp"}
+  assert all(v > 0 for v in steps[2]["copy_spread"].values())
 
 
 def test_kill_resume_and_loss_floor(tmp_path):
@@ -196,8 +202,8 @@ def test_kill_resume_and_loss_floor(tmp_path):
   from the last complete checkpoint, logs bitwise the same losses as before the kill, and ends near the
   language's entropy floor."""
   out = str(tmp_path / "run")
-  args = ["--width", "32", "--seq-len", "16", "--batch-size", "32", "--steps", "150", "--lr", "1e-2",
-          "--markov-order", "1", "--markov-symbols", "8", "--ckpt-every", "10", "--log-every", "1",
+  args = ["--dataset", "markov", "--width", "32", "--seq-len", "16", "--batch-size", "32", "--steps", "150",
+          "--lr", "1e-2", "--markov-order", "1", "--markov-symbols", "8", "--ckpt-every", "10", "--log-every", "1",
           "--dtype", "float32", "--progress", "false", "--out", out]
   cmd = [sys.executable, "-m", "train.gpt"] + args
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",

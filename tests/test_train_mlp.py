@@ -89,9 +89,10 @@ def test_bias_settings(bias, check):
 def test_exact_transfer_mid_training_keeps_the_loss_then_trains(source, tmp_path):
   src, src_lines = source
   lines = mlp.run(cfg(tmp_path / "t64", width=64, epochs=4, transfer_from=str(src), transfer_epoch=2,
-                      exact=True))
+                      exact=True, split_rate=0.5, cancel_rate=0.5))  # (the symmetry breaking keeps the loss too)
   assert [m["epoch"] for m in lines] == [0, 1, 2, 2, 3, 4]  # continuous in epoch
   before, after = lines[2], lines[3]
+  assert (after["split_rate"], after["cancel_rate"]) == (0.5, 0.5)
   assert before == src_lines[2] and after["event"] == "transfer"
   assert (before["width"], after["width"], after["from_width"]) == (16, 64, 16)
   np.testing.assert_allclose(after["test_loss"], before["test_loss"], rtol=1e-5)

@@ -7,6 +7,7 @@
     python -m train.gpt --preset tiny --width 128 --transfer-from runs/tiny --out runs/from_tiny
     python -m train.gpt --transfer-from gpt2-x2 --steps 100 --out runs/gpt2-x2   # an HF directory
     python -m train.gpt --preset gpt-small --steps 50 --log-every 10               # GPU: tokens/s, MFU
+    python -m train.gpt --preset tiny --dataset markov --out runs/markov   # synthetic: an exact loss floor
     python -m train.gpt --preset tiny --dataset tiny_shakespeare --out runs/shakespeare   # TFDS, bytes
     # two hosts (or two local processes; each sees its own devices):
     python -m train.gpt --preset tiny --coordinator HOST:1234 --num-processes 2 --process-id 0 --out D
@@ -39,8 +40,9 @@ import rcjax
 from rcjax import sharding
 from rcjax.checkpoint import Checkpointer
 from rcjax.depth import GROW_MODES, depth_map
+from rcjax.maps import tree_blocks
 from rcjax.rc import is_rc, leaves_with_paths
-from train.text_data import DATASETS, TextData
+from train.text_data import DATASETS, TextData, default_dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,9 @@ class Config:
   fuse_projections: bool = False  # q/k/v (and SwiGLU up/gate) as one matmul each; same params (see rcjax.nn.GPT)
   mesh: str = "data=-1"         # device mesh, e.g. data=2,fsdp=2,tensor=2 (-1: the rest)
   seed: int = 0                 # init, data order and transfer keys
-  dataset: str = "markov"       # markov (offline synthetic language) | tiny_shakespeare | lm1b (TFDS)
+  dataset: str = default_dataset()  # shakespeare (offline real text, held out by play; the default where
+                                # installed) | markov (synthetic, exact floor; the default otherwise) |
+                                # tiny_shakespeare | lm1b (TFDS)
   markov_order: int = 2         # markov data: tokens of context
   markov_symbols: int = 16      # markov data: alphabet size
   markov_alpha: float = 0.2     # markov data: Dirichlet concentration (smaller: more predictable)
@@ -98,7 +102,13 @@ class Config:
   grow_depth_mode: str = "stack"  # stack | interleave | middle (rcjax.depth); exact with --grow-exact
   random_rate: float = 0.0      # r1 of growth / transfer
   norm_rate: float = 0.0        # r2 of growth / transfer
+  split_rate: float = 0.0       # growth / transfer: unequal fan-out split of copies (keeps the function)
+  cancel_rate: float = 0.0      # growth / transfer: cancelling noise on copies' fan-out (docs/symmetry.md)
   grow_exact: bool = False      # count-corrected growth (exact for any ratio where the math allows)
+  grow_warmup: int = 0          # after growth, re-warm the lr linearly over this many steps (0: the run's
+                                # schedule continues)
+  grow_opt: str = "transfer"    # AdamW state at growth: transfer (grown with the params) | reset-nu (second
+                                # moments zeroed) | reset (both moments and Adam's count zeroed; lr schedule kept)
   transfer_from: str = ""       # start from another run's last checkpoint, or a HuggingFace checkpoint
                                 # directory (its architecture; --width transfers it), at this width
   peak_flops: float = 0.0       # peak FLOP/s per device for MFU (0: from the device kind table)
@@ -215,7 +225,11 @@ def lr_schedule(cfg: Config):
   step `warmup` is at the peak and the last step at min_lr * lr."""
   base = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup, 1), max(cfg.steps, cfg.warmup + 1),
                                             cfg.lr * cfg.min_lr)
-  return lambda count: base(count + 1)
+  if not (cfg.grow_at and cfg.grow_warmup):
+    return lambda count: base(count + 1)
+  # --grow-warmup: steps grow_at + 1 .. grow_at + grow_warmup run at (s - grow_at) / grow_warmup of it.
+  rewarm = lambda s: jnp.clip((s - cfg.grow_at) / cfg.grow_warmup, 0.0, 1.0)
+  return lambda count: base(count + 1) * jnp.where(count + 1 > cfg.grow_at, rewarm(count + 1), 1.0)
 
 
 def build_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -411,6 +425,7 @@ def _initial_state(cfg, model, tx, mesh, ckpt, log):
     target = _changed(rcjax.width_axes(abstract), params)
     params = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(key, 7), target,
                                    random_rate=cfg.random_rate, norm_rate=cfg.norm_rate,
+                                   split_rate=cfg.split_rate, cancel_rate=cfg.cancel_rate,
                                    exact=cfg.grow_exact and all(
                                        n >= rcjax.sizes(params)[k] for k, n in target.items()))
     params = jax.device_put(params, sharding.shardings(params, mesh))
@@ -436,7 +451,8 @@ def _from_hf(cfg: Config, model, abstract, mesh, key) -> Any:
   target = _changed(rcjax.width_axes(abstract), params)
   if target:
     params = rcjax.nn.gpt.transfer(model, params, key, target, random_rate=cfg.random_rate,
-                                   norm_rate=cfg.norm_rate, exact=cfg.grow_exact)
+                                   norm_rate=cfg.norm_rate, exact=cfg.grow_exact, split_rate=cfg.split_rate,
+                                   cancel_rate=cfg.cancel_rate)
   return jax.device_put(params, sharding.shardings(params, mesh))
 
 
@@ -451,7 +467,8 @@ def validate(cfg: Config) -> None:
                                ("dataset", cfg.dataset, DATASETS), ("tied", cfg.tied, ("auto", "yes", "no")),
                                ("attention", cfg.attention, ("auto", "xla", "cudnn")),
                                ("dtype", cfg.dtype, ("bfloat16", "float32")),
-                               ("residual_dtype", cfg.residual_dtype, ("float32", "compute"))):
+                               ("residual_dtype", cfg.residual_dtype, ("float32", "compute")),
+                               ("grow_opt", cfg.grow_opt, ("transfer", "reset-nu", "reset"))):
     if value not in choices:
       raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
   rcjax.parametrization.parse_init(cfg.init)
@@ -459,10 +476,11 @@ def validate(cfg: Config) -> None:
     if getattr(cfg, name) <= 0:
       raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
   for name in ("kv_heads", "head_dim", "mlp", "base_width", "grow_at", "grow_to", "grow_to_depth", "ckpt_every", "keep",
-               "eval_every", "warmup", "markov_order"):
+               "eval_every", "warmup", "markov_order", "grow_warmup"):
     if getattr(cfg, name) < 0:
       raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-  for name, lo, hi in (("random_rate", 0, 1), ("norm_rate", 0, math.inf), ("lr", 0, math.inf),
+  for name, lo, hi in (("random_rate", 0, 1), ("norm_rate", 0, math.inf), ("split_rate", 0, math.inf),
+                       ("cancel_rate", 0, math.inf), ("lr", 0, math.inf),
                        ("min_lr", 0, math.inf), ("clip", 0, math.inf), ("weight_decay", 0, math.inf)):
     if not lo <= getattr(cfg, name) <= hi:
       raise ValueError(f"{name} must be in [{lo}, {hi}], got {getattr(cfg, name)}")
@@ -552,6 +570,7 @@ def run(cfg: Config) -> dict:
 
   params, opt_state, start, flops_done = _initial_state(cfg, model, tx, mesh, ckpt, log)
   model = _at_depth(model, cfg, params)  # a run resumed after a depth growth
+  spread_maps = _spread_maps(cfg, params, start)  # copy_spread is logged after a growth / transfer
   trainer = Trainer(model, tx, mesh, params, opt_state)
   save_steps = _save_steps(cfg)
   peak, n_dev = peak_flops(cfg), jax.device_count()
@@ -590,10 +609,13 @@ def run(cfg: Config) -> dict:
         rec.update(tokens_per_s=tps, mfu=(tps * fpt / (peak * n_dev)) if peak else None)
         speeds.append(rec)
       t_last, steps_since, paused = now, 0, 0.0
+      if spread_maps:
+        rec["copy_spread"] = rcjax.copy_spread(params, spread_maps)
       log(rec)
       bar.set_postfix(loss=f"{loss_v:.3f}")
     if cfg.grow_at and step == cfg.grow_at and _growth_sizes(cfg, params):
       params, opt_state, trainer, rec, model = _grow(cfg, params, opt_state, model, tx, mesh, data, step)
+      spread_maps = _spread_maps(cfg, params, step)
       fpt = flops_per_token(params, cfg.seq_len)
       log(rec)  # (before saving: the checkpoint of this step holds the grown state)
       t_last = None
@@ -679,15 +701,50 @@ def _grow(cfg, params, opt_state, model, tx, mesh, data, step):
   params, opt_state = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(jax.random.key(cfg.seed), step),
                                             sizes, opt_state=opt_state, random_rate=cfg.random_rate,
                                             norm_rate=cfg.norm_rate, exact=cfg.grow_exact,
-                                            depth_mode=cfg.grow_depth_mode if "layers" in sizes else None)
+                                            depth_mode=cfg.grow_depth_mode if "layers" in sizes else None,
+                                            split_rate=cfg.split_rate, cancel_rate=cfg.cancel_rate)
   # grow keeps each leaf's mesh axes; put any leaf the rules shard differently at the new sizes on its rule.
   params = jax.device_put(params, sharding.shardings(params, mesh))
-  opt_state = jax.device_put(opt_state, sharding.shardings(opt_state, mesh))
+  opt_state = jax.device_put(reset_adam(opt_state, cfg.grow_opt), sharding.shardings(opt_state, mesh))
   model = _at_depth(model, cfg, params)
   trainer = Trainer(model, tx, mesh, params, opt_state)
   after = float(trainer.loss(params, fixed))
   return params, opt_state, trainer, {"event": "grow", "step": step, "loss_before": before, "loss_after": after,
                                       "sizes": rcjax.sizes(params)}, model
+
+
+def _spread_maps(cfg: Config, params, step: int) -> dict | None:
+  """The index maps of the growth (`--grow-at`, done by `step`) or transfer (`--transfer-from` a run
+  directory) that made `params`, as `_grow` / `_initial_state` drew them (for `rcjax.copy_spread`);
+  None without one, or if the source was an HF checkpoint."""
+  key, blocks = jax.random.key(cfg.seed), tree_blocks(params)
+  if cfg.grow_at and step >= cfg.grow_at and cfg.grow_to:  # (a depth growth alone copies no neuron)
+    return rcjax.index_maps(jax.random.fold_in(key, cfg.grow_at), scaled_sizes(cfg, cfg.width),
+                            scaled_sizes(cfg, cfg.grow_to), blocks=blocks)
+  if cfg.transfer_from and hf_source(cfg.transfer_from) is None:
+    old = rcjax.width_axes(Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"),
+                                        read_only=True).params_template())
+    new = rcjax.width_axes(params)
+    if all(new[k] >= n for k, n in old.items()):
+      return rcjax.index_maps(jax.random.fold_in(key, 7), old, new, blocks=blocks)
+  return None
+
+
+def reset_adam(opt_state: Any, how: str) -> Any:
+  """The optimizer state with Adam's moments reset (`--grow-opt`): `transfer` keeps it, `reset-nu` zeroes
+  the second moments, `reset` both moments and Adam's bias-correction count (the lr schedule's count stays)."""
+  if how == "transfer":
+    return opt_state
+  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+  zero = lambda t: jax.tree.map(jnp.zeros_like, t)
+
+  def reset(x):
+    if not is_adam(x):
+      return x
+    if how == "reset-nu":
+      return x._replace(nu=zero(x.nu))
+    return x._replace(count=jnp.zeros_like(x.count), mu=zero(x.mu), nu=zero(x.nu))
+  return jax.tree.map(reset, opt_state, is_leaf=is_adam)
 
 
 def _open_metrics(path: str):

