@@ -3,22 +3,156 @@
 Orbax stores arrays; the RC metadata of every param leaf (axes, fan-in, base, parametrization, init) is
 stored beside them as JSON, so params restore as RC boxes without a model, at whatever width was saved.
 Saves are atomic (orbax writes a temporary folder and renames it), so a crash never leaves a partial
-checkpoint that `latest_step()` would return.
+checkpoint that `latest_step()` would return. Once orbax has finished a step, a digest of every file it
+wrote (sizes and SHA-256, which covers every array's bytes and the config) is written into the step folder
+(`rcjax-digest.json`, atomically, by process 0 only); restores verify it and raise `CorruptCheckpoint`
+naming the step and the file. See docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
 import json
 import logging
 import os
-from typing import Any
+import shutil
+import signal
+import tempfile
+import threading
+import warnings
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rcjax._cli import RuntimeFailure
 from rcjax.rc import RC, is_rc, leaves_with_paths, unbox
+
+DIGEST = "rcjax-digest.json"  # in each step folder, written after orbax finished the step
+_CHUNK = 1 << 22
+
+
+class CorruptCheckpoint(RuntimeFailure):
+  """A checkpoint step that fails its digest, is truncated, misses a file or cannot be read.
+  `step` and `path` (the file or step folder) name it; the message is one line."""
+
+  def __init__(self, step: int, path: str, what: str, message: str | None = None):
+    super().__init__(message or f"checkpoint step {step} is corrupt: {path}: {what}")
+    self.step, self.path = step, path
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+  """A step without a digest (saved by rcjax before digests, or killed between orbax's save and its
+  digest) was read without verification."""
+
+
+def kill_point(name: str, step: int) -> None:
+  """Test hook: SIGKILL this process at point `name` of step `step` when RCJAX_KILL_AT=name@step (used by
+  the kill-and-resume tests; a no-op otherwise)."""
+  if os.environ.get("RCJAX_KILL_AT") == f"{name}@{step}":
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(_CHUNK):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _files(step_dir: str) -> list[str]:
+  """Every file under a step folder (relative paths, sorted), the digest excepted."""
+  out = []
+  for root, _, names in os.walk(step_dir):
+    for n in names:
+      rel = os.path.relpath(os.path.join(root, n), step_dir)
+      if rel != DIGEST and not n.startswith("." + DIGEST):
+        out.append(rel)
+  return sorted(out)
+
+
+def config_digest(config: Any) -> str:
+  """SHA-256 of a config's canonical JSON (sorted keys)."""
+  return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def write_digest(step_dir: str, step: int, config: Any) -> None:
+  """Hash every file of a finished step folder and write `DIGEST` atomically (tmp file + rename)."""
+  files = {rel: [os.path.getsize(os.path.join(step_dir, rel)), _sha256(os.path.join(step_dir, rel))]
+           for rel in _files(step_dir)}
+  record = {"version": 1, "step": int(step), "algorithm": "sha256", "config": config_digest(config),
+            "files": files}
+  fd, tmp = tempfile.mkstemp(dir=step_dir, prefix="." + DIGEST)
+  with os.fdopen(fd, "w") as f:
+    json.dump(record, f, indent=0)
+    f.flush()
+    os.fsync(f.fileno())
+  kill_point("digest", step)
+  os.replace(tmp, os.path.join(step_dir, DIGEST))
+
+
+def verify_step(step_dir: str, step: int) -> dict | None:
+  """Check a step folder against its digest: the digest record, or None if it has none. Raises
+  `CorruptCheckpoint` for a missing, truncated, extra-long or changed file, or an unreadable digest."""
+  path = os.path.join(step_dir, DIGEST)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    files = record["files"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CorruptCheckpoint(step, path, f"unreadable digest ({type(e).__name__})") from None
+  for rel, (size, digest) in sorted(files.items()):
+    full = os.path.join(step_dir, rel)
+    if not os.path.exists(full):
+      raise CorruptCheckpoint(step, full, "missing")
+    n = os.path.getsize(full)
+    if n != size:
+      raise CorruptCheckpoint(step, full, f"{'truncated' if n < size else 'grown'} ({n} bytes, saved {size})")
+    if _sha256(full) != digest:
+      raise CorruptCheckpoint(step, full, "contents changed since it was saved (SHA-256 mismatch)")
+  return record
+
+
+def _disk_error(e: BaseException) -> int | None:
+  """The errno of a full or read-only disk behind an exception orbax or tensorstore raised (they wrap
+  it in other exceptions and messages), else None."""
+  seen = e
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES):
+      return seen.errno
+    text = str(seen)
+    if "No space left" in text or "RESOURCE_EXHAUSTED" in text:
+      return errno.ENOSPC
+    if "Read-only file system" in text:
+      return errno.EROFS
+    seen = seen.__cause__ or seen.__context__
+  return None
+
+
+def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
+  """Raise before any work if `path` (a directory, created later if missing) cannot be written: an
+  `OSError` (read-only or full disk, no permission) naming it, or ValueError if a parent is a file.
+
+  >>> check_writable(tempfile.mkdtemp())
+  """
+  path = os.path.abspath(os.fspath(path))
+  base = path
+  while not os.path.exists(base):
+    base = os.path.dirname(base)
+  if not os.path.isdir(base):
+    raise ValueError(f"{what} {path}: {base} is not a directory")
+  try:
+    fd, tmp = tempfile.mkstemp(dir=base, prefix=".rcjax-write-test-")
+    os.close(fd)
+    os.remove(tmp)
+  except OSError as e:
+    raise OSError(e.errno, os.strerror(e.errno or errno.EIO), f"{what} {path}") from None
 
 
 def leaf_metadata(params: Any, plain: bool = False) -> dict[str, dict]:
@@ -67,6 +201,12 @@ def _no_read_only_warning(record: logging.LogRecord) -> bool:
   return "Given directory is read only" not in message and "read_only=True" not in message
 
 
+def quiet_save_errors(record: logging.LogRecord) -> bool:
+  """A logging filter for absl's logger: drops orbax's traceback of a failed background save (the
+  `Checkpointer` raises it as one clear error at the next `save` or `wait`)."""
+  return "in background save thread" not in record.getMessage()
+
+
 def _jsonable(config: Any) -> Any:
   if dataclasses.is_dataclass(config) and not isinstance(config, type):
     return dataclasses.asdict(config)
@@ -85,9 +225,15 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = None, keep_steps=(),
-               read_only: bool = False):
-    """`max_to_keep`: keep the latest n steps (None: all), and besides them every step in `keep_steps`."""
+               read_only: bool = False, verify: bool = True):
+    """`max_to_keep`: keep the latest n steps (None: all), and besides them every step in `keep_steps`.
+    `verify`: check each step against its digest before reading it (`CorruptCheckpoint` if it fails);
+    a step without a digest is read with an `UnverifiedCheckpointWarning`."""
     self.directory = os.path.abspath(os.fspath(directory))
+    self.verify_reads = verify
+    self._verified: dict[int, dict | None] = {}
+    self._pending: threading.Thread | None = None
+    self._failure: BaseException | None = None
     kw: dict[str, Any] = dict(max_to_keep=max_to_keep)
     if max_to_keep is not None and keep_steps:
       from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
@@ -98,9 +244,15 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(create=not read_only, read_only=read_only, **kw)
     self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(int(step)))
+
   def save(self, step: int, *, params: Any, opt_state: Any = None, config: Any = None,
            extra: dict | None = None) -> None:
-    """Save asynchronously; call `wait()` before reading the files or exiting."""
+    """Save asynchronously; call `wait()` before reading the files or exiting. The digest is written in
+    a background thread once orbax has finished; a failed save (e.g. a full disk) raises at the next
+    `save` or `wait`, as an `OSError` for disk errors, and leaves no temporary folder behind."""
+    self.wait()
     items = {"params": ocp.args.StandardSave(unbox(params))}
     if opt_state is not None:
       items["opt_state"] = ocp.args.StandardSave(unbox(opt_state))
@@ -111,10 +263,47 @@ class Checkpointer:
       json.dumps(meta)
     except TypeError as e:  # else orbax fails later, in its background thread, leaving a tmp folder
       raise TypeError(f"Checkpointer.save: config/extra must be JSON data (dicts, lists, str, numbers): {e}") from None
-    self._mngr.save(int(step), args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items), force=True)
+    kill_point("save", step)
+    try:
+      self._mngr.save(int(step), args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items), force=True)
+    except Exception as e:  # noqa: BLE001 - orbax's synchronous part (directories, host copies)
+      self._raise_save_error(int(step), e)
+    kill_point("saving", step)
+    self._pending = threading.Thread(target=self._finish, args=(int(step), meta["config"]), daemon=True,
+                                     name=f"rcjax-digest-{step}")
+    self._pending.start()
+
+  def _finish(self, step: int, config: Any) -> None:
+    try:
+      self._mngr.wait_until_finished()
+      kill_point("saved", step)
+      if jax.process_index() == 0:
+        write_digest(self.step_dir(step), step, config)
+    except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by wait()
+      self._failure = (step, e)
+
+  def _raise_save_error(self, step: int, e: BaseException):
+    """Remove what the failed save of `step` left, and raise one clear error."""
+    if jax.process_index() == 0:
+      for name in os.listdir(self.directory) if os.path.isdir(self.directory) else ():
+        if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    code = _disk_error(e)
+    if code is not None:
+      raise OSError(code, os.strerror(code), f"{self.directory} (saving checkpoint step {step})") from e
+    if isinstance(e, OSError):
+      raise e
+    raise RuntimeFailure(f"saving checkpoint step {step} in {self.directory} failed: "
+                         f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
 
   def wait(self) -> None:
-    self._mngr.wait_until_finished()
+    """Block until the last save (and its digest) is written; raise its error if it failed."""
+    if self._pending is not None:
+      self._pending.join()
+      self._pending = None
+    if self._failure is not None:
+      (step, e), self._failure = self._failure, None
+      self._raise_save_error(step, e)
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -122,10 +311,88 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._mngr.all_steps())
 
+  def verify(self, step: int) -> bool:
+    """Check step `step` against its digest: True if it verifies, False if it has no digest (saved before
+    rcjax wrote digests, or the process stopped between orbax's save and the digest). Raises
+    `CorruptCheckpoint` (one line naming the step and the file) if a file is missing, truncated or changed."""
+    step = int(step)
+    if step not in self._verified:
+      self.wait()
+      record = verify_step(self.step_dir(step), step)
+      if record is not None:
+        meta = self._read_meta(step)
+        if record.get("config") != config_digest(meta.get("config")):
+          raise CorruptCheckpoint(step, self.step_dir(step), "config differs from its digest")
+      self._verified[step] = record
+    return self._verified[step] is not None
+
+  def latest_good_step(self, report: Callable[[str], None] | None = None) -> int | None:
+    """The newest step that verifies, or that has no digest but whose metadata reads (None if the
+    directory holds no step). Each corrupt step on the way is reported in one line through `report`.
+    Raises `CorruptCheckpoint` if every step is corrupt."""
+    steps = sorted(self.all_steps(), reverse=True)
+    first = None
+    for step in steps:
+      try:
+        verified = self.verify(step)
+        self._read_meta(step)
+        if report and not verified:
+          report(f"checkpoint step {step} has no digest ({DIGEST}): reading it unverified")
+        if first is not None and report:
+          report(f"falling back to checkpoint step {step}, the newest that verifies")
+        return step
+      except CorruptCheckpoint as e:
+        first = first or e
+        if report:
+          report(str(e))
+        continue
+    return None if first is None else self._none_verifies(first, steps)
+
+  def _none_verifies(self, first: CorruptCheckpoint, steps: list[int]):
+    raise CorruptCheckpoint(first.step, self.directory, "", message=(
+        f"no checkpoint in {self.directory} verifies (steps {sorted(steps)} are all corrupt; the newest: "
+        f"{first.path}); move the folder away to start afresh"))
+
+  def set_aside_after(self, step: int | None, report: Callable[[str], None] | None = None) -> None:
+    """`set_aside` every step after `step` (the corrupt ones `latest_good_step` skipped), so a resumed
+    run saves those steps afresh. Call on one process only (process 0)."""
+    for s in self.all_steps():
+      if step is not None and s > step:
+        where = self.set_aside(s)
+        if report:
+          report(f"moved checkpoint step {s} to {where}")
+
+  def set_aside(self, step: int) -> str:
+    """Move step `step` (e.g. a corrupt one) out of the directory, to `DIRECTORY.corrupt/STEP[-k]`,
+    so that `latest_step()` and new saves no longer see it; returns where it went."""
+    dest_root = self.directory.rstrip("/") + ".corrupt"
+    os.makedirs(dest_root, exist_ok=True)
+    dest, k = os.path.join(dest_root, str(step)), 0
+    while os.path.exists(dest):
+      k += 1
+      dest = os.path.join(dest_root, f"{step}-{k}")
+    os.rename(self.step_dir(step), dest)
+    self._mngr.reload()
+    self._verified.pop(int(step), None)
+    return dest
+
+  def _read_meta(self, step: int) -> dict:
+    try:
+      return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001 - orbax reports damaged files in many ways
+      raise CorruptCheckpoint(step, os.path.join(self.step_dir(step), "meta"),
+                              f"cannot be read ({type(e).__name__})") from None
+
+  def _check(self, step: int) -> None:
+    if self.verify_reads and not self.verify(step):
+      warnings.warn(f"checkpoint step {step} in {self.directory} has no digest ({DIGEST}): read unverified",
+                    UnverifiedCheckpointWarning, stacklevel=3)
+
   def metadata(self, step: int | None = None) -> dict:
     """The JSON saved with a step: `step`, `config`, `extra`, `leaves` (RC metadata and shapes)."""
     step = self._resolve(step)
-    return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    self._check(step)
+    return self._read_meta(step)
 
   def params_template(self, step: int | None = None) -> Any:
     """The saved params as RC boxes of `jax.ShapeDtypeStruct`s (no data read), e.g. to add shardings
@@ -161,7 +428,13 @@ class Checkpointer:
       if path in saved and list(b.shape) != saved[path]:
         raise ValueError(f"checkpoint {self.directory} step {step}: leaf {path} was saved with shape "
                          f"{tuple(saved[path])}, the target has {b.shape}")
-    raw = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    try:
+      raw = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # noqa: BLE001
+      if self._verified.get(step) is not None:  # the bytes are as saved: not a corrupt checkpoint
+        raise
+      raise CorruptCheckpoint(step, self.step_dir(step), f"cannot be read ({type(e).__name__}: "
+                              f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
     rebox_like = lambda t, v: t.replace(value=v) if is_rc(t) else v
     return {"step": meta["step"],
             "params": jax.tree.map(rebox_like, params, raw["params"], is_leaf=is_rc),
@@ -180,11 +453,13 @@ class Checkpointer:
     return step
 
   def close(self) -> None:
-    self._mngr.close()
+    try:
+      self.wait()
+    finally:
+      self._mngr.close()
 
   def __enter__(self) -> "Checkpointer":
     return self
 
   def __exit__(self, *exc) -> None:
-    self.wait()
     self.close()

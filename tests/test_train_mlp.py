@@ -162,11 +162,11 @@ def test_incompatible_checkpoint(source, tmp_path):
 def test_other_config_in_out_dir_is_refused_and_kept(source, capsys):
   src, _ = source
   before = _tree_state(src)
-  assert mlp.main(["--dataset", "digits", "--width", "32", "--out", str(src), "--no-progress"]) == 1
+  assert mlp.main(["--dataset", "digits", "--width", "32", "--out", str(src), "--no-progress"]) == 2
   assert "holds a run with a different config (width: 16 -> 32" in capsys.readouterr().err
   # --epochs may grow (training continues), not shrink below what the directory holds
   assert mlp.main(["--dataset", "digits", "--width", "16", "--epochs", "2", "--lr", "0.5", "--momentum", "0.5",
-                   "--out", str(src), "--no-progress"]) == 1
+                   "--out", str(src), "--no-progress"]) == 2
   assert "epochs: 3 -> 2 (--epochs may grow, not shrink)" in capsys.readouterr().err
   assert _tree_state(src) == before
 
@@ -174,7 +174,7 @@ def test_other_config_in_out_dir_is_refused_and_kept(source, capsys):
 def test_damaged_config_json_is_named(source, tmp_path, capsys):
   shutil.copytree(source[0], tmp_path / "run")
   (tmp_path / "run" / "config.json").write_text("")  # as a crash mid-write once could leave it
-  assert mlp.main(["--dataset", "digits", "--width", "16", "--out", str(tmp_path / "run"), "--no-progress"]) == 1
+  assert mlp.main(["--dataset", "digits", "--width", "16", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
   assert f"{tmp_path / 'run' / 'config.json'} is not valid JSON" in capsys.readouterr().err
   assert not list((tmp_path / "run").glob(".config.json.*"))
 
