@@ -21,6 +21,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 import warnings
 from typing import Any, Callable
 
@@ -269,7 +270,8 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - orbax's synchronous part (directories, host copies)
       self._raise_save_error(int(step), e)
     kill_point("saving", step)
-    self._pending = threading.Thread(target=self._finish, args=(int(step), meta["config"]), daemon=True,
+    # not a daemon: the interpreter waits for it (and orbax's save) at exit
+    self._pending = threading.Thread(target=self._finish, args=(int(step), meta["config"]),
                                      name=f"rcjax-digest-{step}")
     self._pending.start()
 
@@ -281,13 +283,17 @@ class Checkpointer:
         write_digest(self.step_dir(step), step, config)
     except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by wait()
       self._failure = (step, e)
+      if jax.process_index() == 0:  # now, even if the caller exits on another error without wait()
+        self._remove_tmp(step)
 
   def _raise_save_error(self, step: int, e: BaseException):
     """Remove what the failed save of `step` left, and raise one clear error."""
+    try:  # let orbax's other threads of this save end before removing what they wrote
+      self._mngr.wait_until_finished()
+    except Exception:  # noqa: BLE001 - the same failure, reported below
+      pass
     if jax.process_index() == 0:
-      for name in os.listdir(self.directory) if os.path.isdir(self.directory) else ():
-        if name.startswith(f"{step}.orbax-checkpoint-tmp"):
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      self._remove_tmp(step)
     code = _disk_error(e)
     if code is not None:
       raise OSError(code, os.strerror(code), f"{self.directory} (saving checkpoint step {step})") from e
@@ -295,6 +301,20 @@ class Checkpointer:
       raise e
     raise RuntimeFailure(f"saving checkpoint step {step} in {self.directory} failed: "
                          f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+
+  def _remove_tmp(self, step: int) -> None:
+    """Remove `STEP.orbax-checkpoint-tmp*` (retrying while a late writer of the failed save recreates
+    files in it)."""
+    clean = 0
+    for _ in range(100):
+      names = [n for n in (os.listdir(self.directory) if os.path.isdir(self.directory) else ())
+               if n.startswith(f"{step}.orbax-checkpoint-tmp")]
+      clean = 0 if names else clean + 1
+      if clean >= 3:
+        return
+      for name in names:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      time.sleep(0.02)
 
   def wait(self) -> None:
     """Block until the last save (and its digest) is written; raise its error if it failed."""

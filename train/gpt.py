@@ -259,7 +259,7 @@ class Trainer:
     def step_and_norm(p, s, b):
       loss, g = jax.value_and_grad(loss_fn)(p, b)
       u, s = tx.update(g, s, p)
-      return optax.apply_updates(p, u), s, loss, optax.global_norm(g)
+      return optax.apply_updates(p, u), s, loss, optax.tree.norm(g)
 
     # train: (params, opt_state, loss, gradient norm), what run() uses; step: the same without the norm
     self.train = jax.jit(step_and_norm, in_shardings=(self.p_sh, self.o_sh, self.b_sh),
