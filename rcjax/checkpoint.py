@@ -228,8 +228,9 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = None, keep_steps=(),
                read_only: bool = False, verify: bool = True):
     """`max_to_keep`: keep the latest n steps (None: all), and besides them every step in `keep_steps`.
-    `verify`: check each step against its digest before reading it (`CorruptCheckpoint` if it fails);
-    a step without a digest is read with an `UnverifiedCheckpointWarning`."""
+    `verify`: write a digest of each saved step, and check each step against its digest before reading
+    it (`CorruptCheckpoint` if it fails; a step without a digest is read with an
+    `UnverifiedCheckpointWarning`). `verify=False`: orbax alone, no digests written or checked."""
     self.directory = os.path.abspath(os.fspath(directory))
     self.verify_reads = verify
     self._verified: dict[int, dict | None] = {}
@@ -279,7 +280,7 @@ class Checkpointer:
     try:
       self._mngr.wait_until_finished()
       kill_point("saved", step)
-      if jax.process_index() == 0:
+      if jax.process_index() == 0 and self.verify_reads:
         write_digest(self.step_dir(step), step, config)
     except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by wait()
       self._failure = (step, e)
@@ -336,6 +337,8 @@ class Checkpointer:
     rcjax wrote digests, or the process stopped between orbax's save and the digest). Raises
     `CorruptCheckpoint` (one line naming the step and the file) if a file is missing, truncated or changed."""
     step = int(step)
+    if not self.verify_reads:
+      return False
     if step not in self._verified:
       self.wait()
       record = verify_step(self.step_dir(step), step)
