@@ -130,3 +130,11 @@ def test_benchmark_arguments_are_checked_before_any_work(tmp_path, capsys):
   assert "--steps and --top must be at least 1" in capsys.readouterr().err
   assert transfer.main(["--smoke", "--only", "nomatch", "--json", str(tmp_path / "t.json")]) == []
   assert json.loads((tmp_path / "t.json").read_text()) == [] and "no case matches" in capsys.readouterr().err
+
+
+def test_checkpoint_verify_benchmark_smoke(tmp_path):
+  from benchmarks import checkpoint_verify
+
+  rows = checkpoint_verify.main(["--smoke", "--dir", str(tmp_path), "--json", str(tmp_path / "c.json")])
+  assert json.loads((tmp_path / "c.json").read_text()) == rows and len(rows) == 1
+  assert all(rows[0][k] > 0 for k in ("save_plain_s", "save_verified_s", "restore_plain_s", "restore_verified_s"))
