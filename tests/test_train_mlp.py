@@ -16,7 +16,6 @@ from rcjax.checkpoint import Checkpointer
 from train import mlp
 
 
-
 def cfg(out, **kw):
   base = dict(dataset="digits", width=16, epochs=3, lr=0.5, momentum=0.5, out=str(out), progress=False)
   return mlp.Config(**{**base, **kw})
