@@ -203,9 +203,33 @@ def _no_read_only_warning(record: logging.LogRecord) -> bool:
 
 
 def quiet_save_errors(record: logging.LogRecord) -> bool:
-  """A logging filter for absl's logger: drops orbax's traceback of a failed background save (the
-  `Checkpointer` raises it as one clear error at the next `save` or `wait`)."""
-  return "in background save thread" not in record.getMessage()
+  """A logging filter for absl's logger: drops orbax's error logs (tracebacks of a failed save, from
+  each of its threads); the `Checkpointer` raises the failure as one clear error at the next `save` or
+  `wait`. The command-line tools install it unless --debug or RCJAX_DEBUG=1."""
+  return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+def quiet_orbax_noise() -> None:
+  """Install `quiet_save_errors` on absl's logger, and drop the "Event loop is closed" RuntimeErrors
+  that orbax's threads may print at exit after a failed save (through `sys.unraisablehook` and
+  `threading.excepthook`): for command-line tools, which report the failure in one line."""
+  import sys
+
+  logging.getLogger("absl").addFilter(quiet_save_errors)
+  noise = lambda e: isinstance(e, RuntimeError) and "Event loop is closed" in str(e)
+  unraisable, excepthook = sys.unraisablehook, threading.excepthook
+  if getattr(unraisable, "_rcjax_quiet", False):
+    return
+
+  def quiet_unraisable(u):
+    if not noise(u.exc_value):
+      unraisable(u)
+
+  def quiet_thread(args):
+    if not noise(args.exc_value):
+      excepthook(args)
+  quiet_unraisable._rcjax_quiet = True
+  sys.unraisablehook, threading.excepthook = quiet_unraisable, quiet_thread
 
 
 def _jsonable(config: Any) -> Any:

@@ -352,7 +352,7 @@ def test_read_only_out_is_one_line_before_any_work(tmp_path, capsys, monkeypatch
 
 
 def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
-  with tmpfs(tmp_path / "full", "size=300k") as full:
+  with tmpfs(tmp_path / "full", "size=200k") as full:
     if full is None:  # not root: orbax's save raises the OSError a full disk gives
       full = tmp_path / "full"
       real = Checkpointer.save

@@ -826,10 +826,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
   cfg, args = parse(argv)
-  if not _cli.debugging(None):  # a failed save is reported in one line, without orbax's traceback
-    import logging
-    from rcjax.checkpoint import quiet_save_errors
-    logging.getLogger("absl").addFilter(quiet_save_errors)
+  if not _cli.debugging(None):  # a failed save is reported in one line, without orbax's tracebacks
+    from rcjax.checkpoint import quiet_orbax_noise
+    quiet_orbax_noise()
   init_distributed(args.coordinator, args.num_processes, args.process_id)
   with warnings.catch_warnings():  # _resume_step reported unverified steps in one line
     warnings.simplefilter("ignore", UnverifiedCheckpointWarning)

@@ -424,10 +424,10 @@ def parser() -> argparse.ArgumentParser:
 def quiet_logs() -> None:
   """Drop orbax's warnings on every read-only checkpoint folder we open (e.g. the transfer source), and
   its traceback of a failed save (the error is reported in one line; with --debug, kept)."""
-  from rcjax.checkpoint import _no_read_only_warning, quiet_save_errors
+  from rcjax.checkpoint import _no_read_only_warning, quiet_orbax_noise
   logging.getLogger("absl").addFilter(_no_read_only_warning)  # a no-op if already added
   if not _cli.debugging(None):
-    logging.getLogger("absl").addFilter(quiet_save_errors)
+    quiet_orbax_noise()
 
 
 def _main(argv) -> int:
