@@ -378,3 +378,33 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_good_checkpoint(
     assert good is not None and good < 30 and all(ck.verify(s) for s in ck.all_steps())
     # (metrics lines of the epochs after `good` may exist, as after a kill: a resume drops them)
     assert [m["epoch"] for m in strict_lines(out / "metrics.jsonl")][:good + 1] == list(range(good + 1))
+
+
+def enospc_at_step_2(monkeypatch):
+  """Where no tmpfs can be mounted (not root): saves raise the OSError a full disk gives, at step 2."""
+  real = Checkpointer.save
+
+  def save(self, step, **kw):
+    if step == 2:
+      raise OSError(28, "No space left on device", f"{self.directory} (saving checkpoint step 2)")
+    return real(self, step, **kw)
+  monkeypatch.setattr(Checkpointer, "save", save)
+
+
+@pytest.mark.usefixtures("fast_compiles_here")
+def test_full_disk_in_train_gpt_is_one_line_too(tmp_path, capsys, monkeypatch):
+  with tmpfs(tmp_path / "full", "size=200k") as full:
+    if full is None:
+      full = tmp_path / "full"
+      enospc_at_step_2(monkeypatch)
+    out = full / "run"
+    assert gpt.main(GPT_ARGS + ["--steps", "40", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"train.gpt: error: {out}/checkpoints (saving checkpoint step ") \
+        and err[0].endswith("): no space left on device (the disk is full)"), err
+    for t in threading.enumerate():
+      if t.name.startswith("rcjax-digest-"):
+        t.join()
+    ck = Checkpointer(out / "checkpoints", read_only=True)
+    assert not [n for n in os.listdir(out / "checkpoints") if "tmp" in n]
+    assert all(ck.verify(s) for s in ck.all_steps())
