@@ -38,7 +38,8 @@ from tqdm import tqdm
 import rcjax
 from rcjax import sharding
 from rcjax import _cli
-from rcjax.checkpoint import Checkpointer, UnverifiedCheckpointWarning, check_writable, kill_point
+from rcjax.checkpoint import Checkpointer
+from rcjax.integrity import UnverifiedCheckpointWarning, check_writable, kill_point
 from rcjax.rc import is_rc, leaves_with_paths
 from train.text_data import DATASETS, TextData
 
@@ -827,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
   cfg, args = parse(argv)
   if not _cli.debugging(None):  # a failed save is reported in one line, without orbax's tracebacks
-    from rcjax.checkpoint import quiet_orbax_noise
+    from rcjax.integrity import quiet_orbax_noise
     quiet_orbax_noise()
   init_distributed(args.coordinator, args.num_processes, args.process_id)
   with warnings.catch_warnings():  # _resume_step reported unverified steps in one line

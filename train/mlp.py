@@ -37,7 +37,8 @@ import optax
 
 import rcjax
 from rcjax import _cli
-from rcjax.checkpoint import Checkpointer, UnverifiedCheckpointWarning, check_writable, kill_point
+from rcjax.checkpoint import Checkpointer
+from rcjax.integrity import UnverifiedCheckpointWarning, check_writable, kill_point
 from train import data as data_lib
 from train import mlp_transfer
 
@@ -424,7 +425,8 @@ def parser() -> argparse.ArgumentParser:
 def quiet_logs() -> None:
   """Drop orbax's warnings on every read-only checkpoint folder we open (e.g. the transfer source), and
   its traceback of a failed save (the error is reported in one line; with --debug, kept)."""
-  from rcjax.checkpoint import _no_read_only_warning, quiet_orbax_noise
+  from rcjax.checkpoint import _no_read_only_warning
+  from rcjax.integrity import quiet_orbax_noise
   logging.getLogger("absl").addFilter(_no_read_only_warning)  # a no-op if already added
   if not _cli.debugging(None):
     quiet_orbax_noise()
