@@ -18,6 +18,8 @@ rcjax.grow: error: --factor must be > 1, got 1
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import sys
 import traceback
@@ -86,3 +88,24 @@ def run(prog: str, body: Callable[[list[str]], int | None], argv: Sequence[str] 
       traceback.print_exc(file=stderr)
     print(f"{prog}: error: {describe(e)}", file=stderr)
     return exit_code(e)
+
+
+def finite_or_none(x):
+  """`x` with every non-finite float (NaN, inf) replaced by None, through dicts, lists and tuples."""
+  if isinstance(x, float):
+    return x if math.isfinite(x) else None
+  if isinstance(x, dict):
+    return {k: finite_or_none(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [finite_or_none(v) for v in x]
+  return x
+
+
+def json_line(record) -> str:
+  """One line of strict JSON (metrics.jsonl): non-finite floats become null, so every line parses
+  with any JSON reader.
+
+  >>> json_line({"loss": float("nan"), "step": 3})
+  '{"loss": null, "step": 3}'
+  """
+  return json.dumps(finite_or_none(record), allow_nan=False)

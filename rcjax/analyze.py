@@ -7,7 +7,9 @@
 
 PATH is an rcjax run directory (`config.json` + `checkpoints/`, read with `rcjax.checkpoint.Checkpointer`)
 or a HuggingFace safetensors checkpoint directory (`rcjax.hf`, streamed one block at a time). Bad input
-prints one line `error: ...` and exits with status 2, before anything is written.
+prints one line `rcjax.analyze: error: ...` and exits with status 2, before anything is written; a corrupt
+rcjax checkpoint (one that fails its digest) exits 1. A run whose checkpoint has no digest (saved before
+rcjax wrote digests) is refused unless `--unverified` is given.
 """
 
 from __future__ import annotations
@@ -21,17 +23,27 @@ import os
 import resource
 import sys
 import time
+import warnings
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from rcjax import _cli
 from rcjax import diagnostics as diag
 from rcjax import hf
 from rcjax.rc import RC, path_hash
 
 
+class UnverifiedRun(ValueError):
+  """An rcjax run whose checkpoint has no digest, refused without --unverified."""
+
+
 class Source:
-  """A checkpoint to analyse: `family`, `kind` ('rcjax' | 'hf'), `step`, `num_blocks`, `blocks()`."""
+  """A checkpoint to analyse: `family`, `kind` ('rcjax' | 'hf'), `step`, `num_blocks`, `blocks()`.
+  An rcjax checkpoint must verify against its digest (`rcjax.checkpoint`); one without a digest is
+  refused unless `Source.allow_unverified` is True (the CLI's `--unverified`)."""
+
+  allow_unverified = False
 
   def __init__(self, path: str, step: int | None = None):
     self.path = os.path.abspath(path)
@@ -55,7 +67,7 @@ class Source:
                        f"HuggingFace checkpoint (config.json + *.safetensors)")
 
   def _restore(self, step: int | None) -> None:
-    from rcjax.checkpoint import Checkpointer
+    from rcjax.checkpoint import Checkpointer, CorruptCheckpoint, UnverifiedCheckpointWarning
 
     absl = logging.getLogger("absl")
     level = absl.level
@@ -63,8 +75,14 @@ class Source:
     try:
       ck = Checkpointer(os.path.join(self.path, "checkpoints"), read_only=True)
       self.steps = ck.all_steps()
-      r = ck.restore(step)
-    except FileNotFoundError:
+      step = ck.latest_step() if step is None else step
+      if step in self.steps and not ck.verify(step) and not self.allow_unverified:
+        raise UnverifiedRun(f"{self.path}/checkpoints step {step} has no digest (saved before rcjax "
+                            "recorded digests): it cannot be verified; pass --unverified to analyse it anyway")
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnverifiedCheckpointWarning)
+        r = ck.restore(step)
+    except (FileNotFoundError, CorruptCheckpoint, UnverifiedRun):
       raise
     except Exception as e:  # noqa: BLE001 - orbax reports damaged checkpoints in many ways
       raise ValueError(f"cannot restore {self.path}/checkpoints (step {step}): {type(e).__name__}: {e}") from None
@@ -398,14 +416,22 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="key of the permutation nulls")
   p.add_argument("--permutations", type=int, default=200)
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--unverified", action="store_true",
+                 help="analyse rcjax checkpoints that have no digest (saved before rcjax recorded digests)")
   return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
+  """The command line (rcjax._cli's convention): one line `rcjax.analyze: error: ...`, exit 2 for bad
+  input, 1 for a corrupt checkpoint or a disk error (a traceback with --debug or RCJAX_DEBUG=1)."""
+  return _cli.run("rcjax.analyze", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
   cmd = argv.pop(0) if argv and argv[0] in ("corr", "bars", "compare") else "analyze"
   a = _parser(cmd).parse_args(argv)
   common = {"seed": a.seed, "permutations": a.permutations}
+  old, Source.allow_unverified = Source.allow_unverified, a.unverified
   try:
     if a.permutations < 1:
       raise ValueError(f"--permutations must be at least 1, got {a.permutations}")
@@ -431,10 +457,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       figure_compare(a.run_a, a.run_b, a.out, steps=a.steps, leaf=a.leaf, stat=a.stat, columns=a.columns,
                      labels=a.labels, **common)
       print(f"-> {a.out}/compare.png")
-  except (ValueError, OSError, IndexError, KeyError) as e:
-    msg = " ".join(str(e).split()) or type(e).__name__
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
+  except IndexError as e:
+    raise _cli.UsageError(str(e)) from e
+  except OSError as e:
+    if e.errno in _cli.DISK_ERRNOS:
+      raise
+    raise _cli.UsageError(_cli.describe(e)) from e  # e.g. a file where a directory was expected
+  finally:
+    Source.allow_unverified = old
   return 0
 
 

@@ -131,7 +131,7 @@ def test_cli_errors_are_one_line(runs, tmp_path):
     _, err = p.communicate(timeout=300)
     assert p.returncode == 2, (c, err)
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and cases[c] in lines[0], (c, err)
+    assert len(lines) == 1 and lines[0].startswith("rcjax.analyze: error: ") and cases[c] in lines[0], (c, err)
     assert not (tmp_path / f"o_{c}").exists()  # nothing written on bad input
   assert analyze.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
   assert analyze.main(["bars", runs["w64"], str(tmp_path / "t5"), "--out", str(tmp_path / "o")]) == 2

@@ -157,3 +157,11 @@ def test_importance_benchmark_smoke(tmp_path, fast_compiles_here):
   assert {r["sampler"] for r in shrunk} == set(bench_importance.SAMPLERS) | {"scratch"}
   assert all(np.isfinite(r["shrunk"]) and np.isfinite(r["retrained"]) for r in shrunk)
   assert (tmp_path / "importance.png").is_file() and (tmp_path / "table.md").is_file()
+
+
+def test_checkpoint_verify_benchmark_smoke(tmp_path):
+  from benchmarks import checkpoint_verify
+
+  rows = checkpoint_verify.main(["--smoke", "--dir", str(tmp_path), "--json", str(tmp_path / "c.json")])
+  assert json.loads((tmp_path / "c.json").read_text()) == rows and len(rows) == 1
+  assert all(rows[0][k] > 0 for k in ("save_plain_s", "save_verified_s", "restore_plain_s", "restore_verified_s"))

@@ -1,6 +1,5 @@
 """train.mlp end to end on the embedded digits (tiny widths): outputs, FLOP accounting, transfer mid-training
-(exact transfer keeps the test loss, then training goes on), errors that write nothing, NaN handling, and
-resumption after a SIGKILL reproducing an uninterrupted run line for line."""
+(exact transfer keeps the test loss, then training goes on), errors that write nothing and NaN handling (kill -9 and resume: tests/test_reliability.py)."""
 
 import dataclasses
 import fcntl
@@ -8,18 +7,13 @@ import json
 import os
 import pathlib
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from rcjax.checkpoint import Checkpointer
 from train import mlp
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def cfg(out, **kw):
@@ -163,11 +157,11 @@ def test_incompatible_checkpoint(source, tmp_path):
 def test_other_config_in_out_dir_is_refused_and_kept(source, capsys):
   src, _ = source
   before = _tree_state(src)
-  assert mlp.main(["--dataset", "digits", "--width", "32", "--out", str(src), "--no-progress"]) == 1
+  assert mlp.main(["--dataset", "digits", "--width", "32", "--out", str(src), "--no-progress"]) == 2
   assert "holds a run with a different config (width: 16 -> 32" in capsys.readouterr().err
   # --epochs may grow (training continues), not shrink below what the directory holds
   assert mlp.main(["--dataset", "digits", "--width", "16", "--epochs", "2", "--lr", "0.5", "--momentum", "0.5",
-                   "--out", str(src), "--no-progress"]) == 1
+                   "--out", str(src), "--no-progress"]) == 2
   assert "epochs: 3 -> 2 (--epochs may grow, not shrink)" in capsys.readouterr().err
   assert _tree_state(src) == before
 
@@ -175,7 +169,7 @@ def test_other_config_in_out_dir_is_refused_and_kept(source, capsys):
 def test_damaged_config_json_is_named(source, tmp_path, capsys):
   shutil.copytree(source[0], tmp_path / "run")
   (tmp_path / "run" / "config.json").write_text("")  # as a crash mid-write once could leave it
-  assert mlp.main(["--dataset", "digits", "--width", "16", "--out", str(tmp_path / "run"), "--no-progress"]) == 1
+  assert mlp.main(["--dataset", "digits", "--width", "16", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
   assert f"{tmp_path / 'run' / 'config.json'} is not valid JSON" in capsys.readouterr().err
   assert not list((tmp_path / "run").glob(".config.json.*"))
 
@@ -196,30 +190,6 @@ def test_nan_loss_stops_keeps_last_good_checkpoint(tmp_path, capsys):
   assert "loss became nan in epoch 1" in capsys.readouterr().err
   assert Checkpointer(out / "checkpoints", read_only=True).all_steps() == [0]
   assert [m["epoch"] for m in mlp.read_metrics(out / "metrics.jsonl")] == [0]
-
-
-@pytest.mark.slow
-def test_resume_after_sigkill_reproduces_uninterrupted_run(tmp_path):
-  argv = ["--dataset", "digits", "--width", "16", "--epochs", "6", "--lr", "0.5", "--momentum", "0.5",
-          "--no-progress", "--out"]
-  assert mlp.main(argv + [str(tmp_path / "full")]) == 0  # uninterrupted, in this process
-  # The same command in subprocesses (same matmul precision as tests/conftest.py sets here).
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", JAX_DEFAULT_MATMUL_PRECISION="highest")
-  part = tmp_path / "part"
-  cmd = [sys.executable, "-m", "train.mlp"] + argv + [str(part)]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  t0 = time.time()
-  while not (part / "checkpoints" / "1").is_dir() and proc.poll() is None and time.time() - t0 < 120:
-    time.sleep(0.005)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = Checkpointer(part / "checkpoints", read_only=True).latest_step()
-  assert killed_at is not None and killed_at < 6, "the run ended before it could be killed"
-  subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=300, stdout=subprocess.DEVNULL,
-                 stderr=subprocess.DEVNULL)
-  full = (tmp_path / "full" / "metrics.jsonl").read_text()
-  assert len(full.splitlines()) == 7
-  assert (part / "metrics.jsonl").read_text() == full
 
 
 def _fake_run(path, losses, width, transfer_at=None, source=None):

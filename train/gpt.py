@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -38,9 +39,11 @@ from rcjax._progress import bar as progress_bar
 
 import rcjax
 from rcjax import sharding
+from rcjax import _cli
 from rcjax.checkpoint import Checkpointer
 from rcjax.depth import GROW_MODES, depth_map
 from rcjax.maps import tree_blocks
+from rcjax.integrity import UnverifiedCheckpointWarning, check_writable, kill_point
 from rcjax.rc import is_rc, leaves_with_paths
 from train.text_data import DATASETS, TextData, default_dataset
 
@@ -274,12 +277,15 @@ class Trainer:
     # of (B, T, V)); with model.loss_chunks, fused with the readout (no (B, T, V) logits at all).
     loss_fn = lambda p, b: model.apply({"params": p}, b[:, :-1], b[:, 1:])
 
-    def step(p, s, b):
+    def step_and_norm(p, s, b):
       loss, g = jax.value_and_grad(loss_fn)(p, b)
       u, s = tx.update(g, s, p)
-      return optax.apply_updates(p, u), s, loss
+      return optax.apply_updates(p, u), s, loss, optax.tree.norm(g)
 
-    self.step = jax.jit(step, in_shardings=(self.p_sh, self.o_sh, self.b_sh),
+    # train: (params, opt_state, loss, gradient norm), what run() uses; step: the same without the norm
+    self.train = jax.jit(step_and_norm, in_shardings=(self.p_sh, self.o_sh, self.b_sh),
+                         out_shardings=(self.p_sh, self.o_sh, rep, rep), donate_argnums=(0, 1))
+    self.step = jax.jit(lambda p, s, b: step_and_norm(p, s, b)[:3], in_shardings=(self.p_sh, self.o_sh, self.b_sh),
                         out_shardings=(self.p_sh, self.o_sh, rep), donate_argnums=(0, 1))
     self.loss = jax.jit(loss_fn, in_shardings=(self.p_sh, self.b_sh), out_shardings=rep)
 
@@ -319,6 +325,8 @@ def _check_run_dir(cfg: Config) -> None:
       old = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it") from None
+  if not isinstance(old, dict):
+    raise ValueError(f"{path} is not a JSON object (it holds a {type(old).__name__}); fix or remove it")
   def same(k, a, b):  # paths spelled another way (relative, ./, a trailing /) name the same folder
     return a == b or (k in ("out", "transfer_from", "data_dir") and bool(a and b) and isinstance(a, str)
                       and os.path.realpath(a) == os.path.realpath(b))
@@ -383,21 +391,41 @@ def load_params(run_dir: str, mesh, step: int | None = None) -> Any:
   return ckpt.restore(step, params=target)["params"]
 
 
-def _preflight(cfg: Config, model) -> None:
-  """Check the checkpoint this run would resume from, or transfer from, against this architecture.
-  Between two barriers, so every process sees the same files (orbax's managers synchronise processes)."""
+def _resume_step(cfg: Config) -> int | None:
+  """The newest checkpoint of --out that verifies (None: none saved). Every process verifies (one line
+  per corrupt step, from process 0); then process 0 moves the corrupt steps after it to
+  `checkpoints.corrupt/`. Raises `CorruptCheckpoint` if no step verifies."""
+  own = os.path.join(cfg.out, "checkpoints") if cfg.out else None
+  if not own or not os.path.isdir(own):
+    return None
+  main = jax.process_index() == 0
+  report = (lambda message: print(f"train.gpt: {message}", file=sys.stderr)) if main else None
+  ck = Checkpointer(own, read_only=True)
+  good = ck.latest_good_step(report)
+  sharding.sync("train.gpt:verified")
+  if main:
+    ck.set_aside_after(good, report)
+  return good
+
+
+def _preflight(cfg: Config, model) -> int | None:
+  """Check the checkpoint this run would resume from (returned: its step, or None), or transfer from,
+  against this architecture. Between two barriers, so every process sees the same files (orbax's
+  managers synchronise processes)."""
   sharding.sync("train.gpt:preflight")
   abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, cfg.seq_len), jnp.int32))["params"],
                             jax.random.key(0))
   own = os.path.join(cfg.out, "checkpoints") if cfg.out else None
-  if own and os.path.isdir(own) and Checkpointer(own, read_only=True).latest_step() is not None:
+  resume = _resume_step(cfg)
+  if resume is not None:
     ckpt = Checkpointer(own, read_only=True)
-    _check_arch(ckpt.params_template(ckpt.latest_step()), abstract, own, (cfg.grow_to_depth,))
+    _check_arch(ckpt.params_template(resume), abstract, own, (cfg.grow_to_depth,))
   elif cfg.transfer_from and hf_source(cfg.transfer_from) is None:
     template = Checkpointer(os.path.join(cfg.transfer_from, "checkpoints"), read_only=True).params_template()
     _check_arch(template, abstract, cfg.transfer_from)
     _check_source(template, abstract, cfg)
   sharding.sync("train.gpt:preflight done")
+  return resume
 
 
 def _initial_state(cfg, model, tx, mesh, ckpt, log):
@@ -479,6 +507,9 @@ def validate(cfg: Config) -> None:
                "eval_every", "warmup", "markov_order", "grow_warmup"):
     if getattr(cfg, name) < 0:
       raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+  for name in ("lr", "min_lr", "clip", "weight_decay", "norm_rate", "split_rate", "cancel_rate", "b1", "b2"):
+    if not math.isfinite(getattr(cfg, name)):
+      raise ValueError(f"{name} must be a finite number, got {getattr(cfg, name)}")
   for name, lo, hi in (("random_rate", 0, 1), ("norm_rate", 0, math.inf), ("split_rate", 0, math.inf),
                        ("cancel_rate", 0, math.inf), ("lr", 0, math.inf),
                        ("min_lr", 0, math.inf), ("clip", 0, math.inf), ("weight_decay", 0, math.inf)):
@@ -545,11 +576,12 @@ def run(cfg: Config) -> dict:
   main = jax.process_index() == 0
   if cfg.out:
     _check_run_dir(cfg)
+    check_writable(cfg.out)
   mesh = sharding.make_mesh(cfg.mesh)
   data = TextData(cfg.dataset, cfg.seq_len, cfg.seed, data_dir=cfg.data_dir or None,
                   markov=dict(order=cfg.markov_order, symbols=cfg.markov_symbols, alpha=cfg.markov_alpha))
   model, tx = build_model(cfg), build_optimizer(cfg)
-  _preflight(cfg, model)  # reads checkpoint metadata only: a bad source fails before anything is written
+  resume = _preflight(cfg, model)  # verifies checkpoints, reads metadata: a bad source fails before writing
   ckpt = Checkpointer(os.path.join(cfg.out, "checkpoints"), max_to_keep=cfg.keep or None,
                       keep_steps=_save_steps(cfg)) if cfg.out else None
   if ckpt and (done := _finished(cfg, ckpt)) is not None:
@@ -561,11 +593,11 @@ def run(cfg: Config) -> dict:
     with open(tmp, "w") as f:
       json.dump(dataclasses.asdict(cfg), f, indent=1)
     os.replace(tmp, os.path.join(cfg.out, "config.json"))  # atomic: other processes read it
-    metrics_file = _open_metrics(os.path.join(cfg.out, "metrics.jsonl"))
+    metrics_file = _open_metrics(os.path.join(cfg.out, "metrics.jsonl"), resume)
 
   def log(rec):
     if metrics_file:
-      metrics_file.write(json.dumps(rec) + "\n")
+      metrics_file.write(_cli.json_line(rec) + "\n")  # strict JSON: NaN/inf as null
       metrics_file.flush()
 
   params, opt_state, start, flops_done = _initial_state(cfg, model, tx, mesh, ckpt, log)
@@ -580,19 +612,23 @@ def run(cfg: Config) -> dict:
                   for i in range(cfg.eval_batches if cfg.eval_every else 0)]
   bar = progress_bar(total=cfg.steps, initial=start, disable=not (main and cfg.progress), desc="train.gpt")
   speeds, t_last, steps_since, paused, loss = [], None, 0, 0.0, None
+  # 4 * (the first step with a non-finite loss or gradient norm) + which: on the mesh, like the loss
+  bad = jax.device_put(jnp.zeros((), jnp.int32), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   if flops_done is None:  # a checkpoint written before the FLOPs were saved with it
     flops_done = start * tokens_per_step * fpt
   for step in range(start + 1, cfg.steps + 1):
     batch = global_batch(data, step, cfg.batch_size, trainer.b_sh)
     if t_last is None and model.attention == "cudnn" and cfg.attention == "auto":
       try:  # compile ahead of the first call: a rejected shape fails here, before params are donated
-        trainer.step.lower(params, opt_state, batch).compile()
+        trainer.train.lower(params, opt_state, batch).compile()
       except Exception as e:  # noqa: BLE001 - cuDNN attention may reject a shape: use XLA's
         print(f"train.gpt: cuDNN attention did not compile ({type(e).__name__}: {str(e)[:200]}); using XLA "
               "attention", file=sys.stderr)
         model = model.clone(attention=None)
         trainer = Trainer(model, tx, mesh, params, opt_state)
-    params, opt_state, loss = trainer.step(params, opt_state, batch)
+    params, opt_state, loss, gnorm = trainer.train(params, opt_state, batch)
+    bad = _first_bad(bad, step, loss, gnorm)  # on the device: no sync per step
+    kill_point("train", step)
     flops_done += tokens_per_step * fpt
     steps_since += 1
     bar.update(1)
@@ -600,6 +636,7 @@ def run(cfg: Config) -> dict:
       loss.block_until_ready()
       t_last, steps_since, paused = time.perf_counter(), 0, 0.0
     if step % cfg.log_every == 0 or step == cfg.steps:
+      _stop_if_diverged(bad, ckpt, cfg)
       loss_v = float(loss)
       now = time.perf_counter()
       rec = {"step": step, "loss": loss_v, "tokens": step * tokens_per_step, "flops": flops_done,
@@ -622,6 +659,7 @@ def run(cfg: Config) -> dict:
     do_eval = cfg.eval_every and step % cfg.eval_every == 0
     do_save = ckpt and (step in save_steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0))
     if do_eval or do_save:
+      _stop_if_diverged(bad, ckpt, cfg)  # never save a non-finite state
       loss.block_until_ready()
       t0 = time.perf_counter()
       if do_eval:
@@ -631,6 +669,7 @@ def run(cfg: Config) -> dict:
                   extra={"tokens": step * tokens_per_step, "sizes": rcjax.sizes(params), "flops": flops_done})
       paused += time.perf_counter() - t0
   bar.close()
+  _stop_if_diverged(bad, ckpt, cfg)
   if ckpt:
     ckpt.wait()
     ckpt.close()
@@ -646,6 +685,34 @@ def run(cfg: Config) -> dict:
     metrics_file.close()
     _plot(cfg.out, data.loss_floor())
   return summary
+
+
+class TrainingDiverged(_cli.RuntimeFailure):
+  """The loss or the gradient norm became NaN or infinite (the last good checkpoint is kept)."""
+
+
+@jax.jit
+def _first_bad(bad, step, loss, gnorm):
+  """`bad` if already set, else 4 * step + (1: loss, 2: gradient norm, 3: both) when one is not finite."""
+  which = jnp.where(jnp.isfinite(loss), 0, 1) + jnp.where(jnp.isfinite(gnorm), 0, 2)
+  return jnp.where((bad == 0) & (which > 0), 4 * step + which, bad).astype(jnp.int32)
+
+
+def _stop_if_diverged(bad, ckpt: Checkpointer | None, cfg: Config) -> None:
+  """Raise `TrainingDiverged` naming the first non-finite step, after the pending save is written."""
+  b = int(bad)
+  if not b:
+    return
+  step, which = divmod(b, 4)
+  what = {1: "the loss", 2: "the gradient norm", 3: "the loss and the gradient norm"}[which]
+  last = None
+  if ckpt:
+    ckpt.wait()
+    last = ckpt.latest_step()
+  kept = (f"the last good checkpoint is step {last} in {ckpt.directory}" if last is not None else
+          "no checkpoint had been saved yet")
+  raise TrainingDiverged(f"{what} became non-finite at step {step}; stopped without saving it ({kept}); try a "
+                         f"smaller --lr (now {cfg.lr}) or --clip, with another --out")
 
 
 def _finished(cfg: Config, ckpt: Checkpointer) -> dict | None:
@@ -747,13 +814,25 @@ def reset_adam(opt_state: Any, how: str) -> Any:
   return jax.tree.map(reset, opt_state, is_leaf=is_adam)
 
 
-def _open_metrics(path: str):
-  """Open metrics.jsonl for appending, dropping a partial last line left by a killed run."""
+def _open_metrics(path: str, resume: int | None):
+  """Open metrics.jsonl for appending, keeping only the records up to step `resume` (the checkpoint this
+  run resumes from; None: a fresh start keeps none): a killed run's records after its last checkpoint,
+  and a partial last line, are dropped, so no step is logged twice."""
   if os.path.exists(path):
-    with open(path, "rb+") as f:
-      data = f.read()
-      if data and not data.endswith(b"\n"):
-        f.truncate(data.rfind(b"\n") + 1)
+    keep = []
+    with open(path) as f:
+      for line in f:
+        try:
+          rec = json.loads(line)
+        except ValueError:  # a partial last line of a killed run
+          continue
+        at = rec.get("step", rec.get("steps")) if isinstance(rec, dict) else None
+        if resume is not None and isinstance(at, int) and at <= resume:
+          keep.append(line if line.endswith("\n") else line + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
   return open(path, "a")
 
 
@@ -836,13 +915,21 @@ init_distributed = sharding.init_distributed
 
 
 def main(argv: list[str] | None = None) -> int:
-  try:
-    cfg, args = parse(argv)
-    init_distributed(args.coordinator, args.num_processes, args.process_id)
+  """The command line (rcjax._cli's convention): bad input exits 2, runtime failures (a non-finite loss,
+  a corrupt checkpoint, a full or read-only disk) exit 1, with one line `train.gpt: error: ...` (a
+  traceback with --debug or RCJAX_DEBUG=1)."""
+  return _cli.run("train.gpt", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+  cfg, args = parse(argv)
+  if not _cli.debugging(None):  # a failed save is reported in one line, without orbax's tracebacks
+    from rcjax.integrity import quiet_orbax_noise
+    quiet_orbax_noise()
+  init_distributed(args.coordinator, args.num_processes, args.process_id)
+  with warnings.catch_warnings():  # _resume_step reported unverified steps in one line
+    warnings.simplefilter("ignore", UnverifiedCheckpointWarning)
     summary = run(cfg)
-  except (ValueError, RuntimeError, FileNotFoundError) as e:
-    print(f"train.gpt: error: {e}", file=sys.stderr)
-    return 2
   if summary.get("finished_before"):
     print(f"train.gpt: {cfg.out} already holds the last step ({cfg.steps}); nothing to train", file=sys.stderr)
   if summary.get("loss") is None:

@@ -28,6 +28,7 @@ import os
 import sys
 import time
 import typing
+import warnings
 from pathlib import Path
 
 import jax
@@ -36,7 +37,9 @@ import numpy as np
 import optax
 
 import rcjax
+from rcjax import _cli
 from rcjax.checkpoint import Checkpointer
+from rcjax.integrity import UnverifiedCheckpointWarning, check_writable, kill_point
 from train import data as data_lib
 from train import mlp_transfer
 from train.mlp_files import read_metrics, restore_opt_state  # noqa: F401 - read_metrics: train.mlp's API
@@ -90,7 +93,7 @@ class Config:
   progress: bool = _f(True, "show a progress bar per epoch (on a terminal only)")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(_cli.RuntimeFailure):
   """The loss became NaN or infinite."""
 
 
@@ -224,9 +227,25 @@ def load_data(config: Config) -> tuple[Config, data_lib.Dataset]:
   return dataclasses.replace(config, dataset=data.name), data
 
 
+def resume_step(ckpt_dir: Path) -> int | None:
+  """The newest checkpoint step that verifies (None: no checkpoint). Corrupt steps are reported in one
+  line each and moved to `checkpoints.corrupt/`; raises `CorruptCheckpoint` if none verifies."""
+  if not ckpt_dir.is_dir():
+    return None
+  ck = Checkpointer(ckpt_dir, read_only=True)
+  report = lambda message: print(f"train.mlp: {message}", file=sys.stderr)
+  good = ck.latest_good_step(report)
+  ck.set_aside_after(good, report)
+  return good
+
+
 def _write_metrics(path: Path, lines: list[dict]) -> None:
   tmp = path.with_suffix(".jsonl.tmp")
-  tmp.write_text("".join(json.dumps(m) + "\n" for m in lines))
+  try:
+    tmp.write_text("".join(_cli.json_line(m) + "\n" for m in lines))  # strict JSON: NaN/inf as null
+  except OSError:
+    tmp.unlink(missing_ok=True)
+    raise
   os.replace(tmp, path)
 
 
@@ -246,6 +265,8 @@ def check_out_dir(out: Path, config: Config) -> None:
     old = json.loads(cfg.read_text())
   except json.JSONDecodeError as e:
     raise ValueError(f"{cfg} is not valid JSON ({e}); fix or remove it") from None
+  if not isinstance(old, dict):
+    raise ValueError(f"{cfg} is not a JSON object (it holds a {type(old).__name__}); fix or remove it")
   new = dataclasses.asdict(config)
   def same(k, a, b):  # a source at the same path, or at the same place relative to the run (a moved sweep)
     return a == b or (k == "transfer_from" and bool(a and b) and (
@@ -288,13 +309,14 @@ def run(config: Config) -> list[dict]:
   out = Path(config.out)
   config, data = load_data(config)
   check_out_dir(out, config)
+  check_writable(out)
   n = len(data.y_train)
   steps = n // config.batch_size
   if steps == 0:
     raise ValueError(f"--batch-size {config.batch_size} is larger than the training set ({n} examples)")
   model, tx = build_model(config), optimizer(config)
   ckpt_dir = out / "checkpoints"
-  resume = Checkpointer(ckpt_dir, read_only=True).latest_step() if ckpt_dir.is_dir() else None
+  resume = resume_step(ckpt_dir)
   root = jax.random.key(config.seed)
   init_key, transfer_key, data_key = (jax.random.fold_in(root, i) for i in range(3))
   source = None
@@ -358,6 +380,7 @@ def run(config: Config) -> list[dict]:
         b = np.arange(config.batch_size)
         params, opt_state, loss, acc = train_step(params, opt_state, x_tr[idx[i]], y_tr[idx[i]], b)
       losses.append(loss)
+      kill_point("train", epoch)
       if i % 25 == 0 or i == steps - 1:
         bar.set_postfix(loss=f"{float(loss):.4f}", acc=f"{float(acc):.3f}")
     running = float(np.mean(jax.device_get(losses)))
@@ -424,20 +447,29 @@ def parser() -> argparse.ArgumentParser:
 
 
 def quiet_logs() -> None:
-  """Drop orbax's warnings on every read-only checkpoint folder we open (e.g. the transfer source)."""
+  """Drop orbax's warnings on every read-only checkpoint folder we open (e.g. the transfer source), and
+  its traceback of a failed save (the error is reported in one line; with --debug, kept)."""
   from rcjax.checkpoint import _no_read_only_warning
+  from rcjax.integrity import quiet_orbax_noise
   logging.getLogger("absl").addFilter(_no_read_only_warning)  # a no-op if already added
+  if not _cli.debugging(None):
+    quiet_orbax_noise()
+
+
+def _main(argv) -> int:
+  config = Config(**vars(parser().parse_args(argv)))
+  quiet_logs()
+  with warnings.catch_warnings():  # resume_step reported unverified steps in one line
+    warnings.simplefilter("ignore", UnverifiedCheckpointWarning)
+    run(config)
+  return 0
 
 
 def main(argv=None) -> int:
-  config = Config(**vars(parser().parse_args(argv)))
-  quiet_logs()
-  try:
-    run(config)
-  except (ValueError, FileNotFoundError, data_lib.DataUnavailable, TrainingDiverged) as e:
-    print(f"train.mlp: error: {e}", file=sys.stderr)
-    return 1
-  return 0
+  """The command line (rcjax._cli's convention): bad input exits 2, runtime failures (a diverged run, a
+  corrupt checkpoint, a full or read-only disk, data that cannot be loaded) exit 1, with one line
+  `train.mlp: error: ...` (a traceback with --debug or RCJAX_DEBUG=1)."""
+  return _cli.run("train.mlp", _main, argv)
 
 
 if __name__ == "__main__":
