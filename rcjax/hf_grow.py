@@ -79,7 +79,7 @@ def target_sizes(old: dict[str, int], family: str, args: argparse.Namespace, dir
     f = args.factor
     if not math.isfinite(f) or f <= 0:
       raise ValueError(f"--factor must be positive, got {f:g}")
-    if direction == "grow" and f < 1 or direction == "shrink" and f > 1:
+    if direction == "grow" and f <= 1 or direction == "shrink" and f >= 1:
       raise ValueError(f"--factor is new/old: {direction} needs a factor {'>' if direction == 'grow' else '<'} 1, "
                        f"got {f:g}" + (f" (to halve, --factor {1 / f:g})" if direction == "shrink" else ""))
     for a in ("embed", "mlp", "heads", "kv_heads"):
@@ -143,102 +143,150 @@ def _count(params) -> int:
 
 
 def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
+  """`python -m rcjax.grow/shrink` (see the module docstring); returns the exit status (`rcjax._cli`:
+  2 for bad input, 1 for runtime failures such as a full disk, one line; a traceback with --debug)."""
+  from rcjax._cli import run
+
+  return run(f"rcjax.{direction}", lambda av: _main(av, direction), argv)
+
+
+def _check_paths(args: argparse.Namespace) -> str:
+  """DST's absolute path; ValueError/FileExistsError for a SRC that is not a checkpoint directory, a DST
+  that exists without --overwrite, or one that --overwrite must not replace (not an HF checkpoint)."""
+  dst = os.path.abspath(args.dst)
+  if os.path.exists(args.src) and not os.path.isdir(args.src):
+    raise NotADirectoryError(f"SRC {args.src} is a file, not a directory: give the HuggingFace checkpoint "
+                             "directory (config.json + safetensors)")
+  if os.path.abspath(args.src) == dst:
+    raise ValueError("SRC and DST are the same directory")
+  if os.path.lexists(dst):
+    if not args.overwrite:
+      raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")
+    if not _is_hf_checkpoint(dst):
+      raise FileExistsError(f"{dst} exists and is not a HuggingFace checkpoint (config.json + safetensors "
+                            "weights): --overwrite replaces only a checkpoint; remove it yourself or choose "
+                            "another DST")
+  return dst
+
+
+def _is_hf_checkpoint(path: str) -> bool:
+  if os.path.islink(path) or not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
+    return False
+  return any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in os.listdir(path))
+
+
+def _main(argv: Sequence[str] | None, direction: str) -> int:
   import rcjax
-  from rcjax import hf_model, sharding
+  from rcjax import hf_model, hf_stream, sharding
   from rcjax.nn.gpt import transfer as gpt_transfer
 
   t0 = time.perf_counter()
   out_ = lambda msg: print(msg, flush=True) if jax.process_index() == 0 else None
   say = lambda msg: out_(f"[{time.perf_counter() - t0:6.1f}s] {msg}")
-  try:
-    args = parse(argv, direction)
-    sharding.init_distributed(args.coordinator, args.num_processes, args.process_id)
-    sharding.check_same_on_every_process({k: v for k, v in vars(args).items() if k != "process_id"},
-                                         f"python -m rcjax.{direction} flags")
-    dst = os.path.abspath(args.dst)
-    if os.path.exists(dst) and not args.overwrite:
-      raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")
-    if os.path.abspath(args.src) == dst:
-      raise ValueError("SRC and DST are the same directory")
-    if not 0 <= args.random_rate <= 1 or args.norm_rate < 0:
-      raise ValueError("--random-rate must be in [0, 1] and --norm-rate >= 0")
-    cfg_path = os.path.join(args.src, "config.json")
-    if not os.path.isfile(cfg_path):
-      raise FileNotFoundError(f"{args.src}: no such directory" if not os.path.isdir(args.src) else
-                              f"{args.src} has no config.json: not a HuggingFace checkpoint")
-    with open(cfg_path) as f:
-      src_config = json.load(f)
-    model = hf_model.model_from_config(src_config, where=cfg_path)  # sizes and refusals before reading SRC
-    family = hf_model.family_of(model)
-    old = dict(rcjax.width_axes(hf_model.abstract_params(model)))
-    new = target_sizes(old, family, args, direction)
-    if model.rotary_dim is not None and new["head_dim"] != old["head_dim"]:
-      raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
-                       "head_dim cannot change")
-    src_dtype = hf_model.stored_dtype(args.src, src_config)  # the tensors' (config.json may not say)
-    resized = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
-                          head_dim=new["head_dim"], mlp=new["mlp"])
-    # what save would refuse, before reading SRC
-    hf_model.config_for(resized, hf_model.abstract_params(resized), src_config, args.dtype or src_dtype)
-    mesh = sharding.make_mesh(args.mesh) if args.mesh else None
-    say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
+  args = parse(argv, direction)
+  sharding.init_distributed(args.coordinator, args.num_processes, args.process_id)
+  sharding.check_same_on_every_process({k: v for k, v in vars(args).items() if k != "process_id"},
+                                       f"python -m rcjax.{direction} flags")
+  dst = _check_paths(args)
+  if not 0 <= args.random_rate <= 1 or args.norm_rate < 0:
+    raise ValueError("--random-rate must be in [0, 1] and --norm-rate >= 0")
+  cfg_path = os.path.join(args.src, "config.json")
+  if not os.path.isfile(cfg_path):
+    raise FileNotFoundError(f"{args.src}: no such directory" if not os.path.isdir(args.src) else
+                            f"{args.src} has no config.json: not a HuggingFace checkpoint")
+  with open(cfg_path) as f:
+    src_config = json.load(f)
+  model = hf_model.model_from_config(src_config, where=cfg_path,  # sizes and refusals before reading SRC
+                                     param_dtype=np.float32 if args.transfer_dtype == "float32" else None)
+  family = hf_model.family_of(model)
+  old = dict(rcjax.width_axes(hf_model.abstract_params(model)))
+  new = target_sizes(old, family, args, direction)
+  if model.rotary_dim is not None and new["head_dim"] != old["head_dim"]:
+    raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
+                     "head_dim cannot change")
+  src_dtype = hf_model.stored_dtype(args.src, src_config)  # the tensors' (config.json may not say)
+  resized = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
+                        head_dim=new["head_dim"], mlp=new["mlp"])
+  # what save would refuse, before reading SRC
+  hf_model.config_for(resized, hf_model.abstract_params(resized), src_config, args.dtype or src_dtype)
+  mesh = sharding.make_mesh(args.mesh) if args.mesh else None
+  say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
+  # streaming (rcjax.hf_stream): one block in memory at a time; SRC is loaded whole only for the check
+  stream = hf_stream.supported(args, mesh)
+  if stream and args.no_check:
+    params = None  # the model as `load` makes it (its param dtype: the transfer dtype)
+    if args.transfer_dtype != "float32":
+      model = hf_model.model_from_config(src_config, param_dtype=src_dtype, where=cfg_path)
+  else:
     model, params = hf_model.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,
-                                  mesh=mesh, progress=jax.process_index() == 0)
-    a = model.arch()
-    why = inexact(old, new, args, a["positions"] == "rope", a["norm"] == "rmsnorm")
-    n_old = _count(params)
-    say(f"{family} ({src_config.get('model_type')}), {model.depth} blocks, vocab {model.vocab}")
-    for ax in AXES:
-      mark = "" if new[ax] == old[ax] else f"  (x{new[ax] / old[ax]:.4g})"
-      out_(f"    {ax:9s} {old[ax]:>7d} -> {new[ax]:<7d}{mark}")
-    target = {k: v for k, v in new.items() if v != old[k]}
-    key = jax.random.key(args.seed)
-    if not args.no_check:  # SRC's logits first, so SRC's params can go before DST is written
-      T = min(args.check_len, model.max_len) if a["positions"] == "learned" else args.check_len
-      host = np.random.default_rng(1234).integers(0, model.vocab, (args.check_batch, T)).astype(np.int32)
-      tokens = jnp.asarray(host)
-      if mesh is not None:  # every process holds the same prompts: replicate them over the (global) mesh
-        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        tokens = jax.make_array_from_callback(host.shape, rep, lambda idx: host[idx])
-      src_logits = jax.jit(model.apply)({"params": params}, tokens)
-    if target:
-      say(f"{direction}ing: sampler {args.sampler}, exact {args.exact}, r1 {args.random_rate}, r2 {args.norm_rate}")
-      # donate: tensors no changed axis touches (all attention tensors when only mlp changes, ...) are
-      # kept, not copied, and SRC's other tensors are freed once DST's exist (memory: DST, not SRC + DST).
-      grown = gpt_transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
-                           norm_rate=args.norm_rate, exact=args.exact, donate=True)
-    else:
-      grown = params
-    del params
-    n_new = _count(grown)
-    out_(f"    params    {n_old / 1e6:.2f}M -> {n_new / 1e6:.2f}M  (x{n_new / n_old:.3f})")
-    new_model = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
-                            head_dim=new["head_dim"], mlp=new["mlp"])
+                                  mesh=mesh, progress=jax.process_index() == 0 and not stream)
+  a = model.arch()
+  why = inexact(old, new, args, a["positions"] == "rope", a["norm"] == "rmsnorm")
+  n_old = _count(hf_model.abstract_params(model) if params is None else params)
+  say(f"{family} ({src_config.get('model_type')}), {model.depth} blocks, vocab {model.vocab}")
+  for ax in AXES:
+    mark = "" if new[ax] == old[ax] else f"  (x{new[ax] / old[ax]:.4g})"
+    out_(f"    {ax:9s} {old[ax]:>7d} -> {new[ax]:<7d}{mark}")
+  target = {k: v for k, v in new.items() if v != old[k]}
+  key = jax.random.key(args.seed)
+  if not args.no_check:  # SRC's logits first, so SRC's params can go before DST is written
+    T = min(args.check_len, model.max_len) if a["positions"] == "learned" else args.check_len
+    host = np.random.default_rng(1234).integers(0, model.vocab, (args.check_batch, T)).astype(np.int32)
+    tokens = jnp.asarray(host)
+    if mesh is not None:  # every process holds the same prompts: replicate them over the (global) mesh
+      rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+      tokens = jax.make_array_from_callback(host.shape, rep, lambda idx: host[idx])
+    src_logits = jax.jit(model.apply)({"params": params}, tokens)
+  if stream:
+    params = None  # the check's logits are computed: SRC's params go
+  elif target:
+    say(f"{direction}ing: sampler {args.sampler}, exact {args.exact}, r1 {args.random_rate}, r2 {args.norm_rate}")
+    # donate: tensors no changed axis touches (all attention tensors when only mlp changes, ...) are
+    # kept, not copied, and SRC's other tensors are freed once DST's exist (memory: DST, not SRC + DST).
+    grown = gpt_transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
+                         norm_rate=args.norm_rate, exact=args.exact, donate=True)
+  else:
+    grown = params
+  del params
+  new_model = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
+                          head_dim=new["head_dim"], mlp=new["mlp"])
+  n_new = _count(hf_model.abstract_params(new_model) if stream else grown)
+  out_(f"    params    {n_old / 1e6:.2f}M -> {n_new / 1e6:.2f}M  (x{n_new / n_old:.3f})")
+  if stream:
+    say(f"{direction}ing and writing {dst} block by block: sampler {args.sampler}, exact {args.exact}")
+    out = hf_stream.stream_transfer(
+        args.src, dst, model, new_model, key, target, src_config=src_config,
+        out_dtype=np.dtype(hf_model._TORCH_DTYPE[args.dtype]) if args.dtype else src_dtype,
+        transfer_dtype=args.transfer_dtype, sampler=args.sampler, exact=args.exact,
+        max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
+        extra_files=hf_model.tokenizer_files(args.src), progress=True)
+    grown = None
+  else:
     say(f"writing {dst}")
     out = hf_model.save(new_model, grown, dst, config=src_config, dtype=args.dtype or src_dtype,
                         max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
                         extra_files=hf_model.tokenizer_files(args.src), progress=True, consume=True)
-    say(f"wrote {len(out['files'])} file(s), {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB")
-    if not args.no_check:
-      del grown
-      # DST's params in the dtype SRC's were checked in (float32, or SRC's with --transfer-dtype source), so
-      # the two forward passes differ only by what the transfer and the output dtype did
-      dst_model, dst_params = hf_model.load(dst, dtype=jnp.float32 if args.transfer_dtype == "float32" else src_dtype,
-                                            mesh=mesh)
-      dst_logits = jax.jit(dst_model.apply)({"params": dst_params}, tokens)
-      diff = float(jnp.max(jnp.abs(src_logits - dst_logits)))
-      scale = float(jnp.max(jnp.abs(src_logits)))
-      say(f"check on {args.check_batch}x{T} random tokens: max |logit difference| {diff:.3g} "
-          f"(max |logit| {scale:.3g}, relative {diff / max(scale, 1e-30):.2g})")
-      if why:
-        out_("    not function-preserving by construction: " + "; ".join(why))
-      else:
-        out_("    function-preserving by construction (differences are float rounding"
-              + (f" and the {np.dtype(args.dtype or src_dtype).name} output)" if np.dtype(args.dtype or src_dtype)
-                 != np.float32 else ")"))
-  except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as e:
-    print(f"rcjax.{direction}: error: {e}", file=sys.stderr)
-    return 2
+  say(f"wrote {len(out['files'])} file(s), {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB")
+  if "seconds" in out:  # the streaming path's phases (they overlap)
+    out_("    " + ", ".join(f"{k} {v:.2f}s" for k, v in out["seconds"].items())
+         + f"; read {out['bytes_read'] / 2**20:.1f} MiB")
+  if not args.no_check:
+    del grown
+    # DST's params in the dtype SRC's were checked in (float32, or SRC's with --transfer-dtype source), so
+    # the two forward passes differ only by what the transfer and the output dtype did
+    dst_model, dst_params = hf_model.load(dst, dtype=jnp.float32 if args.transfer_dtype == "float32" else src_dtype,
+                                          mesh=mesh)
+    dst_logits = jax.jit(dst_model.apply)({"params": dst_params}, tokens)
+    diff = float(jnp.max(jnp.abs(src_logits - dst_logits)))
+    scale = float(jnp.max(jnp.abs(src_logits)))
+    say(f"check on {args.check_batch}x{T} random tokens: max |logit difference| {diff:.3g} "
+        f"(max |logit| {scale:.3g}, relative {diff / max(scale, 1e-30):.2g})")
+    if why:
+      out_("    not function-preserving by construction: " + "; ".join(why))
+    else:
+      out_("    function-preserving by construction (differences are float rounding"
+            + (f" and the {np.dtype(args.dtype or src_dtype).name} output)" if np.dtype(args.dtype or src_dtype)
+               != np.float32 else ")"))
   return 0
 
 
