@@ -137,9 +137,9 @@ def stream_transfer(src: str, dst: str, model, new_model, key, target: dict, *, 
 
   def inputs(i: int) -> dict:
     es = src_pieces[0] if i == 0 else layer(src_pieces[i]) + final_src
-    arrays = {names[e.name]: np.asarray(files.array(names[e.name])) for e in es}
+    arrays = {names[e.name]: _read(files, names[e.name]) for e in es}
     if i > 0:
-      arrays["__embed_row__"] = np.asarray(embed_src.parts[0].view(files.array(names[embed_src.name]))[:1])
+      arrays["__embed_row__"] = np.ascontiguousarray(embed_src.parts[0].view(_read(files, names[embed_src.name], 1)))
     return arrays if i <= 1 else {_rename(n, i, 1): a for n, a in arrays.items()}
 
   def compiled(first: bool):
@@ -212,6 +212,28 @@ def stream_transfer(src: str, dst: str, model, new_model, key, target: dict, *, 
   summary = hf_model._write_dir(dst, dst_entries, dtypes, max_shard_size, cfg, overwrite, extra_files, body)
   summary.update(bytes_read=read, seconds=seconds)
   return summary
+
+
+def _read(files, name: str, rows: int | None = None) -> np.ndarray:
+  """A tensor (or its first `rows` rows) read into fresh memory with `readinto`: not through a memory map,
+  whose pages would stay resident (and count) until the map is closed, growing with the blocks read."""
+  fname, entry, start = files.where[name]
+  dtype = np.dtype(hf_model._DTYPES[entry["dtype"]])
+  shape = list(entry["shape"])
+  if rows is not None:
+    shape[0] = min(rows, shape[0])
+  out = np.empty(shape, dtype)
+  lo = entry["data_offsets"][0]
+  with open(fname, "rb", buffering=0) as f:
+    f.seek(start + lo)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    done = 0
+    while done < len(view):
+      n = f.readinto(view[done:])
+      if not n:
+        raise ValueError(f"{fname}: truncated in tensor {name}")
+      done += n
+  return out
 
 
 def _rename(name: str, i: int, j: int) -> str:
