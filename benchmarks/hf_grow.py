@@ -134,7 +134,7 @@ def bench(shape: str, direction: str, rounds: int, work: str, torch: bool) -> di
   from rcjax.hf_synthetic import write_synthetic
 
   src = os.path.join(work, f"{shape}-src")
-  if not os.path.isdir(src):
+  if not os.path.isfile(os.path.join(src, "config.json")):  # written last: a complete checkpoint
     write_synthetic(src, "llama", dtype="bfloat16", keep=False, **SHAPES[shape])
   factor = "2" if direction == "grow" else "0.5"
   dst = os.path.join(work, "dst")
