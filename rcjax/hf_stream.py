@@ -36,6 +36,8 @@ from rcjax.rc import is_rc
 
 def supported(args: Any, mesh: Any) -> bool:
   """Whether `python -m rcjax.grow` with these flags can take the streaming path."""
+  if os.environ.get("RCJAX_STREAM", "1") == "0":  # the whole-model path, for comparisons
+    return False
   return mesh is None and jax.process_count() == 1 and args.random_rate == 0 and args.norm_rate == 0
 
 
