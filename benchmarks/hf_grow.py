@@ -208,18 +208,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
   work = args.dir or tempfile.mkdtemp(prefix="hf_grow_bench_")
   os.makedirs(work, exist_ok=True)
   rows = []
-  for shape in args.shapes:
-    for d in args.directions:
+  for d in args.directions:
+    for shape in args.shapes:
       rows.append(bench(shape, d, args.rounds, work, not args.no_torch))
       print(table(rows[-1:]), flush=True)
-  text = table(rows)
-  print(text)
-  if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-      json.dump({"argv": sys.argv[1:], "cpus": os.cpu_count(), "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-      f.write(text + "\n")
+      if args.out:  # after every row: a long run stopped early keeps what it measured
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+          json.dump({"argv": sys.argv[1:], "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "rows": rows},
+                    f, indent=1)
+        with open(os.path.join(args.out, "table.md"), "w") as f:
+          f.write(table(rows) + "\n")
+  print(table(rows))
   if not args.dir:
     shutil.rmtree(work, ignore_errors=True)
   return rows
