@@ -167,7 +167,8 @@ def bench(shape: str, direction: str, rounds: int, work: str, torch: bool) -> di
   for k in res:
     row[k] = {"wall_s": med(k, "wall_s"), "rss_mb": med(k, "rss_mb"), "bytes_written": res[k][0]["bytes_written"]}
     phases = {p for r in res[k] for p in r.get("phases", {})}
-    row[k]["phases"] = {p: statistics.median(r["phases"][p] for r in res[k] if p in r["phases"]) for p in sorted(phases)}
+    row[k]["phases"] = {p: statistics.median(r["phases"][p] for r in res[k] if p in r["phases"])
+                        for p in sorted(phases)}
   base = row.get("torch naive")
   for k in ("rcjax --no-check", "rcjax check"):
     row[k]["x_cp"] = row[k]["wall_s"] / row["cp"]["wall_s"]

@@ -17,6 +17,11 @@ attention scale and RoPE frequencies depend on it), `--random-rate/--norm-rate` 
 A growth with fewer query heads per kv head (e.g. `--kv-heads` alone) would drop query heads: refused.
 The command prints what changed and, at the end, the max |logit difference| between SRC and DST (as read
 back from disk) on a fixed batch of random prompts.
+
+Without --mesh, in one process and without --random-rate/--norm-rate, SRC is streamed block by block
+(`rcjax.hf_stream`: bounded memory, the same bytes). Exit status (`rcjax._cli`): 2 for bad input, 1 for
+runtime failures (a full disk: one line, DST.rcjax-tmp removed), one line each; --debug for a traceback.
+See docs/hf-speed.md.
 """
 
 from __future__ import annotations

@@ -104,7 +104,8 @@ def _builder(model, new_model, src_entries, dst_entries, names, transfer_kw: dic
         out[e.name] = _inverse(p.view, e.shape, x.dtype)(x).astype(out_dtype)
       else:
         for p in e.parts:
-          out[_part_key(e.name, p.leaf)] = flat[p.leaf].value[0 if p.layer is not None else slice(None)].astype(out_dtype)
+          x = flat[p.leaf].value
+          out[_part_key(e.name, p.leaf)] = (x[0] if p.layer is not None else x).astype(out_dtype)
     return out
 
   return jax.jit(fn)

@@ -16,9 +16,11 @@ from rcjax.hf_synthetic import write_synthetic
 PINNED = {
     "llama_gqa_grow2": ("llama", dict(num_blocks=2, embed=16, heads=4, kv_heads=2, mlp=24, vocab=40,
                                       dtype="bfloat16"), "grow", ["--factor", "2"], "c3f42c4f197766981539"),
-    "gpt2_shrink": ("gpt2", dict(num_blocks=2, embed=16, heads=4, vocab=40), "shrink", ["--factor", "0.5"], "d407884aef1d96da8c57"),
+    "gpt2_shrink": ("gpt2", dict(num_blocks=2, embed=16, heads=4, vocab=40), "shrink", ["--factor", "0.5"],
+                    "d407884aef1d96da8c57"),
     "llama_exact_1p5": ("llama", dict(num_blocks=2, embed=16, heads=4, kv_heads=2, mlp=24, vocab=40), "grow",
-                        ["--factor", "1.5", "--exact", "--kv-heads", "3", "--heads", "6", "--embed", "24"], "51b2dfea74b376983401"),
+                        ["--factor", "1.5", "--exact", "--kv-heads", "3", "--heads", "6", "--embed", "24"],
+                        "51b2dfea74b376983401"),
     "neox_sharded": ("gpt_neox", dict(num_blocks=2, embed=32, heads=2, vocab=40, dtype="float16"), "grow",
                      ["--factor", "2", "--max-shard-size", "0.00004"], "5b9df635047106a024c2"),
 }
