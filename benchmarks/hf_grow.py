@@ -80,22 +80,6 @@ print(f"PHASES import {t1 - t0:.2f} load+resize {t2 - t1:.2f} save {t3 - t2:.2f}
 """
 
 
-def run(cmd: list[str], env: dict | None = None) -> dict:
-  """Run `cmd`; wall seconds, the child's peak RSS (MiB, from wait4) and its stdout."""
-  t = time.perf_counter()
-  p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **(env or {})))
-  out, err = p.communicate()
-  wall = time.perf_counter() - t
-  if p.returncode:
-    raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{err[-3000:]}")
-  return {"wall_s": wall, "stdout": out, "rss_mb": _rss(p)}
-
-
-def _rss(p) -> float:
-  return getattr(p, "_rcjax_rss", float("nan"))
-
-
 class _Popen(subprocess.Popen):
   """Popen that reaps its child with wait4, keeping the child's own peak RSS (ru_maxrss, KiB on Linux)."""
 
@@ -106,7 +90,20 @@ class _Popen(subprocess.Popen):
     return pid, status
 
 
-subprocess.Popen = _Popen  # for run(): every child of this benchmark reports its own peak
+def run(cmd: list[str], env: dict | None = None) -> dict:
+  """Run `cmd`; wall seconds, the child's peak RSS (MiB, from wait4) and its stdout."""
+  t = time.perf_counter()
+  p = _Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **(env or {})))
+  out, err = p.communicate()
+  wall = time.perf_counter() - t
+  if p.returncode:
+    raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{err[-3000:]}")
+  return {"wall_s": wall, "stdout": out, "rss_mb": _rss(p)}
+
+
+def _rss(p) -> float:
+  return getattr(p, "_rcjax_rss", float("nan"))
 
 
 def rcjax_phases(stdout: str) -> dict:
@@ -199,13 +196,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
   ap.add_argument("--shapes", nargs="+", default=["125m", "1b-4l", "mha-8l"], choices=sorted(SHAPES))
   ap.add_argument("--directions", nargs="+", default=["grow", "shrink"], choices=("grow", "shrink"))
   ap.add_argument("--rounds", type=int, default=3)
-  ap.add_argument("--smoke", action="store_true", help="one tiny shape, one round, no torch")
+  ap.add_argument("--smoke", action="store_true", help="one tiny shape, grow only, one round, no torch")
   ap.add_argument("--no-torch", action="store_true")
   ap.add_argument("--dir", help="work directory (default: a temporary one)")
   ap.add_argument("--out", help="directory for results.json and table.md")
   args = ap.parse_args(argv)
   if args.smoke:
-    args.shapes, args.rounds, args.no_torch = ["smoke"], 1, True
+    args.shapes, args.directions, args.rounds, args.no_torch = ["smoke"], ["grow"], 1, True
   work = args.dir or tempfile.mkdtemp(prefix="hf_grow_bench_")
   os.makedirs(work, exist_ok=True)
   rows = []

@@ -130,3 +130,13 @@ def test_benchmark_arguments_are_checked_before_any_work(tmp_path, capsys):
   assert "--steps and --top must be at least 1" in capsys.readouterr().err
   assert transfer.main(["--smoke", "--only", "nomatch", "--json", str(tmp_path / "t.json")]) == []
   assert json.loads((tmp_path / "t.json").read_text()) == [] and "no case matches" in capsys.readouterr().err
+
+
+def test_hf_grow_benchmark_smoke(tmp_path):
+  from benchmarks import hf_grow
+
+  rows = hf_grow.main(["--smoke", "--dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+  (row,) = rows
+  assert row["direction"] == "grow" and row["rcjax --no-check"]["bytes_written"] > row["bytes_read"] > 0
+  assert row["rcjax --no-check"]["rss_mb"] > 0 and row["rcjax check"]["phases"]["check_s"] >= 0
+  assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"][0]["shape"] == "smoke"
