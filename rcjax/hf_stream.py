@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rcjax import hf_model
-from rcjax.rc import is_rc
+from rcjax.rc import RC, is_rc
 
 
 def supported(args: Any, mesh: Any) -> bool:
@@ -45,6 +45,31 @@ def _inverse(view: Callable, shape: tuple, dtype: Any) -> Callable:
   """rcjax layout -> HF layout: the transpose of the (linear: reshape/transpose) view."""
   inv = jax.linear_transpose(view, jax.ShapeDtypeStruct(shape, dtype))
   return lambda x: inv(x)[0]
+
+
+def _permutation(view: Callable, shape: tuple) -> tuple[int, ...] | None:
+  """`perm` such that `view(a).transpose(perm) == a.reshape(...)` for an HF array `a` of `shape` (the
+  view is a reshape + transpose of it), or None where it is not (a fused tensor's part)."""
+  a = np.arange(math.prod(shape), dtype=np.int64).reshape(shape)
+  v = view(a)
+  if not np.may_share_memory(v, a) or v.size != a.size:
+    return None
+  perm = tuple(int(d) for d in np.argsort([-s for s in v.strides], kind="stable"))
+  ok = np.array_equal(v.transpose(perm).reshape(-1), a.reshape(-1))
+  return perm if ok else None
+
+
+def _permuted(box, perm: tuple, scanned: bool):
+  """`box` (an abstract RC leaf) with its dims (after the layers axis, if scanned) in the order `perm`.
+
+  Used without --exact only: every rescaling is then one scalar per leaf, so the transfer's values are
+  the same in any dim order (the gathers copy, the scale multiplies each entry once)."""
+  full = (0,) + tuple(scanned + d for d in perm) if scanned else tuple(perm)
+  where = {old: new for new, old in enumerate(full)}
+  return RC(value=jax.ShapeDtypeStruct(tuple(box.shape[d] for d in full), box.value.dtype),
+                  axes=tuple(box.axes[d] for d in full), fan_in=tuple(sorted(where[d] for d in box.fan_in)),
+            base=None if box.base is None else tuple(box.base[d] for d in full), param=box.param,
+            init=box.init, blocks=box.blocks)
 
 
 def _pieces(entries: list, depth: int) -> list[list]:
@@ -78,20 +103,29 @@ def _builder(model, new_model, src_entries, dst_entries, names, transfer_kw: dic
   from rcjax.nn.gpt import transfer as gpt_transfer
 
   abstract = _flat(hf_model.abstract_params(model))
-  src_parts = {}
+  src_parts, hf_order = {}, {}
+  exact = transfer_kw["exact"]
   for e in src_entries:
     for p in e.parts:
       src_parts[p.leaf] = (names[e.name], p.view, p.layer is not None)
+      perm = None if exact or len(e.parts) > 1 else _permutation(p.view, e.shape)
+      if perm is not None:
+        hf_order[p.leaf] = perm
   target = transfer_kw.pop("target")
 
   def fn(arrays: dict, key):
-    leaves = {}
+    leaves, boxes = {}, dict(abstract)
     for leaf, (name, view, scanned) in src_parts.items():
-      x = view(arrays[name]).astype(tdtype)
+      if leaf in hf_order:  # the leaf's dims in the HF tensor's order: a reshape, no transpose
+        box, perm = abstract[leaf], hf_order[leaf]
+        boxes[leaf] = _permuted(box, perm, scanned)
+        x = arrays[name].reshape(tuple(box.shape[scanned + d] for d in perm)).astype(tdtype)
+      else:
+        x = view(arrays[name]).astype(tdtype)
       leaves[leaf] = x[None] if scanned else x
     if not first:  # the transfer's corrections read the embedding and the final norm: a one-row stand-in
       leaves[("embed",)] = arrays["__embed_row__"].astype(tdtype)
-    tree = _unflat({k: abstract[k].replace(value=v) for k, v in leaves.items()})
+    tree = _unflat({k: boxes[k].replace(value=v) for k, v in leaves.items()})
     if target:
       tree = gpt_transfer(model, tree, key, target, **transfer_kw)
     flat = _flat(tree)
@@ -101,7 +135,10 @@ def _builder(model, new_model, src_entries, dst_entries, names, transfer_kw: dic
         (p,) = e.parts
         x = flat[p.leaf].value
         x = x[0] if p.layer is not None else x
-        out[e.name] = _inverse(p.view, e.shape, x.dtype)(x).astype(out_dtype)
+        if p.leaf in hf_order:
+          out[e.name] = x.reshape(e.shape).astype(out_dtype)
+        else:
+          out[e.name] = _inverse(p.view, e.shape, x.dtype)(x).astype(out_dtype)
       else:
         for p in e.parts:
           x = flat[p.leaf].value
