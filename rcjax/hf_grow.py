@@ -20,6 +20,11 @@ A growth with fewer query heads per kv head (e.g. `--kv-heads` alone) would drop
 exact with `--exact`, whose new blocks start as identities) or a subset (stride, first, last).
 The command prints what changed and, at the end, the max |logit difference| between SRC and DST (as read
 back from disk) on a fixed batch of random prompts.
+
+Without --mesh, in one process, for a decoder and without --random-rate/--norm-rate/--split-rate/
+--cancel-rate, --depth or importance scores, SRC is streamed block by block (`rcjax.hf_stream`: bounded
+memory, the same bytes). Exit status (`rcjax._cli`): 2 for bad input, 1 for runtime failures (a full disk:
+one line, DST.rcjax-tmp removed), one line each; --debug for a traceback. See docs/hf-speed.md.
 """
 
 from __future__ import annotations
@@ -105,7 +110,7 @@ def target_sizes(old: dict[str, int], family: str, args: argparse.Namespace, dir
     f = args.factor
     if not math.isfinite(f) or f <= 0:
       raise ValueError(f"--factor must be positive, got {f:g}")
-    if direction == "grow" and f < 1 or direction == "shrink" and f > 1:
+    if direction == "grow" and f <= 1 or direction == "shrink" and f >= 1:
       raise ValueError(f"--factor is new/old: {direction} needs a factor {'>' if direction == 'grow' else '<'} 1, "
                        f"got {f:g}" + (f" (to halve, --factor {1 / f:g})" if direction == "shrink" else ""))
     for a in ("embed", "mlp", "heads", "kv_heads"):
@@ -208,128 +213,226 @@ def _count(params) -> int:
 
 
 def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
+  """`python -m rcjax.grow/shrink` (see the module docstring); returns the exit status (`rcjax._cli`:
+  2 for bad input, 1 for runtime failures such as a full disk, one line; a traceback with --debug)."""
+  from rcjax._cli import run
+
+  return run(f"rcjax.{direction}", lambda av: _main(av, direction), argv)
+
+
+def _check_paths(args: argparse.Namespace) -> str:
+  """DST's absolute path; ValueError/FileExistsError for a SRC that is not a checkpoint directory, a DST
+  that exists without --overwrite, or one that --overwrite must not replace (not an HF checkpoint)."""
+  dst = os.path.abspath(args.dst)
+  if os.path.exists(args.src) and not os.path.isdir(args.src):
+    raise NotADirectoryError(f"SRC {args.src} is a file, not a directory: give the HuggingFace checkpoint "
+                             "directory (config.json + safetensors)")
+  if os.path.abspath(args.src) == dst:
+    raise ValueError("SRC and DST are the same directory")
+  if os.path.lexists(dst):
+    if not args.overwrite:
+      raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")
+    if not _is_hf_checkpoint(dst):
+      raise FileExistsError(f"{dst} exists and is not a HuggingFace checkpoint (config.json + safetensors "
+                            "weights): --overwrite replaces only a checkpoint; remove it yourself or choose "
+                            "another DST")
+  if not 0 <= args.random_rate <= 1 or args.norm_rate < 0:
+    raise ValueError("--random-rate must be in [0, 1] and --norm-rate >= 0")
+  if not (0 <= args.split_rate < float("inf") and 0 <= args.cancel_rate < float("inf")):
+    raise ValueError("--split-rate and --cancel-rate must be finite and >= 0")
+  return dst
+
+
+def _is_hf_checkpoint(path: str) -> bool:
+  if os.path.islink(path) or not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
+    return False
+  return any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in os.listdir(path))
+
+
+def _plan(args: argparse.Namespace, direction: str) -> argparse.Namespace:
+  """Everything decided (and refused) before SRC's tensors are read: the source model and config, the new
+  sizes and depth, the calibration data, the stored dtype."""
   import rcjax
-  from rcjax import hf_model, importance, sharding
+  from rcjax import hf_model, importance
+
+  cfg_path = os.path.join(args.src, "config.json")
+  if not os.path.isfile(cfg_path):
+    raise FileNotFoundError(f"{args.src}: no such directory" if not os.path.isdir(args.src) else
+                            f"{args.src} has no config.json: not a HuggingFace checkpoint")
+  with open(cfg_path) as f:
+    src_config = json.load(f)
+  model = hf_model.model_from_config(src_config, where=cfg_path,  # sizes and refusals before reading SRC
+                                     param_dtype=np.float32 if args.transfer_dtype == "float32" else None)
+  family = hf_model.family_of(model)
+  old = dict(rcjax.width_axes(hf_model.abstract_params(model)))
+  new = target_sizes(old, family, args, direction)
+  depth, depth_why = target_depth(model.depth, args, direction)
+  if family == "bert" and depth > model.depth and args.exact:
+    raise ValueError("--exact depth growth is not available for BERT: a post-LayerNorm block with zero output "
+                     "projections is not the identity (grow without --exact for plain copies)")
+  if model.rotary_dim is not None and new["head_dim"] != old["head_dim"]:
+    raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
+                     "head_dim cannot change")
+  calibration = importance.cli_calibration(args, model)  # bad --calibration fails before SRC is read
+  src_dtype = hf_model.stored_dtype(args.src, src_config)  # the tensors' (config.json may not say)
+  resized = _resized(model, new, depth)
+  if depth != model.depth:  # per-layer config fields follow the blocks (Qwen2's layer_types, ...)
+    src_config = hf_model.config_at_depth(src_config, depth_map(model.depth, depth, args.depth_mode))
+  # what save would refuse, before reading SRC
+  hf_model.config_for(resized, hf_model.abstract_params(resized), src_config, args.dtype or src_dtype)
+  if family == "bert":
+    with tempfile.TemporaryDirectory() as tmp:
+      _sentence_files(args.src, new["embed"], tmp)  # refuses sentence-transformers modules it cannot update
+  return argparse.Namespace(src_config=src_config, cfg_path=cfg_path, model=model, family=family, old=old,
+                            new=new, depth=depth, depth_why=depth_why, calibration=calibration,
+                            src_dtype=src_dtype)
+
+
+def _resized(model, new: dict, depth: int):
+  return model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"], head_dim=new["head_dim"],
+                     mlp=new["mlp"], depth=depth)
+
+
+def _streams(args: argparse.Namespace, p: argparse.Namespace, mesh) -> bool:
+  """Whether this transfer takes the streaming path (`rcjax.hf_stream`): decoders at unchanged depth,
+  uniform samplers, no draws that depend on whole leaves (fresh neurons, noise, splits)."""
+  from rcjax import hf_stream
+
+  return (hf_stream.supported(args, mesh) and p.family != "bert" and p.depth == p.model.depth
+          and args.sampler in ("stratified", "iid", "stride") and args.split_rate == 0 and args.cancel_rate == 0)
+
+
+def _check_tokens(args, model, mesh):
+  """The check's random prompts (the same on every process; replicated over the mesh) and their length."""
+  a = model.arch()
+  T = min(args.check_len, model.max_len) if a["positions"] == "learned" else args.check_len
+  host = np.random.default_rng(1234).integers(0, model.vocab, (args.check_batch, T)).astype(np.int32)
+  if mesh is None:
+    return jnp.asarray(host), T
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.make_array_from_callback(host.shape, rep, lambda idx: host[idx]), T
+
+
+def _print_sizes(out_, p: argparse.Namespace, args) -> dict:
+  """Print the old and new sizes; the transfer's target (changed axes, and 'layers' for depth)."""
+  for ax in AXES:
+    mark = "" if p.new[ax] == p.old[ax] else f"  (x{p.new[ax] / p.old[ax]:.4g})"
+    out_(f"    {ax:9s} {p.old[ax]:>7d} -> {p.new[ax]:<7d}{mark}")
+  target = {k: v for k, v in p.new.items() if v != p.old[k]}
+  if p.depth != p.model.depth:
+    out_(f"    {'layers':9s} {p.model.depth:>7d} -> {p.depth:<7d}  (x{p.depth / p.model.depth:.4g}, "
+         f"{args.depth_mode or ('stack' if p.depth > p.model.depth else 'stride')})")
+    target["layers"] = p.depth
+  return target
+
+
+def _transfer(args, p, model, params, key, target, direction, say):
+  """The whole-model transfer (params in memory): `rcjax.nn.gpt/bert.transfer` with the model's corrections."""
+  from rcjax import importance
   from rcjax.nn.bert import transfer as bert_transfer
   from rcjax.nn.gpt import transfer as gpt_transfer
+
+  if not target:
+    return params
+  say(f"{direction}ing: sampler {args.sampler}, exact {args.exact}, r1 {args.random_rate}, r2 {args.norm_rate}")
+  # donate: tensors no changed axis touches (all attention tensors when only mlp changes, ...) are
+  # kept, not copied, and SRC's other tensors are freed once DST's exist (memory: DST, not SRC + DST).
+  transfer = bert_transfer if p.family == "bert" else gpt_transfer  # the tied readouts' corrections
+  scores = importance.cli_scores(args, model, params, p.calibration, say)
+  return transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
+                  norm_rate=args.norm_rate, exact=args.exact, donate=True,
+                  depth_mode=args.depth_mode if "layers" in target else None,
+                  split_rate=args.split_rate, cancel_rate=args.cancel_rate,
+                  **({} if scores is None else {"scores": scores}))
+
+
+def _write(args, p, model, new_model, grown, dst, key, target, stream, direction, say) -> dict:
+  """DST written: streamed block by block from SRC, or `hf_model.save` of the transferred params."""
+  from rcjax import hf_model, hf_stream
+
+  if stream:
+    say(f"{direction}ing and writing {dst} block by block: sampler {args.sampler}, exact {args.exact}")
+    return hf_stream.stream_transfer(
+        args.src, dst, model, new_model, key, target, src_config=p.src_config,
+        out_dtype=np.dtype(hf_model._TORCH_DTYPE[args.dtype]) if args.dtype else p.src_dtype,
+        transfer_dtype=args.transfer_dtype, sampler=args.sampler, exact=args.exact,
+        max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
+        extra_files=hf_model.tokenizer_files(args.src), progress=True)
+  say(f"writing {dst}")
+  with tempfile.TemporaryDirectory() as tmp:  # BERT: the sentence-transformers files, 1_Pooling's width updated
+    extra = {**hf_model.tokenizer_files(args.src),
+             **(_sentence_files(args.src, p.new["embed"], tmp) if p.family == "bert" else {})}
+    return hf_model.save(new_model, grown, dst, config=p.src_config, dtype=args.dtype or p.src_dtype,
+                         max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
+                         extra_files=extra, progress=True, consume=True)
+
+
+def _report_check(args, p, dst, mesh, tokens, T, src_logits, why, out_, say) -> None:
+  """DST read back from disk, its outputs on the check's prompts against SRC's, and whether the transfer
+  is function-preserving by construction."""
+  from rcjax import hf_model
+
+  # DST's params in the dtype SRC's were checked in (float32, or SRC's with --transfer-dtype source), so
+  # the two forward passes differ only by what the transfer and the output dtype did
+  dst_model, dst_params = hf_model.load(dst, dtype=jnp.float32 if args.transfer_dtype == "float32" else p.src_dtype,
+                                        mesh=mesh)
+  dst_logits = jax.jit(_check_fn(dst_model))({"params": dst_params}, tokens)
+  diff = float(jnp.max(jnp.abs(src_logits - dst_logits)))
+  scale = float(jnp.max(jnp.abs(src_logits)))
+  what = "hidden-state Gram" if p.family == "bert" and not p.model.mlm else "logit"
+  say(f"check on {args.check_batch}x{T} random tokens: max |{what} difference| {diff:.3g} "
+      f"(max |{what}| {scale:.3g}, relative {diff / max(scale, 1e-30):.2g})")
+  out_dtype = np.dtype(args.dtype or p.src_dtype)
+  if why:
+    out_("    not function-preserving by construction: " + "; ".join(why))
+  else:
+    out_("    function-preserving by construction (differences are float rounding"
+         + (f" and the {out_dtype.name} output)" if out_dtype != np.float32 else ")"))
+
+
+def _main(argv: Sequence[str] | None, direction: str) -> int:
+  from rcjax import hf_model, sharding
 
   t0 = time.perf_counter()
   out_ = lambda msg: print(msg, flush=True) if jax.process_index() == 0 else None
   say = lambda msg: out_(f"[{time.perf_counter() - t0:6.1f}s] {msg}")
-  try:
-    args = parse(argv, direction)
-    sharding.init_distributed(args.coordinator, args.num_processes, args.process_id)
-    sharding.check_same_on_every_process({k: v for k, v in vars(args).items() if k != "process_id"},
-                                         f"python -m rcjax.{direction} flags")
-    dst = os.path.abspath(args.dst)
-    if os.path.exists(dst) and not args.overwrite:
-      raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")
-    if os.path.abspath(args.src) == dst:
-      raise ValueError("SRC and DST are the same directory")
-    if not 0 <= args.random_rate <= 1 or args.norm_rate < 0:
-      raise ValueError("--random-rate must be in [0, 1] and --norm-rate >= 0")
-    if not (0 <= args.split_rate < float("inf") and 0 <= args.cancel_rate < float("inf")):
-      raise ValueError("--split-rate and --cancel-rate must be finite and >= 0")
-    cfg_path = os.path.join(args.src, "config.json")
-    if not os.path.isfile(cfg_path):
-      raise FileNotFoundError(f"{args.src}: no such directory" if not os.path.isdir(args.src) else
-                              f"{args.src} has no config.json: not a HuggingFace checkpoint")
-    with open(cfg_path) as f:
-      src_config = json.load(f)
-    model = hf_model.model_from_config(src_config, where=cfg_path)  # sizes and refusals before reading SRC
-    family = hf_model.family_of(model)
-    old = dict(rcjax.width_axes(hf_model.abstract_params(model)))
-    new = target_sizes(old, family, args, direction)
-    depth, depth_why = target_depth(model.depth, args, direction)
-    if family == "bert" and depth > model.depth and args.exact:
-      raise ValueError("--exact depth growth is not available for BERT: a post-LayerNorm block with zero output "
-                       "projections is not the identity (grow without --exact for plain copies)")
-    if model.rotary_dim is not None and new["head_dim"] != old["head_dim"]:
-      raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
-                       "head_dim cannot change")
-    calibration = importance.cli_calibration(args, model)  # bad --calibration fails before SRC is read
-    src_dtype = hf_model.stored_dtype(args.src, src_config)  # the tensors' (config.json may not say)
-    resized = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
-                          head_dim=new["head_dim"], mlp=new["mlp"], depth=depth)
-    if depth != model.depth:  # per-layer config fields follow the blocks (Qwen2's layer_types, ...)
-      src_config = hf_model.config_at_depth(src_config, depth_map(model.depth, depth, args.depth_mode))
-    # what save would refuse, before reading SRC
-    hf_model.config_for(resized, hf_model.abstract_params(resized), src_config, args.dtype or src_dtype)
-    if family == "bert":
-      with tempfile.TemporaryDirectory() as tmp:
-        _sentence_files(args.src, new["embed"], tmp)  # refuses sentence-transformers modules it cannot update
-    mesh = sharding.make_mesh(args.mesh) if args.mesh else None
-    say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
+  args = parse(argv, direction)
+  sharding.init_distributed(args.coordinator, args.num_processes, args.process_id)
+  sharding.check_same_on_every_process({k: v for k, v in vars(args).items() if k != "process_id"},
+                                       f"python -m rcjax.{direction} flags")
+  dst = _check_paths(args)
+  p = _plan(args, direction)
+  mesh = sharding.make_mesh(args.mesh) if args.mesh else None
+  say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
+  stream = _streams(args, p, mesh)  # one block in memory at a time; SRC is loaded whole only for the check
+  model, params = p.model, None
+  if not (stream and args.no_check):
     model, params = hf_model.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,
-                                  mesh=mesh, progress=jax.process_index() == 0)
-    a = model.arch()
-    why = inexact(old, new, args, a["positions"] == "rope", a["norm"] == "rmsnorm") + depth_why
-    n_old = _count(params)
-    say(f"{family} ({src_config.get('model_type')}), {model.depth} blocks, vocab {model.vocab}")
-    for ax in AXES:
-      mark = "" if new[ax] == old[ax] else f"  (x{new[ax] / old[ax]:.4g})"
-      out_(f"    {ax:9s} {old[ax]:>7d} -> {new[ax]:<7d}{mark}")
-    target = {k: v for k, v in new.items() if v != old[k]}
-    if depth != model.depth:
-      out_(f"    {'layers':9s} {model.depth:>7d} -> {depth:<7d}  (x{depth / model.depth:.4g}, "
-           f"{args.depth_mode or ('stack' if depth > model.depth else 'stride')})")
-      target["layers"] = depth
-    key = jax.random.key(args.seed)
-    if not args.no_check:  # SRC's logits first, so SRC's params can go before DST is written
-      T = min(args.check_len, model.max_len) if a["positions"] == "learned" else args.check_len
-      host = np.random.default_rng(1234).integers(0, model.vocab, (args.check_batch, T)).astype(np.int32)
-      tokens = jnp.asarray(host)
-      if mesh is not None:  # every process holds the same prompts: replicate them over the (global) mesh
-        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        tokens = jax.make_array_from_callback(host.shape, rep, lambda idx: host[idx])
-      src_logits = jax.jit(_check_fn(model))({"params": params}, tokens)
-    if target:
-      say(f"{direction}ing: sampler {args.sampler}, exact {args.exact}, r1 {args.random_rate}, r2 {args.norm_rate}")
-      # donate: tensors no changed axis touches (all attention tensors when only mlp changes, ...) are
-      # kept, not copied, and SRC's other tensors are freed once DST's exist (memory: DST, not SRC + DST).
-      transfer = bert_transfer if family == "bert" else gpt_transfer  # the tied readouts' corrections
-      scores = importance.cli_scores(args, model, params, calibration, say)
-      grown = transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
-                       norm_rate=args.norm_rate, exact=args.exact, donate=True,
-                       depth_mode=args.depth_mode if "layers" in target else None,
-                       split_rate=args.split_rate, cancel_rate=args.cancel_rate,
-                       **({} if scores is None else {"scores": scores}))
-    else:
-      grown = params
-    del params
-    n_new = _count(grown)
-    out_(f"    params    {n_old / 1e6:.2f}M -> {n_new / 1e6:.2f}M  (x{n_new / n_old:.3f})")
-    new_model = model.clone(width=new["embed"], heads=new["heads"], kv_heads=new["kv_heads"],
-                            head_dim=new["head_dim"], mlp=new["mlp"], depth=depth)
-    say(f"writing {dst}")
-    with tempfile.TemporaryDirectory() as tmp:  # BERT: the sentence-transformers files, 1_Pooling's width updated
-      extra = {**hf_model.tokenizer_files(args.src), **(_sentence_files(args.src, new["embed"], tmp) if family == "bert"
-                                                         else {})}
-      out = hf_model.save(new_model, grown, dst, config=src_config, dtype=args.dtype or src_dtype,
-                          max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
-                          extra_files=extra, progress=True, consume=True)
-    say(f"wrote {len(out['files'])} file(s), {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB")
-    if not args.no_check:
-      del grown
-      # DST's params in the dtype SRC's were checked in (float32, or SRC's with --transfer-dtype source), so
-      # the two forward passes differ only by what the transfer and the output dtype did
-      dst_model, dst_params = hf_model.load(dst, dtype=jnp.float32 if args.transfer_dtype == "float32" else src_dtype,
-                                            mesh=mesh)
-      dst_logits = jax.jit(_check_fn(dst_model))({"params": dst_params}, tokens)
-      diff = float(jnp.max(jnp.abs(src_logits - dst_logits)))
-      scale = float(jnp.max(jnp.abs(src_logits)))
-      what = "hidden-state Gram" if family == "bert" and not model.mlm else "logit"
-      say(f"check on {args.check_batch}x{T} random tokens: max |{what} difference| {diff:.3g} "
-          f"(max |{what}| {scale:.3g}, relative {diff / max(scale, 1e-30):.2g})")
-      if why:
-        out_("    not function-preserving by construction: " + "; ".join(why))
-      else:
-        out_("    function-preserving by construction (differences are float rounding"
-              + (f" and the {np.dtype(args.dtype or src_dtype).name} output)" if np.dtype(args.dtype or src_dtype)
-                 != np.float32 else ")"))
-  except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as e:
-    print(f"rcjax.{direction}: error: {e}", file=sys.stderr)
-    return 2
+                                  mesh=mesh, progress=jax.process_index() == 0 and not stream)
+  elif args.transfer_dtype != "float32":  # the model as `load` makes it (its param dtype: the transfer dtype)
+    model = hf_model.model_from_config(p.src_config, param_dtype=p.src_dtype, where=p.cfg_path)
+  a = model.arch()
+  why = inexact(p.old, p.new, args, a["positions"] == "rope", a["norm"] == "rmsnorm") + p.depth_why
+  n_old = _count(hf_model.abstract_params(model) if params is None else params)
+  say(f"{p.family} ({p.src_config.get('model_type')}), {model.depth} blocks, vocab {model.vocab}")
+  target = _print_sizes(out_, p, args)
+  key = jax.random.key(args.seed)
+  if not args.no_check:  # SRC's outputs first, so SRC's params can go before DST is written
+    tokens, T = _check_tokens(args, model, mesh)
+    src_logits = jax.jit(_check_fn(model))({"params": params}, tokens)
+  grown = None if stream else _transfer(args, p, model, params, key, target, direction, say)
+  del params
+  new_model = _resized(model, p.new, p.depth)
+  n_new = _count(hf_model.abstract_params(new_model) if stream else grown)
+  out_(f"    params    {n_old / 1e6:.2f}M -> {n_new / 1e6:.2f}M  (x{n_new / n_old:.3f})")
+  out = _write(args, p, model, new_model, grown, dst, key, target, stream, direction, say)
+  del grown
+  say(f"wrote {len(out['files'])} file(s), {out['tensors']} tensors, {out['bytes'] / 2**20:.1f} MiB")
+  if "seconds" in out:  # the streaming path's phases (they overlap)
+    out_("    " + ", ".join(f"{k} {v:.2f}s" for k, v in out["seconds"].items())
+         + f"; read {out['bytes_read'] / 2**20:.1f} MiB")
+  if not args.no_check:
+    _report_check(args, p, dst, mesh, tokens, T, src_logits, why, out_, say)
   return 0
 
 

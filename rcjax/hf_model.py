@@ -41,13 +41,15 @@ True
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import math
 import os
 import shutil
 import struct
 import warnings
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -473,8 +475,19 @@ class _Files:
 
 
 def abstract_params(model: GPT) -> Any:
-  """`model`'s params as RC leaves of `jax.ShapeDtypeStruct` (shapes and metadata; nothing computed)."""
+  """`model`'s params as RC leaves of `jax.ShapeDtypeStruct` (shapes and metadata; nothing computed).
+  Cached per model (tracing `init` takes ~0.5 s for a 12-block model; the result is immutable)."""
+  try:
+    return _abstract_cached(model)
+  except TypeError:  # an unhashable field
+    return _abstract(model)
+
+
+def _abstract(model: GPT) -> Any:
   return jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 1), jnp.int32))["params"], jax.random.key(0))
+
+
+_abstract_cached = functools.lru_cache(maxsize=16)(_abstract)
 
 
 def _stored(files: _Files) -> Any:
@@ -644,6 +657,21 @@ def _create(fname: str, entries: list[Entry], dtypes: dict[str, np.dtype]) -> No
     f.write(struct.pack("<Q", len(raw)))
     f.write(raw)
     f.truncate(8 + len(raw) + off)
+    _reserve(f.fileno(), 8 + len(raw) + off, fname)
+  return 8 + len(raw)
+
+
+def _reserve(fd: int, size: int, fname: str) -> None:
+  """Reserve the file's blocks now, so that a full disk is an OSError (ENOSPC) here and never a SIGBUS
+  in a later write through a memory map (a sparse file's pages are allocated on first touch)."""
+  if size == 0 or not hasattr(os, "posix_fallocate"):
+    return
+  try:
+    os.posix_fallocate(fd, 0, size)
+  except OSError as e:
+    if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+      return  # a file system without fallocate (glibc emulates it where it can)
+    raise OSError(e.errno, os.strerror(e.errno), fname) from None
 
 
 def _chunks(x: Any) -> list[tuple[tuple, np.ndarray]]:
@@ -739,28 +767,57 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
     sharding.sync("rcjax.hf.save:written")
     total = sum(math.prod(e.shape) * dtypes[e.name].itemsize for e in entries)
     if main:
-      if len(plan) > 1:
-        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as fh:
-          json.dump({"metadata": {"total_size": total},
-                     "weight_map": {e.name: n for n, es in zip(names, plan) for e in es}}, fh, indent=2)
-      for name, src in (extra_files or {}).items():
-        os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
-        shutil.copyfile(src, os.path.join(tmp, name))
-      with open(os.path.join(tmp, "config.json"), "w") as fh:
-        json.dump(cfg, fh, indent=2, sort_keys=True)
-      if os.path.exists(path):
-        old = path + ".rcjax-old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(path, old)
-        os.rename(tmp, path)
-        shutil.rmtree(old)
-      else:
-        os.rename(tmp, path)
+      _finish(tmp, path, plan, names, total, cfg, extra_files)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left, under either name
     raise
   sharding.sync("rcjax.hf.save:renamed")
   return {"path": path, "files": names, "tensors": len(entries), "bytes": total, "max_chunk_bytes": max_chunk}
+
+
+def _finish(tmp: str, path: str, plan: list, names: list, total: int, cfg: dict, extra_files) -> None:
+  """The index, the extra files and config.json (last) into `tmp`, then `tmp` renamed to `path`
+  (replacing it)."""
+  if len(plan) > 1:
+    with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as fh:
+      json.dump({"metadata": {"total_size": total},
+                 "weight_map": {e.name: n for n, es in zip(names, plan) for e in es}}, fh, indent=2)
+  for name, src in (extra_files or {}).items():
+    os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
+    shutil.copyfile(src, os.path.join(tmp, name))
+  with open(os.path.join(tmp, "config.json"), "w") as fh:
+    json.dump(cfg, fh, indent=2, sort_keys=True)
+  if os.path.exists(path):
+    old = path + ".rcjax-old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old)
+  else:
+    os.rename(tmp, path)
+
+
+def _write_dir(path: str, entries: list[Entry], dtypes: dict, max_shard_size: int, cfg: dict, overwrite: bool,
+               extra_files, body: Callable[[str, list, list], None]) -> dict:
+  """One process writes a checkpoint directory: `body(tmp, plan, file names)` fills the safetensors files
+  (it creates them with `_create`), then `_finish`; on any error `tmp` is removed and nothing is left."""
+  path = os.path.abspath(os.fspath(path))
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} exists (pass overwrite=True / --overwrite to replace it)")
+  plan = _plan_files(entries, dtypes, max_shard_size)
+  names = (["model.safetensors"] if len(plan) == 1 else
+           [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))])
+  tmp = path + ".rcjax-tmp"
+  total = sum(math.prod(e.shape) * dtypes[e.name].itemsize for e in entries)
+  try:
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    body(tmp, plan, names)
+    _finish(tmp, path, plan, names, total, cfg, extra_files)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return {"path": path, "files": names, "tensors": len(entries), "bytes": total, "max_chunk_bytes": 0}
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "vocab.txt",

@@ -165,3 +165,13 @@ def test_checkpoint_verify_benchmark_smoke(tmp_path):
   rows = checkpoint_verify.main(["--smoke", "--dir", str(tmp_path), "--json", str(tmp_path / "c.json")])
   assert json.loads((tmp_path / "c.json").read_text()) == rows and len(rows) == 1
   assert all(rows[0][k] > 0 for k in ("save_plain_s", "save_verified_s", "restore_plain_s", "restore_verified_s"))
+
+
+def test_hf_grow_benchmark_smoke(tmp_path):
+  from benchmarks import hf_grow
+
+  rows = hf_grow.main(["--smoke", "--dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+  (row,) = rows
+  assert row["direction"] == "grow" and row["rcjax --no-check"]["bytes_written"] > row["bytes_read"] > 0
+  assert row["rcjax --no-check"]["rss_mb"] > 0 and row["rcjax check"]["phases"]["check_s"] >= 0
+  assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"][0]["shape"] == "smoke"

@@ -250,8 +250,8 @@ def test_cli_refuses_existing_destination_and_unsupported_family(tmp_path, capsy
   (dst / "keep.txt").write_text("mine")
   code, out = _grow(src, str(dst), "--factor", "2", capsys=capsys)
   assert code == 2 and "exists" in out.err and (dst / "keep.txt").read_text() == "mine"
-  code, out = _grow(src, str(dst), "--factor", "2", "--overwrite", capsys=capsys)
-  assert code == 0 and not (dst / "keep.txt").exists()
+  code, out = _grow(src, str(dst), "--factor", "2", "--overwrite", capsys=capsys)  # not a checkpoint: kept
+  assert code == 2 and "not a HuggingFace checkpoint" in out.err and (dst / "keep.txt").read_text() == "mine"
   other = str(tmp_path / "t5")  # BERT is supported (tests/test_bert.py): an encoder-decoder is not
   write_synthetic(other, "bert", num_blocks=1, embed=8, heads=2)
   cfg = json.load(open(os.path.join(other, "config.json")))
@@ -494,9 +494,13 @@ def test_transfer_in_the_source_dtype_is_bit_identical(tmp_path, monkeypatch):
   loaded, real = [], hf_model.load
   monkeypatch.setattr(hf_model, "load", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
   for factor in ("2", "1.5"):
+    monkeypatch.setenv("RCJAX_STREAM", "0")  # the whole-model path, whose loaded params can be looked at
     for name, flag in (("f32", "float32"), ("native", "source")):
       dst = str(tmp_path / f"{name}{factor}")
       assert hf_grow.main([src, dst, "--factor", factor, "--transfer-dtype", flag, "--exact", "--no-check"]) == 0
       assert loaded[-1][1]["blocks"]["q"].value.dtype == (jnp.float32 if flag == "float32" else jnp.bfloat16)
-    a, b = (open(tmp_path / f"{n}{factor}" / "model.safetensors", "rb").read() for n in ("f32", "native"))
-    assert a == b
+    monkeypatch.setenv("RCJAX_STREAM", "1")  # and the streaming path (rcjax.hf_stream) in the source dtype
+    dst = str(tmp_path / f"stream{factor}")
+    assert hf_grow.main([src, dst, "--factor", factor, "--transfer-dtype", "source", "--exact", "--no-check"]) == 0
+    a, b, c = (open(tmp_path / f"{n}{factor}" / "model.safetensors", "rb").read() for n in ("f32", "native", "stream"))
+    assert a == b == c
