@@ -162,7 +162,7 @@ def format_table(table: dict) -> str:
   return "\n".join(lines)
 
 
-def plot(runs: dict, path: str, title: str) -> None:
+def plot(runs: dict, path: str, title: str, ylabel: str = "eval loss (nats/byte, held-out plays)") -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -174,7 +174,7 @@ def plot(runs: dict, path: str, title: str) -> None:
               label=name if j == 0 else None)
   ax.set_xscale("log")
   ax.set_xlabel("cumulative training FLOPs (small phase included)")
-  ax.set_ylabel("eval loss (nats/byte, held-out plays)")
+  ax.set_ylabel(ylabel)
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
