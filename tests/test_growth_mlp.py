@@ -48,3 +48,14 @@ def test_teacher_data_deterministic_disjoint_balanced():
   assert small.y_train.dtype == np.int32 and set(small.y_train) <= set(range(10))
   with pytest.raises(ValueError, match="teacher: sizes"):
     teacher_data.teacher(n_train=0)
+
+
+def test_growth_from_knob_sets_the_small_width_heads_and_mup_base():
+  from benchmarks import growth
+
+  small, large, _ = growth.configs("cpu")
+  c = growth.variant_config(small, growth.parse_variant("from=16,at=0.25,cancel=2.0"), large.width)
+  assert (c.width, c.heads, c.base_width, c.grow_to, c.grow_at, c.cancel_rate) == (16, 1, 16, 64, 375, 2.0)
+  assert growth.variant_config(small, growth.parse_variant("from=16,at=0.25,base=32"), 64).base_width == 32
+  with pytest.raises(ValueError, match="from=12"):
+    growth.variant_config(small, growth.parse_variant("from=12,at=0.5"), 64)
