@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.growth import first_reach, format_table, plot, summarize  # noqa: F401 - first_reach: API
+from benchmarks.growth import format_table, plot, summarize
 
 # `small` grows to `large`; `cfg`: train.mlp Config fields of every run
 PRESETS = {
