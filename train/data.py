@@ -21,7 +21,7 @@ import urllib.parse
 
 import numpy as np
 
-DATASETS = ("cifar10", "digits")
+DATASETS = ("cifar10", "digits", "teacher")  # teacher: train/teacher_data.py (offline, synthetic)
 AUTO = "auto"  # train.mlp's default: CIFAR-10 when prepared locally, else digits (see `load_auto`)
 # Where TFDS downloads CIFAR-10 from (checked for reachability before TFDS tries; tests patch it).
 CIFAR10_HOST = ("www.cs.toronto.edu", 443)
@@ -62,7 +62,8 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
   """Load a dataset by name.
 
   Args:
-    name: 'cifar10' (TFDS, downloaded on first use) or 'digits' (scikit-learn, embedded, offline).
+    name: 'cifar10' (TFDS, downloaded on first use), 'digits' (scikit-learn, embedded, offline) or
+      'teacher' (a random wide teacher's labels, offline: train/teacher_data.py).
     data_dir: TFDS data directory for 'cifar10' (None: TFDS's default, ~/tensorflow_datasets).
 
   Returns:
@@ -77,6 +78,9 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
   """
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+  if name == "teacher":
+    from train.teacher_data import teacher
+    return teacher()
   return _digits() if name == "digits" else _cifar10(data_dir)
 
 
