@@ -1,6 +1,6 @@
 """python -m benchmarks.growth: does growing a model mid-training save compute? One command, one answer.
 
-    python -m benchmarks.growth                       # the CPU study (real text, 64 -> 128, 3 seeds)
+    python -m benchmarks.growth                       # the CPU study (real text, 32 -> 64, 3 seeds)
     python -m benchmarks.growth --smoke               # seconds: the harness end to end (a test runs it)
     python -m benchmarks.growth --preset gpu          # one H100: gpt-medium (1024 x 24) from width 512
     python -m benchmarks.growth --variants "at=0.25;at=0.5,warmup=100" --seeds 0   # screen recipes
