@@ -5,6 +5,7 @@ carries the nnx.Optimizer state, and under muP/mean-field an Adam step commutes 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -37,6 +38,22 @@ def test_nnx_mlp_computes_what_the_linen_mlp_computes(param):
       assert ours == params[f"Dense_{l}"][name]
     np.testing.assert_allclose(model(X), linen.apply({"params": params}, X), rtol=1e-6, atol=1e-7)
     assert model.features == (width, width) and model.out_features == 3
+
+
+def test_nnx_sgd_step_equals_the_linen_sgd_step():
+  # Mean-field's per-leaf SGD rates (N_out, n_in * N_out, n_in): rcjax.nnx.sgd on the NNX MLP takes the
+  # step rcjax.sgd takes on the linen MLP with the same weights.
+  linen = rcjax.nn.MLP(features=(4, 4), out_features=3, param="mf", activation=jnp.tanh)
+  params = linen.init(jax.random.key(2), X)["params"]
+  model = _copy_linen(rcjax.nnx.MLP(6, (4, 4), 3, param="mf", activation=jnp.tanh, rngs=nnx.Rngs(0)), params)
+  tx = rcjax.sgd(0.1, momentum=0.9)
+  loss = lambda p: jnp.mean((linen.apply({"params": p}, X) - Y) ** 2)
+  updates, _ = jax.jit(lambda p: tx.update(jax.grad(loss)(p), tx.init(p), p))(params)  # eager: op by op
+  _step(model, nnx.Optimizer(model, rcjax.nnx.sgd(model, 0.1, momentum=0.9), wrt=nnx.Param))
+  new = rcjax.unbox(optax.apply_updates(params, updates))
+  for l, layer in enumerate(model.layers):
+    np.testing.assert_allclose(layer.kernel.get_value(), new[f"Dense_{l}"]["kernel"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.bias.get_value(), new[f"Dense_{l}"]["bias"], rtol=1e-5, atol=1e-6)
 
 
 def test_nnx_conv_computes_what_the_linen_conv_computes_and_grows():
