@@ -8,6 +8,8 @@ fixed numpy seed, so train and test sets are the same on every machine, and disj
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 DIM = 32            # input dimension
@@ -16,9 +18,18 @@ N_TRAIN, N_TEST = 16384, 4096
 SEED = 20261207
 
 
+class Splits(NamedTuple):
+  """The arrays of the task (`train.data.load('teacher')` wraps them in a `train.data.Dataset`)."""
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+
+
 def teacher(n_train: int = N_TRAIN, n_test: int = N_TEST, dim: int = DIM, width: int = TEACHER_WIDTH,
             classes: int = 10, seed: int = SEED):
-  """The teacher-student dataset (a `train.data.Dataset` named 'teacher').
+  """The teacher-student dataset's splits (`train.data.load('teacher')` is the `Dataset` named 'teacher').
 
   Args:
     n_train, n_test: examples in each split.
@@ -31,8 +42,6 @@ def teacher(n_train: int = N_TRAIN, n_test: int = N_TEST, dim: int = DIM, width:
   >>> d.x_train.shape, d.y_test.shape, d.num_classes
   ((64, 32), (16,), 10)
   """
-  from train.data import Dataset
-
   if min(n_train, n_test, dim, width) < 1 or classes < 2:
     raise ValueError(f"teacher: sizes must be positive and classes >= 2, got n_train={n_train}, "
                      f"n_test={n_test}, dim={dim}, width={width}, classes={classes}")
@@ -49,4 +58,4 @@ def teacher(n_train: int = N_TRAIN, n_test: int = N_TEST, dim: int = DIM, width:
     return x.astype(np.float32), np.argmax((hidden(x) - mean) @ w2, -1).astype(np.int32)
 
   (x_tr, y_tr), (x_te, y_te) = draw(n_train), draw(n_test)
-  return Dataset("teacher", x_tr, y_tr, x_te, y_te, num_classes=classes)
+  return Splits(x_tr, y_tr, x_te, y_te, classes)
