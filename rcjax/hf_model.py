@@ -226,7 +226,7 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
     window = int(c["sliding_window"]) if mt == "mistral" and c.get("sliding_window") else None
     if mt == "qwen2" and c.get("use_sliding_window") and c.get("sliding_window"):
       warnings.warn(f"{where}: Qwen2's use_sliding_window (on some layers only) is ignored: rcjax attends to "
-                    "the whole prefix, which agrees with the HF model on sequences up to the window")
+                    "the whole prefix, which agrees with the HF model on sequences up to the window", stacklevel=2)
     qwen = mt == "qwen2"
     heads = int(c["num_attention_heads"])
     return GPT(**common, width=int(c["hidden_size"]), depth=int(c["num_hidden_layers"]), heads=heads,

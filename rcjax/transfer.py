@@ -37,7 +37,8 @@ from rcjax import parametrization as pz
 from rcjax.depth import DEPTH_AXIS, check_mode, depth_map, new_blocks
 from rcjax.gather import _broadcast, _gather, _on_cpu
 from rcjax.maps import (SCORE_SAMPLERS, _check_blocks, _check_key, _check_sampler, _check_size, _maps, _scalar,
-                        check_scores, index_maps, inverse_maps, tree_blocks)
+                        check_scores, tree_blocks)
+from rcjax.maps import index_maps as index_maps, inverse_maps as inverse_maps  # re-exported (rcjax.nn.gpt uses them)
 from rcjax.sharding import constrain, fit_spec, gather_plan, leaf_shardings, spec_tuple
 from rcjax.rc import RC, _axes_info, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
 from rcjax.symmetry import break_symmetry, split_factors
