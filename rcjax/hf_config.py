@@ -174,45 +174,55 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
                        f"supported: {', '.join(sorted(FAMILIES) + ['bert'])}")
   pd = param_dtype or _TORCH_DTYPE.get(str(c.get("torch_dtype") or c.get("dtype") or "float32"), np.float32)
   common = dict(vocab=int(c["vocab_size"]), param="sp", dtype=dtype, param_dtype=pd)
-  if fam == "llama":
-    scaling = _rope_scaling(c, where)
-    act = c.get("hidden_act", "silu")
-    if act != "silu":
-      raise ValueError(f"{where}: hidden_act {act!r} is not supported for {mt} (only 'silu')")
-    window = int(c["sliding_window"]) if mt == "mistral" and c.get("sliding_window") else None
-    if mt == "qwen2" and c.get("use_sliding_window") and c.get("sliding_window"):
-      warnings.warn(f"{where}: Qwen2's use_sliding_window (on some layers only) is ignored: rcjax attends to "
-                    "the whole prefix, which agrees with the HF model on sequences up to the window", stacklevel=2)
-    qwen = mt == "qwen2"
-    heads = int(c["num_attention_heads"])
-    return GPT(**common, width=int(c["hidden_size"]), depth=int(c["num_hidden_layers"]), heads=heads,
-               kv_heads=int(c.get("num_key_value_heads") or heads),
-               head_dim=int(c.get("head_dim") or int(c["hidden_size"]) // heads), mlp=int(c["intermediate_size"]),
-               max_len=int(c.get("max_position_embeddings", 2048)), style="llama",
-               tied=bool(c.get("tie_word_embeddings", False)),
-               qkv_bias=True if qwen else bool(c.get("attention_bias", False)),
-               o_bias=False if qwen else bool(c.get("attention_bias", False)),
-               mlp_bias=False if qwen else bool(c.get("mlp_bias", False)),
-               norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope_base=_rope_theta(c, 10000.0),
-               rope_scaling=scaling, sliding_window=window)
-  acts = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": None, "gelu": "gelu_exact",
-          "relu": "relu"}
-  if fam == "gpt2":
-    act = acts.get(c.get("activation_function", "gelu_new"))
-    if act is None:
-      raise ValueError(f"{where}: activation_function {c.get('activation_function')!r} is not supported")
-    if not c.get("scale_attn_weights", True) or c.get("scale_attn_by_inverse_layer_idx", False):
-      raise ValueError(f"{where}: GPT-2 attention without 1/sqrt(head_dim) scaling (scale_attn_weights / "
-                       "scale_attn_by_inverse_layer_idx) is not supported")
-    E = int(c.get("n_embd", c.get("hidden_size", 768)))
-    return GPT(**common, width=E, depth=int(c.get("n_layer", c.get("num_hidden_layers", 12))),
-               heads=int(c.get("n_head", c.get("num_attention_heads", 12))), mlp=int(c.get("n_inner") or 4 * E),
-               max_len=int(c.get("n_positions", c.get("max_position_embeddings", 1024))), style="gpt2",
-               activation=act, tied=bool(c.get("tie_word_embeddings", True)),
-               norm_eps=float(c.get("layer_norm_epsilon", 1e-5)))
-  # gpt_neox
+  build = {"llama": _llama_model, "gpt2": _gpt2_model, "gpt_neox": _neox_model}[fam]
+  return build(c, mt, common, where)
+
+
+def _llama_model(c: dict, mt: str | None, common: dict, where: str) -> GPT:
   scaling = _rope_scaling(c, where)
-  act = acts.get(c.get("hidden_act", "gelu"))
+  act = c.get("hidden_act", "silu")
+  if act != "silu":
+    raise ValueError(f"{where}: hidden_act {act!r} is not supported for {mt} (only 'silu')")
+  window = int(c["sliding_window"]) if mt == "mistral" and c.get("sliding_window") else None
+  if mt == "qwen2" and c.get("use_sliding_window") and c.get("sliding_window"):
+    warnings.warn(f"{where}: Qwen2's use_sliding_window (on some layers only) is ignored: rcjax attends to "
+                  "the whole prefix, which agrees with the HF model on sequences up to the window", stacklevel=3)
+  qwen = mt == "qwen2"
+  heads = int(c["num_attention_heads"])
+  return GPT(**common, width=int(c["hidden_size"]), depth=int(c["num_hidden_layers"]), heads=heads,
+             kv_heads=int(c.get("num_key_value_heads") or heads),
+             head_dim=int(c.get("head_dim") or int(c["hidden_size"]) // heads), mlp=int(c["intermediate_size"]),
+             max_len=int(c.get("max_position_embeddings", 2048)), style="llama",
+             tied=bool(c.get("tie_word_embeddings", False)),
+             qkv_bias=True if qwen else bool(c.get("attention_bias", False)),
+             o_bias=False if qwen else bool(c.get("attention_bias", False)),
+             mlp_bias=False if qwen else bool(c.get("mlp_bias", False)),
+             norm_eps=float(c.get("rms_norm_eps", 1e-6)), rope_base=_rope_theta(c, 10000.0),
+             rope_scaling=scaling, sliding_window=window)
+
+
+_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": None, "gelu": "gelu_exact",
+                "relu": "relu"}
+
+
+def _gpt2_model(c: dict, mt: str | None, common: dict, where: str) -> GPT:
+  act = _ACTIVATIONS.get(c.get("activation_function", "gelu_new"))
+  if act is None:
+    raise ValueError(f"{where}: activation_function {c.get('activation_function')!r} is not supported")
+  if not c.get("scale_attn_weights", True) or c.get("scale_attn_by_inverse_layer_idx", False):
+    raise ValueError(f"{where}: GPT-2 attention without 1/sqrt(head_dim) scaling (scale_attn_weights / "
+                     "scale_attn_by_inverse_layer_idx) is not supported")
+  E = int(c.get("n_embd", c.get("hidden_size", 768)))
+  return GPT(**common, width=E, depth=int(c.get("n_layer", c.get("num_hidden_layers", 12))),
+             heads=int(c.get("n_head", c.get("num_attention_heads", 12))), mlp=int(c.get("n_inner") or 4 * E),
+             max_len=int(c.get("n_positions", c.get("max_position_embeddings", 1024))), style="gpt2",
+             activation=act, tied=bool(c.get("tie_word_embeddings", True)),
+             norm_eps=float(c.get("layer_norm_epsilon", 1e-5)))
+
+
+def _neox_model(c: dict, mt: str | None, common: dict, where: str) -> GPT:
+  scaling = _rope_scaling(c, where)
+  act = _ACTIVATIONS.get(c.get("hidden_act", "gelu"))
   if act is None:
     raise ValueError(f"{where}: hidden_act {c.get('hidden_act')!r} is not supported")
   E, H = int(c["hidden_size"]), int(c["num_attention_heads"])
@@ -280,7 +290,21 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
   fam = family_of(model)
   a = _arch(model, params)
   c = dict(base) if base and FAMILIES.get(base.get("model_type")) == fam else {}
-  mt = c.get("model_type", fam)
+  mt = _model_type(fam, a, c.get("model_type", fam))
+  dt = np.dtype(dtype or _leaf_dtype(params))
+  torch_dtype = {np.dtype(v): k for k, v in _TORCH_DTYPE.items()}.get(dt)
+  if torch_dtype is None:
+    raise ValueError(f"cannot save dtype {dt} (float32, float16 or bfloat16)")
+  c.update(model_type=mt, architectures=[_ARCHITECTURES[mt]], vocab_size=a["vocab"], torch_dtype=torch_dtype,
+           tie_word_embeddings=bool(a["tied"]))
+  c.pop("dtype", None)
+  _family_fields(c, fam, mt, a, model)
+  return c
+
+
+def _model_type(fam: str, a: dict, mt: str) -> str:
+  """The HF model_type that holds the architecture `a` of family `fam` (`mt`: the base config's, or the
+  family's); ValueError for an architecture no HF model of the family has."""
   if fam == "llama":  # which of llama / mistral / qwen2 can hold these biases
     qwen_like = a["qkv_bias"] and not a["o_bias"] and not a["mlp_bias"]
     llama_like = a["qkv_bias"] == a["o_bias"]
@@ -302,13 +326,11 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
   if fam == "gpt_neox" and a["heads"] * a["head_dim"] != a["embed"]:
     raise ValueError(f"GPT-NeoX needs heads * head_dim == embed (HF derives head_dim = hidden_size / "
                      f"num_attention_heads), got {a['heads']} * {a['head_dim']} != {a['embed']}")
-  dt = np.dtype(dtype or _leaf_dtype(params))
-  torch_dtype = {np.dtype(v): k for k, v in _TORCH_DTYPE.items()}.get(dt)
-  if torch_dtype is None:
-    raise ValueError(f"cannot save dtype {dt} (float32, float16 or bfloat16)")
-  c.update(model_type=mt, architectures=[_ARCHITECTURES[mt]], vocab_size=a["vocab"], torch_dtype=torch_dtype,
-           tie_word_embeddings=bool(a["tied"]))
-  c.pop("dtype", None)
+  return mt
+
+
+def _family_fields(c: dict, fam: str, mt: str, a: dict, model: GPT) -> None:
+  """config.json's family-specific fields of `model` (architecture `a`) written into `c`."""
   if fam == "llama":
     c.update(hidden_size=a["embed"], intermediate_size=a["mlp"], num_hidden_layers=a["layers"],
              num_attention_heads=a["heads"], num_key_value_heads=a["kv_heads"], head_dim=a["head_dim"],
@@ -338,7 +360,6 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
              attention_bias=bool(a["qkv_bias"]), max_position_embeddings=c.get("max_position_embeddings",
                                                                                  model.max_len))
     _write_rope(c, model, pct)
-  return c
 
 
 def config_at_depth(config: Mapping[str, Any], depth_map: Any) -> dict:
