@@ -16,7 +16,7 @@ from rcjax import parametrization as pz
 from rcjax.depth import DEPTH_AXIS
 from rcjax.gather import _broadcast, _gather, _on_cpu
 from rcjax.rc import RC, is_rc, path_hash, width_axes
-from rcjax.sharding import constrain, fit_spec, gather_plan, spec_tuple
+from rcjax.reshard import constrain, fit_spec, gather_plan, spec_tuple
 from rcjax.symmetry import break_symmetry, split_factors
 
 # Optimizer-state fields holding gradient statistics: power 1 (linear in the gradient) or 2 (squared):

@@ -35,7 +35,7 @@ from rcjax.depth import DEPTH_AXIS
 from rcjax.gather import _on_cpu
 from rcjax.maps import (SCORE_SAMPLERS, _check_blocks, _check_key, _check_sampler, _maps, check_scores, tree_blocks)
 from rcjax.maps import index_maps as index_maps, inverse_maps as inverse_maps  # re-exported (rcjax.nn.gpt uses them)
-from rcjax.sharding import leaf_shardings
+from rcjax.reshard import leaf_shardings
 # the per-leaf mapping (rcjax.leafmap) and the checks (rcjax.transfer_checks), importable from here as before #21
 from rcjax.leafmap import MOMENT_FIELDS, UNSUPPORTED_FIELDS, _apply, _check_fields, _map_leaf, _moment_power  # noqa: F401
 from rcjax.transfer_checks import (_caller_level, _check_exact, _check_finite, _check_rates, _depth_plan,  # noqa: F401
