@@ -156,12 +156,7 @@ def stream_transfer(src: str, dst: str, model, new_model, key, target: dict, *, 
   Returns `hf_model.save`'s summary dict plus 'bytes_read' and 'seconds' (compile, compute, write: the
   wall time of each; they overlap: the two functions compile in parallel, and a writer thread writes
   block i while block i + 1 is computed, so at most two blocks are in memory)."""
-  files = hf_layout._Files(src)
-  src_entries = hf_config._entries(hf_config.family_of(model), hf_config._arch(model, hf_model.abstract_params(model)))
-  names = hf_model._resolve_names(src_entries, files, src)
-  new_abstract = hf_model.abstract_params(new_model)
-  cfg = hf_config.config_for(new_model, new_abstract, src_config, out_dtype)
-  dst_entries = hf_config._entries(hf_config.FAMILIES[cfg["model_type"]], hf_config._arch(new_model, new_abstract))
+  files, src_entries, names, cfg, dst_entries = _tables(src, model, new_model, src_config, out_dtype)
   dtypes = {e.name: np.dtype(out_dtype) for e in dst_entries}
   src_pieces, dst_pieces = _pieces(src_entries, model.depth), _pieces(dst_entries, model.depth)
   tdtype = jnp.float32 if transfer_dtype == "float32" else hf_model._stored(files) or jnp.float32
@@ -210,30 +205,11 @@ def stream_transfer(src: str, dst: str, model, new_model, key, target: dict, *, 
 
   def write(fds: dict, out: dict, entries: list) -> None:
     t = time.perf_counter()
-    for e in entries:
-      fname, offset = where[e.name]
-      if e.name in out:
-        buf = out.pop(e.name)
-      else:
-        buf = np.empty(e.shape, dtypes[e.name])
-        for p in e.parts:
-          view = p.view(buf)
-          if not np.may_share_memory(view, buf):
-            raise AssertionError(f"internal: the layout view of {e.name} is a copy")
-          view[...] = out.pop(_part_key(e.name, p.leaf))
-      data = memoryview(np.ascontiguousarray(buf).reshape(-1).view(np.uint8))
-      done = 0
-      while done < len(data):
-        done += os.pwrite(fds[fname], data[done:], offset + done)
+    _write_block(fds, out, entries, where, dtypes)
     seconds["write"] += time.perf_counter() - t
 
   def body(tmp: str, plan: list, fnames: list) -> None:
-    for fname, es in zip(fnames, plan):
-      start = hf_write._create(os.path.join(tmp, fname), es, dtypes)  # reserves the space: ENOSPC here
-      off = 0
-      for e in es:
-        where[e.name] = (fname, start + off)
-        off += math.prod(e.shape) * dtypes[e.name].itemsize
+    where.update(_create_files(tmp, plan, fnames, dtypes))
     fds = {f: os.open(os.path.join(tmp, f), os.O_WRONLY) for f in fnames}
     try:
       with concurrent.futures.ThreadPoolExecutor(1) as writer:
@@ -252,6 +228,50 @@ def stream_transfer(src: str, dst: str, model, new_model, key, target: dict, *, 
   summary = hf_write._write_dir(dst, dst_entries, dtypes, max_shard_size, cfg, overwrite, extra_files, body)
   summary.update(bytes_read=read, seconds=seconds)
   return summary
+
+
+def _tables(src: str, model, new_model, src_config: dict, out_dtype) -> tuple:
+  """SRC's files, its tensors' entries and stored names; DST's config.json and entries."""
+  files = hf_layout._Files(src)
+  src_entries = hf_config._entries(hf_config.family_of(model), hf_config._arch(model, hf_model.abstract_params(model)))
+  names = hf_model._resolve_names(src_entries, files, src)
+  new_abstract = hf_model.abstract_params(new_model)
+  cfg = hf_config.config_for(new_model, new_abstract, src_config, out_dtype)
+  dst_entries = hf_config._entries(hf_config.FAMILIES[cfg["model_type"]], hf_config._arch(new_model, new_abstract))
+  return files, src_entries, names, cfg, dst_entries
+
+
+def _create_files(tmp: str, plan: list, fnames: list, dtypes: dict) -> dict[str, tuple[str, int]]:
+  """The output safetensors files created (their space reserved: a full disk is ENOSPC here);
+  `{tensor name: (file name, byte offset of its data)}`."""
+  where = {}
+  for fname, es in zip(fnames, plan):
+    start = hf_write._create(os.path.join(tmp, fname), es, dtypes)
+    off = 0
+    for e in es:
+      where[e.name] = (fname, start + off)
+      off += math.prod(e.shape) * dtypes[e.name].itemsize
+  return where
+
+
+def _write_block(fds: dict, out: dict, entries: list, where: dict, dtypes: dict) -> None:
+  """Write one block's tensors (`out`: by tensor name, or by part for tensors of several leaves, popped
+  as they are written) at their offsets `where` in the open files `fds`."""
+  for e in entries:
+    fname, offset = where[e.name]
+    if e.name in out:
+      buf = out.pop(e.name)
+    else:
+      buf = np.empty(e.shape, dtypes[e.name])
+      for p in e.parts:
+        view = p.view(buf)
+        if not np.may_share_memory(view, buf):
+          raise AssertionError(f"internal: the layout view of {e.name} is a copy")
+        view[...] = out.pop(_part_key(e.name, p.leaf))
+    data = memoryview(np.ascontiguousarray(buf).reshape(-1).view(np.uint8))
+    done = 0
+    while done < len(data):
+      done += os.pwrite(fds[fname], data[done:], offset + done)
 
 
 def _read(files, name: str, rows: int | None = None) -> np.ndarray:
