@@ -1,6 +1,6 @@
 """python -m benchmarks.growth: does growing a model mid-training save compute? One command, one answer.
 
-    python -m benchmarks.growth                       # the CPU study (real text, 64 -> 128, 3 seeds)
+    python -m benchmarks.growth                       # the CPU study (real text, 32 -> 64, 3 seeds)
     python -m benchmarks.growth --smoke               # seconds: the harness end to end (a test runs it)
     python -m benchmarks.growth --preset gpu          # one H100: gpt-medium (1024 x 24) from width 512
     python -m benchmarks.growth --variants "at=0.25;at=0.5,warmup=100" --seeds 0   # screen recipes
@@ -41,7 +41,7 @@ PRESETS = {
 # The recipe (the default of train.gpt --grow-at/--grow-to unless the value is a flag here): see docs/growth.md
 DEFAULT_VARIANTS = "at=0.25,cancel=2.0;at=0.4,cancel=2.0"
 KNOBS = {"at": float, "len": float, "r1": float, "r2": float, "warmup": int, "opt": str, "base": int, "to": int,
-         "split": float, "cancel": float}
+         "split": float, "cancel": float, "from": int}
 FIELDS = {"r1": "random_rate", "r2": "norm_rate", "warmup": "grow_warmup", "opt": "grow_opt", "base": "base_width",
           "split": "split_rate", "cancel": "cancel_rate"}
 
@@ -71,6 +71,12 @@ def variant_config(base, variant: dict, large: int):
   fields = {f.name for f in dataclasses.fields(gpt.Config)}
   steps = max(2, round(variant.get("len", 1.0) * base.steps))  # len: its own (shorter) schedule
   kw = dict(steps=steps, grow_at=max(1, round(variant["at"] * steps)), grow_to=variant.get("to", large))
+  if "from" in variant:  # another small width (e.g. 4x growth): heads scale with it, muP base = it
+    w = variant["from"]
+    if base.heads * w % base.width or base.kv_heads * w % base.width:
+      raise ValueError(f"variant knob from={w}: heads {base.heads} at width {base.width} do not scale to it")
+    kw.update(width=w, heads=base.heads * w // base.width, kv_heads=base.kv_heads * w // base.width,
+              base_width=w, mlp=base.mlp * w // base.width if base.mlp else 0)
   for k, v in variant.items():
     if k in FIELDS:
       if FIELDS[k] not in fields:
@@ -156,7 +162,7 @@ def format_table(table: dict) -> str:
   return "\n".join(lines)
 
 
-def plot(runs: dict, path: str, title: str) -> None:
+def plot(runs: dict, path: str, title: str, ylabel: str = "eval loss (nats/byte, held-out plays)") -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -168,7 +174,7 @@ def plot(runs: dict, path: str, title: str) -> None:
               label=name if j == 0 else None)
   ax.set_xscale("log")
   ax.set_xlabel("cumulative training FLOPs (small phase included)")
-  ax.set_ylabel("eval loss (nats/byte, held-out plays)")
+  ax.set_ylabel(ylabel)
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
@@ -252,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                   help=f"grown variants separated by ';', each KNOB=VALUE,... with KNOB in {sorted(KNOBS)} "
                        "(at: fraction of its steps trained small; len: its steps as a fraction of the budget "
                        "(its lr schedule ends there); r1/r2: random/norm rate; warmup: "
-                       "--grow-warmup steps; opt: --grow-opt; base: muP base width; to: grown width; "
+                       "--grow-warmup steps; opt: --grow-opt; base: muP base width; to: grown width; from: small width "
+                       "(muP base = it unless base is given); "
                        f"split/cancel: symmetry breaking). Default {DEFAULT_VARIANTS!r}")
   ap.add_argument("--steps", type=int, default=0, help="training steps of every run (default: the preset's)")
   ap.add_argument("--dataset", default="", help="train.gpt dataset (default: train.gpt's)")

@@ -3,8 +3,9 @@
 The RC structure of a parameter lives in its variable's metadata under the key `rc`: a dict of the
 `rcjax.RC` fields but `value` (`axes`, `fan_in`, `base`, `param`, `init`, `blocks`). NNX keeps variable
 metadata through `nnx.split`/`nnx.merge`/`nnx.jit`. Declare it when creating a parameter,
-`nnx.Param(value, rc=dict(axes=('embed', 'mlp'), fan_in=(0,), base=(None, 64)))`, or infer it for a
-stock model from the same model at another width with `annotate(model, delta)`.
+`nnx.Param(value, rc=dict(axes=('embed', 'mlp'), fan_in=(0,), base=(None, 64)))` (or `rc_param`), infer it
+for a stock model from the same model at another width with `annotate(model, delta)`, or build the model
+from this module's layers `Dense`, `Conv`, `MLP` (the NNX twins of `rcjax.nn`'s, see rcjax/nnx_layers.py).
 
 >>> import jax, jax.numpy as jnp, rcjax.nnx
 >>> from flax import nnx
@@ -23,9 +24,13 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 
+from rcjax import parametrization as pz
+
 from rcjax.annotate import annotate as _annotate_tree
+from rcjax.nnx_layers import MLP, Conv, Dense, box, rc_param
 from rcjax.rc import RC
 from rcjax.transfer import MOMENT_FIELDS, UNSUPPORTED_FIELDS, _target_sizes, transfer
 
@@ -190,3 +195,64 @@ def grow(model: nnx.Module, key: jax.Array, *, factor: float | None = None,
   if optimizer is None:
     return new
   return new, _grow_optimizer(optimizer, new, params, key, target, kw)
+
+
+def scale_by_parametrization(model: nnx.Module, optimizer: str = "sgd",
+                             wrt: Any = nnx.Param) -> optax.GradientTransformation:
+  """An optax transformation multiplying each update by its parameter's learning-rate multiplier (NNX).
+
+  `nnx.Optimizer` hands its transformation plain arrays, so the RC structure is read from `model` now
+  (each parameter's `rc` metadata, by path), and the sizes from the updates at each step: the same
+  transformation stays right for `model` grown by `grow` (same paths and metadata, new shapes).
+
+  Args:
+    model: the NNX module to be trained; every variable matching `wrt` needs `rc` metadata.
+    optimizer: 'sgd' or 'adam', as in `rcjax.scale_by_parametrization`.
+    wrt: the `nnx.Optimizer`'s `wrt` filter (default `nnx.Param`).
+  """
+  if optimizer not in pz.OPTIMIZERS:
+    raise ValueError(f"optimizer must be one of {pz.OPTIMIZERS}, got {optimizer!r}")
+  _check_module(model, "scale_by_parametrization")
+  meta = {p: v.get_metadata().get("rc") for p, v in _variables(model, wrt).items()}
+  missing = sorted((p for p, m in meta.items() if m is None), key=str)
+  if missing:
+    raise ValueError(f"rcjax.nnx: parameter {'/'.join(map(str, missing[0]))!r} has no rc metadata, so its "
+                     "learning-rate multiplier is unknown: annotate the model (rcjax.nnx.annotate) or build "
+                     "it from rcjax.nnx layers")
+
+  def update_fn(updates, state, params=None):
+    del params
+    flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    out = []
+    for path, u in flat:
+      m = meta.get(_path(path))
+      if m is None:
+        raise ValueError(f"rcjax.nnx.scale_by_parametrization: update {'/'.join(map(str, _path(path)))!r} "
+                         "is not a parameter of the model this transformation was built for")
+      rc = RC(jax.ShapeDtypeStruct(np.shape(u), u.dtype), **{f: m[f] for f in _FIELDS if f in m})
+      mult = pz.lr_multiplier(rc, optimizer)
+      out.append(u if mult == 1.0 else (u * mult).astype(u.dtype))
+    return jax.tree.unflatten(treedef, out), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def sgd(model: nnx.Module, learning_rate: optax.ScalarOrSchedule, momentum: float | None = None,
+        nesterov: bool = False) -> optax.GradientTransformation:
+  """`rcjax.sgd` for an NNX module: SGD with its parametrization's per-leaf learning rates."""
+  return optax.chain(optax.trace(decay=momentum, nesterov=nesterov) if momentum else optax.identity(),
+                     scale_by_parametrization(model, "sgd"), optax.scale_by_learning_rate(learning_rate))
+
+
+def adamw(model: nnx.Module, learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+          eps: float = 1e-8, weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """`rcjax.adamw` for an NNX module: AdamW with its parametrization's per-leaf learning rates.
+
+  >>> import jax.numpy as jnp, rcjax.nnx
+  >>> from flax import nnx
+  >>> model = rcjax.nnx.MLP(3, (4,), 2, param='mup', rngs=nnx.Rngs(0))
+  >>> optimizer = nnx.Optimizer(model, rcjax.nnx.adamw(model, 1e-2), wrt=nnx.Param)
+  """
+  return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+                     optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+                     scale_by_parametrization(model, "adam"), optax.scale_by_learning_rate(learning_rate))

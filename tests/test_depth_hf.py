@@ -82,9 +82,8 @@ def test_cli_bad_depth_is_one_error_line_and_writes_nothing(tmp_path, capsys, di
   err = capsys.readouterr().err
   assert message in err and err.count("\n") == 1 and err.startswith(f"rcjax.{direction}: error: "), err
   assert not os.path.exists(dst)
-  with pytest.raises(SystemExit) as e:  # argparse: an unknown mode
-    hf_grow.main([src, dst, "--depth", "4", "--depth-mode", "zigzag"])
-  assert e.value.code == 2 and not os.path.exists(dst)
+  # argparse (exit status 2 through rcjax._cli): an unknown mode
+  assert hf_grow.main([src, dst, "--depth", "4", "--depth-mode", "zigzag"]) == 2 and not os.path.exists(dst)
 
 
 def test_config_at_depth_keeps_qwen2_sliding_layers_consistent():

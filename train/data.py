@@ -21,7 +21,9 @@ import urllib.parse
 
 import numpy as np
 
-DATASETS = ("cifar10", "digits")
+from train import teacher_data
+
+DATASETS = ("cifar10", "digits", "teacher")  # teacher: train/teacher_data.py (offline, synthetic)
 AUTO = "auto"  # train.mlp's default: CIFAR-10 when prepared locally, else digits (see `load_auto`)
 # Where TFDS downloads CIFAR-10 from (checked for reachability before TFDS tries; tests patch it).
 CIFAR10_HOST = ("www.cs.toronto.edu", 443)
@@ -37,7 +39,7 @@ class Dataset:
   """A classification dataset held in memory as numpy arrays.
 
   Attributes:
-    name: 'cifar10' | 'digits'.
+    name: 'cifar10' | 'digits' | 'teacher'.
     x_train, x_test: float32 [n, input_dim], standardised with the training split's statistics.
     y_train, y_test: int32 [n] labels in [0, num_classes).
     num_classes: number of classes (10 for both).
@@ -62,7 +64,8 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
   """Load a dataset by name.
 
   Args:
-    name: 'cifar10' (TFDS, downloaded on first use) or 'digits' (scikit-learn, embedded, offline).
+    name: 'cifar10' (TFDS, downloaded on first use), 'digits' (scikit-learn, embedded, offline) or
+      'teacher' (a random wide teacher's labels, offline: train/teacher_data.py).
     data_dir: TFDS data directory for 'cifar10' (None: TFDS's default, ~/tensorflow_datasets).
 
   Returns:
@@ -77,6 +80,9 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
   """
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+  if name == "teacher":
+    t = teacher_data.teacher()
+    return Dataset("teacher", t.x_train, t.y_train, t.x_test, t.y_test, num_classes=t.num_classes)
   return _digits() if name == "digits" else _cifar10(data_dir)
 
 

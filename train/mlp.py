@@ -243,9 +243,9 @@ def _write_metrics(path: Path, lines: list[dict]) -> None:
   tmp = path.with_suffix(".jsonl.tmp")
   try:
     tmp.write_text("".join(_cli.json_line(m) + "\n" for m in lines))  # strict JSON: NaN/inf as null
-  except OSError:
+  except OSError as e:  # the old file stays whole; the error names it (a write's ENOSPC carries no file name)
     tmp.unlink(missing_ok=True)
-    raise
+    raise OSError(e.errno, e.strerror, str(path)) from e
   os.replace(tmp, path)
 
 
