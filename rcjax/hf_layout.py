@@ -256,3 +256,30 @@ class Entry(NamedTuple):
 
 _same: View = lambda a: a
 _t: View = lambda a: a.T
+
+
+class _Files:
+  """The tensors of a safetensors checkpoint directory as memory maps (read-only, or 'r+'), opened lazily."""
+
+  def __init__(self, path: str, mode: str = "r"):
+    self.path, self.mode = path, mode
+    self.where: dict[str, tuple[str, dict, int]] = {}
+    for full in shard_files(path)[0]:
+      header = read_header(full)  # checks the file is long enough for every tensor
+      with open(full, "rb") as f:
+        start = 8 + struct.unpack("<Q", f.read(8))[0]
+      for name, entry in header.items():
+        self.where[name] = (full, entry, start)
+    self._maps: dict[str, np.memmap] = {}
+
+  def names(self) -> set[str]:
+    return set(self.where)
+
+  def array(self, name: str) -> np.ndarray:
+    fname, entry, start = self.where[name]
+    if entry["dtype"] not in _DTYPES:
+      raise ValueError(f"tensor {name} in {fname} has unsupported dtype {entry['dtype']}")
+    if fname not in self._maps:
+      self._maps[fname] = np.memmap(fname, dtype=np.uint8, mode=self.mode)
+    b, e = entry["data_offsets"]
+    return self._maps[fname][start + b:start + e].view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])

@@ -3,12 +3,12 @@
 `stream_transfer(src, dst, model, new_model, ...)` reads SRC's tensors of one block (plus, with the first
 block, the embedding, the final norm and the readout) straight from the safetensors files, and runs one
 jitted function per block that converts them to the transfer dtype, lays them out as rcjax leaves (the
-same `hf_model._entries` views `load` reads through), transfers them with `rcjax.nn.gpt.transfer` (the
+same `hf_config._entries` views `load` reads through), transfers them with `rcjax.nn.gpt.transfer` (the
 same maps, rescaling and corrections as the whole-model call: every leaf's result is elementwise in its
 layers, so a one-block slice gives the same bytes), and lays the result back out in the HF layout in
 the output dtype (the exact inverse of the views, by `jax.linear_transpose`: reshapes and transposes,
 no arithmetic). The HF tensors of that block are then written with `os.pwrite` at their offsets in the
-output files, whose space was reserved beforehand (`posix_fallocate`, in `hf_model._create`), so a full
+output files, whose space was reserved beforehand (`posix_fallocate`, in `hf_write._create`), so a full
 disk is an `OSError` before anything is written, never a SIGBUS. Memory: one block of SRC and of DST
 (and the embedding and readout), not the model; the bytes are byte-identical to `hf_model.load` +
 `rcjax.nn.gpt.transfer` + `hf_model.save` (pinned by tests/test_hf_speed.py).
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rcjax import hf_model
+from rcjax import hf_config, hf_layout, hf_model, hf_write
 from rcjax.rc import RC, is_rc
 
 
@@ -156,12 +156,7 @@ def stream_transfer(src: str, dst: str, model, new_model, key, target: dict, *, 
   Returns `hf_model.save`'s summary dict plus 'bytes_read' and 'seconds' (compile, compute, write: the
   wall time of each; they overlap: the two functions compile in parallel, and a writer thread writes
   block i while block i + 1 is computed, so at most two blocks are in memory)."""
-  files = hf_model._Files(src)
-  src_entries = hf_model._entries(hf_model.family_of(model), hf_model._arch(model, hf_model.abstract_params(model)))
-  names = hf_model._resolve_names(src_entries, files, src)
-  new_abstract = hf_model.abstract_params(new_model)
-  cfg = hf_model.config_for(new_model, new_abstract, src_config, out_dtype)
-  dst_entries = hf_model._entries(hf_model.FAMILIES[cfg["model_type"]], hf_model._arch(new_model, new_abstract))
+  files, src_entries, names, cfg, dst_entries = _tables(src, model, new_model, src_config, out_dtype)
   dtypes = {e.name: np.dtype(out_dtype) for e in dst_entries}
   src_pieces, dst_pieces = _pieces(src_entries, model.depth), _pieces(dst_entries, model.depth)
   tdtype = jnp.float32 if transfer_dtype == "float32" else hf_model._stored(files) or jnp.float32
@@ -210,35 +205,16 @@ def stream_transfer(src: str, dst: str, model, new_model, key, target: dict, *, 
 
   def write(fds: dict, out: dict, entries: list) -> None:
     t = time.perf_counter()
-    for e in entries:
-      fname, offset = where[e.name]
-      if e.name in out:
-        buf = out.pop(e.name)
-      else:
-        buf = np.empty(e.shape, dtypes[e.name])
-        for p in e.parts:
-          view = p.view(buf)
-          if not np.may_share_memory(view, buf):
-            raise AssertionError(f"internal: the layout view of {e.name} is a copy")
-          view[...] = out.pop(_part_key(e.name, p.leaf))
-      data = memoryview(np.ascontiguousarray(buf).reshape(-1).view(np.uint8))
-      done = 0
-      while done < len(data):
-        done += os.pwrite(fds[fname], data[done:], offset + done)
+    _write_block(fds, out, entries, where, dtypes)
     seconds["write"] += time.perf_counter() - t
 
   def body(tmp: str, plan: list, fnames: list) -> None:
-    for fname, es in zip(fnames, plan):
-      start = hf_model._create(os.path.join(tmp, fname), es, dtypes)  # reserves the space: ENOSPC here
-      off = 0
-      for e in es:
-        where[e.name] = (fname, start + off)
-        off += math.prod(e.shape) * dtypes[e.name].itemsize
+    where.update(_create_files(tmp, plan, fnames, dtypes))
     fds = {f: os.open(os.path.join(tmp, f), os.O_WRONLY) for f in fnames}
     try:
       with concurrent.futures.ThreadPoolExecutor(1) as writer:
         pending = None
-        for i in hf_model._progress(list(range(model.depth)), progress, f"writing {os.path.basename(dst)}"):
+        for i in hf_write._progress(list(range(model.depth)), progress, f"writing {os.path.basename(dst)}"):
           out = block(i)
           if pending is not None:
             pending.result()  # raises the writer's error (a full disk) here
@@ -249,16 +225,60 @@ def stream_transfer(src: str, dst: str, model, new_model, key, target: dict, *, 
       for fd in fds.values():
         os.close(fd)
 
-  summary = hf_model._write_dir(dst, dst_entries, dtypes, max_shard_size, cfg, overwrite, extra_files, body)
+  summary = hf_write._write_dir(dst, dst_entries, dtypes, max_shard_size, cfg, overwrite, extra_files, body)
   summary.update(bytes_read=read, seconds=seconds)
   return summary
+
+
+def _tables(src: str, model, new_model, src_config: dict, out_dtype) -> tuple:
+  """SRC's files, its tensors' entries and stored names; DST's config.json and entries."""
+  files = hf_layout._Files(src)
+  src_entries = hf_config._entries(hf_config.family_of(model), hf_config._arch(model, hf_model.abstract_params(model)))
+  names = hf_model._resolve_names(src_entries, files, src)
+  new_abstract = hf_model.abstract_params(new_model)
+  cfg = hf_config.config_for(new_model, new_abstract, src_config, out_dtype)
+  dst_entries = hf_config._entries(hf_config.FAMILIES[cfg["model_type"]], hf_config._arch(new_model, new_abstract))
+  return files, src_entries, names, cfg, dst_entries
+
+
+def _create_files(tmp: str, plan: list, fnames: list, dtypes: dict) -> dict[str, tuple[str, int]]:
+  """The output safetensors files created (their space reserved: a full disk is ENOSPC here);
+  `{tensor name: (file name, byte offset of its data)}`."""
+  where = {}
+  for fname, es in zip(fnames, plan):
+    start = hf_write._create(os.path.join(tmp, fname), es, dtypes)
+    off = 0
+    for e in es:
+      where[e.name] = (fname, start + off)
+      off += math.prod(e.shape) * dtypes[e.name].itemsize
+  return where
+
+
+def _write_block(fds: dict, out: dict, entries: list, where: dict, dtypes: dict) -> None:
+  """Write one block's tensors (`out`: by tensor name, or by part for tensors of several leaves, popped
+  as they are written) at their offsets `where` in the open files `fds`."""
+  for e in entries:
+    fname, offset = where[e.name]
+    if e.name in out:
+      buf = out.pop(e.name)
+    else:
+      buf = np.empty(e.shape, dtypes[e.name])
+      for p in e.parts:
+        view = p.view(buf)
+        if not np.may_share_memory(view, buf):
+          raise AssertionError(f"internal: the layout view of {e.name} is a copy")
+        view[...] = out.pop(_part_key(e.name, p.leaf))
+    data = memoryview(np.ascontiguousarray(buf).reshape(-1).view(np.uint8))
+    done = 0
+    while done < len(data):
+      done += os.pwrite(fds[fname], data[done:], offset + done)
 
 
 def _read(files, name: str, rows: int | None = None) -> np.ndarray:
   """A tensor (or its first `rows` rows) read into fresh memory with `readinto`: not through a memory map,
   whose pages would stay resident (and count) until the map is closed, growing with the blocks read."""
   fname, entry, start = files.where[name]
-  dtype = np.dtype(hf_model._DTYPES[entry["dtype"]])
+  dtype = np.dtype(hf_layout._DTYPES[entry["dtype"]])
   shape = list(entry["shape"])
   if rows is not None:
     shape[0] = min(rows, shape[0])

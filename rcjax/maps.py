@@ -174,6 +174,9 @@ def inverse_maps(maps: Mapping[str, jax.Array], old_sizes: Mapping[str, int]) ->
   fan-in rescaling, exact for power-of-two ratios), for growth with `exact=False` (uniform rescaling,
   which the way back undoes); an `exact=True` growth at a non-integer ratio rescales each copy by its
   own count, which no map undoes. Raises ValueError if a map misses an old neuron.
+
+  >>> inverse_maps({'hidden': jnp.array([0, 0, 1, 1, 2, 2])}, {'hidden': 3})['hidden'].tolist()
+  [0, 2, 4]
   """
   out = {}
   for name, m in maps.items():

@@ -144,6 +144,12 @@ class RC(struct.PyTreeNode, meta.AxisMetadata):
 
 
 def is_rc(x: Any) -> bool:
+  """Whether `x` is an RC leaf (for `jax.tree.map(..., is_leaf=is_rc)`).
+
+  >>> import jax.numpy as jnp
+  >>> is_rc(RC(jnp.ones(3), axes=('hidden',), base=(3,))), is_rc(jnp.ones(3))
+  (True, False)
+  """
   return isinstance(x, RC)
 
 
@@ -232,13 +238,24 @@ def sizes(params: Any) -> dict[str, int]:
 
 
 def width_axes(params: Any) -> dict[str, int]:
-  """Like `sizes`, restricted to width axes (base not None)."""
+  """Like `sizes`, restricted to width axes (base not None).
+
+  >>> import jax.numpy as jnp
+  >>> p = {'w': RC(jnp.ones((2, 3)), axes=('input', 'hidden'), fan_in=(0,), base=(None, 3))}
+  >>> width_axes(p)
+  {'hidden': 3}
+  """
   all_sizes, widths, _ = _axes_info(params)
   return {k: v for k, v in all_sizes.items() if k in widths}
 
 
 def unbox(params: Any) -> Any:
-  """Plain arrays: every RC box replaced by its value (other leaves unchanged)."""
+  """Plain arrays: every RC box replaced by its value (other leaves unchanged).
+
+  >>> import jax.numpy as jnp
+  >>> unbox({'w': RC(jnp.zeros(2), axes=('hidden',), base=(2,)), 'step': 3})
+  {'step': 3, 'w': Array([0., 0.], dtype=float32)}
+  """
   return jax.tree.map(lambda x: x.value if is_rc(x) else x, params, is_leaf=is_rc)
 
 
@@ -246,6 +263,11 @@ def boxes(values: Any, template: Any) -> Any:
   """Box plain arrays like `template` (a pytree of RC leaves of the same structure), e.g. after a restore.
 
   Shapes may differ from the template's (a grown model restored from disk); the metadata is copied.
+
+  >>> import jax.numpy as jnp
+  >>> template = {'w': RC(jnp.zeros(2), axes=('hidden',), base=(2,))}
+  >>> boxes({'w': jnp.ones(4)}, template)['w'].axes
+  ('hidden',)
   """
   def box(t, v):
     if not is_rc(t):

@@ -23,173 +23,27 @@ weights would need lr'/lr = k). tests/test_optimizer_transfer.py checks all eigh
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
 
 from rcjax import kernels
-from rcjax import parametrization as pz
-from rcjax.depth import DEPTH_AXIS, check_mode, depth_map, new_blocks
-from rcjax.gather import _broadcast, _gather, _on_cpu
-from rcjax.maps import (SCORE_SAMPLERS, _check_blocks, _check_key, _check_sampler, _check_size, _maps, _scalar,
-                        check_scores, index_maps, inverse_maps, tree_blocks)
-from rcjax.sharding import constrain, fit_spec, gather_plan, leaf_shardings, spec_tuple
-from rcjax.rc import RC, _axes_info, is_rc, leaves_with_paths, path_hash, sizes as tree_sizes, width_axes
-from rcjax.symmetry import break_symmetry, split_factors
-
-# Optimizer-state fields holding gradient statistics: power 1 (linear in the gradient) or 2 (squared):
-# momentum, Adam/Lion/AdaBelief `mu`, `nu`, AMSGrad `nu_max`, Adagrad/RSS `sum_of_squares`, Adadelta `e_g`.
-MOMENT_FIELDS = {"mu": 1, "trace": 1, "momentum": 1, "acc_grads": 1, "ema": 1, "grad_acc": 1, "nu": 2,
-                 "nu_max": 2, "sum_of_squares": 2, "e_g": 2}
-# Fields no power describes: refused rather than transferred as if they were params.
-UNSUPPORTED_FIELDS = {
-    "e_x": "Adadelta's squared updates, which no gradient power describes",
-    "v_row": "Adafactor's factored second moments, which do not have the params' shapes",
-    "v_col": "Adafactor's factored second moments, which do not have the params' shapes"}
+from rcjax.depth import DEPTH_AXIS
+from rcjax.gather import _on_cpu
+from rcjax.maps import (SCORE_SAMPLERS, _check_blocks, _check_key, _check_sampler, _maps, check_scores, tree_blocks)
+from rcjax.maps import index_maps as index_maps, inverse_maps as inverse_maps  # re-exported (rcjax.nn.gpt uses them)
+from rcjax.reshard import leaf_shardings
+# the per-leaf mapping (rcjax.leafmap) and the checks (rcjax.transfer_checks), importable from here as before #21
+from rcjax.leafmap import MOMENT_FIELDS, UNSUPPORTED_FIELDS, _apply, _check_fields, _map_leaf, _moment_power  # noqa: F401
+from rcjax.transfer_checks import (_caller_level, _check_exact, _check_finite, _check_rates, _depth_plan,  # noqa: F401
+                                   _fixed_axis_path, _target_sizes, _warn_plain_leaves)
+from rcjax.rc import is_rc, path_hash, sizes as tree_sizes, width_axes
 
 
 # --- applying maps to a pytree ------------------------------------------------------------------
-
-def _moment_power(path: tuple, default: int) -> int:
-  power = default
-  for k in path:
-    name = getattr(k, "name", None)
-    if name in MOMENT_FIELDS:
-      power = MOMENT_FIELDS[name]
-    elif name in UNSUPPORTED_FIELDS:
-      raise ValueError(f"cannot transfer optimizer state {jax.tree_util.keystr(path)}: {name!r} holds "
-                       f"{UNSUPPORTED_FIELDS[name]} (transfer the params alone and start this optimizer afresh)")
-  return power
-
-
-def _check_fields(tree) -> None:
-  """Refuse optimizer states with `UNSUPPORTED_FIELDS` before anything else reads their shapes."""
-  for path, _ in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)[0]:
-    _moment_power(path, 0)
-
-
-def _map_leaf(box: RC, path: str, power: int, maps, counts, fresh, key, exact: bool, r2: float,
-              repeats: dict[str, int], sharding: NamedSharding | None = None, pallas: tuple = (False, False),
-              trusted: bool = True, zero_new: jax.Array | None = None, sym: tuple = (None, 0.0, None)):
-  # width dims and the depth axis (fixed, but mapped by a depth transfer: gathered, never rescaled)
-  mapped = [d for d, a in enumerate(box.axes) if a in maps and (box.base[d] is not None or a == DEPTH_AXIS)]
-  if not mapped:
-    return box
-  x, old_shape = box.value, box.shape
-  names = [box.axes[d] for d in mapped]
-  spec0 = None if sharding is None else spec_tuple(sharding, len(old_shape))
-  new_shape = tuple(maps[box.axes[d]].shape[0] if d in mapped else n for d, n in enumerate(old_shape))
-  ndim = len(new_shape)
-
-  # Rescaling: params (power 0) along fan-in; gradient statistics (power p) along width fan-out.
-  if power == 0:
-    scalar = pz.multiplier(box) / pz.multiplier(box, new_shape)
-    side = [d for d in mapped if d in box.fan_in and box.base[d] is not None]
-  else:
-    scalar = pz.multiplier(box, new_shape) / pz.multiplier(box)
-    side = [d for d in mapped if d not in box.fan_in and box.base[d] is not None]
-  factor = None
-  for d in side:
-    if exact and box.axes[d] not in repeats:  # integer repeats have uniform counts
-      name = box.axes[d]
-      vec = _broadcast(1.0 / counts[name][maps[name]].astype(jnp.float32), d, ndim)
-      factor = vec if factor is None else factor * vec
-    else:
-      scalar *= old_shape[d] / new_shape[d]
-  scalar = scalar ** max(power, 1)
-  if factor is not None:
-    factor = (factor ** power if power > 1 else factor) * scalar
-  elif scalar != 1.0:
-    factor = float(scalar)
-  if factor is not None and not jnp.issubdtype(x.dtype, jnp.inexact):
-    raise ValueError(f"{path}: this transfer rescales the leaf along axis {box.axes[side[0]]!r} (its "
-                     f"parametrization's fan-in correction), but it holds {x.dtype} values: only floating-point "
-                     "leaves can be rescaled")
-
-  if sharding is None or all(n in repeats for n in names):
-    # Unsharded, or integer repeats: broadcast + reshape partitions locally (no collectives). A scalar
-    # factor goes with the gather (into the Pallas kernel's pass, where it runs).
-    scale, factor = (factor, None) if isinstance(factor, float) else (None, factor)
-    x = _gather(x, mapped, names, maps, repeats, cpu=_on_cpu(),
-                pallas=pallas if sharding is None else (False, False), scale=scale, trusted=trusted)
-  else:
-    # Sharded leaves: gather only along unsharded dims, in the order and layouts of
-    # rcjax.sharding.gather_plan; pin every layout. Identity maps (a kept size) are no gathers.
-    dims = tuple(d for d in mapped if repeats.get(box.axes[d]) != 1)
-    for d, spec in gather_plan(spec0, old_shape, new_shape, dims, sharding.mesh):
-      x = constrain(x, sharding.mesh, spec)
-      x = jnp.take(x, maps[box.axes[d]], axis=d, unique_indices=False, indices_are_sorted=trusted,
-                   mode=None if trusted else "clip")
-      x = constrain(x, sharding.mesh, spec)  # the gather's output layout
-  assert x.shape == new_shape, (x.shape, new_shape)
-  if factor is not None:
-    x = (x.astype(jnp.float32) * factor).astype(box.value.dtype)
-
-  leaf_key = jax.random.fold_in(key, path_hash("leaf/" + path))
-  rho, cancel, old_sizes = sym  # function-preserving symmetry breaking (rcjax.symmetry)
-  if rho is not None or cancel > 0:
-    x = break_symmetry(x, box, power, mapped, maps, old_sizes, rho, cancel, jax.random.fold_in(leaf_key, 2))
-  if not jnp.issubdtype(x.dtype, jnp.inexact):  # masks, counters: gathered, never noised or drawn afresh
-    r2, fresh = 0.0, None
-  if r2 > 0 and power == 0:
-    x32 = x.astype(jnp.float32)
-    rms = jnp.sqrt(jnp.mean(jnp.square(x32)))
-    noise = jax.random.normal(jax.random.fold_in(leaf_key, 1), new_shape, jnp.float32)
-    x = (x32 + r2 * rms * noise).astype(x.dtype)
-  mask = None
-  for d in (d for d in mapped if fresh and box.axes[d] in fresh):  # (the depth axis has no fresh blocks)
-    m = _broadcast(fresh[box.axes[d]], d, ndim)
-    mask = m if mask is None else (mask | m)
-  if mask is not None:
-    if power == 0:
-      new_box = box.replace(value=jax.ShapeDtypeStruct(new_shape, x.dtype))
-      draw = pz.sample(box.init, jax.random.fold_in(leaf_key, 0), new_shape,
-                       pz.init_scale(new_box), x.dtype)
-    elif power == 1:
-      draw = jnp.zeros((), x.dtype)
-    else:  # no history for a fresh neuron: give it the leaf's typical second moment
-      draw = jnp.mean(x.astype(jnp.float32)).astype(x.dtype)
-    x = jnp.where(mask, draw, x)
-  if zero_new is not None:  # exact depth growth: a residual writer of a new block starts at zero
-    x = jnp.where(_broadcast(zero_new, box.axes.index(DEPTH_AXIS), ndim), jnp.zeros((), x.dtype), x)
-  if sharding is not None:
-    x = constrain(x, sharding.mesh, fit_spec(spec0, new_shape, sharding.mesh))
-  return box.replace(value=x)
-
-
-def _apply(tree, maps, fresh, key, exact: bool, r2: float, moment: int | None, repeats: tuple = (),
-           shardings: tuple = (), pallas: tuple = (False, False), trusted: bool = True, unsorted: tuple = (),
-           depth: tuple | None = None, split: float = 0.0, cancel: float = 0.0):
-  """Every RC leaf of `tree` mapped (`_map_leaf`). `trusted`: the maps are sorted and in bounds, as
-  `index_maps` draws them (the gathers are promised both); False where that is not known (`apply_maps`
-  given traced or unsorted maps), and for leaves with an axis in `unsorted`. `depth`: `(new, writers)`
-  of an exact depth growth: params and first moments of leaves whose path ends with one of `writers`
-  are zero in the new blocks (bool mask `new`); second moments keep their copies. `split`, `cancel`:
-  the split and cancel rates of `transfer` (width axes only)."""
-  old = width_axes(tree)
-  repeats, shardings = dict(repeats), dict(shardings)
-  counts = ({name: jnp.bincount(m, length=old[name]) for name, m in maps.items()
-             if name not in repeats and name in old} if exact else {})
-  new, writers = (jnp.asarray(depth[0]), depth[1]) if depth else (None, ())
-  width_maps = {name: m for name, m in maps.items() if name in old}
-  sym = (split_factors(key, width_maps, old, split) if split > 0 else None, cancel, old)
-  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)
-  out = []
-  for path, leaf in flat:
-    if is_rc(leaf):
-      power = moment if moment is not None else _moment_power(path, 0)
-      path = jax.tree_util.keystr(path)
-      zero = power < 2 and DEPTH_AXIS in leaf.axes and any(path.endswith(w) for w in writers)
-      leaf = _map_leaf(leaf, path, power, maps, counts, fresh, key, exact, r2, repeats, shardings.get(path),
-                       pallas, trusted and not set(leaf.axes) & set(unsorted), new if zero else None, sym)
-    out.append(leaf)
-  return jax.tree.unflatten(treedef, out)
-
 
 def _apply_maps_impl(tree, maps, *, exact, moment, repeats, shardings, pallas=(False, False), trusted=False):
   return _apply(tree, maps, None, jax.random.key(0), exact, 0.0, moment, repeats, shardings, pallas, trusted)
@@ -258,16 +112,16 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
 
   Returns:
     A pytree of the same structure with leaves at the new sizes.
+
+  >>> import jax.numpy as jnp
+  >>> from rcjax import RC
+  >>> p = {'w': RC(jnp.array([[1., 2.]]), axes=('input', 'hidden'), fan_in=(0,), base=(None, 2), param='mf')}
+  >>> apply_maps(p, {'hidden': jnp.array([0, 0, 1])})['w'].value.tolist()  # neuron 0 twice, neuron 1 once
+  [[1.0, 1.0, 2.0]]
   """
   _check_fields(tree)
   old = tree_sizes(tree)
-  for name, m in maps.items():
-    if name not in old:
-      continue
-    if not (isinstance(m, (jax.Array, np.ndarray)) and m.ndim == 1 and jnp.issubdtype(m.dtype, jnp.integer)):
-      raise TypeError(f"apply_maps: map of axis {name!r} must be a 1-D integer array")
-    if m.shape[0] == 0:
-      raise ValueError(f"apply_maps: the map of axis {name!r} is empty (an axis keeps at least one neuron)")
+  _check_map_arrays(maps, old)
   widths = width_axes(tree)
   if DEPTH_AXIS in old and DEPTH_AXIS not in widths and DEPTH_AXIS in maps:  # a depth map: plain copies
     if exact:
@@ -278,6 +132,28 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
   maps = {k: jnp.asarray(v) for k, v in maps.items() if k in widths}
   if moment not in (None, 0, 1, 2):
     raise ValueError(f"moment must be None, 0, 1 or 2, got {moment!r}")
+  trusted, repeats = _inspect_maps(maps, widths, exact)
+  _warn_plain_leaves(tree, {k: widths[k] for k, m in maps.items() if m.shape[0] != widths[k] and k != DEPTH_AXIS})
+  kw = dict(exact=exact, moment=moment, repeats=repeats, pallas=kernels.settings(), trusted=trusted)
+  if donate:
+    call = lambda jitted: lambda t: jitted(t, maps, shardings=leaf_shardings(t), **kw)
+    return _donated(call(_apply_maps_jit_donated), call(_apply_maps_jit), tree, set(maps))
+  return _apply_maps_jit(tree, maps, shardings=leaf_shardings(tree), **kw)
+
+
+def _check_map_arrays(maps, old: dict) -> None:
+  for name, m in maps.items():
+    if name not in old:
+      continue
+    if not (isinstance(m, (jax.Array, np.ndarray)) and m.ndim == 1 and jnp.issubdtype(m.dtype, jnp.integer)):
+      raise TypeError(f"apply_maps: map of axis {name!r} must be a 1-D integer array")
+    if m.shape[0] == 0:
+      raise ValueError(f"apply_maps: the map of axis {name!r} is empty (an axis keeps at least one neuron)")
+
+
+def _inspect_maps(maps: dict, widths: dict, exact: bool) -> tuple[bool, tuple]:
+  """`(trusted, repeats)` of concrete maps (ValueError for entries out of range, or with `exact` a missed
+  neuron): trusted if every map is concrete and sorted; repeats `((axis, k), ...)` for integer repeats."""
   trusted, repeats = True, []  # trusted: every map concrete, in bounds and sorted (the gathers' promises)
   for name, m in maps.items():
     if isinstance(m, jax.core.Tracer):
@@ -295,109 +171,10 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
                        "iid maps: use exact=False)")
     if f := _repeat_factor(v, widths[name]):
       repeats.append((name, f))
-  repeats = tuple(sorted(repeats))
-  _warn_plain_leaves(tree, {k: widths[k] for k, m in maps.items() if m.shape[0] != widths[k] and k != DEPTH_AXIS})
-  kw = dict(exact=exact, moment=moment, repeats=repeats, pallas=kernels.settings(), trusted=trusted)
-  if donate:
-    call = lambda jitted: lambda t: jitted(t, maps, shardings=leaf_shardings(t), **kw)
-    return _donated(call(_apply_maps_jit_donated), call(_apply_maps_jit), tree, set(maps))
-  return _apply_maps_jit(tree, maps, shardings=leaf_shardings(tree), **kw)
+  return trusted, tuple(sorted(repeats))
 
 
 # --- grow / shrink / transfer -------------------------------------------------------------------
-
-def _fixed_axis_path(tree, name: str) -> str:
-  for path, box in leaves_with_paths(tree):
-    if name in box.axes:
-      return path
-  return "?"
-
-
-def _check_finite(tree) -> None:
-  for path, box in leaves_with_paths(tree):
-    v = box.value
-    if isinstance(v, jax.core.Tracer):
-      raise TypeError("check_finite=True needs concrete arrays: call grow/transfer outside jax.jit")
-    if jnp.issubdtype(v.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(v))):
-      raise ValueError(f"non-finite values (NaN or inf) in leaf {path}")
-
-
-def _caller_level() -> int:
-  """`warnings.warn`'s stacklevel of the first frame outside rcjax (the user's call), seen from its caller."""
-  import os
-  import sys
-  here, level, frame = os.path.dirname(os.path.dirname(__file__)), 1, sys._getframe(2)
-  while frame is not None and frame.f_code.co_filename.startswith(here + os.sep + "rcjax"):
-    frame, level = frame.f_back, level + 1
-  return level + 1
-
-
-def _warn_plain_leaves(tree, changing: dict[str, int]) -> None:
-  """Warn about plain (non-RC) float arrays with a dimension the size of an axis that changes: transfer
-  returns them unchanged, so if that dimension is the width axis, the model no longer fits them."""
-  if not changing:
-    return
-  for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_rc)[0]:
-    if is_rc(x) or not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.floating):
-      continue
-    hit = [(a, n) for a, n in changing.items() if n in np.shape(x)]
-    if hit:
-      warnings.warn(f"{jax.tree_util.keystr(path)}: a plain (non-RC) array of shape {np.shape(x)} is returned "
-                    f"unchanged, but axis {hit[0][0]!r} of size {hit[0][1]} changes; if a dimension of it is "
-                    "that axis, box it with rcjax.RC (rcjax.nn.rc_param, or an RC value in self.variable for "
-                    "batch statistics)", stacklevel=_caller_level())
-
-
-def _target_sizes(params, factor, sizes, direction: str) -> dict[str, int]:
-  _check_fields(params)
-  widths = width_axes(params)
-  all_sizes = tree_sizes(params)
-  if factor is not None:
-    factor = _scalar(factor)
-    if isinstance(factor, bool) or not isinstance(factor, (int, float, np.number)) or not math.isfinite(factor):
-      raise TypeError(f"factor must be a finite number, got {factor!r}")
-    if factor <= 0:
-      raise ValueError(f"factor must be positive, got {factor}")
-  target, varies = {}, _axes_info(params)[2]
-  if factor is not None or sizes is None:
-    if not widths:
-      raise ValueError(f"{direction}: this pytree has no width axis (every leaf's base is None), so there is "
-                       "nothing to resize: give the width dimensions a base, e.g. rcjax.nn.Dense(features, "
-                       "base=(None, features)) or RC(..., base=(None, 64))")
-    factor = {"grow": 2, "shrink": 0.5, "transfer": 1}[direction] if factor is None else factor
-    target = {k: max(1, int(round(n * factor))) for k, n in widths.items()}
-  if sizes is not None:
-    if not isinstance(sizes, Mapping):
-      raise TypeError(f"sizes must be a dict {{axis: size}}, got {type(sizes).__name__}")
-    for name, n in sizes.items():
-      if name in varies:
-        raise ValueError(f"axis {name!r} is a fixed (non-width) axis, of different sizes in different leaves, "
-                         "and cannot change size")
-      if name not in all_sizes and name != DEPTH_AXIS:
-        raise ValueError(f"unknown axis {name!r}; this pytree has axes {sorted(all_sizes)} "
-                         f"(width axes: {sorted(widths)})")
-      _check_size(name, n)
-      n = int(_scalar(n))
-      if name == DEPTH_AXIS and name not in widths:  # a depth transfer (checked by _depth_plan)
-        target[name] = n
-        continue
-      if name not in widths:
-        if n != all_sizes[name]:
-          raise ValueError(f"axis {name!r} is a fixed (non-width) axis at {_fixed_axis_path(params, name)} "
-                           f"and cannot change size from {all_sizes[name]} to {n} (a width axis has a base: "
-                           "RC(..., base=(..., N, ...)), rcjax.nn layers' base=...)")
-        continue
-      target[name] = int(n)
-  for name, n in target.items():
-    now = widths.get(name, all_sizes.get(name, n))
-    if direction == "grow" and n < now:
-      raise ValueError(f"grow asked to shrink axis {name!r} from {now} to {n} "
-                       "(use rcjax.shrink or rcjax.transfer)")
-    if direction == "shrink" and n > now:
-      raise ValueError(f"shrink asked to grow axis {name!r} from {now} to {n} "
-                       "(use rcjax.grow or rcjax.transfer)")
-  return target
-
 
 def _transfer_impl(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings,
                    pallas=(False, False), depth=None, scores=None, split=0.0, cancel=0.0):
@@ -444,40 +221,6 @@ _TRANSFER_STATIC = ("old", "new", "sampler", "r1", "r2", "exact", "moment", "blo
                     "depth", "split", "cancel")
 _transfer_jit = jax.jit(_transfer_impl, static_argnames=_TRANSFER_STATIC)
 _transfer_jit_donated = jax.jit(_transfer_impl, static_argnames=_TRANSFER_STATIC, donate_argnums=0)
-
-
-def _depth_plan(params, target: dict, mode, exact: bool, writers, direction: str) -> tuple | None:
-  """Pops the depth axis from `target`; returns `(old depth, map, new blocks, writers)` (static tuples for
-  `_transfer_impl`), or None when the depth stays. ValueError for a depth transfer that cannot be."""
-  check_mode(mode)
-  if isinstance(writers, str):
-    raise TypeError(f"residual_writers must be a sequence of leaf path suffixes, got the string {writers!r}")
-  writers = tuple(writers or ())
-  if DEPTH_AXIS not in target:
-    if mode is not None:
-      raise ValueError(f"depth_mode {mode!r} given, but sizes has no {DEPTH_AXIS!r} entry (the new depth)")
-    return None
-  n_new, all_sizes = target.pop(DEPTH_AXIS), tree_sizes(params)
-  if DEPTH_AXIS not in all_sizes:
-    raise ValueError(f"sizes asks for depth {n_new}, but no leaf has a {DEPTH_AXIS!r} axis: depth transfer "
-                     "needs scanned blocks (rcjax.nn.GPT(scan=True), or nn.scan with metadata_params="
-                     "{nn.PARTITION_NAME: 'layers'}); a non-scanned model's blocks are separate leaves")
-  n_old = all_sizes[DEPTH_AXIS]
-  m = depth_map(n_old, n_new, mode)
-  if n_new == n_old:
-    return None
-  if exact and n_new < n_old:
-    raise ValueError(f"exact=True needs the depth to grow, but it shrinks from {n_old} to {n_new} (dropping "
-                     "blocks changes the function)")
-  if exact and not writers:
-    raise ValueError("exact=True depth growth needs residual_writers (the leaves that write into the residual "
-                     "stream, zero in new blocks), which come from the model layer: use rcjax.nn.gpt.transfer "
-                     "for GPT params")
-  paths = [p for p, b in leaves_with_paths(params) if DEPTH_AXIS in b.axes]
-  for w in writers if exact else ():
-    if not any(p.endswith(w) for p in paths):
-      raise ValueError(f"residual_writers: no leaf with a {DEPTH_AXIS!r} axis has a path ending with {w!r}")
-  return n_old, tuple(m.tolist()), tuple(new_blocks(m).tolist()), writers if exact else ()
 
 
 def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: str = "stratified",
@@ -529,6 +272,12 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
 
   Returns:
     The transferred pytree.
+
+  >>> import jax.numpy as jnp
+  >>> from rcjax import RC
+  >>> p = {'w': RC(jnp.ones((2, 4)), axes=('input', 'hidden'), fan_in=(0,), base=(None, 4), param='mf')}
+  >>> transfer(p, jax.random.key(0), {'hidden': 6}, exact=True)['w'].shape  # 4 -> 6, function-preserving
+  (2, 6)
   """
   _check_key(key)
   if sampler not in SCORE_SAMPLERS:
@@ -551,19 +300,9 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   growing = _direction == "transfer" and all(n >= all_sizes[k] for k, n in target.items())
   _check_blocks(blocks, all_sizes, target,
                 "exact=True" if exact else "transfer (no axis shrinks)" if growing else _direction)
-  for name, value, lo, hi in (("random_rate", random_rate, 0.0, 1.0), ("norm_rate", norm_rate, 0.0, math.inf),
-                              ("split_rate", split_rate, 0.0, math.inf), ("cancel_rate", cancel_rate, 0.0, math.inf)):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-      raise TypeError(f"{name} must be a number, got {value!r}")
-    if not (lo <= value <= hi) or math.isnan(value) or (hi == math.inf and math.isinf(value)):
-      raise ValueError(f"{name} must be in [{lo}, {hi}{']' if hi < math.inf else ')'}, got {value}")
+  _check_rates(random_rate=random_rate, norm_rate=norm_rate, split_rate=split_rate, cancel_rate=cancel_rate)
   if exact:
-    if sampler == "iid":
-      raise ValueError("exact=True needs sampler 'stratified' or 'stride' (iid maps can miss neurons)")
-    shrunk = [k for k, n in target.items() if n < old[k]]
-    if shrunk:
-      raise ValueError(f"exact=True needs new sizes >= old sizes, but axis {shrunk[0]!r} shrinks "
-                       f"from {old[shrunk[0]]} to {target[shrunk[0]]}")
+    _check_exact(sampler, old, target)
   if sampler in SCORE_SAMPLERS:
     scores = check_scores(scores, all_sizes, target, blocks, sampler)
   if check_finite:

@@ -394,7 +394,7 @@ def _llama(cfg, t, tokens):
 
 def _gpt2(cfg, t, tokens):
   t = {n.removeprefix("transformer."): w for n, w in t.items()}  # both the hub's and save_pretrained's names
-  E, H, L = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
+  H, L = cfg["n_head"], cfg["n_layer"]
   eps = cfg.get("layer_norm_epsilon", 1e-5)
   act = _act(cfg.get("activation_function", "gelu_new"))
   if (not cfg.get("scale_attn_weights", True) or cfg.get("scale_attn_by_inverse_layer_idx")

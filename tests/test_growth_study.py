@@ -50,7 +50,6 @@ def test_growth_study_rejects_bad_variants_in_one_line(capsys):
 
 
 def test_grow_warmup_rewarms_the_lr_and_grow_opt_resets_adams_moments():
-  import jax
   import jax.numpy as jnp
   import optax
 

@@ -12,7 +12,7 @@ import pytest
 
 import rcjax
 from hf_reference import reference_logits, write_tiny
-from rcjax import hf_grow, hf_model, sharding
+from rcjax import hf_grow, hf_model, hf_write, sharding
 from rcjax.hf_synthetic import write_synthetic
 from rcjax.rc import is_rc
 
@@ -299,8 +299,8 @@ def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
       raise KeyboardInterrupt
     return real(x)
 
-  real = hf_model._chunks
-  monkeypatch.setattr(hf_model, "_chunks", boom)
+  real = hf_write._chunks
+  monkeypatch.setattr(hf_write, "_chunks", boom)  # save's writer (rcjax.hf_write, re-exported by hf_model)
   with pytest.raises(KeyboardInterrupt):
     hf_model.save(model, params, tmp_path / "out")
   assert os.listdir(tmp_path) == ["src"]

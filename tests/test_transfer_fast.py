@@ -114,7 +114,8 @@ def test_transfer_cpu_path_matches_accelerator_path(monkeypatch):
   for sampler in ("stratified", "iid", "stride"):
     got = rcjax.transfer(p, jax.random.key(3), sizes, sampler=sampler)
     with monkeypatch.context() as m:
-      m.setattr(mod, "_on_cpu", lambda: False)
+      for module in (mod, sys.modules["rcjax.leafmap"]):  # the maps' path and the gathers' (rcjax.leafmap)
+        m.setattr(module, "_on_cpu", lambda: False)
       mod._transfer_jit.clear_cache()
       want = rcjax.transfer(p, jax.random.key(3), sizes, sampler=sampler)
     mod._transfer_jit.clear_cache()
@@ -138,7 +139,8 @@ def test_query_heads_follow_their_kv_heads_on_every_path(monkeypatch):
   want = rcjax.apply_maps(p, maps)
   for on_cpu in (True, False):
     with monkeypatch.context() as m:
-      m.setattr(mod, "_on_cpu", lambda: on_cpu)
+      for module in (mod, sys.modules["rcjax.leafmap"]):  # the maps' path and the gathers' (rcjax.leafmap)
+        m.setattr(module, "_on_cpu", lambda: on_cpu)
       mod._transfer_jit.clear_cache()
       got = rcjax.transfer(p, key, sizes)
     mod._transfer_jit.clear_cache()
