@@ -106,7 +106,7 @@ def _axis_names(leaves, shapes, widths, names) -> list[tuple[str, ...]]:
   """One logical name per dimension: width dims named per (size, delta size) pair, unless hinted."""
   given = [_check_names(names, path, len(shapes[i][0])) for i, (path, _) in enumerate(leaves)]
   by_pair: dict[tuple[int, int], set[str]] = {}
-  for i, (path, _) in enumerate(leaves):
+  for i in range(len(leaves)):
     for d in widths[i]:
       if given[i][d] is not None:
         by_pair.setdefault((shapes[i][0][d], shapes[i][1][d]), set()).add(given[i][d])

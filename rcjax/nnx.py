@@ -19,7 +19,6 @@ from this module's layers `Dense`, `Conv`, `MLP` (the NNX twins of `rcjax.nn`'s,
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -30,7 +29,7 @@ from flax import nnx
 from rcjax import parametrization as pz
 
 from rcjax.annotate import annotate as _annotate_tree
-from rcjax.nnx_layers import MLP, Conv, Dense, box, rc_param
+from rcjax.nnx_layers import MLP, Conv, Dense, box, rc_param  # noqa: F401 - rcjax.nnx's layers
 from rcjax.rc import RC
 from rcjax.transfer import MOMENT_FIELDS, UNSUPPORTED_FIELDS, _target_sizes, transfer
 
@@ -84,8 +83,8 @@ def annotate(model: nnx.Module, delta: nnx.Module, **kw) -> nnx.Module:
                         for p in order}
   boxed = _annotate_tree(as_tree(mine), as_tree(theirs), **kw)
   for p in order:
-    box = boxed["/".join(map(str, p))]
-    mine[p].set_metadata("rc", {f: getattr(box, f) for f in _FIELDS})
+    rc = boxed["/".join(map(str, p))]
+    mine[p].set_metadata("rc", {f: getattr(rc, f) for f in _FIELDS})
   return model
 
 
@@ -145,11 +144,11 @@ def _grow_optimizer(opt: nnx.Optimizer, new_model: nnx.Module, params: dict[tupl
     hit = _moment(p)
     if hit is None or p[hit[1]:] not in params:
       continue
-    box = params[p[hit[1]:]]
-    if tuple(v.shape) != box.shape:
+    leaf = params[p[hit[1]:]]
+    if tuple(v.shape) != leaf.shape:
       raise ValueError(f"rcjax.nnx.grow: optimizer state {'/'.join(map(str, p))!r} has shape {tuple(v.shape)}, "
-                       f"not its parameter's {box.shape}")
-    groups.setdefault(hit[0], {})[p] = box.replace(value=v.get_value())
+                       f"not its parameter's {leaf.shape}")
+    groups.setdefault(hit[0], {})[p] = leaf.replace(value=v.get_value())
   grown = {}
   for power, tree in groups.items():
     grown.update(transfer(tree, key, target, moment=power, _direction="grow", **kw))
@@ -189,8 +188,8 @@ def grow(model: nnx.Module, key: jax.Array, *, factor: float | None = None,
   grown = transfer(params, key, target, _direction="grow", **kw)
   new = nnx.clone(model)  # the caller's model is left as it was
   variables = _variables(new, nnx.Variable)
-  for p, box in grown.items():
-    variables[p].set_value(box.value)
+  for p, leaf in grown.items():
+    variables[p].set_value(leaf.value)
   _fix_sizes(new)
   if optimizer is None:
     return new

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import glob
 import importlib.util
-import math
 import os
 import string
 from typing import Sequence
