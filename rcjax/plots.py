@@ -14,12 +14,15 @@ def _plt():
   return plt
 
 
-def save(fig, path) -> str:
-  """Write `fig` as a PNG at `path` (parent folders created) and close it; returns the path."""
+def save(fig, path, *, pdf: bool = False) -> str:
+  """Write `fig` as a PNG at `path` (parent folders created), with `pdf` also as a PDF beside it
+  (same name, `.pdf`), and close it; returns the PNG's path."""
   import os
 
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if pdf:
+    fig.savefig(os.path.splitext(path)[0] + ".pdf", bbox_inches="tight")
   fig.savefig(path, dpi=120, bbox_inches="tight")
   _plt().close(fig)
   return path
@@ -209,7 +212,7 @@ def _short(name: str, width: int = 28) -> str:
   return s if len(s) <= width else "…" + s[-(width - 1):]
 
 
-def correlation_matrices(panels, *, title=None, ncols=None):
+def correlation_matrices(panels, *, title=None, ncols=None, annotate_max=20):
   """Correlation matrices of per-neuron statistics (the paper's Figure 4.2), one panel each.
 
   Args:
@@ -217,6 +220,7 @@ def correlation_matrices(panels, *, title=None, ncols=None):
       (K x K |corr| quantile of the permutation null: entries within it are printed in grey) and
       `groups` (`[(start index, label), ...]`: lines separating neuron axes in a block-diagonal matrix).
     title: figure title; ncols: panels per row.
+    annotate_max: numbers are printed in the cells of matrices of at most this many statistics.
   """
   import numpy as np
 
@@ -246,7 +250,7 @@ def correlation_matrices(panels, *, title=None, ncols=None):
     ax.set_yticks(range(k), labels, fontsize=7)
     ax.set_title(p.get("title", ""), fontsize=9)
     null = p.get("null")
-    if k <= 20:
+    if k <= annotate_max:
       for i in range(k):
         for j in range(k):
           if i != j and not np.isnan(corr[i, j]):
@@ -261,7 +265,8 @@ def correlation_matrices(panels, *, title=None, ncols=None):
     ax.axis("off")
   if im is not None:
     fig.colorbar(im, ax=axs, shrink=0.6, label="correlation")
-  note = "bold: |corr| above the 99% permutation null; grey text: within it; grey cells: undefined"
+  note = ("bold: |corr| above the 99% permutation null; grey text: within it; grey cells: undefined"
+          if any(len(p["names"]) <= annotate_max for p in panels) else "grey cells: undefined (other neuron axes)")
   fig.suptitle((title + "\n" if title else "") + note, fontsize=9)
   return fig
 
