@@ -134,7 +134,7 @@ def weight_heatmaps(grid, *, title=None, cmap="RdBu_r", vmax=3.0):
   """
   plt = _plt()
   rows, cols = len(grid), max(len(r) for r in grid)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False, layout="constrained")
   image = None
   for r, row in enumerate(grid):
     for c in range(cols):

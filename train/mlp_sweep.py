@@ -39,9 +39,9 @@ def _name(width: int) -> str:
   return f"n{width}"
 
 
-def _x_suffix(args) -> str:
-  """Figures against steps or FLOPs get their own file (`fig4_3_be_flops.png`) beside the epoch one."""
-  return "" if args.x == "epoch" else f"_{args.x}"
+def _xs(args) -> tuple[str, ...]:
+  """The x axes drawn: epochs and FLOPs by default (growth multiplies the FLOPs per epoch), else --x."""
+  return ("epoch", "flops") if args.x == "epoch" else (args.x,)
 
 
 def _run(args, name: str, **kw) -> list[dict]:
@@ -105,8 +105,9 @@ def fig43_transfer(args, source_width: int, target_width: int, tag: str) -> None
       summary[name] = _transfer_summary(lines, scratch)
   title = (f"{args.base_config.dataset}: transfer N={source_width} -> N={target_width} at epoch "
            f"{args.transfer_epoch} ({args.base_config.param}, lr {args.base_config.lr:g})")
-  fig = plots.training_curves(runs, x=args.x, title=title, styles=styles)
-  print("wrote", plots.save(fig, Path(args.out) / f"fig4_3_{tag}{_x_suffix(args)}.png"))
+  for x in _xs(args):
+    fig = plots.training_curves(runs, x=x, title=title, styles=styles)
+    print("wrote", plots.save(fig, Path(args.out) / f"fig4_3_{tag}{'' if x == 'epoch' else '_' + x}.png", pdf=True))
   _save_summary(args, f"fig4_3_{tag}", summary)
 
 
@@ -118,8 +119,9 @@ def fig43a(args) -> None:
   runs = {init: _run(args, _name(args.large) if init == default else f"{_name(args.large)}_init={init}",
                      width=args.large, init=init) for init in args.inits}
   title = f"{args.base_config.dataset}: N={args.large}, init distributions ({args.base_config.param})"
-  print("wrote", plots.save(plots.training_curves(runs, x=args.x, title=title),
-                            Path(args.out) / f"fig4_3_ad{_x_suffix(args)}.png"))
+  for x in _xs(args):
+    print("wrote", plots.save(plots.training_curves(runs, x=x, title=title),
+                              Path(args.out) / f"fig4_3_ad{'' if x == 'epoch' else '_' + x}.png", pdf=True))
   _save_summary(args, "fig4_3_ad", {k: {"final_train_loss": v[-1]["train_loss"], "final_test_acc":
                                         v[-1]["test_acc"]} for k, v in runs.items()})
 
@@ -137,7 +139,7 @@ def fig41(args) -> None:
   from rcjax import plots
   from rcjax.checkpoint import Checkpointer
 
-  grid = [[], []]
+  grid, numbers = [[], []], {}
   # muP at its base width is SP exactly: its run gets base --base, or --small (100), not N.
   if (args.base or args.small) == args.width:
     raise ValueError(f"fig41: muP with base {args.width} = N would be SP; give --base another width")
@@ -147,14 +149,26 @@ def fig41(args) -> None:
     _run(args, name, width=args.width, param=param, init=FIG41_INIT[param], base=base)
     ckpt = Checkpointer(Path(args.out) / name / "checkpoints", read_only=True)
     last = ckpt.latest_step()
-    for row, step in enumerate((0, last)):
-      w = np.asarray(ckpt.restore(step)["params"]["Dense_1"]["kernel"].value)
-      lr = args.lr or DEFAULT_LR[args.base_config.dataset, param]
-      what = f"{param}" + (f" base {base}" if base else "")
-      grid[row].append((f"{what} ({FIG41_INIT[param]}, lr {lr:g}), {'init' if step == 0 else f'epoch {step}'}",
-                        ordered_normalised(w)))
-  title = f"{args.base_config.dataset}: middle layer, N={args.width}, normalised, rows/cols by mean"
-  print("wrote", plots.save(plots.weight_heatmaps(grid, title=title), Path(args.out) / "fig4_1.png"))
+    w0, w1 = (np.asarray(ckpt.restore(step)["params"]["Dense_1"]["kernel"].value) for step in (0, last))
+    live, numbers[param] = unchanged_columns(w0, w1)
+    lr = args.lr or DEFAULT_LR[args.base_config.dataset, param]
+    what = f"{param}" + (f" base {base}" if base else "") + f", {FIG41_INIT[param]}, lr {lr:g}"
+    grid[0].append((f"{what}\ninit", ordered_normalised(w0)))
+    grid[1].append((f"{what}\nepoch {last}: {live.sum()} of {live.size} live", ordered_normalised(w1[:, live])))
+  title = (f"{args.base_config.dataset}: middle layer (N={args.width}), (W - mean) / std, rows/cols sorted by "
+           "mean;\ntrained: columns (hidden_1 neurons) that never changed from init are excluded")
+  print("wrote", plots.save(plots.weight_heatmaps(grid, title=title), Path(args.out) / "fig4_1.png", pdf=True))
+  _save_summary(args, "fig4_1", numbers)
+
+
+def unchanged_columns(w0: np.ndarray, w1: np.ndarray, tol: float = 1e-6) -> tuple[np.ndarray, dict]:
+  """The columns of a kernel (its fan-out neurons) that changed in training (a boolean mask: False =
+  no entry moved by more than `tol`, e.g. a ReLU dead on every example) and the numbers Figure 4.1 shows."""
+  moved = np.abs(w1 - w0).max(axis=0)
+  live = moved > tol
+  return live, {"neurons": int(live.size), "unchanged_neurons": int((~live).sum()),
+                "frac_columns_moved_below_0.1": float((moved < 0.1).mean()),
+                "std_init": float(w0.std()), "std_trained_live": float(w1[:, live].std()) if live.any() else None}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -179,7 +193,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--r1", type=float, nargs="+", default=[0.0, 0.1, 0.5], help="random rates")
   p.add_argument("--r2", type=float, nargs="+", default=[0.0, 0.01, 0.1], help="norm rates")
   p.add_argument("--inits", nargs="+", default=["uniform", "gaussian", "normal:1,3"], help="fig43a inits")
-  p.add_argument("--x", default="epoch", choices=("epoch", "step", "flops"), help="x axis of the curves")
+  p.add_argument("--x", default="epoch", choices=("epoch", "step", "flops"), help="x axis of the curves (epoch: "
+                 "draws both epoch and flops figures)")
   p.add_argument("--plot-only", action="store_true", help="draw from existing metrics files, train nothing")
   p.add_argument("--no-progress", dest="progress", action="store_false")
   return p
