@@ -120,6 +120,41 @@ def training_curves(runs, *, panels=("train_loss", "test_acc"), x="epoch", title
   return fig
 
 
+def seed_band_curves(runs_per_seed, *, panels=("train_loss", "test_acc"), x="epoch", title=None, styles=None):
+  """Mean over seeds (a line) and min..max (a band) of metrics curves, one panel per metric.
+
+  Args:
+    runs_per_seed: one `{label: [metrics dict, ...]}` per seed (the same labels and x values in each;
+      transfer lines, which repeat an x, are dropped).
+    panels, x, title, styles: as in `training_curves`.
+  """
+  import numpy as np
+
+  plt = _plt()
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+  styles = styles or {}
+  for ax, key in zip(axes[0], panels):
+    for label in runs_per_seed[0]:
+      curves = [{m[x]: m[key] for m in runs[label] if m.get("event") != "transfer" and _finite(m.get(key))}
+                for runs in runs_per_seed]
+      xs = sorted(set.intersection(*(set(c) for c in curves)))
+      if not xs:
+        continue
+      ys = np.array([[c[v] for v in xs] for c in curves])
+      (line,) = ax.plot(xs, ys.mean(0), label=label, **styles.get(label, {}))
+      ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xlabel(_LABELS.get(x, x))
+    ax.set_ylabel(_LABELS.get(key, key))
+    if x == "flops":
+      ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+  axes[0][-1].legend(fontsize=7, loc="best")
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  return fig
+
+
 def weight_heatmaps(grid, *, title=None, cmap="RdBu_r", vmax=3.0):
   """A grid of heat plots of (already normalised and ordered) weight matrices, e.g. the paper's Figure 4.1.
 

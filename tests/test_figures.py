@@ -65,3 +65,16 @@ def test_numbers_in_docs_figures_md_agree_with_the_committed_json():
     decimals = len(value.split(".")[1]) if "." in value else 0
     assert round(float(got), decimals) == float(value), (file, key, got, value)
     assert value in text.replace(f"| {value} |", ""), f"{value} ({key}) is in the table but not in the text"
+
+
+def test_fig43_over_three_seeds_gives_mean_and_spread(tmp_path):
+  argv = ["fig43a", "--dataset", "digits", "--out", str(tmp_path), "--large", "8", "--epochs", "1",
+          "--inits", "gaussian", "--seeds", "0", "1", "2", "--no-progress"]
+  assert mlp_sweep.main(argv) == 0
+  assert all((tmp_path / f).stat().st_size > 0 for f in ("fig4_3_ad_seeds.png", "fig4_3_ad_seeds_flops.png",
+                                                         "fig4_3_ad_seeds.pdf"))
+  seeds = json.loads((tmp_path / "fig4_3_ad_seeds.json").read_text())["runs"]["gaussian"]["final_train_loss"]
+  each = [json.loads((tmp_path / f"seed{s}" / "fig4_3_ad.json").read_text())["gaussian"]["final_train_loss"]
+          for s in (0, 1, 2)]
+  assert seeds["n"] == 3 and np.isclose(seeds["mean"], np.mean(each)) and np.isclose(seeds["std"], np.std(each, ddof=1))
+  assert seeds["min"] <= seeds["mean"] <= seeds["max"] and seeds["std"] > 0  # seeds differ

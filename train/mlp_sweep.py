@@ -109,6 +109,7 @@ def fig43_transfer(args, source_width: int, target_width: int, tag: str) -> None
     fig = plots.training_curves(runs, x=x, title=title, styles=styles)
     print("wrote", plots.save(fig, Path(args.out) / f"fig4_3_{tag}{'' if x == 'epoch' else '_' + x}.png", pdf=True))
   _save_summary(args, f"fig4_3_{tag}", summary)
+  return runs, summary, styles
 
 
 def fig43a(args) -> None:
@@ -122,8 +123,9 @@ def fig43a(args) -> None:
   for x in _xs(args):
     print("wrote", plots.save(plots.training_curves(runs, x=x, title=title),
                               Path(args.out) / f"fig4_3_ad{'' if x == 'epoch' else '_' + x}.png", pdf=True))
-  _save_summary(args, "fig4_3_ad", {k: {"final_train_loss": v[-1]["train_loss"], "final_test_acc":
-                                        v[-1]["test_acc"]} for k, v in runs.items()})
+  summary = {k: {"final_train_loss": v[-1]["train_loss"], "final_test_acc": v[-1]["test_acc"]} for k, v in runs.items()}
+  _save_summary(args, "fig4_3_ad", summary)
+  return runs, summary, {}
 
 
 def ordered_normalised(w: np.ndarray) -> np.ndarray:
@@ -171,6 +173,45 @@ def unchanged_columns(w0: np.ndarray, w1: np.ndarray, tol: float = 1e-6) -> tupl
                 "std_init": float(w0.std()), "std_trained_live": float(w1[:, live].std()) if live.any() else None}
 
 
+def _figure43(args):
+  if args.figure == "fig43a":
+    return "fig4_3_ad", *fig43a(args)
+  if args.figure == "fig43b":
+    return "fig4_3_be", *fig43_transfer(args, args.small, args.large, "be")
+  return "fig4_3_cf", *fig43_transfer(args, args.large, args.small, "cf")
+
+
+def seed_stats(values: list) -> dict:
+  """Mean, sample std, min and max of one number over seeds (None entries left out)."""
+  v = np.array([x for x in values if x is not None], float)
+  if not v.size:
+    return {"n": 0}
+  return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+          "min": float(v.min()), "max": float(v.max())}
+
+
+def over_seeds(args) -> None:
+  """A Figure 4.3 panel once per seed of --seeds (each in --out/seed{S}), then mean and spread."""
+  from rcjax import plots
+
+  out, per_seed = Path(args.out), []
+  for seed in args.seeds:
+    args.out, args.seed = str(out / f"seed{seed}"), seed
+    args.base_config = dataclasses.replace(args.base_config, seed=seed)
+    per_seed.append(_figure43(args))
+  args.out = str(out)
+  name, styles = per_seed[0][0], per_seed[0][3]
+  summary = {run: {k: seed_stats([s[2][run][k] for s in per_seed]) for k in numbers}
+             for run, numbers in per_seed[0][2].items()}
+  (out / f"{name}_seeds.json").write_text(json.dumps({"seeds": args.seeds, "runs": summary}, indent=1) + "\n")
+  for run, numbers in summary.items():
+    print(run, " ".join(f"{k}={v['mean']:.4g}+-{v['std']:.2g}" for k, v in numbers.items() if v["n"]))
+  title = f"{args.base_config.dataset}: {name}, mean and min..max over seeds {args.seeds}"
+  for x in _xs(args):
+    fig = plots.seed_band_curves([s[1] for s in per_seed], x=x, title=title, styles=styles)
+    print("wrote", plots.save(fig, out / f"{name}_seeds{'' if x == 'epoch' else '_' + x}.png", pdf=True))
+
+
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m train.mlp_sweep", description=__doc__.split("\n")[0],
                               formatter_class=mlp.HelpFormatter)
@@ -184,6 +225,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--epochs", type=int, default=10)
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seeds", type=int, nargs="+", default=None, help="fig43*: run the figure once per seed "
+                 "(in --out/seed{S}/) and draw mean and spread (min..max band) over them (_seeds.png/.json)")
   p.add_argument("--base", type=int, default=0, help="muP base width of every run (0: --small, so all widths "
                  "share one base; muP at its base width is SP)")
   p.add_argument("--width", type=int, default=300, help="fig41: hidden width")
@@ -218,17 +261,18 @@ def main(argv=None) -> int:
                                        width=target)
           config = dataclasses.replace(config, lr=args.lr or DEFAULT_LR[config.dataset, config.param])
           mlp.validate(config)
-          out = Path(args.out) / f"{_name(source)}_to_{_name(target)}_r1={r1:g}_r2={r2:g}"
-          if not args.plot_only:
-            mlp.check_out_dir(out, dataclasses.replace(config, out=str(out)))
+          for seed in args.seeds or [None]:
+            root = Path(args.out) if seed is None else Path(args.out) / f"seed{seed}"
+            out = root / f"{_name(source)}_to_{_name(target)}_r1={r1:g}_r2={r2:g}"
+            c = config if seed is None else dataclasses.replace(config, seed=seed, transfer_from=str(root / _name(source)))
+            if not args.plot_only:
+              mlp.check_out_dir(out, dataclasses.replace(c, out=str(out)))
     if args.figure == "fig41":
       fig41(args)
-    elif args.figure == "fig43a":
-      fig43a(args)
-    elif args.figure == "fig43b":
-      fig43_transfer(args, args.small, args.large, "be")
+    elif args.seeds:
+      over_seeds(args)
     else:
-      fig43_transfer(args, args.large, args.small, "cf")
+      _figure43(args)
   except (ValueError, FileNotFoundError, mlp.data_lib.DataUnavailable, mlp.TrainingDiverged) as e:
     print(f"train.mlp_sweep: error: {e}", file=sys.stderr)
     return 1
