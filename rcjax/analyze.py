@@ -147,7 +147,7 @@ def _write_all(out: str, figures: dict, jsons: dict) -> None:
 
   os.makedirs(out, exist_ok=True)
   for name, fig in figures.items():
-    plots.save(fig, os.path.join(out, name))
+    plots.save(fig, os.path.join(out, name), pdf=True)
   for name, obj in jsons.items():
     _write_json(os.path.join(out, name), obj)
 
@@ -282,8 +282,13 @@ def figure_corr(paths: Sequence[str], out: str, *, labels: Sequence[str] | None 
                    "names": names, "corr": corr, "null": null, "groups": groups})
     result[label] = {"path": src.path, "step": src.step, "axes": [g[1] for g in groups], "names": names,
                      "corr": corr, "null_q99": null}
-  fig = plots.correlation_matrices(panels, ncols=len(panels), title="Correlation of per-neuron statistics "
-                                   "sharing a neuron index (blocks = neuron axes)")
+  for r in result.values():  # the key numbers: max |corr| off the diagonal, and how much is above the null
+    c, q = np.abs(r["corr"]), r["null_q99"]
+    off = ~np.eye(len(c), dtype=bool) & np.isfinite(c) & np.isfinite(q)
+    r["max_abs_corr"] = float(c[off].max()) if off.any() else None
+    r["frac_above_null_q99"] = float((c[off] > q[off]).mean()) if off.any() else None
+  fig = plots.correlation_matrices(panels, ncols=len(panels), annotate_max=8, title="Correlation of per-neuron "
+                                   "statistics sharing a neuron index (blocks = neuron axes)")
   _write_all(out, {"corr.png": fig}, {"corr.json": result})
   return _jsonable(result)
 
@@ -446,17 +451,22 @@ def _main(argv: list[str]) -> int:
       print(f"{s['model_family']}: {s['num_blocks']} blocks, max |corr| {s['max_abs_corr']} "
             f"(null 99%: {s['max_abs_corr_null']}) -> {a.out}/summary.json")
     elif cmd == "corr":
-      figure_corr(a.paths, a.out, labels=a.labels, step=a.step, block=a.block, kinds=kinds, **common)
-      print(f"-> {a.out}/corr.png")
+      result = figure_corr(a.paths, a.out, labels=a.labels, step=a.step, block=a.block, kinds=kinds, **common)
+      for label, r in result.items():
+        print(f"{label}: max |corr| {r['max_abs_corr']}, fraction of pairs above the 99% null "
+              f"{r['frac_above_null_q99']}")
+      print(f"-> {a.out}/corr.png, corr.pdf, corr.json")
     elif cmd == "bars":
       rows = figure_bars(a.paths, a.out, labels=a.labels, step=a.step, kinds=kinds, progress=not a.quiet, **common)
       for r in rows:
         print(f"{r['label']}: max |corr| {r['max_abs_corr']} (null 99%: {r['max_abs_corr_null']})")
-      print(f"-> {a.out}/max_abs_corr.png")
+      print(f"-> {a.out}/max_abs_corr.png, max_abs_corr.pdf, bars.json")
     else:
-      figure_compare(a.run_a, a.run_b, a.out, steps=a.steps, leaf=a.leaf, stat=a.stat, columns=a.columns,
-                     labels=a.labels, **common)
-      print(f"-> {a.out}/compare.png")
+      result = figure_compare(a.run_a, a.run_b, a.out, steps=a.steps, leaf=a.leaf, stat=a.stat,
+                              columns=a.columns, labels=a.labels, **common)
+      for r in result["rows"]:
+        print(f"step {r['step']} {r['unit']}: W1 {r['w1']} (null 95%: {r['w1_null_q95']}, reference {r['reference']})")
+      print(f"-> {a.out}/compare.png, compare.pdf, compare.json")
   except IndexError as e:
     raise _cli.UsageError(str(e)) from e
   except OSError as e:

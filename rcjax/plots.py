@@ -14,12 +14,15 @@ def _plt():
   return plt
 
 
-def save(fig, path) -> str:
-  """Write `fig` as a PNG at `path` (parent folders created) and close it; returns the path."""
+def save(fig, path, *, pdf: bool = False) -> str:
+  """Write `fig` as a PNG at `path` (parent folders created), with `pdf` also as a PDF beside it
+  (same name, `.pdf`), and close it; returns the PNG's path."""
   import os
 
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if pdf:
+    fig.savefig(os.path.splitext(path)[0] + ".pdf", bbox_inches="tight")
   fig.savefig(path, dpi=120, bbox_inches="tight")
   _plt().close(fig)
   return path
@@ -117,6 +120,41 @@ def training_curves(runs, *, panels=("train_loss", "test_acc"), x="epoch", title
   return fig
 
 
+def seed_band_curves(runs_per_seed, *, panels=("train_loss", "test_acc"), x="epoch", title=None, styles=None):
+  """Mean over seeds (a line) and min..max (a band) of metrics curves, one panel per metric.
+
+  Args:
+    runs_per_seed: one `{label: [metrics dict, ...]}` per seed (the same labels and x values in each;
+      transfer lines, which repeat an x, are dropped).
+    panels, x, title, styles: as in `training_curves`.
+  """
+  import numpy as np
+
+  plt = _plt()
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+  styles = styles or {}
+  for ax, key in zip(axes[0], panels):
+    for label in runs_per_seed[0]:
+      curves = [{m[x]: m[key] for m in runs[label] if m.get("event") != "transfer" and _finite(m.get(key))}
+                for runs in runs_per_seed]
+      xs = sorted(set.intersection(*(set(c) for c in curves)))
+      if not xs:
+        continue
+      ys = np.array([[c[v] for v in xs] for c in curves])
+      (line,) = ax.plot(xs, ys.mean(0), label=label, **styles.get(label, {}))
+      ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xlabel(_LABELS.get(x, x))
+    ax.set_ylabel(_LABELS.get(key, key))
+    if x == "flops":
+      ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+  axes[0][-1].legend(fontsize=7, loc="best")
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  return fig
+
+
 def weight_heatmaps(grid, *, title=None, cmap="RdBu_r", vmax=3.0):
   """A grid of heat plots of (already normalised and ordered) weight matrices, e.g. the paper's Figure 4.1.
 
@@ -131,7 +169,7 @@ def weight_heatmaps(grid, *, title=None, cmap="RdBu_r", vmax=3.0):
   """
   plt = _plt()
   rows, cols = len(grid), max(len(r) for r in grid)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows), squeeze=False, layout="constrained")
   image = None
   for r, row in enumerate(grid):
     for c in range(cols):
@@ -209,7 +247,7 @@ def _short(name: str, width: int = 28) -> str:
   return s if len(s) <= width else "…" + s[-(width - 1):]
 
 
-def correlation_matrices(panels, *, title=None, ncols=None):
+def correlation_matrices(panels, *, title=None, ncols=None, annotate_max=20):
   """Correlation matrices of per-neuron statistics (the paper's Figure 4.2), one panel each.
 
   Args:
@@ -217,6 +255,7 @@ def correlation_matrices(panels, *, title=None, ncols=None):
       (K x K |corr| quantile of the permutation null: entries within it are printed in grey) and
       `groups` (`[(start index, label), ...]`: lines separating neuron axes in a block-diagonal matrix).
     title: figure title; ncols: panels per row.
+    annotate_max: numbers are printed in the cells of matrices of at most this many statistics.
   """
   import numpy as np
 
@@ -246,7 +285,7 @@ def correlation_matrices(panels, *, title=None, ncols=None):
     ax.set_yticks(range(k), labels, fontsize=7)
     ax.set_title(p.get("title", ""), fontsize=9)
     null = p.get("null")
-    if k <= 20:
+    if k <= annotate_max:
       for i in range(k):
         for j in range(k):
           if i != j and not np.isnan(corr[i, j]):
@@ -261,7 +300,8 @@ def correlation_matrices(panels, *, title=None, ncols=None):
     ax.axis("off")
   if im is not None:
     fig.colorbar(im, ax=axs, shrink=0.6, label="correlation")
-  note = "bold: |corr| above the 99% permutation null; grey text: within it; grey cells: undefined"
+  note = ("bold: |corr| above the 99% permutation null; grey text: within it; grey cells: undefined"
+          if any(len(p["names"]) <= annotate_max for p in panels) else "grey cells: undefined (other neuron axes)")
   fig.suptitle((title + "\n" if title else "") + note, fontsize=9)
   return fig
 

@@ -1,12 +1,14 @@
 """Train the paper's CIFAR-10 MLPs (Example 1.1: input -> N -> N -> 10 with biases), with transfer mid-training.
 
-    python -m train.mlp --width 1000                # CIFAR-10 if prepared, else the embedded digits (says so)
+    python -m train.mlp --width 1000                # CIFAR-10 if prepared, else digits at mf lr 1 (says so)
     python -m train.mlp --dataset digits --width 64 --epochs 10 --out runs/digits64   # offline, seconds
     python -m train.mlp --dataset cifar10 --width 1000 --epochs 10 --out runs/n1000  # CIFAR-10 via TFDS
     python -m train.mlp --width 100 --epochs 10 --out runs/n100
     python -m train.mlp --width 1000 --epochs 10 --out runs/n100to1000 \\
         --transfer-from runs/n100 --transfer-epoch 4 --random-rate 0.1 --norm-rate 0.01
     python -m train.mlp --depth 7 --width 1000 --bias constant --out runs/mfnn7      # the 7-layer MFNN
+    python -m train.mlp --dataset digits --depth 7 --width 1000 --bias constant --hidden-init lowrank:16 \
+        --lr 0.05 --out runs/mfnn7_lowrank                                            # ... that learns
 
 RUN_DIR (--out) gets `config.json`, `metrics.jsonl`, `checkpoints/` (step = epoch, 0 = init; extra =
 {epoch, step, flops}) and `curves.png`. A metrics line per epoch: `epoch`, `step` (SGD steps), `width`,
@@ -41,7 +43,7 @@ from rcjax import _cli
 from rcjax.checkpoint import Checkpointer
 from rcjax.integrity import UnverifiedCheckpointWarning, check_writable, kill_point
 from train import data as data_lib
-from train import mlp_transfer
+from train import mlp_deep, mlp_transfer
 from train.mlp_files import read_metrics, restore_opt_state  # noqa: F401 - read_metrics: train.mlp's API
 
 PARAMS = ("sp", "ntk", "mup", "mf")
@@ -67,6 +69,9 @@ class Config:
                  "train; constant: biases start at the same value --bias-value for every neuron and train; "
                  "none: no biases", BIASES)
   bias_value: float = _f(0.0, "start value of every bias with --bias constant")
+  hidden_init: str = _f("iid", "hidden kernels: iid (the --init draw, the paper's) or lowrank:K (mean-field-"
+                        "aware: K latent features per neuron plus the --init draw, so deep mean-field nets "
+                        "learn; train/mlp_deep.py)")
   base: int = _f(0, "base width of the hidden axes for muP (0: --width, so muP equals SP at that width; "
                  "with --transfer-from, the source's)")
   dataset: str = _f(data_lib.AUTO, "auto: cifar10 if prepared locally, else digits (config.json records which; "
@@ -124,6 +129,7 @@ def validate(config: Config) -> None:
   if c.transfer_from is not None and not 0 <= c.transfer_epoch < c.epochs:
     raise ValueError(f"--transfer-epoch must be in [0, --epochs={c.epochs}), got {c.transfer_epoch}")
   rcjax.parametrization.parse_init(c.init)  # ValueError naming the spec
+  mlp_deep.parse(c.hidden_init)
 
 
 def build_model(config: Config) -> rcjax.nn.MLP:
@@ -213,18 +219,33 @@ def _recorded_dataset(run_dir: str | None) -> str | None:
   return name if name in data_lib.DATASETS else None
 
 
-def load_data(config: Config) -> tuple[Config, data_lib.Dataset]:
+# --lr when `--dataset auto` falls back to digits with mean-field and --lr is not given: digits has 22
+# SGD steps per epoch (CIFAR-10: 781), and at the paper's 0.1 mean-field sits on its initial plateau for
+# ~15 digits epochs (docs/train-mlp.md, "Learning rates"; N=1000: test accuracy 0.283 after 10 epochs).
+DIGITS_MF_LR = 1.0
+
+
+def load_data(config: Config, *, default_lr: bool = False) -> tuple[Config, data_lib.Dataset]:
   """The dataset, and the config with `--dataset auto` resolved to the one used: the dataset of the run
-  being resumed (or transferred from), else CIFAR-10 if prepared locally, else digits (saying so)."""
-  name = config.dataset
+  being resumed (or transferred from), else CIFAR-10 if prepared locally, else digits (saying so).
+  With `default_lr` (the command line had no --lr), auto resolved to digits and mean-field, the lr
+  becomes `DIGITS_MF_LR` (said in the notice; config.json records it)."""
+  name, auto = config.dataset, config.dataset == data_lib.AUTO
   if name == data_lib.AUTO:
     name = _recorded_dataset(config.out) or _recorded_dataset(config.transfer_from) or name
   if name != data_lib.AUTO:
-    return dataclasses.replace(config, dataset=name), data_lib.load(name, config.data_dir)
-  data, notice = data_lib.load_auto(config.data_dir)
+    data, notice = data_lib.load(name, config.data_dir), None
+  else:
+    data, notice = data_lib.load_auto(config.data_dir)
+  config = dataclasses.replace(config, dataset=data.name)
+  if default_lr and auto and data.name == "digits" and config.param == "mf":
+    config = dataclasses.replace(config, lr=DIGITS_MF_LR)
+    if notice:
+      notice = notice.replace("mean-field learns them at --lr 1", f"--lr not given, so mean-field uses "
+                              f"--lr {DIGITS_MF_LR:g}: at the paper's 0.1 it plateaus on digits")
   if notice:
     print(f"train.mlp: {notice}", file=sys.stderr)
-  return dataclasses.replace(config, dataset=data.name), data
+  return config, data
 
 
 def resume_step(ckpt_dir: Path) -> int | None:
@@ -273,7 +294,9 @@ def check_out_dir(out: Path, config: Config) -> None:
         os.path.realpath(a) == os.path.realpath(b)
         or os.path.relpath(a, old.get("out") or ".") == os.path.relpath(b, config.out)))
 
-  diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUMABLE and not same(k, old.get(k), v)]
+  defaults = {f.name: f.default for f in dataclasses.fields(Config)}  # fields newer than the run's config.json
+  diffs = [f"{k}: {old.get(k, defaults[k])!r} -> {v!r}" for k, v in new.items()
+           if k not in RESUMABLE and not same(k, old.get(k, defaults[k]), v)]
   if isinstance(old.get("epochs"), int) and config.epochs < old["epochs"]:
     diffs.append(f"epochs: {old['epochs']} -> {config.epochs} (--epochs may grow, not shrink)")
   if diffs:
@@ -295,8 +318,9 @@ def _summary(m: dict, epochs: int, seconds: float) -> str:
 
 # --- training --------------------------------------------------------------------------------------
 
-def run(config: Config) -> list[dict]:
+def run(config: Config, *, default_lr: bool = False) -> list[dict]:
   """Train (or resume, or transfer then train) as the config says; returns the metrics lines.
+  `default_lr`: --lr was not given (see `load_data`).
 
   Raises:
     ValueError / FileNotFoundError: bad input (nothing is written).
@@ -307,7 +331,7 @@ def run(config: Config) -> list[dict]:
 
   validate(config)
   out = Path(config.out)
-  config, data = load_data(config)
+  config, data = load_data(config, default_lr=default_lr)
   check_out_dir(out, config)
   check_writable(out)
   n = len(data.y_train)
@@ -353,6 +377,8 @@ def run(config: Config) -> list[dict]:
   else:
     if source is None:
       params = _init_fn(model)(init_key, jnp.asarray(data.x_train[:1]))["params"]
+      if rank := mlp_deep.parse(config.hidden_init):
+        params = mlp_deep.lowrank_init(params, jax.random.fold_in(init_key, 1), rank)
       opt_state = tx.init(params)
       epoch, step, flops, lines, extra = 0, 0, 0, [], {}
     else:
@@ -456,12 +482,20 @@ def quiet_logs() -> None:
     quiet_orbax_noise()
 
 
+def lr_given(argv) -> bool:
+  """Whether the command line sets --lr (also as --lr=X or an abbreviation argparse accepts)."""
+  probe = parser()
+  probe.set_defaults(lr=None)
+  return probe.parse_args(argv).lr is not None
+
+
 def _main(argv) -> int:
   config = Config(**vars(parser().parse_args(argv)))
+  default_lr = not lr_given(argv)
   quiet_logs()
   with warnings.catch_warnings():  # resume_step reported unverified steps in one line
     warnings.simplefilter("ignore", UnverifiedCheckpointWarning)
-    run(config)
+    run(config, default_lr=default_lr)
   return 0
 
 

@@ -39,9 +39,9 @@ def _name(width: int) -> str:
   return f"n{width}"
 
 
-def _x_suffix(args) -> str:
-  """Figures against steps or FLOPs get their own file (`fig4_3_be_flops.png`) beside the epoch one."""
-  return "" if args.x == "epoch" else f"_{args.x}"
+def _xs(args) -> tuple[str, ...]:
+  """The x axes drawn: epochs and FLOPs by default (growth multiplies the FLOPs per epoch), else --x."""
+  return ("epoch", "flops") if args.x == "epoch" else (args.x,)
 
 
 def _run(args, name: str, **kw) -> list[dict]:
@@ -105,9 +105,11 @@ def fig43_transfer(args, source_width: int, target_width: int, tag: str) -> None
       summary[name] = _transfer_summary(lines, scratch)
   title = (f"{args.base_config.dataset}: transfer N={source_width} -> N={target_width} at epoch "
            f"{args.transfer_epoch} ({args.base_config.param}, lr {args.base_config.lr:g})")
-  fig = plots.training_curves(runs, x=args.x, title=title, styles=styles)
-  print("wrote", plots.save(fig, Path(args.out) / f"fig4_3_{tag}{_x_suffix(args)}.png"))
+  for x in _xs(args):
+    fig = plots.training_curves(runs, x=x, title=title, styles=styles)
+    print("wrote", plots.save(fig, Path(args.out) / f"fig4_3_{tag}{'' if x == 'epoch' else '_' + x}.png", pdf=True))
   _save_summary(args, f"fig4_3_{tag}", summary)
+  return runs, summary, styles
 
 
 def fig43a(args) -> None:
@@ -118,10 +120,12 @@ def fig43a(args) -> None:
   runs = {init: _run(args, _name(args.large) if init == default else f"{_name(args.large)}_init={init}",
                      width=args.large, init=init) for init in args.inits}
   title = f"{args.base_config.dataset}: N={args.large}, init distributions ({args.base_config.param})"
-  print("wrote", plots.save(plots.training_curves(runs, x=args.x, title=title),
-                            Path(args.out) / f"fig4_3_ad{_x_suffix(args)}.png"))
-  _save_summary(args, "fig4_3_ad", {k: {"final_train_loss": v[-1]["train_loss"], "final_test_acc":
-                                        v[-1]["test_acc"]} for k, v in runs.items()})
+  for x in _xs(args):
+    print("wrote", plots.save(plots.training_curves(runs, x=x, title=title),
+                              Path(args.out) / f"fig4_3_ad{'' if x == 'epoch' else '_' + x}.png", pdf=True))
+  summary = {k: {"final_train_loss": v[-1]["train_loss"], "final_test_acc": v[-1]["test_acc"]} for k, v in runs.items()}
+  _save_summary(args, "fig4_3_ad", summary)
+  return runs, summary, {}
 
 
 def ordered_normalised(w: np.ndarray) -> np.ndarray:
@@ -137,7 +141,7 @@ def fig41(args) -> None:
   from rcjax import plots
   from rcjax.checkpoint import Checkpointer
 
-  grid = [[], []]
+  grid, numbers = [[], []], {}
   # muP at its base width is SP exactly: its run gets base --base, or --small (100), not N.
   if (args.base or args.small) == args.width:
     raise ValueError(f"fig41: muP with base {args.width} = N would be SP; give --base another width")
@@ -147,14 +151,65 @@ def fig41(args) -> None:
     _run(args, name, width=args.width, param=param, init=FIG41_INIT[param], base=base)
     ckpt = Checkpointer(Path(args.out) / name / "checkpoints", read_only=True)
     last = ckpt.latest_step()
-    for row, step in enumerate((0, last)):
-      w = np.asarray(ckpt.restore(step)["params"]["Dense_1"]["kernel"].value)
-      lr = args.lr or DEFAULT_LR[args.base_config.dataset, param]
-      what = f"{param}" + (f" base {base}" if base else "")
-      grid[row].append((f"{what} ({FIG41_INIT[param]}, lr {lr:g}), {'init' if step == 0 else f'epoch {step}'}",
-                        ordered_normalised(w)))
-  title = f"{args.base_config.dataset}: middle layer, N={args.width}, normalised, rows/cols by mean"
-  print("wrote", plots.save(plots.weight_heatmaps(grid, title=title), Path(args.out) / "fig4_1.png"))
+    w0, w1 = (np.asarray(ckpt.restore(step)["params"]["Dense_1"]["kernel"].value) for step in (0, last))
+    live, numbers[param] = unchanged_columns(w0, w1)
+    lr = args.lr or DEFAULT_LR[args.base_config.dataset, param]
+    what = f"{param}" + (f" base {base}" if base else "") + f", {FIG41_INIT[param]}, lr {lr:g}"
+    grid[0].append((f"{what}\ninit", ordered_normalised(w0)))
+    grid[1].append((f"{what}\nepoch {last}: {live.sum()} of {live.size} live", ordered_normalised(w1[:, live])))
+  title = (f"{args.base_config.dataset}: middle layer (N={args.width}), (W - mean) / std, rows/cols sorted by "
+           "mean;\ntrained: columns (hidden_1 neurons) that never changed from init are excluded")
+  print("wrote", plots.save(plots.weight_heatmaps(grid, title=title), Path(args.out) / "fig4_1.png", pdf=True))
+  _save_summary(args, "fig4_1", numbers)
+
+
+def unchanged_columns(w0: np.ndarray, w1: np.ndarray, tol: float = 1e-6) -> tuple[np.ndarray, dict]:
+  """The columns of a kernel (its fan-out neurons) that changed in training (a boolean mask: False =
+  no entry moved by more than `tol`, e.g. a ReLU dead on every example) and the numbers Figure 4.1 shows."""
+  moved = np.abs(w1 - w0).max(axis=0)
+  live = moved > tol
+  return live, {"neurons": int(live.size), "unchanged_neurons": int((~live).sum()),
+                "frac_columns_moved_below_0.1": float((moved < 0.1).mean()),
+                "std_init": float(w0.std()), "std_trained_live": float(w1[:, live].std()) if live.any() else None}
+
+
+def _figure43(args):
+  if args.figure == "fig43a":
+    return "fig4_3_ad", *fig43a(args)
+  if args.figure == "fig43b":
+    return "fig4_3_be", *fig43_transfer(args, args.small, args.large, "be")
+  return "fig4_3_cf", *fig43_transfer(args, args.large, args.small, "cf")
+
+
+def seed_stats(values: list) -> dict:
+  """Mean, sample std, min and max of one number over seeds (None entries left out)."""
+  v = np.array([x for x in values if x is not None], float)
+  if not v.size:
+    return {"n": 0}
+  return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+          "min": float(v.min()), "max": float(v.max())}
+
+
+def over_seeds(args) -> None:
+  """A Figure 4.3 panel once per seed of --seeds (each in --out/seed{S}), then mean and spread."""
+  from rcjax import plots
+
+  out, per_seed = Path(args.out), []
+  for seed in args.seeds:
+    args.out, args.seed = str(out / f"seed{seed}"), seed
+    args.base_config = dataclasses.replace(args.base_config, seed=seed)
+    per_seed.append(_figure43(args))
+  args.out = str(out)
+  name, styles = per_seed[0][0], per_seed[0][3]
+  summary = {run: {k: seed_stats([s[2][run][k] for s in per_seed]) for k in numbers}
+             for run, numbers in per_seed[0][2].items()}
+  (out / f"{name}_seeds.json").write_text(json.dumps({"seeds": args.seeds, "runs": summary}, indent=1) + "\n")
+  for run, numbers in summary.items():
+    print(run, " ".join(f"{k}={v['mean']:.4g}+-{v['std']:.2g}" for k, v in numbers.items() if v["n"]))
+  title = f"{args.base_config.dataset}: {name}, mean and min..max over seeds {args.seeds}"
+  for x in _xs(args):
+    fig = plots.seed_band_curves([s[1] for s in per_seed], x=x, title=title, styles=styles)
+    print("wrote", plots.save(fig, out / f"{name}_seeds{'' if x == 'epoch' else '_' + x}.png", pdf=True))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -170,6 +225,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--epochs", type=int, default=10)
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seeds", type=int, nargs="+", default=None, help="fig43*: run the figure once per seed "
+                 "(in --out/seed{S}/) and draw mean and spread (min..max band) over them (_seeds.png/.json)")
   p.add_argument("--base", type=int, default=0, help="muP base width of every run (0: --small, so all widths "
                  "share one base; muP at its base width is SP)")
   p.add_argument("--width", type=int, default=300, help="fig41: hidden width")
@@ -179,7 +236,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--r1", type=float, nargs="+", default=[0.0, 0.1, 0.5], help="random rates")
   p.add_argument("--r2", type=float, nargs="+", default=[0.0, 0.01, 0.1], help="norm rates")
   p.add_argument("--inits", nargs="+", default=["uniform", "gaussian", "normal:1,3"], help="fig43a inits")
-  p.add_argument("--x", default="epoch", choices=("epoch", "step", "flops"), help="x axis of the curves")
+  p.add_argument("--x", default="epoch", choices=("epoch", "step", "flops"), help="x axis of the curves (epoch: "
+                 "draws both epoch and flops figures)")
   p.add_argument("--plot-only", action="store_true", help="draw from existing metrics files, train nothing")
   p.add_argument("--no-progress", dest="progress", action="store_false")
   return p
@@ -203,17 +261,18 @@ def main(argv=None) -> int:
                                        width=target)
           config = dataclasses.replace(config, lr=args.lr or DEFAULT_LR[config.dataset, config.param])
           mlp.validate(config)
-          out = Path(args.out) / f"{_name(source)}_to_{_name(target)}_r1={r1:g}_r2={r2:g}"
-          if not args.plot_only:
-            mlp.check_out_dir(out, dataclasses.replace(config, out=str(out)))
+          for seed in args.seeds or [None]:
+            root = Path(args.out) if seed is None else Path(args.out) / f"seed{seed}"
+            out = root / f"{_name(source)}_to_{_name(target)}_r1={r1:g}_r2={r2:g}"
+            c = config if seed is None else dataclasses.replace(config, seed=seed, transfer_from=str(root / _name(source)))
+            if not args.plot_only:
+              mlp.check_out_dir(out, dataclasses.replace(c, out=str(out)))
     if args.figure == "fig41":
       fig41(args)
-    elif args.figure == "fig43a":
-      fig43a(args)
-    elif args.figure == "fig43b":
-      fig43_transfer(args, args.small, args.large, "be")
+    elif args.seeds:
+      over_seeds(args)
     else:
-      fig43_transfer(args, args.large, args.small, "cf")
+      _figure43(args)
   except (ValueError, FileNotFoundError, mlp.data_lib.DataUnavailable, mlp.TrainingDiverged) as e:
     print(f"train.mlp_sweep: error: {e}", file=sys.stderr)
     return 1
