@@ -384,7 +384,7 @@ def test_embed_multiple_of_heads_rule_matches_transformers(model_type):
 def test_train_gpt_starts_from_an_hf_checkpoint(tmp_path, case, width):
   """`train.gpt --transfer-from HF_DIR [--width W]`: the run's first params (muP, at width W) compute the
   HF model's function; the run trains and resumes."""
-  from train import gpt as tg
+  from train import gpt as tg, gpt_state
 
   model_type, kw = CASES[case]
   src = str(tmp_path / "src")
@@ -395,7 +395,7 @@ def test_train_gpt_starts_from_an_hf_checkpoint(tmp_path, case, width):
   assert cfg.param == "mup" and cfg.base_width == 32 and cfg.width == (width or 32)
   model = tg.build_model(cfg)
   abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 8), jnp.int32))["params"], jax.random.key(0))
-  params = tg._from_hf(cfg, model, abstract, sharding.make_mesh(cfg.mesh), jax.random.key(1))
+  params = gpt_state._from_hf(cfg, model, abstract, sharding.make_mesh(cfg.mesh), jax.random.key(1))
   assert rcjax.sizes(params)["embed"] == cfg.width
   tokens = np.random.default_rng(0).integers(0, 128, (2, 9))
   ours = np.asarray(model.apply({"params": params}, jnp.asarray(tokens)), np.float64)
