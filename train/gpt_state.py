@@ -209,17 +209,8 @@ def _finished(cfg: Config, ckpt: Checkpointer) -> dict | None:
   ckpt.close()
   if latest > cfg.steps:
     raise ValueError(f"{cfg.out} holds step {latest}, past --steps {cfg.steps}; use a new --out (or more steps)")
-  path = os.path.join(cfg.out, "metrics.jsonl")
-  ends = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          rec = json.loads(line)
-        except ValueError:  # a partial last line of a killed run
-          continue
-        if rec.get("event") == "end":
-          ends.append(rec)
+  ends = [rec for _, rec in _metrics_records(os.path.join(cfg.out, "metrics.jsonl"))
+          if isinstance(rec, dict) and rec.get("event") == "end"]
   summary = {k: v for k, v in ends[-1].items() if k != "event"} if ends else {"steps": latest, "loss": None}
   return {**summary, "finished_before": True}
 
@@ -305,17 +296,26 @@ def _open_metrics(path: str, resume: int | None):
   and a partial last line, are dropped, so no step is logged twice."""
   if os.path.exists(path):
     keep = []
-    with open(path) as f:
-      for line in f:
-        try:
-          rec = json.loads(line)
-        except ValueError:  # a partial last line of a killed run
-          continue
-        at = rec.get("step", rec.get("steps")) if isinstance(rec, dict) else None
-        if resume is not None and isinstance(at, int) and at <= resume:
-          keep.append(line if line.endswith("\n") else line + "\n")
+    for line, rec in _metrics_records(path):
+      at = rec.get("step", rec.get("steps")) if isinstance(rec, dict) else None
+      if resume is not None and isinstance(at, int) and at <= resume:
+        keep.append(line if line.endswith("\n") else line + "\n")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(keep)
     os.replace(tmp, path)
   return open(path, "a")
+
+
+def _metrics_records(path: str) -> list[tuple[str, Any]]:
+  """(line, parsed record) for each line of a metrics.jsonl file (none if it does not exist); a partial
+  last line left by a killed run is skipped."""
+  out = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          out.append((line, json.loads(line)))
+        except ValueError:  # a partial last line of a killed run
+          continue
+  return out
