@@ -72,7 +72,8 @@ def run(cfg: Config) -> dict:
             fpt=flops_per_token(params, cfg.seq_len), spread_maps=_spread_maps(cfg, params, start),
             # 4 * (the first step with a non-finite loss or gradient norm) + which: on the mesh, like the loss
             bad=jax.device_put(jnp.zeros((), jnp.int32),
-                               jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())))
+                               jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),
+            save_steps=_save_steps(cfg))
   s.flops_done = start * cfg.batch_size * cfg.seq_len * s.fpt if flops_done is None else flops_done  # (old checkpoints)
   eval_batches = [global_batch(data, i, cfg.batch_size, s.trainer.b_sh, eval=True)
                   for i in range(cfg.eval_batches if cfg.eval_every else 0)]
@@ -145,6 +146,7 @@ class _Loop:
   fpt: float
   spread_maps: Any
   bad: Any
+  save_steps: set = dataclasses.field(default_factory=set)  # `_save_steps(cfg)`, computed once
   flops_done: float = 0.0
   loss: Any = None
   t_last: float | None = None  # end of the last timed interval (None: the next step compiles)
@@ -191,7 +193,7 @@ def _step_record(cfg: Config, s: _Loop, step: int) -> dict:
 
 def _eval_and_save(cfg: Config, s: _Loop, ckpt, eval_batches, log, step: int) -> None:
   do_eval = cfg.eval_every and step % cfg.eval_every == 0
-  do_save = ckpt and (step in _save_steps(cfg) or (cfg.ckpt_every and step % cfg.ckpt_every == 0))
+  do_save = ckpt and (step in s.save_steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0))
   if not (do_eval or do_save):
     return
   _stop_if_diverged(s.bad, ckpt, cfg)  # never save a non-finite state
