@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rcjax import parametrization as pz
+from rcjax.nn.layers import _cast, _per_layer  # the linen layers' helpers: one copy
 from rcjax.rc import RC
 
 _FIELDS = ("axes", "fan_in", "base", "param", "init", "blocks")
@@ -59,10 +60,6 @@ def box(variable: nnx.Variable) -> RC:
     raise ValueError(f"rcjax.nnx: this {type(variable).__name__} of shape {tuple(variable.shape)} has no rc "
                      "metadata (create it with rcjax.nnx.rc_param)")
   return RC(variable.get_value(), **{f: meta[f] for f in _FIELDS if f in meta})
-
-
-def _cast(x, dtype):
-  return x if dtype is None else x.astype(dtype)
 
 
 def _bias(b: RC | None, y: jax.Array, dtype) -> jax.Array:
@@ -138,14 +135,6 @@ class Conv(nnx.Module):
     return _bias(None if self.bias is None else box(self.bias), y, self.dtype)
 
 
-def _per_layer(value, n: int, name: str) -> tuple:
-  if isinstance(value, (list, tuple)):
-    if len(value) != n:
-      raise ValueError(f"rcjax.nnx.MLP: {name} has {len(value)} entries for {n} layers")
-    return tuple(value)
-  return (value,) * n
-
-
 class MLP(nnx.Module):
   """`in_features -> h1 -> ... -> hL -> out_features`, every hidden layer a width axis, as `rcjax.nn.MLP`.
 
@@ -177,12 +166,12 @@ class MLP(nnx.Module):
                bias_init: str | Sequence[str] = "zeros", in_axis: str = "input", out_axis: str = "classes",
                axis_prefix: str = "hidden_", dtype: Any = None, rngs: nnx.Rngs):
     n = len(features)
-    base = tuple(features) if base is None else _per_layer(base, n, "base")
+    base = tuple(features) if base is None else _per_layer(base, n, "rcjax.nnx.MLP: base")
     names = [in_axis] + [f"{axis_prefix}{l}" for l in range(n)] + [out_axis]
     bases = [None] + list(base) + [None]
     widths = [in_features] + list(features) + [out_features]
-    kinits = _per_layer(kernel_init, n + 1, "kernel_init")
-    binits = _per_layer(bias_init, n + 1, "bias_init")
+    kinits = _per_layer(kernel_init, n + 1, "rcjax.nnx.MLP: kernel_init")
+    binits = _per_layer(bias_init, n + 1, "rcjax.nnx.MLP: bias_init")
     self.layers = nnx.List([
         Dense(widths[l], widths[l + 1], axes=(names[l], names[l + 1]), base=(bases[l], bases[l + 1]),
               param=param, use_bias=bias, kernel_init=kinits[l], bias_init=binits[l], dtype=dtype, rngs=rngs)
