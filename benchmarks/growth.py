@@ -239,12 +239,17 @@ def study(preset: str = "cpu", seeds=None, lrs=None, variants: str = DEFAULT_VAR
                 lr=lr, sweeps=sweeps, variants=dict(zip(parsed, specs)), small=dataclasses.asdict(small),
                 large=dataclasses.asdict(large), table=table, device=jax.devices()[0].device_kind,
                 wall_s=time.perf_counter() - t0, curves={k: {str(s): c for s, c in r.items()} for k, r in runs.items()})
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(result, f, indent=1)
   title = (f"{preset}: {small.style} depth {small.depth}, width {small.width} -> {large.width}, {small.steps} steps "
            f"x {small.batch_size * small.seq_len} tokens, {small.dataset}; seeds {seeds}")
-  plot(runs, os.path.join(out, "growth.png"), title)
-  log(format_table(table))
+  return write_study(out, result, runs, title, log)
+
+
+def write_study(out: str, result: dict, runs: dict, title: str, log, ylabel: str | None = None) -> dict:
+  """A finished study's results.json, growth.png and table (logged); returns `result`."""
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  plot(runs, os.path.join(out, "growth.png"), title, **({} if ylabel is None else {"ylabel": ylabel}))
+  log(format_table(result["table"]))
   return result
 
 

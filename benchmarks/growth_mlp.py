@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 
-from benchmarks.growth import format_table, plot, summarize
+from benchmarks.growth import summarize, write_study
 
 # `small` grows to `large`; `cfg`: train.mlp Config fields of every run
 PRESETS = {
@@ -168,13 +167,9 @@ def study(preset: str = "cpu", seeds=None, lrs=None, variants: str = DEFAULT_VAR
                 sweeps=sweeps, variants=dict(zip(parsed, specs)), small=dataclasses.asdict(small),
                 large=dataclasses.asdict(large), table=table, wall_s=time.perf_counter() - t0,
                 curves={k: {str(s): c for s, c in r.items()} for k, r in runs.items()})
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(result, f, indent=1)
   title = (f"train.mlp {preset}: depth {small.depth}, width {small.width} -> {large.width}, {small.param}, "
            f"{small.epochs} epochs, {small.dataset}; seeds {seeds}")
-  plot(runs, os.path.join(out, "growth.png"), title, ylabel=f"test loss ({small.dataset})")
-  log(format_table(table))
-  return result
+  return write_study(out, result, runs, title, log, ylabel=f"test loss ({small.dataset})")
 
 
 def main(argv: list[str] | None = None) -> int:
