@@ -113,6 +113,11 @@ def training_curves(runs, *, panels=("train_loss", "test_acc"), x="epoch", title
     if x == "flops":
       ax.set_xscale("log")
     ax.grid(alpha=0.3)
+  return _finish_panels(fig, axes, title)
+
+
+def _finish_panels(fig, axes, title):
+  """A row of curve panels finished: the legend in the last panel, the title, a tight layout."""
   axes[0][-1].legend(fontsize=7, loc="best")
   if title:
     fig.suptitle(title)
@@ -148,11 +153,7 @@ def seed_band_curves(runs_per_seed, *, panels=("train_loss", "test_acc"), x="epo
     if x == "flops":
       ax.set_xscale("log")
     ax.grid(alpha=0.3)
-  axes[0][-1].legend(fontsize=7, loc="best")
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  return fig
+  return _finish_panels(fig, axes, title)
 
 
 def weight_heatmaps(grid, *, title=None, cmap="RdBu_r", vmax=3.0):
