@@ -293,15 +293,6 @@ def _resized(model, new: dict, depth: int):
                      mlp=new["mlp"], depth=depth)
 
 
-def _streams(args: argparse.Namespace, p: argparse.Namespace, mesh) -> bool:
-  """Whether this transfer takes the streaming path (`rcjax.hf_stream`): decoders at unchanged depth,
-  uniform samplers, no draws that depend on whole leaves (fresh neurons, noise, splits)."""
-  from rcjax import hf_stream
-
-  return (hf_stream.supported(args, mesh) and p.family != "bert" and p.depth == p.model.depth
-          and args.sampler in ("stratified", "iid", "stride") and args.split_rate == 0 and args.cancel_rate == 0)
-
-
 def _check_tokens(args, model, mesh):
   """The check's random prompts (the same on every process; replicated over the mesh) and their length."""
   a = model.arch()
@@ -391,7 +382,7 @@ def _report_check(args, p, dst, mesh, tokens, T, src_logits, why, out_, say) -> 
 
 
 def _main(argv: Sequence[str] | None, direction: str) -> int:
-  from rcjax import hf_model, sharding
+  from rcjax import hf_model, hf_stream, sharding
 
   t0 = time.perf_counter()
   out_ = lambda msg: print(msg, flush=True) if jax.process_index() == 0 else None
@@ -404,7 +395,8 @@ def _main(argv: Sequence[str] | None, direction: str) -> int:
   p = _plan(args, direction)
   mesh = sharding.make_mesh(args.mesh) if args.mesh else None
   say(f"loading {args.src}" + (f" sharded over {dict(mesh.shape)}" if mesh else ""))
-  stream = _streams(args, p, mesh)  # one block in memory at a time; SRC is loaded whole only for the check
+  # streaming: one block in memory at a time; SRC is loaded whole only for the check
+  stream = hf_stream.supported(args, mesh, family=p.family, same_depth=p.depth == p.model.depth)
   model, params = p.model, None
   if not (stream and args.no_check):
     model, params = hf_model.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,

@@ -34,11 +34,15 @@ from rcjax import hf_config, hf_layout, hf_model, hf_write
 from rcjax.rc import RC, is_rc
 
 
-def supported(args: Any, mesh: Any) -> bool:
-  """Whether `python -m rcjax.grow` with these flags can take the streaming path."""
+def supported(args: Any, mesh: Any, *, family: str, same_depth: bool) -> bool:
+  """Whether `python -m rcjax.grow` with these flags can take the streaming path: one process, no mesh, a
+  decoder at unchanged depth, a uniform sampler, and no draws that depend on whole leaves (fresh neurons,
+  noise, splits, cancelling noise)."""
   if os.environ.get("RCJAX_STREAM", "1") == "0":  # the whole-model path, for comparisons
     return False
-  return mesh is None and jax.process_count() == 1 and args.random_rate == 0 and args.norm_rate == 0
+  return (mesh is None and jax.process_count() == 1 and family != "bert" and same_depth
+          and args.sampler in ("stratified", "iid", "stride")
+          and args.random_rate == 0 and args.norm_rate == 0 and args.split_rate == 0 and args.cancel_rate == 0)
 
 
 def _inverse(view: Callable, shape: tuple, dtype: Any) -> Callable:
