@@ -30,7 +30,6 @@ import numpy as np
 import optax
 
 import rcjax
-from rcjax.nn.gpt import transfer as gpt_transfer
 from train import data as data_lib
 from train import gpt as tg
 from train import mlp as tm
@@ -107,7 +106,8 @@ def run_gpt(seed, a):
                                 mlp=new.get("mlp", sizes["mlp"]), head_dim=sizes["head_dim"], base_width=0)
     for sampler in SAMPLERS:
       key = jax.random.key(1000 + seed)
-      small = gpt_transfer(model, params, key, new, sampler=_rc_sampler(sampler), scores=_scores(sampler, act, weight))
+      small = rcjax.transfer_model(model, params, key, new, sampler=_rc_sampler(sampler),
+                                   scores=_scores(sampler, act, weight))
       before = gpt_eval(cfg, small, evals)
       after = gpt_eval(cfg, gpt_train(rcfg, small, data, a.k, offset=cfg.steps), evals)
       rows.append(dict(model="gpt", seed=seed, target=target, sampler=sampler, shrunk=before, retrained=after))

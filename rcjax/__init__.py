@@ -23,6 +23,7 @@ from rcjax.parametrization import (
 from rcjax.rc import RC, boxes, is_rc, sizes, unbox, width_axes
 from rcjax.symmetry import copy_spread
 from rcjax.transfer import apply_maps, grow, index_maps, inverse_maps, shrink, transfer
+from rcjax.model_transfer import transfer_model
 
 # Submodules that `import rcjax` does not load (orbax, safetensors, matplotlib behind them), imported on
 # first use as attributes: `rcjax.checkpoint.Checkpointer(...)`, `rcjax.hf.load(...)`, as the README shows.
@@ -45,5 +46,5 @@ __all__ = [
     "RC", "adamw", "annotate", "apply_maps", "boxes", "copy_spread", "effective", "grow", "index_maps",
     "init_scale", "inverse_maps", "is_rc",
     "leaf_class", "lr_multiplier", "multiplier", "nn", "sample", "scale_by_parametrization", "sgd",
-    "shrink", "sizes", "transfer", "unbox", "width_axes",
+    "shrink", "sizes", "transfer", "transfer_model", "unbox", "width_axes",
 ]

@@ -12,7 +12,7 @@ the same family's format (config.json, safetensors, the tokenizer files of SRC),
 unchanged and `python -m train.gpt --transfer-from DST` continues training it. The transfer is
 `rcjax.transfer` in the standard parametrization HF models use: sampled neurons with fan-in rescaling,
 function-preserving for integer factors and, with `--exact`, for any ratio of mlp, heads and kv_heads,
-and of embed in RMSNorm models (Llama family; see `rcjax.nn.gpt.transfer`). Not exact: a non-integer
+and of embed in RMSNorm models (Llama family; see `rcjax.transfer_model`). Not exact: a non-integer
 embed ratio under LayerNorm (GPT-2, GPT-NeoX: the mean averages unequal copy counts), a new head_dim (the
 attention scale and RoPE frequencies depend on it), `--random-rate/--norm-rate` > 0, and shrinking.
 A growth with fewer query heads per kv head (e.g. `--kv-heads` alone) would drop query heads: refused.
@@ -318,17 +318,15 @@ def _print_sizes(out_, p: argparse.Namespace, args) -> dict:
 
 
 def _transfer(args, p, model, params, key, target, direction, say):
-  """The whole-model transfer (params in memory): `rcjax.nn.gpt/bert.transfer` with the model's corrections."""
+  """The whole-model transfer (params in memory): `rcjax.transfer_model`, with the model's corrections."""
   from rcjax import importance
-  from rcjax.nn.bert import transfer as bert_transfer
-  from rcjax.nn.gpt import transfer as gpt_transfer
+  from rcjax.model_transfer import transfer_model as transfer  # the tied readouts' corrections
 
   if not target:
     return params
   say(f"{direction}ing: sampler {args.sampler}, exact {args.exact}, r1 {args.random_rate}, r2 {args.norm_rate}")
   # donate: tensors no changed axis touches (all attention tensors when only mlp changes, ...) are
   # kept, not copied, and SRC's other tensors are freed once DST's exist (memory: DST, not SRC + DST).
-  transfer = bert_transfer if p.family == "bert" else gpt_transfer  # the tied readouts' corrections
   scores = importance.cli_scores(args, model, params, p.calibration, say)
   return transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
                   norm_rate=args.norm_rate, exact=args.exact, donate=True,

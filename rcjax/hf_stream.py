@@ -3,7 +3,7 @@
 `stream_transfer(src, dst, model, new_model, ...)` reads SRC's tensors of one block (plus, with the first
 block, the embedding, the final norm and the readout) straight from the safetensors files, and runs one
 jitted function per block that converts them to the transfer dtype, lays them out as rcjax leaves (the
-same `hf_config._entries` views `load` reads through), transfers them with `rcjax.nn.gpt.transfer` (the
+same `hf_config._entries` views `load` reads through), transfers them with `rcjax.transfer_model` (the
 same maps, rescaling and corrections as the whole-model call: every leaf's result is elementwise in its
 layers, so a one-block slice gives the same bytes), and lays the result back out in the HF layout in
 the output dtype (the exact inverse of the views, by `jax.linear_transpose`: reshapes and transposes,
@@ -11,7 +11,7 @@ no arithmetic). The HF tensors of that block are then written with `os.pwrite` a
 output files, whose space was reserved beforehand (`posix_fallocate`, in `hf_write._create`), so a full
 disk is an `OSError` before anything is written, never a SIGBUS. Memory: one block of SRC and of DST
 (and the embedding and readout), not the model; the bytes are byte-identical to `hf_model.load` +
-`rcjax.nn.gpt.transfer` + `hf_model.save` (pinned by tests/test_hf_speed.py).
+`rcjax.transfer_model` + `hf_model.save` (pinned by tests/test_hf_speed.py).
 
 Used only where that path is equivalent: one process, no mesh, no fresh neurons or noise
 (`random_rate = norm_rate = 0`, whose draws depend on whole leaves) and a model in the standard
@@ -104,7 +104,7 @@ def _builder(model, new_model, src_entries, dst_entries, names, transfer_kw: dic
              tdtype) -> Callable:
   """The jitted function of one block: SRC's HF arrays of it -> DST's HF arrays (single-part entries) and
   DST's leaves in the output dtype (the parts of fused entries, which numpy assembles through the views)."""
-  from rcjax.nn.gpt import transfer as gpt_transfer
+  from rcjax.model_transfer import transfer_model
 
   abstract = _flat(hf_model.abstract_params(model))
   src_parts, hf_order = {}, {}
@@ -131,7 +131,7 @@ def _builder(model, new_model, src_entries, dst_entries, names, transfer_kw: dic
       leaves[("embed",)] = arrays["__embed_row__"].astype(tdtype)
     tree = _unflat({k: boxes[k].replace(value=v) for k, v in leaves.items()})
     if target:
-      tree = gpt_transfer(model, tree, key, target, **transfer_kw)
+      tree = transfer_model(model, tree, key, target, **transfer_kw)
     flat = _flat(tree)
     out = {}
     for e in dst_entries:

@@ -31,7 +31,7 @@ from rcjax import parametrization as pz
 from rcjax.annotate import annotate as _annotate_tree
 from rcjax.nnx_layers import MLP, Conv, Dense, box, rc_param  # noqa: F401 - rcjax.nnx's layers
 from rcjax.rc import RC
-from rcjax.transfer import MOMENT_FIELDS, UNSUPPORTED_FIELDS, _target_sizes, transfer
+from rcjax.transfer import MOMENT_FIELDS, UNSUPPORTED_FIELDS, _target_sizes, grow as grow_tree
 
 _FIELDS = ("axes", "fan_in", "base", "param", "init", "blocks")
 _KINDS = (nnx.Param, nnx.BatchStat)  # the variables that have a model's shapes
@@ -151,7 +151,7 @@ def _grow_optimizer(opt: nnx.Optimizer, new_model: nnx.Module, params: dict[tupl
     groups.setdefault(hit[0], {})[p] = leaf.replace(value=v.get_value())
   grown = {}
   for power, tree in groups.items():
-    grown.update(transfer(tree, key, target, moment=power, _direction="grow", **kw))
+    grown.update(grow_tree(tree, key, sizes=target, moment=power, **kw))
   new = nnx.Optimizer(new_model, opt.tx, wrt=opt.wrt)
   for p, v in _variables(new, nnx.Variable).items():
     if p in grown:
@@ -185,7 +185,7 @@ def grow(model: nnx.Module, key: jax.Array, *, factor: float | None = None,
     raise TypeError(f"rcjax.nnx.grow: unexpected arguments {sorted(set(kw) - allowed)}")
   params = boxes(model)
   target = _target_sizes(params, factor, sizes, "grow")
-  grown = transfer(params, key, target, _direction="grow", **kw)
+  grown = grow_tree(params, key, sizes=target, **kw)
   new = nnx.clone(model)  # the caller's model is left as it was
   variables = _variables(new, nnx.Variable)
   for p, leaf in grown.items():

@@ -23,6 +23,7 @@ weights would need lr'/lr = k). tests/test_optimizer_transfer.py checks all eigh
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any, Mapping
 
@@ -34,7 +35,7 @@ from rcjax import kernels
 from rcjax.depth import DEPTH_AXIS
 from rcjax.gather import _on_cpu
 from rcjax.maps import (SCORE_SAMPLERS, _check_blocks, _check_key, _check_sampler, _maps, check_scores, tree_blocks)
-from rcjax.maps import index_maps as index_maps, inverse_maps as inverse_maps  # re-exported (rcjax.nn.gpt uses them)
+from rcjax.maps import index_maps as index_maps, inverse_maps as inverse_maps  # re-exported (the namespace's)
 from rcjax.reshard import leaf_shardings
 # the per-leaf mapping (rcjax.leafmap) and the checks (rcjax.transfer_checks), importable from here as before #21
 from rcjax.leafmap import MOMENT_FIELDS, UNSUPPORTED_FIELDS, _apply, _check_fields, _map_leaf, _moment_power  # noqa: F401
@@ -60,10 +61,11 @@ def _touched(leaf: Any, names) -> bool:
                              for a, b in zip(leaf.axes, leaf.base))
 
 
-def _donated(donating, plain, tree, names):
+def _donated(donating, plain, tree, names, with_maps: bool = False):
   """`donating(tree)`, a jitted transfer over the axes `names` that donates its argument, on the leaves
   it changes; the other leaves pass as they are (`plain`, the same transfer without donation, where one
-  array sits in two places of the tree: it cannot be donated twice, nor donated and passed on).
+  array sits in two places of the tree: it cannot be donated twice, nor donated and passed on). With
+  `with_maps` the jitted function returns `(tree, maps)`, and so does this (`{}` when no leaf changes).
 
   The untouched leaves are left out of the call (not copied; the tree keeps its paths, so every leaf's
   key and the outputs are bitwise those of the whole tree). XLA reuses a donated buffer only for an
@@ -73,14 +75,16 @@ def _donated(donating, plain, tree, names):
   leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_rc)
   mask = [_touched(leaf, names) for leaf in leaves]
   if not any(mask):
-    return tree
+    return (tree, {}) if with_maps else tree
   part = jax.tree.unflatten(treedef, [leaf if m else None for leaf, m in zip(leaves, mask)])
   ids = [id(x) for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
   fn = donating if len(ids) == len(set(ids)) else plain
   with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-    out = iter(jax.tree.leaves(fn(part), is_leaf=is_rc))
-  return jax.tree.unflatten(treedef, [next(out) if m else leaf for leaf, m in zip(leaves, mask)])
+    got, maps = fn(part) if with_maps else (fn(part), None)
+  out = iter(jax.tree.leaves(got, is_leaf=is_rc))
+  tree = jax.tree.unflatten(treedef, [next(out) if m else leaf for leaf, m in zip(leaves, mask)])
+  return (tree, maps) if with_maps else tree
 
 
 def _repeat_factor(m: np.ndarray, n_old: int) -> int | None:
@@ -127,7 +131,7 @@ def apply_maps(tree: Any, maps: Mapping[str, jax.Array], *, exact: bool = False,
     if exact:
       raise ValueError("apply_maps: exact=True with a map of the depth axis 'layers': a function-preserving "
                        "depth growth zeroes the new blocks' residual writers, which rcjax.transfer(..., "
-                       "{'layers': L2}, exact=True, residual_writers=...) does (rcjax.nn.gpt.transfer for GPTs)")
+                       "{'layers': L2}, exact=True, residual_writers=...) does (rcjax.transfer_model for GPTs)")
     widths = {**widths, DEPTH_AXIS: old[DEPTH_AXIS]}
   maps = {k: jnp.asarray(v) for k, v in maps.items() if k in widths}
   if moment not in (None, 0, 1, 2):
@@ -177,7 +181,9 @@ def _inspect_maps(maps: dict, widths: dict, exact: bool) -> tuple[bool, tuple]:
 # --- grow / shrink / transfer -------------------------------------------------------------------
 
 def _transfer_impl(tree, key, *, old, new, sampler, r1, r2, exact, moment, blocks, shardings,
-                   pallas=(False, False), depth=None, scores=None, split=0.0, cancel=0.0):
+                   pallas=(False, False), depth=None, scores=None, split=0.0, cancel=0.0, with_maps=False):
+  """The jitted transfer: the maps drawn, the fresh neurons, and `_apply`; with `with_maps`, `(out, maps)`
+  (the maps as applied, the depth map under 'layers')."""
   maps = _maps(key, old, new, sampler, blocks, scores)
   # Maps of axes in blocks per a mapped axis repeat whole blocks in the outer map's order: not sorted
   # ([0, 1, 0, 1, 2, 3, 2, 3] for query heads when kv heads double), so their gathers are promised nothing.
@@ -213,12 +219,13 @@ def _transfer_impl(tree, key, *, old, new, sampler, r1, r2, exact, moment, block
     if k := _repeat_factor(m, n_old):  # interleave at an integer ratio: a broadcast
       repeats += ((DEPTH_AXIS, k),)
     zero = (depth[2], depth[3]) if depth[3] else None
-  return _apply(tree, maps, fresh, key, exact, r2, moment, repeats, shardings, pallas, unsorted=unsorted,
-                depth=zero, split=split, cancel=cancel)
+  out = _apply(tree, maps, fresh, key, exact, r2, moment, repeats, shardings, pallas, unsorted=unsorted,
+               depth=zero, split=split, cancel=cancel)
+  return (out, maps) if with_maps else out
 
 
 _TRANSFER_STATIC = ("old", "new", "sampler", "r1", "r2", "exact", "moment", "blocks", "shardings", "pallas",
-                    "depth", "split", "cancel")
+                    "depth", "split", "cancel", "with_maps")
 _transfer_jit = jax.jit(_transfer_impl, static_argnames=_TRANSFER_STATIC)
 _transfer_jit_donated = jax.jit(_transfer_impl, static_argnames=_TRANSFER_STATIC, donate_argnums=0)
 
@@ -227,8 +234,7 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
              random_rate: float = 0.0, norm_rate: float = 0.0, exact: bool = False,
              check_finite: bool = False, moment: int | None = None, donate: bool = False,
              depth_mode: str | None = None, residual_writers: tuple[str, ...] = (),
-             scores: Mapping[str, Any] | None = None, split_rate: float = 0.0, cancel_rate: float = 0.0,
-             _direction: str = "transfer") -> Any:
+             scores: Mapping[str, Any] | None = None, split_rate: float = 0.0, cancel_rate: float = 0.0) -> Any:
   """Transfer a pytree of RC leaves to new sizes of its width axes (grow or shrink, per axis), and of
   the depth of its scanned stacks (`sizes['layers']`, see `rcjax.depth`).
 
@@ -253,7 +259,7 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
     residual_writers: with `exact=True` and a deeper stack, suffixes of the leaf paths (`keystr`, e.g.
       "['blocks']['o']") of the leaves that write into the residual stream; in the new blocks they
       (and their first moments) are zero, so each new block is the identity (LLaMA Pro). Model layers
-      know them: `rcjax.nn.gpt.transfer` passes the GPT's.
+      know them: `rcjax.transfer_model` passes the GPT's.
     split_rate: s >= 0: unequal fan-out split of neurons with >= 2 copies (LEMON / Net2Net): the
       fan-in entries of copy j times `rho_j = 1 + s * (z_j - mean over the copies)`, z ~ N(0, 1) per axis;
       first moments along the copies' fan-out dims scale by rho_j, second moments by rho_j**2. Keeps the
@@ -279,6 +285,67 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   >>> transfer(p, jax.random.key(0), {'hidden': 6}, exact=True)['w'].shape  # 4 -> 6, function-preserving
   (2, 6)
   """
+  return _transfer(params, key, sizes, "transfer", False, sampler=sampler, random_rate=random_rate,
+                   norm_rate=norm_rate, exact=exact, check_finite=check_finite, moment=moment, donate=donate,
+                   depth_mode=depth_mode, residual_writers=residual_writers, scores=scores,
+                   split_rate=split_rate, cancel_rate=cancel_rate)
+
+
+def transfer_with_maps(params: Any, key: jax.Array, sizes: Mapping[str, int], **kwargs) -> tuple[Any, dict]:
+  """`transfer`, and the index maps it drew and applied: for a model-level rule that needs them (the copy
+  counts of a tied readout's correction, `rcjax.transfer_model`), or to transfer another pytree with the
+  same maps (`apply_maps`). One jitted call, as `transfer`; the result is bitwise the same as its.
+
+  Args:
+    params, key, sizes: as in `transfer`.
+    **kwargs: the keyword arguments of `transfer`.
+
+  Returns:
+    `(out, maps)`: `out` as `transfer` returns it; `maps` `{axis: int32[N']}` for every axis remapped
+    (those resized, and those remapped at their size because their blocks move), the arrays the leaves
+    were gathered with, and under 'layers' the depth map (`rcjax.depth.depth_map`) when the depth
+    changes. Under `jax.jit` the maps are traced, as the output is.
+
+  >>> import jax.numpy as jnp
+  >>> from rcjax import RC
+  >>> p = {'w': RC(jnp.ones((2, 4)), axes=('input', 'hidden'), fan_in=(0,), base=(None, 4), param='mf')}
+  >>> out, maps = transfer_with_maps(p, jax.random.key(0), {'hidden': 8})
+  >>> maps['hidden'].tolist()  # every neuron twice
+  [0, 0, 1, 1, 2, 2, 3, 3]
+  """
+  return _transfer(params, key, sizes, "transfer", True, **_options(kwargs))
+
+
+def _options(kwargs: dict) -> dict:
+  """`transfer`'s keyword arguments: `kwargs` with `transfer`'s defaults for those not given (a TypeError
+  for an unknown name, as `transfer` gives)."""
+  bound = inspect.signature(transfer).bind(None, None, None, **kwargs)
+  bound.apply_defaults()
+  return {k: v for k, v in bound.arguments.items() if k not in ("params", "key", "sizes")}
+
+
+def _transfer(params, key, sizes, direction: str, with_maps: bool, *, sampler, random_rate, norm_rate, exact,
+              check_finite, moment, donate, depth_mode, residual_writers, scores, split_rate, cancel_rate):
+  """`transfer` (`with_maps`: `transfer_with_maps`) as asked by `direction`: 'transfer', or 'grow' /
+  'shrink', which computed (and checked) their target sizes already and name themselves in errors."""
+  _check_call(key, sizes, sampler, scores)
+  target = _target_sizes(params, None, sizes, direction) if direction == "transfer" else dict(sizes)
+  depth = _depth_plan(params, target, depth_mode, exact, residual_writers, direction)
+  rates = dict(random_rate=random_rate, norm_rate=norm_rate, split_rate=split_rate, cancel_rate=cancel_rate)
+  kw = _plan(params, target, direction, sampler=sampler, exact=exact, scores=scores, rates=rates,
+             check_finite=check_finite)
+  kw.update(r1=float(random_rate), r2=float(norm_rate), exact=bool(exact), moment=moment,
+            pallas=kernels.settings(), depth=depth, split=float(split_rate), cancel=float(cancel_rate),
+            with_maps=with_maps)
+  if donate:
+    call = lambda jitted: lambda t: jitted(t, key, shardings=leaf_shardings(t), **kw)
+    names = {name for name, _ in kw["new"]} | ({DEPTH_AXIS} if depth else set())
+    return _donated(call(_transfer_jit_donated), call(_transfer_jit), params, names, with_maps)
+  return _transfer_jit(params, key, shardings=leaf_shardings(params), **kw)
+
+
+def _check_call(key, sizes, sampler: str, scores) -> None:
+  """The arguments of a transfer that do not depend on the pytree: the key, the sampler, `sizes` a dict."""
   _check_key(key)
   if sampler not in SCORE_SAMPLERS:
     _check_sampler(sampler)
@@ -287,9 +354,14 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
   if not isinstance(sizes, Mapping):
     raise TypeError(f"transfer: sizes must be a dict {{axis: new size}}, got {type(sizes).__name__} (for a "
                     "factor on every width axis: rcjax.grow/shrink(params, key, factor=...))")
-  # grow/shrink computed (and checked) their targets with _target_sizes already
-  target = _target_sizes(params, None, sizes, _direction) if _direction == "transfer" else dict(sizes)
-  depth = _depth_plan(params, target, depth_mode, exact, residual_writers, _direction)
+
+
+def _plan(params, target: dict, direction: str, *, sampler: str, exact: bool, scores, rates: dict,
+          check_finite: bool) -> dict:
+  """The static arguments of the jitted transfer that the pytree and the width targets give (`old`, `new`,
+  `sampler`, `blocks`, and the checked `scores` for a score sampler), after the checks of the sizes
+  against the blocks, of the `rates`, `exact` and (`check_finite`) the values, in that order. `target` (the
+  width axes' new sizes) gains the axes remapped at their size because their blocks move."""
   old = width_axes(params)
   all_sizes, blocks = tree_sizes(params), tree_blocks(params)
   for name, outer in blocks.items():
@@ -297,31 +369,22 @@ def transfer(params: Any, key: jax.Array, sizes: Mapping[str, int], *, sampler: 
       raise ValueError(f"axis {name!r} is in blocks per axis {outer!r}, which no leaf of this pytree has")
     if name in old and isinstance(outer, str) and target.get(outer, all_sizes[outer]) != all_sizes[outer]:
       target.setdefault(name, old[name])  # its blocks change: remap it at the same size
-  growing = _direction == "transfer" and all(n >= all_sizes[k] for k, n in target.items())
+  growing = direction == "transfer" and all(n >= all_sizes[k] for k, n in target.items())
   _check_blocks(blocks, all_sizes, target,
-                "exact=True" if exact else "transfer (no axis shrinks)" if growing else _direction)
-  _check_rates(random_rate=random_rate, norm_rate=norm_rate, split_rate=split_rate, cancel_rate=cancel_rate)
+                "exact=True" if exact else "transfer (no axis shrinks)" if growing else direction)
+  _check_rates(**rates)
+  kw = {}
   if exact:
     _check_exact(sampler, old, target)
   if sampler in SCORE_SAMPLERS:
-    scores = check_scores(scores, all_sizes, target, blocks, sampler)
+    kw["scores"] = check_scores(scores, all_sizes, target, blocks, sampler)
   if check_finite:
     _check_finite(params)
   _warn_plain_leaves(params, {k: old[k] for k, n in target.items() if n != old[k]})
-  new = tuple(sorted(target.items()))
   blocks = {k: v for k, v in blocks.items() if k in target}
   need = set(target) | {v for v in blocks.values() if isinstance(v, str)}
-  kw = dict(old=tuple(sorted((k, all_sizes[k]) for k in need)), new=new, sampler=sampler,
-            r1=float(random_rate), r2=float(norm_rate), exact=bool(exact), moment=moment,
-            blocks=tuple(sorted(blocks.items())), pallas=kernels.settings(), depth=depth,
-            split=float(split_rate), cancel=float(cancel_rate))
-  if sampler in SCORE_SAMPLERS:
-    kw["scores"] = scores
-  if donate:
-    call = lambda jitted: lambda t: jitted(t, key, shardings=leaf_shardings(t), **kw)
-    return _donated(call(_transfer_jit_donated), call(_transfer_jit), params,
-                    set(target) | ({DEPTH_AXIS} if depth else set()))
-  return _transfer_jit(params, key, shardings=leaf_shardings(params), **kw)
+  return dict(kw, old=tuple(sorted((k, all_sizes[k]) for k in need)), new=tuple(sorted(target.items())),
+              sampler=sampler, blocks=tuple(sorted(blocks.items())))
 
 
 def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,
@@ -343,10 +406,10 @@ def grow(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Map
   (2, 6)
   """
   target = _target_sizes(params, factor, sizes, "grow")
-  return transfer(params, key, target, sampler=sampler, random_rate=random_rate, norm_rate=norm_rate,
-                  exact=exact, check_finite=check_finite, moment=moment, donate=donate, depth_mode=depth_mode,
-                  residual_writers=residual_writers, split_rate=split_rate, cancel_rate=cancel_rate,
-                  _direction="grow")
+  return _transfer(params, key, target, "grow", False, **_options(dict(
+      sampler=sampler, random_rate=random_rate, norm_rate=norm_rate, exact=exact, check_finite=check_finite,
+      moment=moment, donate=donate, depth_mode=depth_mode, residual_writers=residual_writers,
+      split_rate=split_rate, cancel_rate=cancel_rate)))
 
 
 def shrink(params: Any, key: jax.Array, *, factor: float | None = None, sizes: Mapping[str, int] | None = None,
@@ -370,6 +433,6 @@ def shrink(params: Any, key: jax.Array, *, factor: float | None = None, sizes: M
   (2, 2)
   """
   target = _target_sizes(params, factor, sizes, "shrink")
-  return transfer(params, key, target, sampler=sampler, random_rate=random_rate, norm_rate=norm_rate,
-                  check_finite=check_finite, moment=moment, donate=donate, depth_mode=depth_mode,
-                  scores=scores, _direction="shrink")
+  return _transfer(params, key, target, "shrink", False, **_options(dict(
+      sampler=sampler, random_rate=random_rate, norm_rate=norm_rate, check_finite=check_finite, moment=moment,
+      donate=donate, depth_mode=depth_mode, scores=scores)))

@@ -136,7 +136,7 @@ def _depth_plan(params, target: dict, mode, exact: bool, writers, direction: str
                      "blocks changes the function)")
   if exact and not writers:
     raise ValueError("exact=True depth growth needs residual_writers (the leaves that write into the residual "
-                     "stream, zero in new blocks), which come from the model layer: use rcjax.nn.gpt.transfer "
+                     "stream, zero in new blocks), which come from the model layer: use rcjax.transfer_model "
                      "for GPT params")
   paths = [p for p, b in leaves_with_paths(params) if DEPTH_AXIS in b.axes]
   for w in writers if exact else ():

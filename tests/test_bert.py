@@ -12,7 +12,7 @@ import pytest
 import rcjax
 from hf_reference import BERT_WORDS, reference_bert, write_tiny_bert
 from rcjax import hf_grow, hf_model
-from rcjax.nn.bert import mean_pool, transfer
+from rcjax.nn.bert import mean_pool
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 rng = np.random.default_rng(0)
@@ -149,7 +149,7 @@ def test_non_integer_ratios(tmp_path, capsys):
   assert wide.shape == (3, 9, len(BERT_WORDS)) and np.max(np.abs(wide - _ref(src)["logits"])) > 1e-3
 
   model, params = hf_model.load(src, dtype=jnp.float32)  # sizes are read from the params: heads 6, head_dim 8
-  grown = transfer(model, params, jax.random.key(2), {"heads": 6, "kv_heads": 6, "mlp": 96}, exact=True)
+  grown = rcjax.transfer_model(model, params, jax.random.key(2), {"heads": 6, "kv_heads": 6, "mlp": 96}, exact=True)
   run = jax.jit(lambda p: model.apply({"params": p}, jnp.asarray(TOKENS), jnp.asarray(MASK)))
   assert grown["blocks"]["q"].shape == (2, 32, 6, 8) and grown["blocks"]["up"].shape == (2, 32, 96)
   _close(np.asarray(run(grown)["logits"], np.float64), reference_bert(src, TOKENS, MASK)["logits"])
@@ -218,7 +218,7 @@ def test_mup_bert_grows_exactly_and_saves_as_its_sp_equivalent(tmp_path):
   sp_model, params = hf_model.load(src, dtype=jnp.float32)
   model = sp_model.clone(param="mup")
   params = jax.tree.map(lambda b: b.replace(param="mup"), params, is_leaf=rcjax.is_rc)
-  grown = transfer(model, params, jax.random.key(0), {"embed": 64, "heads": 8, "kv_heads": 8, "mlp": 128})
+  grown = rcjax.transfer_model(model, params, jax.random.key(0), {"embed": 64, "heads": 8, "kv_heads": 8, "mlp": 128})
   assert float(grown["mlm"]["norm_scale"].value[0]) in set(np.asarray(params["mlm"]["norm_scale"].value).tolist())
   logits = jax.jit(lambda p: model.apply({"params": p}, jnp.asarray(TOKENS), jnp.asarray(MASK), jnp.asarray(TYPES)))
   ref = _ref(src)["logits"]

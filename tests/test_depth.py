@@ -92,9 +92,9 @@ def test_exact_depth_growth_keeps_logits(style, param, mode, L2):
   kw = dict(depth_mode=mode, exact=True)
   if style == "gpt2":  # with the AdamW state (once: a gradient to compile)
     s = _adam_state(model, p)
-    pp, ss = rcjax.nn.gpt.transfer(model, p, jax.random.key(3), {"layers": L2}, opt_state=s, **kw)
+    pp, ss = rcjax.transfer_model(model, p, jax.random.key(3), {"layers": L2}, opt_state=s, **kw)
   else:
-    pp = rcjax.nn.gpt.transfer(model, p, jax.random.key(3), {"layers": L2}, **kw)
+    pp = rcjax.transfer_model(model, p, jax.random.key(3), {"layers": L2}, **kw)
   np.testing.assert_allclose(logits(deep, pp), logits(model, p), rtol=1e-5, atol=1e-5)
   new = new_blocks(depth_map(2, L2, mode))
   for name in ("o", "down") + (("o_bias", "down_bias") if style != "llama" else ()):
@@ -104,14 +104,14 @@ def test_exact_depth_growth_keeps_logits(style, param, mode, L2):
       np.testing.assert_array_equal(ss[0].nu["blocks"][name].value, s[0].nu["blocks"][name].value[depth_map(2, L2, mode)])
   assert np.any(pp["blocks"]["q"].value[new])  # the rest copied, so the new blocks can learn
   if style == "llama":  # without exact, plain copies (G_stack): another function
-    plain = rcjax.nn.gpt.transfer(model, p, jax.random.key(3), {"layers": L2}, depth_mode=mode)
+    plain = rcjax.transfer_model(model, p, jax.random.key(3), {"layers": L2}, depth_mode=mode)
     assert float(jnp.max(jnp.abs(logits(deep, plain) - logits(model, p)))) > 1e-3
 
 
 def test_exact_depth_and_width_together():
   model, p = gpt("llama", "sp", tied=True)
   sizes = {"layers": 3, "embed": 48, "mlp": 160, "heads": 8, "kv_heads": 4}
-  pp = rcjax.nn.gpt.transfer(model, p, jax.random.key(4), sizes, exact=True, depth_mode="middle")
+  pp = rcjax.transfer_model(model, p, jax.random.key(4), sizes, exact=True, depth_mode="middle")
   np.testing.assert_allclose(logits(model.clone(depth=3), pp), logits(model, p), rtol=1e-5, atol=1e-5)
 
 
@@ -126,14 +126,14 @@ def test_bad_depth_input_is_one_clear_error():
                          ({"layers": 5}, {"depth_mode": "middle"}, "at most 2 x 2 = 4 blocks"),
                          ({"mlp": 200}, {"depth_mode": "stack"}, "no 'layers' entry")):
     with pytest.raises(ValueError, match=msg):
-      rcjax.nn.gpt.transfer(model, p, k, sizes, **kw)
+      rcjax.transfer_model(model, p, k, sizes, **kw)
   with pytest.raises(ValueError, match="needs residual_writers"):
     rcjax.transfer(p, k, {"layers": 4}, exact=True)
   with pytest.raises(ValueError, match="grow asked to shrink axis 'layers' from 2 to 1"):
     rcjax.grow(p, k, sizes={"layers": 1})
   flat, fp = gpt("llama", scan=False)
   with pytest.raises(ValueError, match="needs a scanned GPT"):
-    rcjax.nn.gpt.transfer(flat, fp, k, {"layers": 4})
+    rcjax.transfer_model(flat, fp, k, {"layers": 4})
   with pytest.raises(ValueError, match="no leaf has a 'layers' axis"):
     rcjax.transfer(fp, k, {"layers": 4})
 

@@ -71,8 +71,8 @@ def cases() -> dict:
       "mlp-shrink-stride": rcjax.shrink(p, k(13), factor=0.5, sampler="stride"),
       "gpt-grow-2x-exact": rcjax.grow(g, k(14), factor=2, exact=True),
       "gpt-grow-1.5x-exact": rcjax.grow(g, k(15), sizes={"mlp": 72, "heads": 6, "embed": 24}, exact=True),
-      "gpt-depth-stack-exact": rcjax.nn.gpt.transfer(gpt, g, k(17), {"layers": 3}, exact=True,
-                                                     depth_mode="stack"),
+      "gpt-depth-stack-exact": rcjax.transfer_model(gpt, g, k(17), {"layers": 3}, exact=True,
+                                                    depth_mode="stack"),
       "index-maps": {sampler: rcjax.index_maps(k(18), {"a": 5, "b": 4}, {"a": 12, "b": 2}, sampler=sampler)
                      for sampler in ("stratified", "iid", "stride")},
   }

@@ -158,7 +158,7 @@ def test_bad_sizes_are_clear_errors():
     rcjax.grow(p, jax.random.key(0), sizes={"kv_heads": 3})
   with pytest.raises(ValueError, match="grow would shrink the blocks of axis 'heads'.*grow 'heads' to 8"):
     rcjax.grow(p, jax.random.key(0), sizes={"kv_heads": 4})
-  for fn in (rcjax.transfer, lambda p, k, s: rcjax.nn.gpt.transfer(gpt("llama")[0], p, k, s)):
+  for fn in (rcjax.transfer, lambda p, k, s: rcjax.transfer_model(gpt("llama")[0], p, k, s)):
     with pytest.raises(ValueError, match=r"transfer \(no axis shrinks\) would shrink the blocks of axis 'heads'"):
       fn(p, jax.random.key(0), {"kv_heads": 4})  # would drop query heads while nothing shrinks
   rcjax.transfer(p, jax.random.key(0), {"kv_heads": 4, "embed": 16})  # with a shrink: query heads sampled

@@ -137,7 +137,7 @@ def test_tied_sp_growth_needs_the_final_norm_correction(tmp_path):
   model, params = hf_model.load(src)
   sizes = {"embed": 64, "heads": 8, "kv_heads": 8, "mlp": 96}
   naive = rcjax.transfer(params, jax.random.key(0), sizes)
-  fixed = rcjax.nn.gpt.transfer(model, params, jax.random.key(0), sizes)
+  fixed = rcjax.transfer_model(model, params, jax.random.key(0), sizes)
   f = lambda p: np.asarray(model.apply({"params": p}, jnp.asarray(TOKENS)), np.float64)
   ref = reference_logits(src, TOKENS)
   _assert_close(f(fixed), ref)
@@ -160,7 +160,7 @@ def test_rmsnorm_non_integer_embed_needs_the_amplitude_correction(tmp_path):
   sizes = {"embed": 48}
   f = lambda p: np.asarray(model.apply({"params": p}, jnp.asarray(TOKENS)), np.float64)
   ref = reference_logits(src, TOKENS)
-  _assert_close(f(rcjax.nn.gpt.transfer(model, params, jax.random.key(0), sizes, exact=True)), ref)
+  _assert_close(f(rcjax.transfer_model(model, params, jax.random.key(0), sizes, exact=True)), ref)
   assert np.max(np.abs(f(rcjax.transfer(params, jax.random.key(0), sizes, exact=True)) - ref)) > 1e-2
 
 
@@ -233,7 +233,7 @@ def test_llama_output_needs_embed_a_multiple_of_heads(tmp_path, capsys, monkeypa
     assert not os.path.exists(tmp_path / "dst")
   monkeypatch.setattr(hf_model, "load", real)
   model, params = hf_model.load(src)
-  grown = rcjax.nn.gpt.transfer(model, params, jax.random.key(0), {"heads": 6, "kv_heads": 3}, exact=True)
+  grown = rcjax.transfer_model(model, params, jax.random.key(0), {"heads": 6, "kv_heads": 3}, exact=True)
   with pytest.raises(ValueError, match="hidden_size 32 is not a multiple of num_attention_heads 6"):
     hf_model.save(model.clone(heads=6, kv_heads=3), grown, tmp_path / "out")
   assert not os.path.exists(tmp_path / "out")
@@ -319,7 +319,7 @@ def test_sharded_grow_writes_shards_without_gathering(tmp_path):
     if m is not None:
       q = params["blocks"]["q"].value
       assert len({s.device for s in q.addressable_shards}) == 8 and not q.sharding.is_fully_replicated
-    grown = rcjax.nn.gpt.transfer(model, params, key, sizes)
+    grown = rcjax.transfer_model(model, params, key, sizes)
     outs[name] = hf_model.save(model, grown, tmp_path / name)
   a, b = (open(os.path.join(outs[n]["path"], "model.safetensors"), "rb").read() for n in ("single", "sharded"))
   assert a == b

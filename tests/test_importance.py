@@ -63,11 +63,11 @@ def test_shrink_of_grown_duplicates_recovers_the_function():
 
   gm, gp = gpt("llama", "mup")
   sizes = {k: v for k, v in rcjax.width_axes(gp).items() if k != "head_dim"}
-  gbig = rcjax.nn.gpt.transfer(gm, gp, jax.random.key(1), {k: 2 * v for k, v in sizes.items()})
+  gbig = rcjax.transfer_model(gm, gp, jax.random.key(1), {k: 2 * v for k, v in sizes.items()})
   s = rcjax.importance.activations(gm, gbig, [X])
   assert {k: v.shape for k, v in s.items()} == {"embed": (64,), "mlp": (192,), "heads": (8,), "kv_heads": (4,),
                                                 "head_dim": (8,)}
-  gback = rcjax.nn.gpt.transfer(gm, gbig, jax.random.key(2), sizes, sampler="importance", scores=s)
+  gback = rcjax.transfer_model(gm, gbig, jax.random.key(2), sizes, sampler="importance", scores=s)
   np.testing.assert_allclose(gm.apply({"params": gback}, X), gm.apply({"params": gp}, X), atol=1e-4)
 
 

@@ -142,7 +142,7 @@ def logits(model, p):
 def test_gpt_styles_keep_the_function(style, param, kw, sizes, exact, knobs):
   # (llama at 2x with both knobs: test_gpt_copies_separate_...)
   model, p = gpt(style, param, **kw)
-  big = rcjax.nn.gpt.transfer(model, p, KEY, sizes, exact=exact, **knobs)
+  big = rcjax.transfer_model(model, p, KEY, sizes, exact=exact, **knobs)
   np.testing.assert_allclose(logits(grown_model(model, big), big), logits(model, p), rtol=1e-4, atol=2e-5)
   m = np.asarray(rcjax.index_maps(KEY, {"mlp": rcjax.sizes(p)["mlp"]}, {"mlp": sizes["mlp"]})["mlp"])
   j = int(np.flatnonzero(m[1:] == m[:-1])[0])  # new neurons j, j + 1 copy one neuron
@@ -155,12 +155,12 @@ def test_gpt_copies_separate_in_one_step_with_the_maps_of_index_maps_sharded_or_
   sizes = dict(embed=32, heads=8, kv_heads=4, mlp=128)  # (head_dim with RoPE: not exact)
   old = rcjax.width_axes(p)
   maps = rcjax.index_maps(KEY, old, sizes, blocks=tree_blocks(p))  # heads in blocks per kv head
-  plain = rcjax.nn.gpt.transfer(model, p, KEY, sizes)
+  plain = rcjax.transfer_model(model, p, KEY, sizes)
   assert rcjax.copy_spread(plain, maps) == {k: 0.0 for k in sizes}
   other = {k: jnp.roll(jnp.sort(m), 1) for k, m in maps.items()}  # wrong maps: groups of unrelated neurons
   assert min(rcjax.copy_spread(plain, other).values()) > 0.05
   assert rcjax.copy_spread(plain, rcjax.index_maps(KEY, old, sizes))["heads"] > 0.05  # blocks left out
-  big = rcjax.nn.gpt.transfer(model, p, KEY, sizes, split_rate=0.5, cancel_rate=0.5)
+  big = rcjax.transfer_model(model, p, KEY, sizes, split_rate=0.5, cancel_rate=0.5)
   wide = grown_model(model, big)
   np.testing.assert_allclose(logits(wide, big), logits(model, p), rtol=1e-4, atol=2e-5)
   sgd = jax.jit(lambda q: jax.tree.map(lambda b, d: b.replace(value=b.value - 0.1 * d.value), q, jax.grad(

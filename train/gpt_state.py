@@ -167,11 +167,11 @@ def _initial_state(cfg, model, tx, mesh, ckpt, log):
     _check_arch(template, abstract, cfg.transfer_from)
     params = src.restore(params=sharding.abstract(template, mesh))["params"]
     target = _changed(rcjax.width_axes(abstract), params)
-    params = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(key, 7), target,
-                                   random_rate=cfg.random_rate, norm_rate=cfg.norm_rate,
-                                   split_rate=cfg.split_rate, cancel_rate=cfg.cancel_rate,
-                                   exact=cfg.grow_exact and all(
-                                       n >= rcjax.sizes(params)[k] for k, n in target.items()))
+    params = rcjax.transfer_model(model, params, jax.random.fold_in(key, 7), target,
+                                  random_rate=cfg.random_rate, norm_rate=cfg.norm_rate,
+                                  split_rate=cfg.split_rate, cancel_rate=cfg.cancel_rate,
+                                  exact=cfg.grow_exact and all(
+                                      n >= rcjax.sizes(params)[k] for k, n in target.items()))
     params = jax.device_put(params, sharding.shardings(params, mesh))
     log({"event": "transfer", "step": 0, "from": cfg.transfer_from, "from_sizes": rcjax.width_axes(template),
          "sizes": rcjax.width_axes(params)})
@@ -184,7 +184,7 @@ def _initial_state(cfg, model, tx, mesh, ckpt, log):
 def _from_hf(cfg: Config, model, abstract, mesh, key) -> Any:
   """An HF checkpoint's params (standard parametrization, read sharded) in this run's parametrization
   and at this run's sizes: values divided by this model's multipliers (at the HF sizes, the muP base), so
-  the function is unchanged, then `rcjax.nn.gpt.transfer` to this run's width."""
+  the function is unchanged, then `rcjax.transfer_model` to this run's width."""
   from rcjax import hf_model
 
   _, sp = hf_model.load(cfg.transfer_from, dtype=jnp.float32, mesh=mesh)
@@ -194,9 +194,9 @@ def _from_hf(cfg: Config, model, abstract, mesh, key) -> Any:
       lambda kp, b: b.replace(value=b.value / factors.get(tuple(k.key for k in kp), 1.0)), template, is_leaf=is_rc)
   target = _changed(rcjax.width_axes(abstract), params)
   if target:
-    params = rcjax.nn.gpt.transfer(model, params, key, target, random_rate=cfg.random_rate,
-                                   norm_rate=cfg.norm_rate, exact=cfg.grow_exact, split_rate=cfg.split_rate,
-                                   cancel_rate=cfg.cancel_rate)
+    params = rcjax.transfer_model(model, params, key, target, random_rate=cfg.random_rate,
+                                  norm_rate=cfg.norm_rate, exact=cfg.grow_exact, split_rate=cfg.split_rate,
+                                  cancel_rate=cfg.cancel_rate)
   return jax.device_put(params, sharding.shardings(params, mesh))
 
 
@@ -238,14 +238,14 @@ def _grow(cfg, params, opt_state, model, tx, mesh, data, step):
   fixed = global_batch(data, 0, cfg.batch_size, trainer.b_sh, eval=True)
   before = float(trainer.loss(params, fixed))
   sizes = _growth_sizes(cfg, params)
-  # rcjax.nn.gpt.transfer: the leaf-wise rules plus the GPT's own (a tied readout in SP, RMSNorm at
+  # rcjax.transfer_model: the leaf-wise rules plus the GPT's own (a tied readout in SP, RMSNorm at
   # non-integer ratios with exact=True; new blocks as identities), so the function is kept wherever the
   # math allows.
-  params, opt_state = rcjax.nn.gpt.transfer(model, params, jax.random.fold_in(jax.random.key(cfg.seed), step),
-                                            sizes, opt_state=opt_state, random_rate=cfg.random_rate,
-                                            norm_rate=cfg.norm_rate, exact=cfg.grow_exact,
-                                            depth_mode=cfg.grow_depth_mode if "layers" in sizes else None,
-                                            split_rate=cfg.split_rate, cancel_rate=cfg.cancel_rate)
+  params, opt_state = rcjax.transfer_model(model, params, jax.random.fold_in(jax.random.key(cfg.seed), step),
+                                           sizes, opt_state=opt_state, random_rate=cfg.random_rate,
+                                           norm_rate=cfg.norm_rate, exact=cfg.grow_exact,
+                                           depth_mode=cfg.grow_depth_mode if "layers" in sizes else None,
+                                           split_rate=cfg.split_rate, cancel_rate=cfg.cancel_rate)
   # grow keeps each leaf's mesh axes; put any leaf the rules shard differently at the new sizes on its rule.
   params = jax.device_put(params, sharding.shardings(params, mesh))
   opt_state = jax.device_put(reset_adam(opt_state, cfg.grow_opt), sharding.shardings(opt_state, mesh))

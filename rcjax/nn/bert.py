@@ -13,14 +13,14 @@ Logical axes: `vocab`, `positions`, `token_types` (fixed), `embed`, `heads`, `kv
 `mlp` (width axes), `layers` (fixed, the leading axis of the scanned blocks). The pooler and the MLM
 transform are (embed, embed) leaves: both axes take the embed map.
 
-Exactness of a transfer (SP, as HF models are; `transfer` below): duplicating neurons keeps every
+Exactness of a transfer (SP, as HF models are; `rcjax.transfer_model`): duplicating neurons keeps every
 hidden state up to that duplication when every copy count is equal, i.e. embed grows by an integer
 factor (each LayerNorm then sees the same mean and variance); heads and mlp at any ratio with
-`exact=True`. A tied MLM decoder sums over the grown embed axis, so `transfer` divides the MLM
-transform's LayerNorm scale and bias by the copy counts (as `rcjax.nn.gpt.transfer` does for GPT's
-final norm). A non-integer embed ratio cannot be exact: copies with unequal counts shift a LayerNorm's
-mean and variance, and no per-neuron amplitude keeps both (the RMSNorm correction of
-`rcjax.nn.gpt.transfer` keeps the second moment only).
+`exact=True`. A tied MLM decoder sums over the grown embed axis, so `rcjax.transfer_model` divides the
+MLM transform's LayerNorm scale and bias by the copy counts (as it does for a tied GPT's final norm). A
+non-integer embed ratio cannot be exact: copies with unequal counts shift a LayerNorm's mean and
+variance, and no per-neuron amplitude keeps both (the GPT's RMSNorm correction keeps the second moment
+only).
 
 Shape legend: B batch, T sequence, E embed, H query heads, K kv heads, D head_dim, F mlp, V vocab.
 """
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from rcjax import parametrization as pz
-from rcjax.nn.gpt import ACTIVATIONS, WIDTH_AXES, Block, _mm, _plus, logit_scale, scale_embed, tied_readout_factor
+from rcjax.nn.gpt import ACTIVATIONS, WIDTH_AXES, Block, _mm, _plus, logit_scale
 from rcjax.nn.layers import rc_param
 
 
@@ -209,27 +209,3 @@ def mean_pool(hidden_BxTxE: jax.Array, mask_BxT: jax.Array | None = None, normal
   m = jnp.ones(hidden_BxTxE.shape[:2]) if mask_BxT is None else mask_BxT.astype(jnp.float32)
   e = (hidden_BxTxE.astype(jnp.float32) * m[..., None]).sum(1) / jnp.maximum(m.sum(1, keepdims=True), 1e-9)
   return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12) if normalize else e
-
-
-def transfer(model: Bert, params: Any, key: jax.Array, sizes: Mapping[str, int], *, opt_state: Any = None,
-             **kwargs) -> Any:
-  """`rcjax.transfer` for Bert params, with the tied MLM decoder's correction: the decoder (the word
-  embeddings, fan-in embed in that use) sums over the new embed axis, counting source neuron j c_j
-  times, so the MLM transform's LayerNorm scale and bias, which feed only the decoder, absorb
-  `mult_old / (mult_new * c_j)` (c_j the copy counts with `exact=True`, else N'/N; see
-  `rcjax.nn.gpt.tied_readout_factor`). `kwargs` and `opt_state` as in `rcjax.nn.gpt.transfer`.
-  """
-  from rcjax.transfer import transfer as rc_transfer
-
-  if opt_state is not None:
-    out, opt_out = rc_transfer((params, opt_state), key, sizes, **kwargs)
-    return _corrected(model, params, out, key, kwargs), opt_out
-  return _corrected(model, params, rc_transfer(params, key, sizes, **kwargs), key, kwargs)
-
-
-def _corrected(model: Bert, params: Any, out: Any, key: jax.Array, kwargs: dict) -> Any:
-  if not model.mlm or params["embed"].shape[1] == out["embed"].shape[1]:
-    return out
-  _, _, s = tied_readout_factor(params["embed"], out["embed"], key, kwargs)
-  mlm = {k: scale_embed(v, s) if k in ("norm_scale", "norm_bias") else v for k, v in out["mlm"].items()}
-  return {**out, "mlm": mlm}

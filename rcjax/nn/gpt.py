@@ -37,8 +37,8 @@ STYLES = {  # style -> defaults of (norm, positions, activation, tied, bias, par
                  parallel_residual=True),
 }
 # The Block leaves that write into the residual stream: zero in the new blocks of an exact depth growth
-# (`transfer(..., {'layers': L2}, exact=True)`), so that each new block is the identity (LLaMA Pro). In
-# parallel-residual blocks (GPT-NeoX) too: x + attn(.) + mlp(.) with both outputs zero is x.
+# (`rcjax.transfer_model(..., {'layers': L2}, exact=True)`), so that each new block is the identity
+# (LLaMA Pro). In parallel-residual blocks (GPT-NeoX) too: x + attn(.) + mlp(.) with both outputs zero is x.
 RESIDUAL_WRITERS = ("o", "o_bias", "down", "down_bias")
 ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2's gelu_new (tanh)
                "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),  # erf
@@ -430,101 +430,3 @@ class _FinalNorm(Block):
   @nn.compact
   def __call__(self, x_BxTxE, _=None):
     return self.normalize(x_BxTxE, "norm")
-
-
-def transfer(model: GPT, params: Any, key: jax.Array, sizes: Mapping[str, int], *, opt_state: Any = None,
-             **kwargs) -> Any:
-  """`rcjax.transfer` for GPT params, function-preserving in two more cases than the leaf-wise rules give.
-
-  Tied embeddings. A tied table is the input embedding (fan-in vocab: its entries are not rescaled, so
-  the input use is preserved) and the readout (fan-in embed), whose sum over a grown embed axis counts
-  each source neuron c times. Under muP the readout multiplier 1/m_in undoes that; in SP (HuggingFace
-  models) nothing would. So the final norm's scale and bias, which feed only the readout, absorb
-  `mult_old / (mult_new * c_j)` per entry (c_j the copy count with `exact=True`, else N'/N).
-
-  RMSNorm at a non-integer embed ratio (`exact=True`). Copies of residual neuron j carry
-  `a_j = sqrt(N' / (N c_j))` times its value: every writer into the residual stream (the embedding, the
-  attention output, the MLP down projection and their biases) is scaled by a_j along embed and every
-  RMSNorm scale divided by a_j. Then sum_j' x'_j'^2 / N' = sum_j x_j^2 / N, so each norm sees the same
-  RMS and outputs exact copies, which the count-corrected readers sum back (a tied readout, whose rows
-  now carry a_j, gets another 1/a_j in the final norm). (LayerNorm's mean cannot be
-  kept this way: a non-integer embed ratio stays inexact there.)
-
-  Symmetry breaking (`split_rate`, `cancel_rate`, see `rcjax.symmetry`) is exact wherever the growth is:
-  every leaf it touches reads copies with identical activations (q, k, v, up, gate and an untied readout
-  read the normed residual stream along embed, o reads the attention output along heads and head_dim,
-  down the MLP activations). A tied table's leaf has fan-in vocab, so it is not split (the readout use
-  reads the final norm's copies with equal rows); the embed axis still splits through its readers.
-  The corrections above scale writers and norm scales, which no split touches.
-
-  Depth (`sizes['layers']`, scanned models only; `depth_mode=` as in `rcjax.transfer`): blocks are copied
-  along the `layers` axis; with `exact=True` the new blocks' `RESIDUAL_WRITERS` start at zero, so the
-  deeper model computes the same function in every style and parametrization. Apply the result with
-  `model.clone(depth=sizes['layers'])`.
-
-  `kwargs` are those of `rcjax.transfer` (sampler, random_rate, norm_rate, exact, donate, depth_mode,
-  split_rate, cancel_rate). With `opt_state` (an
-  optax state of these params) returns `(params, opt_state)`, both transferred with the same maps as
-  `rcjax.transfer((params, opt_state), ...)` does; the corrections above go to the params only
-  (rescaling an entry's Adam moments with it, m by 1/s and v by 1/s^2, would leave Adam's step
-  m / sqrt(v) as it is, up to eps).
-  """
-  from rcjax.transfer import transfer as rc_transfer
-
-  if "layers" in sizes:
-    if not model.scan or "blocks" not in params:
-      raise ValueError("a depth transfer (sizes['layers']) needs a scanned GPT (scan=True, params['blocks'] "
-                       "with a leading layers axis); this one has its blocks as separate leaves")
-    kwargs.setdefault("residual_writers", tuple(f"['blocks']['{n}']" for n in RESIDUAL_WRITERS
-                                                if n in params["blocks"]))
-  if opt_state is not None:
-    out, opt_out = rc_transfer((params, opt_state), key, sizes, **kwargs)
-    return _corrected(model, params, out, key, kwargs), opt_out
-  return _corrected(model, params, rc_transfer(params, key, sizes, **kwargs), key, kwargs)
-
-
-def scale_embed(box, s):
-  """`box` times s, a scalar or an (E',) vector along embed (the last axis of the leaf), in its dtype."""
-  return box.replace(value=(box.value.astype(jnp.float32) * s).astype(box.value.dtype))
-
-
-def tied_readout_factor(old_embed, new_embed, key: jax.Array, kwargs: dict) -> tuple:
-  """`(exact, counts, s)` for a tied (vocab, embed) table transferred from `old_embed` to `new_embed`:
-  the readout use sums over the new embed axis, counting source neuron j c_j times, so the norm that
-  feeds the readout absorbs s = mult_old / (mult_new * c_j) per entry (c_j the copy count with
-  `exact=True`, else the scalar N / N'). counts: the (E',) copy counts (None unless exact)."""
-  from rcjax.transfer import index_maps
-
-  e_old, e_new = old_embed.shape[1], new_embed.shape[1]
-  exact = bool(kwargs.get("exact")) and e_new > e_old
-  counts = None
-  if exact:
-    m = index_maps(key, {"embed": e_old}, {"embed": e_new}, kwargs.get("sampler", "stratified"))["embed"]
-    counts = jnp.bincount(m, length=e_old)[m].astype(jnp.float32)
-  ratio = pz.multiplier(old_embed.replace(fan_in=(1,))) / pz.multiplier(new_embed.replace(fan_in=(1,)))
-  return exact, counts, (ratio / counts if exact else ratio * e_old / e_new)
-
-
-def _corrected(model: GPT, params: Any, out: Any, key: jax.Array, kwargs: dict) -> Any:
-  """`transfer`'s corrections of `out`, the leaf-wise transfer of `params`."""
-  e_old, e_new = params["embed"].shape[1], out["embed"].shape[1]
-  if e_old == e_new:
-    return out
-  a = model.arch()
-  exact, counts, s = tied_readout_factor(params["embed"], out["embed"], key, kwargs)
-  final = dict(out["final"])
-  if a["tied"]:
-    final = {k: scale_embed(v, s) for k, v in final.items()}
-  if exact and a["norm"] == "rmsnorm" and e_new % e_old:
-    amp = jnp.sqrt(e_new / (e_old * counts))
-    out = dict(out, embed=scale_embed(out["embed"], amp))
-    blocks = dict(out["blocks"])
-    for name in ("o", "down", "o_bias", "down_bias"):
-      if name in blocks:
-        blocks[name] = scale_embed(blocks[name], amp)
-    for name in ("attn_norm_scale", "mlp_norm_scale"):
-      blocks[name] = scale_embed(blocks[name], 1.0 / amp)
-    out["blocks"] = blocks
-    # the final norm's output copies; tied, the readout rows carry a_j too (the embedding was scaled)
-    final["norm_scale"] = scale_embed(final["norm_scale"], 1.0 / amp ** 2 if a["tied"] else 1.0 / amp)
-  return {**out, "final": final}
