@@ -1,4 +1,4 @@
-"""rcjax.nn.Bert, the bert family of rcjax.hf_model.load/save and `python -m rcjax.grow/shrink` on BERT
+"""rcjax.nn.Bert, the bert family of rcjax.hf.load/save and `python -m rcjax.grow/shrink` on BERT
 checkpoints, against transformers and the numpy forward pass of tests/hf_reference.py."""
 
 import json
@@ -11,7 +11,8 @@ import pytest
 
 import rcjax
 from hf_reference import BERT_WORDS, reference_bert, write_tiny_bert
-from rcjax import hf_grow, hf_model
+from rcjax.cli import hf as hf_grow
+from rcjax.hf import model as hf_model
 from rcjax.nn.bert import mean_pool, transfer
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -108,7 +109,7 @@ def test_leaf_axes_follow_the_diagnostics_table(tmp_path):
 
   src = _src(tmp_path)
   _, params = hf_model.load(src)
-  from rcjax.hf_bert import _LEAVES
+  from rcjax.hf.bert import _LEAVES
 
   for suffix, leaf in Checkpoint(src).load_block(0).items():
     axes = params["blocks"][_LEAVES[suffix]].axes[1:]
@@ -223,6 +224,6 @@ def test_mup_bert_grows_exactly_and_saves_as_its_sp_equivalent(tmp_path):
   logits = jax.jit(lambda p: model.apply({"params": p}, jnp.asarray(TOKENS), jnp.asarray(MASK), jnp.asarray(TYPES)))
   ref = _ref(src)["logits"]
   _close(np.asarray(logits(grown)["logits"], np.float64), ref)
-  with pytest.raises(ValueError, match="no SP equivalent with tied embeddings"):  # as for GPT (rcjax.hf_model)
+  with pytest.raises(ValueError, match="no SP equivalent with tied embeddings"):  # as for GPT (rcjax.hf.model)
     hf_model.save(model.clone(width=64, heads=8, mlp=128), grown, tmp_path / "out")
   assert not os.path.exists(tmp_path / "out")

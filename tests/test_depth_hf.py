@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from hf_reference import reference_logits, write_tiny
-from rcjax import hf_grow, hf_model
+from rcjax.cli import hf as hf_grow
+from rcjax.hf import model as hf_model
 from rcjax.depth import depth_map
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")

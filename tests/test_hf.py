@@ -9,7 +9,7 @@ import pytest
 
 from rcjax import diagnostics as diag
 from rcjax import hf
-from rcjax.hf_synthetic import write_synthetic
+from rcjax.hf.synthetic import write_synthetic
 
 E, H, KV, D, M = 16, 4, 2, 4, 24  # embed, heads, kv heads (Llama family), head dim, mlp
 
@@ -145,7 +145,7 @@ def test_reads_the_files_transformers_reads(tmp_path):
   from safetensors.numpy import save_file
 
   from hf_reference import write_tiny
-  from rcjax import hf_model
+  from rcjax.hf import model as hf_model
 
   d = tmp_path / "mistral"
   write_tiny(d, "mistral", kv_heads=2)

@@ -1,4 +1,4 @@
-"""rcjax.hf_model (HF checkpoints in and out) and `python -m rcjax.grow/shrink`, checked against the numpy
+"""rcjax.hf.model (HF checkpoints in and out) and `python -m rcjax.grow/shrink`, checked against the numpy
 reference forward pass of tests/hf_reference.py and, where installed, against transformers."""
 
 import glob
@@ -12,8 +12,10 @@ import pytest
 
 import rcjax
 from hf_reference import reference_logits, write_tiny
-from rcjax import hf_grow, hf_model, hf_write, sharding
-from rcjax.hf_synthetic import write_synthetic
+from rcjax import sharding
+from rcjax.cli import hf as hf_grow
+from rcjax.hf import model as hf_model, write as hf_write
+from rcjax.hf.synthetic import write_synthetic
 from rcjax.rc import is_rc
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -300,7 +302,7 @@ def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
     return real(x)
 
   real = hf_write._chunks
-  monkeypatch.setattr(hf_write, "_chunks", boom)  # save's writer (rcjax.hf_write, re-exported by hf_model)
+  monkeypatch.setattr(hf_write, "_chunks", boom)  # save's writer (rcjax.hf.write, re-exported by hf_model)
   with pytest.raises(KeyboardInterrupt):
     hf_model.save(model, params, tmp_path / "out")
   assert os.listdir(tmp_path) == ["src"]
@@ -499,7 +501,7 @@ def test_transfer_in_the_source_dtype_is_bit_identical(tmp_path, monkeypatch):
       dst = str(tmp_path / f"{name}{factor}")
       assert hf_grow.main([src, dst, "--factor", factor, "--transfer-dtype", flag, "--exact", "--no-check"]) == 0
       assert loaded[-1][1]["blocks"]["q"].value.dtype == (jnp.float32 if flag == "float32" else jnp.bfloat16)
-    monkeypatch.setenv("RCJAX_STREAM", "1")  # and the streaming path (rcjax.hf_stream) in the source dtype
+    monkeypatch.setenv("RCJAX_STREAM", "1")  # and the streaming path (rcjax.hf.stream) in the source dtype
     dst = str(tmp_path / f"stream{factor}")
     assert hf_grow.main([src, dst, "--factor", factor, "--transfer-dtype", "source", "--exact", "--no-check"]) == 0
     a, b, c = (open(tmp_path / f"{n}{factor}" / "model.safetensors", "rb").read() for n in ("f32", "native", "stream"))

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from rcjax import hf_grow
-from rcjax.hf_synthetic import write_synthetic
+from rcjax.cli import hf as hf_grow
+from rcjax.hf.synthetic import write_synthetic
 
 # name: (model_type, synthetic shape, direction, flags, sha256 of (file name, bytes) over the sorted files)
 PINNED = {
@@ -112,7 +112,7 @@ def test_full_disk_cli_and_library(tmp_path, small_disk, capsys):
   import subprocess
   import sys
 
-  from rcjax import hf_model
+  from rcjax.hf import model as hf_model
 
   src = str(tmp_path / "src")  # grown 2x: ~3.3 MB of float32, more than the 2 MiB disk
   write_synthetic(src, "llama", num_blocks=2, embed=64, heads=4, kv_heads=2, mlp=128, vocab=2048)

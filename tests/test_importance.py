@@ -15,7 +15,8 @@ import rcjax
 import rcjax.importance  # noqa: F401
 import rcjax.transfer  # noqa: F401  (the module; `rcjax.transfer` is also the function)
 from hf_reference import write_tiny
-from rcjax import hf_grow, sharding
+from rcjax import sharding
+from rcjax.cli import hf as hf_grow
 from rcjax.maps import _top
 from test_gpt import X, gpt
 from test_sharding import _collectives

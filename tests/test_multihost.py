@@ -57,7 +57,7 @@ def test_two_processes_grow_an_hf_checkpoint_shard_by_shard(tmp_path):
   writes only its own shards; the files equal a one-process run's byte for byte."""
   sys.path.insert(0, os.path.join(ROOT, "tests"))
   from hf_reference import write_tiny
-  from rcjax import hf_grow
+  from rcjax.cli import hf as hf_grow
 
   src = str(tmp_path / "src")
   write_tiny(src, "llama", kv_heads=2)

@@ -119,7 +119,7 @@ def hf_source(path: str) -> dict | None:
 
 def hf_arch(path: str, config: dict) -> dict:
   """Config fields fixed by an HF checkpoint's architecture (flags that `--transfer-from HF_DIR` sets)."""
-  from rcjax import hf_model
+  from rcjax.hf import model as hf_model
 
   m = hf_model.model_from_config(config, where=os.path.join(path, "config.json"))
   if hf_model.family_of(m) == "bert":

@@ -40,7 +40,7 @@ def build_model(cfg: Config, base: bool = True) -> rcjax.nn.GPT:
   bases = scaled_sizes(cfg, cfg.base_width) if base and cfg.base_width else None
   tied = {"auto": None, "yes": True, "no": False}[cfg.tied]
   if (hf := hf_source(cfg.transfer_from)) is not None:  # the HF model's norms, RoPE, biases, ...
-    from rcjax import hf_model
+    from rcjax.hf import model as hf_model
 
     m = hf_model.model_from_config(hf)
     max_len = m.max_len if m.arch()["positions"] == "learned" else cfg.seq_len

@@ -185,7 +185,7 @@ def _from_hf(cfg: Config, model, abstract, mesh, key) -> Any:
   """An HF checkpoint's params (standard parametrization, read sharded) in this run's parametrization
   and at this run's sizes: values divided by this model's multipliers (at the HF sizes, the muP base), so
   the function is unchanged, then `rcjax.nn.gpt.transfer` to this run's width."""
-  from rcjax import hf_model
+  from rcjax.hf import model as hf_model
 
   _, sp = hf_model.load(cfg.transfer_from, dtype=jnp.float32, mesh=mesh)
   template = jax.tree.map(lambda t, v: t.replace(value=v.value), abstract, sp, is_leaf=is_rc)

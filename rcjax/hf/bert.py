@@ -1,9 +1,9 @@
 """BERT checkpoints (`BertModel`, `BertForMaskedLM`, sentence-transformers models on a BERT) in and out of
-rcjax: the `bert` family of `rcjax.hf_model.load/save` and `python -m rcjax.grow/shrink` (`rcjax.nn.Bert`).
+rcjax: the `bert` family of `rcjax.hf.load/save` and `python -m rcjax.grow/shrink` (`rcjax.nn.Bert`).
 
 The block layout is the table `rcjax.hf` reads BERT's RC leaves with (`rcjax.hf._RULES['bert']`): each of
 its views (nn.Linear (out, in) transposed, q/k/v and the output projection split into heads) is used
-here as the `rcjax.hf_model.Part` view of the leaf named in `_LEAVES`, so the diagnostics and the
+here as the `rcjax.hf.model.Part` view of the leaf named in `_LEAVES`, so the diagnostics and the
 conversion read one layout. The embeddings, pooler and MLM head are outside the blocks and listed below.
 
 Supported: absolute position embeddings (`position_embedding_type` 'absolute'; 'relative_key' and
@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from rcjax.hf_layout import _RULES, _TORCH_DTYPE, Entry, Part, _same, _t
+from rcjax.hf.layout import _RULES, _TORCH_DTYPE, Entry, Part, _same, _t
 from rcjax.nn.bert import Bert
 
 REFUSED = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "camembert": "CamemBERT",
@@ -90,7 +90,7 @@ def fit_to_tensors(model: Bert, names: set[str]) -> Bert:
 
 
 def arch(model: Bert, params: Any) -> dict:
-  """Resolved architecture of `model` at the sizes of `params` (the keys `rcjax.hf_model._arch` gives)."""
+  """Resolved architecture of `model` at the sizes of `params` (the keys `rcjax.hf.model._arch` gives)."""
   a = model.arch()
   L, E, H, D = params["blocks"]["q"].shape
   a.update(layers=L, embed=E, heads=H, head_dim=D, kv_heads=params["blocks"]["k"].shape[2],

@@ -1,5 +1,5 @@
 """`python -m rcjax.grow SRC DST`: a wider HuggingFace model that starts where SRC is (`rcjax.shrink`:
-narrower). The command lines live here, in `rcjax.hf_grow`.
+narrower). The command lines live here, in `rcjax.cli.hf`.
 
     python -m rcjax.grow gpt2 gpt2-x2 --factor 2                  # embed, mlp, heads x2; head_dim fixed
     python -m rcjax.grow llama-1b llama-wide --embed 3072 --mlp 12288 --heads 48 --kv-heads 12 --exact
@@ -22,7 +22,7 @@ The command prints what changed and, at the end, the max |logit difference| betw
 back from disk) on a fixed batch of random prompts.
 
 Without --mesh, in one process, for a decoder and without --random-rate/--norm-rate/--split-rate/
---cancel-rate, --depth or importance scores, SRC is streamed block by block (`rcjax.hf_stream`: bounded
+--cancel-rate, --depth or importance scores, SRC is streamed block by block (`rcjax.hf.stream`: bounded
 memory, the same bytes). Exit status (`rcjax._cli`): 2 for bad input, 1 for runtime failures (a full disk:
 one line, DST.rcjax-tmp removed), one line each; --debug for a traceback. See docs/hf-speed.md.
 """
@@ -179,7 +179,7 @@ def _check_fn(model):
 
 
 def _sentence_files(src: str, width: int, tmp: str) -> dict:
-  from rcjax import hf_bert
+  from rcjax.hf import bert as hf_bert
 
   return hf_bert.sentence_files(src, width, tmp)
 
@@ -253,7 +253,8 @@ def _plan(args: argparse.Namespace, direction: str) -> argparse.Namespace:
   """Everything decided (and refused) before SRC's tensors are read: the source model and config, the new
   sizes and depth, the calibration data, the stored dtype."""
   import rcjax
-  from rcjax import hf_model, importance
+  from rcjax import importance
+  from rcjax.hf import model as hf_model
 
   cfg_path = os.path.join(args.src, "config.json")
   if not os.path.isfile(cfg_path):
@@ -339,7 +340,7 @@ def _transfer(args, p, model, params, key, target, direction, say):
 
 def _write(args, p, model, new_model, grown, dst, key, target, stream, direction, say) -> dict:
   """DST written: streamed block by block from SRC, or `hf_model.save` of the transferred params."""
-  from rcjax import hf_model, hf_stream
+  from rcjax.hf import model as hf_model, stream as hf_stream
 
   if stream:
     say(f"{direction}ing and writing {dst} block by block: sampler {args.sampler}, exact {args.exact}")
@@ -361,7 +362,7 @@ def _write(args, p, model, new_model, grown, dst, key, target, stream, direction
 def _report_check(args, p, dst, mesh, tokens, T, src_logits, why, out_, say) -> None:
   """DST read back from disk, its outputs on the check's prompts against SRC's, and whether the transfer
   is function-preserving by construction."""
-  from rcjax import hf_model
+  from rcjax.hf import model as hf_model
 
   # DST's params in the dtype SRC's were checked in (float32, or SRC's with --transfer-dtype source), so
   # the two forward passes differ only by what the transfer and the output dtype did
@@ -382,7 +383,8 @@ def _report_check(args, p, dst, mesh, tokens, T, src_logits, why, out_, say) -> 
 
 
 def _main(argv: Sequence[str] | None, direction: str) -> int:
-  from rcjax import hf_model, hf_stream, sharding
+  from rcjax import sharding
+  from rcjax.hf import model as hf_model, stream as hf_stream
 
   t0 = time.perf_counter()
   out_ = lambda msg: print(msg, flush=True) if jax.process_index() == 0 else None

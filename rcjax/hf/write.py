@@ -1,8 +1,8 @@
 """Writing HF checkpoints: `save(model, params, path)` writes config.json and safetensors in the family's own
-names and layouts, through writable memory maps of the output files and the views of `rcjax.hf_config`'s
-table (the views `rcjax.hf_model.load` reads through). Sharded arrays are written shard by shard by the
+names and layouts, through writable memory maps of the output files and the views of `rcjax.hf.config`'s
+table (the views `rcjax.hf.load` reads through). Sharded arrays are written shard by shard by the
 processes that hold them; output goes to a temporary directory renamed into place when complete.
-(`rcjax.hf_model` re-exports these names.)
+(`rcjax.hf.model` re-exports these names.)
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 
 from rcjax import parametrization as pz, sharding
 from rcjax._progress import bar
-from rcjax.hf_config import _arch, _by_leaf, _entries, config_for, family_of
-from rcjax.hf_layout import _DTYPES, Entry, _Files
+from rcjax.hf.config import _arch, _by_leaf, _entries, config_for, family_of
+from rcjax.hf.layout import _DTYPES, Entry, _Files
 from rcjax.nn.gpt import GPT, logit_scale
 from rcjax.rc import is_rc
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rcjax import hf_config, hf_layout, hf_model, hf_write
+from rcjax.hf import config as hf_config, layout as hf_layout, model as hf_model, write as hf_write
 from rcjax.rc import RC, is_rc
 
 

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from rcjax.hf import _DTYPES, MODEL_TYPES, supported
+from rcjax.hf.layout import _DTYPES, MODEL_TYPES, supported
 
 _ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
          "gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM", "bert": "BertForMaskedLM"}
@@ -145,7 +145,7 @@ def write_synthetic(path: str | os.PathLike, model_type: str, *, num_blocks: int
 
 
 def main(argv=None) -> int:
-  """`python -m rcjax.hf_synthetic DST --family llama`: a tiny random HF checkpoint, to try the CLIs on.
+  """`python -m rcjax.hf.synthetic DST --family llama`: a tiny random HF checkpoint, to try the CLIs on.
 
   >>> import os, tempfile
   >>> d = os.path.join(tempfile.mkdtemp(), 'tiny-llama')
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
 
   def body(args) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m rcjax.hf_synthetic", description="Write a small random HuggingFace checkpoint "
+        prog="python -m rcjax.hf.synthetic", description="Write a small random HuggingFace checkpoint "
         "(config.json + model.safetensors) to try python -m rcjax.grow / rcjax.shrink / rcjax.analyze on.")
     p.add_argument("dst", help="output directory (must not exist, or be empty)")
     p.add_argument("--family", default="llama", choices=sorted(_ARCH), help="model type (default: llama)")
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
           f"(random weights); try: python -m rcjax.grow {a.dst} {a.dst.rstrip('/')}-x2 --factor 2")
     return 0
 
-  return _cli.run("rcjax.hf_synthetic", body, argv)
+  return _cli.run("rcjax.hf.synthetic", body, argv)
 
 
 if __name__ == "__main__":

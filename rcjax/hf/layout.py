@@ -1,7 +1,7 @@
 """The HuggingFace layouts rcjax reads and writes, in one place below the readers and writers: the
 supported families and how a config names them, the safetensors file format (header, shard files, dtypes),
 the per-family tensor rules that `rcjax.hf` reads blocks through (`_RULES`), and the entries (`Entry`,
-`Part`, views) that `rcjax.hf_model` and `rcjax.hf_bert` list every tensor with. numpy only.
+`Part`, views) that `rcjax.hf.model` and `rcjax.hf.bert` list every tensor with. numpy only.
 
 >>> family({"model_type": "qwen2"}), family({"architectures": ["GPT2LMHeadModel"]})
 ('llama', 'gpt2')
@@ -238,7 +238,7 @@ def _bert() -> dict[str, Rule]:
 _RULES = {"llama": _table(_llama()), "gpt2": _table(_gpt2()), "gpt_neox": _table(_neox()), "bert": _table(_bert())}
 
 
-# --- entries: every HF tensor as parts of rcjax leaves (rcjax.hf_model, rcjax.hf_bert) ---------------
+# --- entries: every HF tensor as parts of rcjax leaves (rcjax.hf.model, rcjax.hf.bert) ---------------
 View = Callable[[np.ndarray], np.ndarray]
 
 

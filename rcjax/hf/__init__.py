@@ -1,6 +1,6 @@
 """Read HuggingFace safetensors checkpoints as RC leaves, one transformer block at a time; `load`/`save`
 convert causal LMs to and from `rcjax.nn.GPT` and BERT encoders to and from `rcjax.nn.Bert` (implemented
-in `rcjax.hf_model`; BERT's blocks through this module's BERT table, `rcjax.hf_bert`).
+in `rcjax.hf.model`; BERT's blocks through this module's BERT table, `rcjax.hf.bert`).
 
 Supported families (read from config.json `model_type`, else `architectures`): Llama (`llama`, `mistral`,
 `qwen2`), GPT-2 (`gpt2`), GPT-NeoX/Pythia (`gpt_neox`), BERT (`bert`). Single-file (`model.safetensors`)
@@ -37,8 +37,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from rcjax import hf_model
-from rcjax.hf_layout import (  # noqa: F401 - family, is_hf_checkpoint, read_header, shard_files, supported: rcjax.hf's API
+from rcjax.hf import model as hf_model
+from rcjax.hf.layout import (  # noqa: F401 - family, is_hf_checkpoint, read_header, shard_files, supported: rcjax.hf's API
     _BLOCK_RE, _DTYPES, _IGNORED, _RULES, MODEL_TYPES, family, is_hf_checkpoint, read_header, shard_files,
     supported,
 )
@@ -54,7 +54,7 @@ class Checkpoint:
     block 0 that are not mapped, e.g. buffers).
 
   >>> import tempfile
-  >>> from rcjax.hf_synthetic import write_synthetic
+  >>> from rcjax.hf.synthetic import write_synthetic
   >>> d = tempfile.mkdtemp(); _ = write_synthetic(d, 'llama', num_blocks=2, embed=8, heads=2, kv_heads=1)
   >>> ck = Checkpoint(d); ck.family, ck.num_blocks
   ('llama', 2)
@@ -168,17 +168,17 @@ def _read_raw(fname: str, entry: dict) -> np.ndarray:
 
 
 
-# --- models in and out (rcjax.hf_model) ------------------------------------------------------------
+# --- models in and out (rcjax.hf.model) ------------------------------------------------------------
 def load(path: str | os.PathLike, **kwargs) -> tuple[Any, Any]:
   """An HF causal LM (Llama/Mistral/Qwen2, GPT-2, GPT-NeoX) as `(rcjax.nn.GPT, params)`, or a BERT
   (`BertModel`, `BertForMaskedLM`) as `(rcjax.nn.Bert, params)`; see
-  `rcjax.hf_model.load` for the keyword arguments (dtype, compute_dtype, mesh)."""
+  `rcjax.hf.load` for the keyword arguments (dtype, compute_dtype, mesh)."""
 
   return hf_model.load(path, **kwargs)
 
 
 def save(model: Any, params: Any, path: str | os.PathLike, **kwargs) -> dict:
   """Write `(model, params)` as an HF checkpoint directory `transformers` loads unchanged; see
-  `rcjax.hf_model.save` for the keyword arguments (config, dtype, max_shard_size, overwrite, extra_files)."""
+  `rcjax.hf.save` for the keyword arguments (config, dtype, max_shard_size, overwrite, extra_files)."""
 
   return hf_model.save(model, params, path, **kwargs)

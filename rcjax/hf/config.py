@@ -1,8 +1,8 @@
 """The HF side of an `rcjax.nn.GPT` / `rcjax.nn.Bert`: config.json <-> model, and the one table of where each
 HF tensor's parts live in the rcjax params (`_entries`: numpy views of an HF array in the rcjax layout).
 
-Reading (`rcjax.hf_model.load`), writing (`rcjax.hf_write.save`) and streaming (`rcjax.hf_stream`) all go
-through this table, so a round trip is the identity by construction. Above `rcjax.hf_layout` (file
+Reading (`rcjax.hf.load`), writing (`rcjax.hf.write.save`) and streaming (`rcjax.hf.stream`) all go
+through this table, so a round trip is the identity by construction. Above `rcjax.hf.layout` (file
 headers, dtypes, the layout parts), below the readers and writers.
 """
 
@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rcjax import hf_bert
-from rcjax.hf_layout import _TORCH_DTYPE, Entry, Part, View, _same, _t, family as _family
+from rcjax.hf import bert as hf_bert
+from rcjax.hf.layout import _TORCH_DTYPE, Entry, Part, View, _same, _t, family as _family
 from rcjax.nn.bert import Bert
 from rcjax.nn.gpt import ROPE_SCALINGS, GPT
 from rcjax.rc import is_rc
@@ -160,7 +160,7 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
   """An `rcjax.nn.GPT` (param 'sp') that computes what the HF model of this config.json dict computes."""
 
   c = dict(config)
-  if hf_bert.is_bert_config(c):  # BERT encoders: rcjax.nn.Bert (rcjax.hf_bert)
+  if hf_bert.is_bert_config(c):  # BERT encoders: rcjax.nn.Bert (rcjax.hf.bert)
     return hf_bert.model_from_config(c, dtype=dtype, param_dtype=param_dtype, where=where)
   mt = c.get("model_type")
   fam = FAMILIES.get(mt) if mt else None

@@ -2,7 +2,7 @@
 
 Families: Llama (`llama`, `mistral`, `qwen2`; grouped-query attention, RoPE, SwiGLU, tied or untied,
 optional biases), GPT-2 (`gpt2`) and GPT-NeoX/Pythia (`gpt_neox`; partial rotary, parallel residual);
-BERT encoders (`bert`) load as `rcjax.nn.Bert` through the same functions (`rcjax.hf_bert`, docs/bert.md).
+BERT encoders (`bert`) load as `rcjax.nn.Bert` through the same functions (`rcjax.hf.bert`, docs/bert.md).
 `load` returns an `rcjax.nn.GPT` configured like the checkpoint (param 'sp': HF models are standard
 parametrization) and params of RC leaves in the checkpoint's dtype; `GPT.apply` gives the original
 model's logits. `save` writes `config.json` and safetensors in the family's own names and layouts
@@ -50,14 +50,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rcjax import hf_bert, sharding
-# The table and the config (rcjax.hf_config) and the writer (rcjax.hf_write), re-exported: `hf_model.save`,
+from rcjax import sharding
+from rcjax.hf import bert as hf_bert
+# The table and the config (rcjax.hf.config) and the writer (rcjax.hf.write), re-exported: `hf_model.save`,
 # `hf_model._entries`, ... as before they moved there (#21).
-from rcjax.hf_config import (FAMILIES, HEADS_DIVIDE_HIDDEN, PER_LAYER_FIELDS, _arch, _by_leaf, _entries,  # noqa: F401
+from rcjax.hf.config import (FAMILIES, HEADS_DIVIDE_HIDDEN, PER_LAYER_FIELDS, _arch, _by_leaf, _entries,  # noqa: F401
                              _is_bert, _leaf_dtype, _rotary_pct, _write_rope, config_at_depth, config_for, family_of,
                              model_from_config)
-from rcjax.hf_layout import _DTYPES, _IGNORED, _TORCH_DTYPE, Entry, Part, _Files  # noqa: F401
-from rcjax.hf_write import (DEFAULT_MAX_SHARD_SIZE, TOKENIZER_DIRS, TOKENIZER_FILES, _chunks, _create,  # noqa: F401
+from rcjax.hf.layout import _DTYPES, _IGNORED, _TORCH_DTYPE, Entry, Part, _Files  # noqa: F401
+from rcjax.hf.write import (DEFAULT_MAX_SHARD_SIZE, TOKENIZER_DIRS, TOKENIZER_FILES, _chunks, _create,  # noqa: F401
                             _finish, _plan_files, _progress, _reserve, _write_dir, as_sp, save, tokenizer_files)
 from rcjax.nn.gpt import GPT
 from rcjax.rc import RC, boxes, is_rc
