@@ -11,7 +11,7 @@ import pytest
 
 import rcjax
 from hf_reference import BERT_WORDS, reference_bert, write_tiny_bert
-from rcjax.cli import hf as hf_grow
+from rcjax.cli import hf as hf_cli
 from rcjax.hf import model as hf_model
 from rcjax.nn.bert import mean_pool, transfer
 
@@ -45,7 +45,7 @@ def _close(a, b, tol=1e-5):
 
 
 def _grow(src, dst, *flags, capsys, direction="grow"):
-  code = hf_grow.main([src, dst, *flags], direction=direction)
+  code = hf_cli.main([src, dst, *flags], direction=direction)
   return code, capsys.readouterr()
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hf_reference import reference_logits, write_tiny
-from rcjax.cli import hf as hf_grow
+from rcjax.cli import hf as hf_cli
 from rcjax.hf import model as hf_model
 from rcjax.depth import depth_map
 
@@ -37,7 +37,7 @@ def test_exact_depth_growth_loads_in_transformers_with_the_same_logits(tmp_path,
   src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
   write_tiny(src, model_type, **CASES[model_type])
   check = [] if model_type == "gpt2" else ["--no-check"]  # (the CLI's own check of DST, once)
-  assert hf_grow.main([src, dst, *flags, "--exact", "--dtype", "float32", *check]) == 0
+  assert hf_cli.main([src, dst, *flags, "--exact", "--dtype", "float32", *check]) == 0
   out = capsys.readouterr().out
   assert "layers" in out and (check or "function-preserving by construction" in out)
   L2 = int(flags[1])
@@ -52,7 +52,7 @@ def test_exact_depth_growth_loads_in_transformers_with_the_same_logits(tmp_path,
   ref = reference_logits(src, TOKENS)
   assert np.max(np.abs(theirs - ref)) < 1e-4 * max(1.0, np.max(np.abs(ref)))
   if model_type == "gpt2":  # without --exact: plain copies (G_stack), another function, said so
-    assert hf_grow.main([src, dst, *flags, "--overwrite", "--dtype", "float32"]) == 0
+    assert hf_cli.main([src, dst, *flags, "--overwrite", "--dtype", "float32"]) == 0
     assert "without --exact (new blocks are plain copies)" in capsys.readouterr().out
     assert np.max(np.abs(reference_logits(dst, TOKENS) - ref)) > 1e-3
 
@@ -60,7 +60,7 @@ def test_exact_depth_growth_loads_in_transformers_with_the_same_logits(tmp_path,
 def test_depth_shrink_keeps_the_chosen_blocks(tmp_path, capsys):
   src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
   write_tiny(src, "llama", kv_heads=2, layers=3)
-  assert hf_grow.main([src, dst, "--depth", "2", "--depth-mode", "last", "--no-check"], direction="shrink") == 0
+  assert hf_cli.main([src, dst, "--depth", "2", "--depth-mode", "last", "--no-check"], direction="shrink") == 0
   assert _config(dst)["num_hidden_layers"] == 2
   (_, a), (_, b) = (hf_model.load(d, dtype=jnp.float32) for d in (src, dst))
   for name, box in b["blocks"].items():
@@ -79,12 +79,12 @@ def test_depth_shrink_keeps_the_chosen_blocks(tmp_path, capsys):
 def test_cli_bad_depth_is_one_error_line_and_writes_nothing(tmp_path, capsys, direction, flags, message):
   src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
   write_tiny(src, "llama", kv_heads=2)
-  assert hf_grow.main([src, dst, *flags], direction=direction) == 2
+  assert hf_cli.main([src, dst, *flags], direction=direction) == 2
   err = capsys.readouterr().err
   assert message in err and err.count("\n") == 1 and err.startswith(f"rcjax.{direction}: error: "), err
   assert not os.path.exists(dst)
   # argparse (exit status 2 through rcjax._cli): an unknown mode
-  assert hf_grow.main([src, dst, "--depth", "4", "--depth-mode", "zigzag"]) == 2 and not os.path.exists(dst)
+  assert hf_cli.main([src, dst, "--depth", "4", "--depth-mode", "zigzag"]) == 2 and not os.path.exists(dst)
 
 
 def test_config_at_depth_keeps_qwen2_sliding_layers_consistent():

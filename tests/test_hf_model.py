@@ -13,7 +13,7 @@ import pytest
 import rcjax
 from hf_reference import reference_logits, write_tiny
 from rcjax import sharding
-from rcjax.cli import hf as hf_grow
+from rcjax.cli import hf as hf_cli
 from rcjax.hf import model as hf_model, write as hf_write
 from rcjax.hf.synthetic import write_synthetic
 from rcjax.rc import is_rc
@@ -102,7 +102,7 @@ def test_save_splits_into_indexed_shards(tmp_path):
 
 
 def _grow(src, dst, *flags, direction="grow", capsys=None):
-  code = hf_grow.main([src, dst, *flags], direction=direction)
+  code = hf_cli.main([src, dst, *flags], direction=direction)
   out = capsys.readouterr() if capsys else None
   return code, out
 
@@ -286,7 +286,7 @@ def test_grow_copies_tokenizer_and_chat_templates(tmp_path):
     os.makedirs(os.path.dirname(os.path.join(src, name)), exist_ok=True)
     open(os.path.join(src, name), "w").write(text)
   dst = str(tmp_path / "dst")
-  assert hf_grow.main([src, dst, "--factor", "2", "--no-check"]) == 0
+  assert hf_cli.main([src, dst, "--factor", "2", "--no-check"]) == 0
   assert {n: open(os.path.join(dst, n)).read() for n in files} == files
 
 
@@ -359,7 +359,7 @@ def test_transformers_loads_the_grown_checkpoint(tmp_path, case):
   os.environ["HF_HUB_OFFLINE"] = "1"
   src = _tiny(tmp_path, case)
   dst = str(tmp_path / "dst")
-  assert hf_grow.main([src, dst, "--factor", "2", "--dtype", "float32", "--no-check"]) == 0
+  assert hf_cli.main([src, dst, "--factor", "2", "--dtype", "float32", "--no-check"]) == 0
   hf = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()
   with torch.no_grad():
     theirs = hf(torch.as_tensor(TOKENS)).logits.double().numpy()
@@ -484,7 +484,7 @@ def test_default_output_dtype_is_the_stored_one(tmp_path):
   cfg.pop("torch_dtype", None), cfg.pop("dtype", None)
   json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
   dst = str(tmp_path / "dst")
-  assert hf_grow.main([src, dst, "--factor", "2", "--no-check"]) == 0
+  assert hf_cli.main([src, dst, "--factor", "2", "--no-check"]) == 0
   assert {t["dtype"] for t in read_header(os.path.join(dst, "model.safetensors")).values()} == {"BF16"}
   assert json.load(open(os.path.join(dst, "config.json")))["torch_dtype"] == "bfloat16"
 
@@ -499,10 +499,10 @@ def test_transfer_in_the_source_dtype_is_bit_identical(tmp_path, monkeypatch):
     monkeypatch.setenv("RCJAX_STREAM", "0")  # the whole-model path, whose loaded params can be looked at
     for name, flag in (("f32", "float32"), ("native", "source")):
       dst = str(tmp_path / f"{name}{factor}")
-      assert hf_grow.main([src, dst, "--factor", factor, "--transfer-dtype", flag, "--exact", "--no-check"]) == 0
+      assert hf_cli.main([src, dst, "--factor", factor, "--transfer-dtype", flag, "--exact", "--no-check"]) == 0
       assert loaded[-1][1]["blocks"]["q"].value.dtype == (jnp.float32 if flag == "float32" else jnp.bfloat16)
     monkeypatch.setenv("RCJAX_STREAM", "1")  # and the streaming path (rcjax.hf.stream) in the source dtype
     dst = str(tmp_path / f"stream{factor}")
-    assert hf_grow.main([src, dst, "--factor", factor, "--transfer-dtype", "source", "--exact", "--no-check"]) == 0
+    assert hf_cli.main([src, dst, "--factor", factor, "--transfer-dtype", "source", "--exact", "--no-check"]) == 0
     a, b, c = (open(tmp_path / f"{n}{factor}" / "model.safetensors", "rb").read() for n in ("f32", "native", "stream"))
     assert a == b == c

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from rcjax.cli import hf as hf_grow
+from rcjax.cli import hf as hf_cli
 from rcjax.hf.synthetic import write_synthetic
 
 # name: (model_type, synthetic shape, direction, flags, sha256 of (file name, bytes) over the sorted files)
@@ -40,7 +40,7 @@ def grow_case(tmp_path, name: str) -> str:
   mt, shape, direction, flags, _ = PINNED[name]
   src, dst = str(tmp_path / name), str(tmp_path / (name + "-out"))
   write_synthetic(src, mt, **shape)
-  assert hf_grow.main([src, dst, "--no-check", "--seed", "3"] + flags, direction=direction) == 0
+  assert hf_cli.main([src, dst, "--no-check", "--seed", "3"] + flags, direction=direction) == 0
   return dst
 
 
@@ -53,7 +53,7 @@ def test_output_bytes_pinned(tmp_path, name):
 
 # --- CLI convention (rcjax._cli): bad input exit 2, runtime failures exit 1, one line ---------------------
 def _cli(argv, capsys, direction="grow"):
-  code = hf_grow.main(argv, direction=direction)
+  code = hf_cli.main(argv, direction=direction)
   err = capsys.readouterr().err.strip().splitlines()
   return code, [line for line in err if "param/s" not in line and line.strip()]
 
@@ -86,9 +86,9 @@ def test_cli_refusals_are_one_line_exit_2(tmp_path, tiny_src, capsys):
 
 def test_overwrite_replaces_a_checkpoint(tmp_path, tiny_src, capsys):
   dst = str(tmp_path / "out")
-  assert hf_grow.main([tiny_src, dst, "--factor", "2", "--no-check"]) == 0
+  assert hf_cli.main([tiny_src, dst, "--factor", "2", "--no-check"]) == 0
   first = digest(dst)
-  assert hf_grow.main([tiny_src, dst, "--factor", "4", "--no-check", "--overwrite"]) == 0
+  assert hf_cli.main([tiny_src, dst, "--factor", "4", "--no-check", "--overwrite"]) == 0
   assert digest(dst) != first and sorted(os.listdir(tmp_path)) == ["out"]
 
 

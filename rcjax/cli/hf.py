@@ -1,5 +1,6 @@
-"""`python -m rcjax.grow SRC DST`: a wider HuggingFace model that starts where SRC is (`rcjax.shrink`:
-narrower). The command lines live here, in `rcjax.cli.hf`.
+"""The body of `python -m rcjax.grow SRC DST` (a wider HuggingFace model that starts where SRC is) and
+`python -m rcjax.shrink` (narrower): flags, sizes, refusals, the transfer and the check. The entry points
+are `rcjax.cli.grow` and `rcjax.cli.shrink` (`python -m rcjax.grow` runs `rcjax.cli.grow.main`).
 
     python -m rcjax.grow gpt2 gpt2-x2 --factor 2                  # embed, mlp, heads x2; head_dim fixed
     python -m rcjax.grow llama-1b llama-wide --embed 3072 --mlp 12288 --heads 48 --kv-heads 12 --exact
@@ -33,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from typing import Sequence
@@ -428,22 +428,3 @@ def _main(argv: Sequence[str] | None, direction: str) -> int:
   if not args.no_check:
     _report_check(args, p, dst, mesh, tokens, T, src_logits, why, out_, say)
   return 0
-
-
-def callable_module(name: str, direction: str) -> None:
-  """Make module `name` (`rcjax.grow` / `rcjax.shrink`) callable as the function `rcjax.transfer.<direction>`:
-  importing a submodule binds it to its package's attribute, which here is also that function's name."""
-  import importlib
-  import types
-
-  fn = getattr(importlib.import_module("rcjax.transfer"), direction)  # the module (the attribute is a function)
-
-  class CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-      return fn(*args, **kwargs)
-
-  sys.modules[name].__class__ = CallableModule
-
-
-if __name__ == "__main__":
-  sys.exit(main())
