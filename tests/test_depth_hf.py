@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from hf_reference import reference_logits, write_tiny
+from rcjax import hf
 from rcjax.cli import hf as hf_cli
-from rcjax.hf import model as hf_model
 from rcjax.depth import depth_map
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -45,10 +45,10 @@ def test_exact_depth_growth_loads_in_transformers_with_the_same_logits(tmp_path,
   assert c.get("num_hidden_layers", c.get("n_layer")) == L2
   if model_type == "qwen2":
     assert c["layer_types"] == ["full_attention"] * L2 and c["max_window_layers"] == L2
-  hf = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()
-  assert hf.config.num_hidden_layers == L2
+  torch_model = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()
+  assert torch_model.config.num_hidden_layers == L2
   with torch.no_grad():
-    theirs = hf(torch.as_tensor(TOKENS)).logits.double().numpy()
+    theirs = torch_model(torch.as_tensor(TOKENS)).logits.double().numpy()
   ref = reference_logits(src, TOKENS)
   assert np.max(np.abs(theirs - ref)) < 1e-4 * max(1.0, np.max(np.abs(ref)))
   if model_type == "gpt2":  # without --exact: plain copies (G_stack), another function, said so
@@ -62,7 +62,7 @@ def test_depth_shrink_keeps_the_chosen_blocks(tmp_path, capsys):
   write_tiny(src, "llama", kv_heads=2, layers=3)
   assert hf_cli.main([src, dst, "--depth", "2", "--depth-mode", "last", "--no-check"], direction="shrink") == 0
   assert _config(dst)["num_hidden_layers"] == 2
-  (_, a), (_, b) = (hf_model.load(d, dtype=jnp.float32) for d in (src, dst))
+  (_, a), (_, b) = (hf.load(d, dtype=jnp.float32) for d in (src, dst))
   for name, box in b["blocks"].items():
     np.testing.assert_array_equal(box.value, a["blocks"][name].value[depth_map(3, 2, "last")], err_msg=name)
   np.testing.assert_array_equal(b["embed"].value, a["embed"].value)
@@ -90,11 +90,11 @@ def test_cli_bad_depth_is_one_error_line_and_writes_nothing(tmp_path, capsys, di
 def test_config_at_depth_keeps_qwen2_sliding_layers_consistent():
   c = {"num_hidden_layers": 4, "max_window_layers": 2, "use_sliding_window": True, "sliding_window": 8}
   # layers 2, 3 slide; stacked to 8: 0 1 2 3 0 1 2 3 -> the pattern is no longer a prefix
-  out = hf_model.config_at_depth(c, depth_map(4, 8, "stack"))
+  out = hf.config_at_depth(c, depth_map(4, 8, "stack"))
   assert out["num_hidden_layers"] == 8 and out["max_window_layers"] == 2
   assert out["layer_types"] == ["full_attention"] * 2 + ["sliding_attention"] * 2 + ["full_attention"] * 2 + \
       ["sliding_attention"] * 2
-  out = hf_model.config_at_depth(c, depth_map(4, 8, "interleave"))  # still a prefix: max_window_layers alone
+  out = hf.config_at_depth(c, depth_map(4, 8, "interleave"))  # still a prefix: max_window_layers alone
   assert out["max_window_layers"] == 4 and "layer_types" not in out
   with pytest.raises(ValueError, match="layer_types has 3 entries for 4 layers"):
-    hf_model.config_at_depth({**c, "layer_types": ["full_attention"] * 3}, [0, 1, 2, 3, 0])
+    hf.config_at_depth({**c, "layer_types": ["full_attention"] * 3}, [0, 1, 2, 3, 0])

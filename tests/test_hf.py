@@ -107,7 +107,7 @@ def test_bf16_sharded_and_raw_fallback(tmp_path, monkeypatch):
   def no_bf16(fname):  # what older safetensors do with bf16 and framework='numpy'
     raise TypeError("data type 'bfloat16' not understood")
 
-  monkeypatch.setattr(hf, "_safe_open", no_bf16)
+  monkeypatch.setattr(hf.reader, "_safe_open", no_bf16)
   raw = hf.Checkpoint(tmp_path).load_block(2)["mlp.down_proj.weight"]
   np.testing.assert_array_equal(np.asarray(raw.value, np.float32), np.asarray(box.value, np.float32))
 
@@ -145,19 +145,17 @@ def test_reads_the_files_transformers_reads(tmp_path):
   from safetensors.numpy import save_file
 
   from hf_reference import write_tiny
-  from rcjax.hf import model as hf_model
-
   d = tmp_path / "mistral"
   write_tiny(d, "mistral", kv_heads=2)
   save_file({"tok_embeddings.weight": np.zeros((64, 32), np.float32)}, str(d / "consolidated.safetensors"))
   assert hf.shard_files(str(d)) == ([str(d / "model.safetensors")], None)
-  hf_model.load(d)
+  hf.load(d)
   assert hf.Checkpoint(d).num_blocks == 2
   write_tiny(tmp_path / "shards", "llama", shards=2)
   files = hf.shard_files(str(tmp_path / "shards"))[0]
   os.remove(tmp_path / "shards" / "model.safetensors.index.json")
   assert hf.shard_files(str(tmp_path / "shards")) == (files, None) and len(files) == 2
-  hf_model.load(tmp_path / "shards")
+  hf.load(tmp_path / "shards")
 
 
 def test_llama_attention_and_mlp_biases(tmp_path):

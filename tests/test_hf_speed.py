@@ -112,7 +112,7 @@ def test_full_disk_cli_and_library(tmp_path, small_disk, capsys):
   import subprocess
   import sys
 
-  from rcjax.hf import model as hf_model
+  from rcjax import hf
 
   src = str(tmp_path / "src")  # grown 2x: ~3.3 MB of float32, more than the 2 MiB disk
   write_synthetic(src, "llama", num_blocks=2, embed=64, heads=4, kv_heads=2, mlp=128, vocab=2048)
@@ -134,9 +134,9 @@ def test_full_disk_cli_and_library(tmp_path, small_disk, capsys):
   os.remove(small_disk / "filler")
   with open(small_disk / "filler", "wb") as f:
     f.write(b"\0" * (1 << 20) + b"\0" * (3 << 18))
-  model, params = hf_model.load(src)
+  model, params = hf.load(src)
   with pytest.raises(OSError, match="No space left"):
-    hf_model.save(model, params, str(small_disk / "lib"))
+    hf.save(model, params, str(small_disk / "lib"))
   assert sorted(os.listdir(small_disk)) == ["filler"]
 
 

@@ -1,6 +1,8 @@
-"""Read HuggingFace safetensors checkpoints as RC leaves, one transformer block at a time; `load`/`save`
-convert causal LMs to and from `rcjax.nn.GPT` and BERT encoders to and from `rcjax.nn.Bert` (implemented
-in `rcjax.hf.model`; BERT's blocks through this module's BERT table, `rcjax.hf.bert`).
+"""HuggingFace safetensors checkpoints in and out of rcjax (docs/hf.md).
+
+`load(path) -> (model, params)` and `save(model, params, path)` convert causal LMs to and from
+`rcjax.nn.GPT` and BERT encoders to and from `rcjax.nn.Bert`; `Checkpoint(path)` reads a checkpoint's
+blocks as RC leaves one at a time, for the diagnostics (`python -m rcjax.analyze`).
 
 Supported families (read from config.json `model_type`, else `architectures`): Llama (`llama`, `mistral`,
 `qwen2`), GPT-2 (`gpt2`), GPT-NeoX/Pythia (`gpt_neox`), BERT (`bert`). Single-file (`model.safetensors`)
@@ -8,177 +10,31 @@ and sharded (`model.safetensors.index.json`) checkpoints, the files picked as tr
 every shard is checked for presence and size when the checkpoint is opened, so a missing shard or a
 truncated file fails at once with a one-line error.
 
-Layouts. Every weight becomes an RC leaf in the (in, out) layout that `rcjax.diagnostics` reads (rows =
-fan-in): PyTorch `nn.Linear` weights (Llama, GPT-NeoX, BERT) are stored (out, in) and are transposed;
-GPT-2's `Conv1D` weights are stored (in, out) and are kept. Attention projections are split into heads:
-q/k/v `(embed, heads, head_dim)` (Llama k/v: `kv_heads`), the output projection `(heads, head_dim, embed)`;
-fused projections (GPT-2 `c_attn` = [q | k | v] along columns, GPT-NeoX `query_key_value` = per head
-[q | k | v] along rows) are split. MLP weights are `(embed, mlp)` (up/gate/fc, fan-in embed) and
-`(mlp, embed)` (down). Norm scales and biases are vectors. All are views of the tensor read from disk
-(transposes and splits copy nothing).
+The package, from the bottom up (imports point down only):
 
-Memory. `block_leaves` reads one tensor at a time, with the shard files of one block open, so the memory
-an analysis needs is about one block's mapped pages plus a copy of its largest tensor, not the model:
-measured with Llama-3.1-8B block shapes (bf16), 0.56 GiB above the 0.17 GiB of the imports, the same for 1
-or 2 blocks (`benchmarks/hf_memory.py`).
+- `layout`: ONE table per family of every HF tensor (name, rcjax leaf, axes, how it is stored), and what
+  derives from it: the views between the HF and rcjax layouts, the entries, the block reader's rules;
+- `files`: the safetensors files (headers, shards, dtypes, memory maps);
+- `bert`, `config`: config.json <-> `rcjax.nn.Bert` / `rcjax.nn.GPT`, a model's family and architecture;
+- `reader` (`Checkpoint`), `write` (`save`), `model` (`load`), `stream` (the block-by-block grow/shrink
+  of `python -m rcjax.grow`), `synthetic` (tiny random checkpoints: `python -m rcjax.hf.synthetic`).
 
-bfloat16. `safe_open(..., framework='numpy')` returns bf16 as `ml_dtypes.bfloat16` in recent safetensors;
-if it cannot (older versions), the tensor is read from its raw bytes with the ml_dtypes dtype.
+>>> import tempfile
+>>> from rcjax.hf.synthetic import write_synthetic
+>>> d = tempfile.mkdtemp(); _ = write_synthetic(d, 'llama', num_blocks=2, embed=8, heads=2, kv_heads=1)
+>>> family(Checkpoint(d).config), Checkpoint(d).num_blocks
+('llama', 2)
 """
 
-from __future__ import annotations
+from rcjax.hf.config import config_at_depth, config_for, family_of, model_from_config
+from rcjax.hf.files import is_hf_checkpoint, read_header, shard_files
+from rcjax.hf.layout import family, supported
+from rcjax.hf.model import abstract_params, load, stored_dtype
+from rcjax.hf.reader import Checkpoint
+from rcjax.hf.write import as_sp, save, tokenizer_files
 
-import contextlib
-import json
-import os
-import re
-import struct
-from typing import Any, Iterator
-
-import numpy as np
-
-from rcjax.hf import model as hf_model
-from rcjax.hf.layout import (  # noqa: F401 - family, is_hf_checkpoint, read_header, shard_files, supported: rcjax.hf's API
-    _BLOCK_RE, _DTYPES, _IGNORED, _RULES, MODEL_TYPES, family, is_hf_checkpoint, read_header, shard_files,
-    supported,
-)
-from rcjax.rc import RC
-
-
-class Checkpoint:
-  """A HuggingFace safetensors checkpoint directory, read block by block.
-
-  Attributes:
-    path, config (config.json), family ('llama' | 'gpt2' | 'gpt_neox' | 'bert'), model_type,
-    num_blocks, dims (`{'embed', 'heads', 'kv_heads', 'head_dim', 'mlp'}`), skipped (tensor suffixes of
-    block 0 that are not mapped, e.g. buffers).
-
-  >>> import tempfile
-  >>> from rcjax.hf.synthetic import write_synthetic
-  >>> d = tempfile.mkdtemp(); _ = write_synthetic(d, 'llama', num_blocks=2, embed=8, heads=2, kv_heads=1)
-  >>> ck = Checkpoint(d); ck.family, ck.num_blocks
-  ('llama', 2)
-  >>> ck.load_block(1)['self_attn.k_proj.weight'].axes   # stored (out, in) = (kv_heads * head_dim, embed)
-  ('embed', 'kv_heads', 'head_dim')
-  """
-
-  def __init__(self, path: str | os.PathLike):
-    self.path = os.fspath(path)
-    cfg_path = os.path.join(self.path, "config.json")
-    if not os.path.isfile(cfg_path):
-      raise FileNotFoundError(f"{self.path} has no config.json: not a HuggingFace checkpoint")
-    with open(cfg_path) as f:
-      self.config = json.load(f)
-    self.family = family(self.config)
-    self.model_type = self.config.get("model_type", self.family)
-    files, weight_map = shard_files(self.path)
-    self._tensors: dict[str, tuple[str, dict]] = {}
-    for fname in files:
-      for name, entry in read_header(fname).items():
-        self._tensors[name] = (fname, entry)
-    for name, fname in (weight_map or {}).items():
-      if name not in self._tensors or self._tensors[name][0] != fname:
-        raise ValueError(f"tensor {name} listed in model.safetensors.index.json is missing from {fname}")
-    self.dims = self._dims()
-    self._blocks: dict[int, dict[str, str]] = {}
-    for name in self._tensors:
-      if m := re.match(_BLOCK_RE[self.family], name):
-        self._blocks.setdefault(int(m.group(1)), {})[m.group(2)] = name
-    n = self.config.get("num_hidden_layers", self.config.get("n_layer"))
-    self.num_blocks = int(n) if n is not None else len(self._blocks)
-    if missing := sorted(set(range(self.num_blocks)) - set(self._blocks)):
-      raise ValueError(f"checkpoint {self.path} has no tensors for block(s) {missing[:8]} of {self.num_blocks} "
-                       "(config.json num_hidden_layers); a shard may be missing")
-    self.skipped = sorted(s for s in self._blocks.get(0, {}) if _RULES[self.family](s) is None)
-
-  def _dims(self) -> dict[str, int]:
-    c = self.config
-    embed = c.get("hidden_size", c.get("n_embd"))
-    heads = c.get("num_attention_heads", c.get("n_head"))
-    if embed is None or heads is None:
-      raise ValueError(f"{self.path}/config.json lacks hidden_size/num_attention_heads")
-    mlp = c.get("intermediate_size", c.get("n_inner")) or 4 * embed
-    head_dim = c.get("head_dim") or embed // heads
-    return {"embed": int(embed), "heads": int(heads), "kv_heads": int(c.get("num_key_value_heads") or heads),
-            "head_dim": int(head_dim), "mlp": int(mlp)}
-
-  # --- mapping --------------------------------------------------------------------------------
-  def _map(self, suffix: str, x: np.ndarray) -> list[tuple[str, Any, tuple[str, ...], tuple[int, ...]]]:
-    """`[(inner path, value view, axes, fan_in)]` for a block tensor."""
-    try:
-      return _RULES[self.family](suffix)(x, self.dims)
-    except ValueError:
-      raise ValueError(f"{self.path}: tensor {suffix} has shape {x.shape}, which does not fit config.json "
-                       f"({self.dims})") from None
-
-  def block_names(self, i: int) -> dict[str, str]:
-    """`{suffix within the block: full tensor name}` of block i."""
-    return dict(self._blocks.get(i, {}))
-
-  def read(self, name: str, handles: dict | None = None) -> np.ndarray:
-    """One tensor as a numpy array in its stored dtype (bf16 as ml_dtypes.bfloat16)."""
-    fname, entry = self._tensors[name]
-    try:
-      if handles is not None:
-        if fname not in handles:
-          handles[fname] = _safe_open(fname)
-        return handles[fname].get_tensor(name)
-      with _safe_open(fname) as f:
-        return f.get_tensor(name)
-    except Exception as e:  # noqa: BLE001 - older safetensors cannot give bf16 to numpy: read raw bytes
-      if entry["dtype"] not in _DTYPES:
-        raise ValueError(f"cannot read tensor {name} ({entry['dtype']}) from {fname}: {e}") from None
-      return _read_raw(fname, entry)
-
-  def block_leaves(self, i: int) -> Iterator[tuple[str, RC]]:
-    """Stream the RC leaves of block i, one stored tensor at a time (a fused tensor yields several)."""
-    if i not in range(self.num_blocks):
-      raise IndexError(f"block {i} out of range: {self.path} has {self.num_blocks} blocks")
-    with contextlib.ExitStack() as stack:
-      handles: dict = {}
-      stack.callback(lambda: [h.__exit__(None, None, None) for h in handles.values()])
-      for suffix, name in sorted(self._blocks[i].items()):
-        if _RULES[self.family](suffix) is None:
-          continue
-        x = self.read(name, handles)
-        for path, v, axes, fan_in in self._map(suffix, x):
-          yield path, RC(v, axes=axes, fan_in=fan_in, base=tuple(v.shape), param="sp")
-        del x
-
-  def load_block(self, i: int) -> dict[str, RC]:
-    """Block i as `{inner path: RC}` (materialised; `block_leaves` streams)."""
-    return dict(self.block_leaves(i))
-
-
-def _safe_open(fname: str):
-  from safetensors import safe_open
-
-  return safe_open(fname, framework="numpy").__enter__()
-
-
-def _read_raw(fname: str, entry: dict) -> np.ndarray:
-  with open(fname, "rb") as f:
-    header_len = struct.unpack("<Q", f.read(8))[0]
-  start, end = entry["data_offsets"]
-  dtype = np.dtype(_DTYPES[entry["dtype"]])
-  count = (end - start) // dtype.itemsize
-  x = np.fromfile(fname, dtype=dtype, count=count, offset=8 + header_len + start)
-  return x.reshape(entry["shape"])
-
-
-
-
-# --- models in and out (rcjax.hf.model) ------------------------------------------------------------
-def load(path: str | os.PathLike, **kwargs) -> tuple[Any, Any]:
-  """An HF causal LM (Llama/Mistral/Qwen2, GPT-2, GPT-NeoX) as `(rcjax.nn.GPT, params)`, or a BERT
-  (`BertModel`, `BertForMaskedLM`) as `(rcjax.nn.Bert, params)`; see
-  `rcjax.hf.load` for the keyword arguments (dtype, compute_dtype, mesh)."""
-
-  return hf_model.load(path, **kwargs)
-
-
-def save(model: Any, params: Any, path: str | os.PathLike, **kwargs) -> dict:
-  """Write `(model, params)` as an HF checkpoint directory `transformers` loads unchanged; see
-  `rcjax.hf.save` for the keyword arguments (config, dtype, max_shard_size, overwrite, extra_files)."""
-
-  return hf_model.save(model, params, path, **kwargs)
+__all__ = [
+    "Checkpoint", "abstract_params", "as_sp", "config_at_depth", "config_for", "family", "family_of",
+    "is_hf_checkpoint", "load", "model_from_config", "read_header", "save", "shard_files", "stored_dtype",
+    "supported", "tokenizer_files",
+]
