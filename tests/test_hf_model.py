@@ -346,7 +346,9 @@ def test_save_folds_parametrization_into_sp(tmp_path, param):
 def test_importing_the_cli_module_keeps_rcjax_grow_callable():
   import importlib
 
-  importlib.import_module("rcjax.grow")
+  importlib.import_module("rcjax.cli.grow")  # the command; `import rcjax.grow` is refused (tests/test_cli.py)
+  with pytest.raises(ImportError, match="rcjax.cli.grow"):
+    importlib.import_module("rcjax.grow")
   p = {"w": rcjax.RC(jnp.ones((2, 3)), axes=("i", "h"), fan_in=(0,), base=(None, 3), param="mf")}
   assert rcjax.grow(p, jax.random.key(0), factor=2)["w"].shape == (2, 6)
 
