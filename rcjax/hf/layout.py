@@ -214,7 +214,8 @@ def view(t: Tensor, k: int, dims: Mapping[str, int]) -> View:
     return lambda a: _part(a.reshape(c + r), at, k, fused).transpose(order)
   if fused:
     return lambda a: _part(a.reshape(r + c), len(r) + t.split, k, fused)
-  shape = (-1,) + (r + c)[1:]  # -1: a view of the first rows too (the embedding's row the stream reads)
+  # an embedding: a view of its first rows too (the row `rcjax.hf.stream` reads); all else checks its size
+  shape = (-1,) + c if t.stored == "embedding" else r + c
   return lambda a: a.reshape(shape)
 
 
