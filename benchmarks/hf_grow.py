@@ -4,7 +4,7 @@
     python benchmarks/hf_grow.py --shapes 125m --rounds 5                             # one shape
     python benchmarks/hf_grow.py --smoke                                              # tiny (the test suite's)
 
-Writes synthetic Llama checkpoints (bf16, random weights; `rcjax.hf_synthetic`) and measures, each as a
+Writes synthetic Llama checkpoints (bf16, random weights; `rcjax.hf.synthetic`) and measures, each as a
 fresh subprocess (peak RSS from `os.wait4`, the child's own maximum resident set):
   * `rcjax --no-check`: `python -m rcjax.grow SRC DST --factor 2 --no-check` (shrink: --factor 0.5);
   * `rcjax check`: the same with the default logit check;
@@ -128,7 +128,7 @@ def dir_bytes(path: str) -> int:
 
 
 def bench(shape: str, direction: str, rounds: int, work: str, torch: bool) -> dict:
-  from rcjax.hf_synthetic import write_synthetic
+  from rcjax.hf.synthetic import write_synthetic
 
   src = os.path.join(work, f"{shape}-src")
   if not os.path.isfile(os.path.join(src, "config.json")):  # written last: a complete checkpoint

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
   if a.smoke:
     a.embed, a.heads, a.kv_heads, a.mlp, a.blocks = 64, 4, 2, 128, [2]
   sys.path.insert(0, ROOT)
-  from rcjax.hf_synthetic import write_synthetic
+  from rcjax.hf.synthetic import write_synthetic
 
   e, kvd, m = a.embed, a.kv_heads * (a.embed // a.heads), a.mlp
   block_bytes = 2 * (2 * e * e + 2 * e * kvd + 3 * e * m + 2 * e)

@@ -27,7 +27,7 @@ from rcjax.model_transfer import transfer_model
 
 # Submodules that `import rcjax` does not load (orbax, safetensors, matplotlib behind them), imported on
 # first use as attributes: `rcjax.checkpoint.Checkpointer(...)`, `rcjax.hf.load(...)`, as the README shows.
-_LAZY = ("analyze", "checkpoint", "diagnostics", "hf", "hf_model", "importance", "nnx", "plots")
+_LAZY = ("analyze", "checkpoint", "diagnostics", "hf", "importance", "nnx", "plots")
 
 
 def __getattr__(name: str):

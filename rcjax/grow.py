@@ -1,13 +1,15 @@
-"""`python -m rcjax.grow SRC DST ...`: grow a HuggingFace checkpoint (the flags: `rcjax.hf_grow`).
+"""`python -m rcjax.grow SRC DST ...`: runs the command `rcjax.cli.grow` (flags: docs/hf.md).
 
-`rcjax.grow` is also the library function (`rcjax.transfer.grow`); this module is made callable as it, so
-`import rcjax.grow` (which rebinds the package attribute to the module) leaves `rcjax.grow(params, key)` working.
+A script, not a module to import: `rcjax.grow` is the library function (`rcjax.transfer.grow`), and an
+imported submodule of that name would replace it as the attribute of the package. Importing this file
+raises ImportError (which leaves `rcjax.grow` the function); import `rcjax.cli.grow` for the command.
 """
+
+if __name__ != "__main__":
+  raise ImportError("rcjax.grow is the library function (rcjax.transfer.grow); the command line lives in rcjax.cli.grow")
 
 import sys
 
-from rcjax.hf_grow import callable_module, main
+from rcjax.cli.grow import main
 
-if __name__ == "__main__":
-  sys.exit(main(direction="grow"))
-callable_module(__name__, "grow")
+sys.exit(main())

@@ -1,13 +1,15 @@
-"""`python -m rcjax.shrink SRC DST ...`: shrink a HuggingFace checkpoint (the flags: `rcjax.hf_grow`).
+"""`python -m rcjax.shrink SRC DST ...`: runs the command `rcjax.cli.shrink` (flags: docs/hf.md).
 
-`rcjax.shrink` is also the library function (`rcjax.transfer.shrink`); this module is made callable as it, so
-`import rcjax.shrink` (which rebinds the package attribute to the module) leaves `rcjax.shrink(params, key)` working.
+A script, not a module to import: `rcjax.shrink` is the library function (`rcjax.transfer.shrink`), and an
+imported submodule of that name would replace it as the attribute of the package. Importing this file
+raises ImportError (which leaves `rcjax.shrink` the function); import `rcjax.cli.shrink` for the command.
 """
+
+if __name__ != "__main__":
+  raise ImportError("rcjax.shrink is the library function (rcjax.transfer.shrink); the command line lives in rcjax.cli.shrink")
 
 import sys
 
-from rcjax.hf_grow import callable_module, main
+from rcjax.cli.shrink import main
 
-if __name__ == "__main__":
-  sys.exit(main(direction="shrink"))
-callable_module(__name__, "shrink")
+sys.exit(main())

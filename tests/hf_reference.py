@@ -2,11 +2,15 @@
 
 `write_tiny` writes a complete HF checkpoint directory (config.json + safetensors, sharded with an index if
 asked) in the tensor names and layouts HF itself stores for Llama, Mistral, Qwen2, GPT-2 and GPT-NeoX, with
-random weights in which every tensor matters (norm weights near 1 but not 1, nonzero biases).
+random weights in which every tensor matters (norm weights near 1 but not 1, nonzero biases). The names and
+stored shapes of the tensors (only they) come from rcjax's table, `rcjax.hf.layout` (one table per family);
+transformers loading them unchanged (below) is what makes a wrong name or shape in that table fail.
 `reference_logits` reads such a directory (or a real one of these families) and runs a plain float64 forward
-pass written from the architectures: numpy only, nothing from rcjax, jax or torch, so that library code can be
-tested against it. `tests/test_hf_reference.py` checks both against `transformers`; the BERT section at the
-end (`write_tiny_bert`, `reference_bert`) is checked against it in `tests/test_bert.py`.
+pass written from the architectures: numpy only, nothing from rcjax, jax or torch (the tensors are read by
+their HF names, the layouts written out here), so that library code can be tested against it.
+`tests/test_hf_reference.py` checks both against `transformers` (no missing, unexpected or mismatched
+tensors); the BERT section at the end (`write_tiny_bert`, `reference_bert`) is checked against it in
+`tests/test_bert.py`.
 
 >>> import tempfile
 >>> d = tempfile.mkdtemp()
@@ -27,6 +31,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox")
 _LLAMA = ("llama", "mistral", "qwen2")  # RMSNorm + RoPE + GQA + SwiGLU
 _ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
          "gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM"}
+MODEL_FAMILY = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gpt_neox": "gpt_neox"}
 _TIED_DEFAULT = {"llama": False, "mistral": False, "qwen2": False, "gpt2": True, "gpt_neox": False}
 
 
@@ -77,71 +82,37 @@ def _sync_rope(cfg: dict, overrides: dict) -> None:
 
 
 def _spec(cfg: dict) -> list[tuple[str, tuple, str]]:
-  """`[(name, stored shape, kind)]` for the checkpoint `cfg` describes, in HF's own names and layouts.
+  """`[(name, stored shape, kind)]` for the checkpoint `cfg` describes, in HF's own names and layouts (GPT-2's
+  as the hub has them, without 'transformer.'), from the family's table in `rcjax.hf.layout`.
   kind: 'w' (a matrix, std 1/sqrt(fan in)), 'w_t' (Conv1D (in, out) matrix), 'emb', 'norm' or 'bias'."""
   mt, V = cfg["model_type"], cfg["vocab_size"]
-  out: list = []
   if mt in _LLAMA:
     E, H, L, I = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"], cfg["intermediate_size"]
-    KV, D = cfg.get("num_key_value_heads") or H, cfg.get("head_dim") or E // H
     attn_bias = mt == "llama" and cfg.get("attention_bias", False)
-    qkv_bias = attn_bias or mt == "qwen2"
-    mlp_bias = mt == "llama" and cfg.get("mlp_bias", False)
-    out.append(("model.embed_tokens.weight", (V, E), "emb"))
-    for i in range(L):
-      p = f"model.layers.{i}."
-      out.append((p + "input_layernorm.weight", (E,), "norm"))
-      for n, rows in (("q_proj", H * D), ("k_proj", KV * D), ("v_proj", KV * D)):
-        out.append((p + f"self_attn.{n}.weight", (rows, E), "w"))
-        if qkv_bias:
-          out.append((p + f"self_attn.{n}.bias", (rows,), "bias"))
-      out.append((p + "self_attn.o_proj.weight", (E, H * D), "w"))
-      if attn_bias:
-        out.append((p + "self_attn.o_proj.bias", (E,), "bias"))
-      out.append((p + "post_attention_layernorm.weight", (E,), "norm"))
-      for n, shape in (("gate_proj", (I, E)), ("up_proj", (I, E)), ("down_proj", (E, I))):
-        out.append((p + f"mlp.{n}.weight", shape, "w"))
-        if mlp_bias:
-          out.append((p + f"mlp.{n}.bias", shape[:1], "bias"))
-    out.append(("model.norm.weight", (E,), "norm"))
-    if not cfg["tie_word_embeddings"]:
-      out.append(("lm_head.weight", (V, E), "w"))
+    a = dict(embed=E, heads=H, layers=L, mlp=I, kv_heads=cfg.get("num_key_value_heads") or H,
+             head_dim=cfg.get("head_dim") or E // H, qkv_bias=attn_bias or mt == "qwen2", o_bias=attn_bias,
+             mlp_bias=mt == "llama" and cfg.get("mlp_bias", False))
   elif mt == "gpt2":
-    E, L, P = cfg["n_embd"], cfg["n_layer"], cfg["n_positions"]
-    I = cfg.get("n_inner") or 4 * E
-    out += [("wte.weight", (V, E), "emb"), ("wpe.weight", (P, E), "emb")]
-    for i in range(L):
-      p = f"h.{i}."
-      out += [(p + "ln_1.weight", (E,), "norm"), (p + "ln_1.bias", (E,), "bias"),
-              (p + "attn.c_attn.weight", (E, 3 * E), "w_t"), (p + "attn.c_attn.bias", (3 * E,), "bias"),
-              (p + "attn.c_proj.weight", (E, E), "w_t"), (p + "attn.c_proj.bias", (E,), "bias"),
-              (p + "ln_2.weight", (E,), "norm"), (p + "ln_2.bias", (E,), "bias"),
-              (p + "mlp.c_fc.weight", (E, I), "w_t"), (p + "mlp.c_fc.bias", (I,), "bias"),
-              (p + "mlp.c_proj.weight", (I, E), "w_t"), (p + "mlp.c_proj.bias", (E,), "bias")]
-    out += [("ln_f.weight", (E,), "norm"), ("ln_f.bias", (E,), "bias")]
-    if not cfg["tie_word_embeddings"]:
-      out.append(("lm_head.weight", (V, E), "w"))
+    E, H = cfg["n_embd"], cfg["n_head"]
+    a = dict(embed=E, heads=H, kv_heads=H, head_dim=E // H, layers=cfg["n_layer"], mlp=cfg.get("n_inner") or 4 * E,
+             max_len=cfg["n_positions"])
   else:  # gpt_neox
-    E, L, I = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
-    bias = cfg.get("attention_bias", True)
-    out.append(("gpt_neox.embed_in.weight", (V, E), "emb"))
-    for i in range(L):
-      p = f"gpt_neox.layers.{i}."
-      out += [(p + "input_layernorm.weight", (E,), "norm"), (p + "input_layernorm.bias", (E,), "bias"),
-              (p + "post_attention_layernorm.weight", (E,), "norm"),
-              (p + "post_attention_layernorm.bias", (E,), "bias"),
-              (p + "attention.query_key_value.weight", (3 * E, E), "w")]  # rows (head, [q|k|v], head_dim)
-      if bias:
-        out.append((p + "attention.query_key_value.bias", (3 * E,), "bias"))
-      out.append((p + "attention.dense.weight", (E, E), "w"))
-      if bias:
-        out.append((p + "attention.dense.bias", (E,), "bias"))
-      out += [(p + "mlp.dense_h_to_4h.weight", (I, E), "w"), (p + "mlp.dense_h_to_4h.bias", (I,), "bias"),
-              (p + "mlp.dense_4h_to_h.weight", (E, I), "w"), (p + "mlp.dense_4h_to_h.bias", (E,), "bias")]
-    out += [("gpt_neox.final_layer_norm.weight", (E,), "norm"), ("gpt_neox.final_layer_norm.bias", (E,), "bias")]
-    if not cfg["tie_word_embeddings"]:
-      out.append(("embed_out.weight", (V, E), "w"))
-  return out
+    E, H, bias = cfg["hidden_size"], cfg["num_attention_heads"], cfg.get("attention_bias", True)
+    a = dict(embed=E, heads=H, kv_heads=H, head_dim=E // H, layers=cfg["num_hidden_layers"],
+             mlp=cfg["intermediate_size"], qkv_bias=bias, o_bias=bias)
+  a.update(vocab=V, tied=cfg["tie_word_embeddings"])
+  return _from_table(MODEL_FAMILY[mt], a, lambda name: name.removeprefix("transformer."))
+
+
+def _from_table(fam: str, a: dict, rename=lambda name: name) -> list[tuple[str, tuple, str]]:
+  """The names and stored shapes of family `fam`'s tensors at architecture `a`, from rcjax's table (the one
+  thing this reference takes from rcjax), with the kind of values each gets."""
+  from rcjax.hf.layout import dims_of, stored_shape, tensors
+
+  dims = dims_of(a)
+  kind = lambda t: ({"linear": "w", "conv1d": "w_t", "embedding": "emb"}.get(t.stored)
+                    or ("norm" if str(t.leaf).endswith("norm_scale") else "bias"))
+  return [(rename(name), stored_shape(t, dims), kind(t)) for name, _, t in tensors(fam, a)]
 
 
 def _random(rng, shape, kind):
@@ -483,30 +454,11 @@ BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + ("the a cat dog sa
 
 
 def _bert_spec(cfg: dict, pooler: bool, mlm: bool) -> list[tuple[str, tuple, str]]:
-  V, E, L, I = cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
-  p = "bert." if mlm else ""
-  out = [(p + "embeddings.word_embeddings.weight", (V, E), "emb"),
-         (p + "embeddings.position_embeddings.weight", (cfg["max_position_embeddings"], E), "emb"),
-         (p + "embeddings.token_type_embeddings.weight", (cfg["type_vocab_size"], E), "emb"),
-         (p + "embeddings.LayerNorm.weight", (E,), "norm"), (p + "embeddings.LayerNorm.bias", (E,), "bias")]
-  for i in range(L):
-    q = f"{p}encoder.layer.{i}."
-    for s in ("query", "key", "value"):
-      out += [(q + f"attention.self.{s}.weight", (E, E), "w"), (q + f"attention.self.{s}.bias", (E,), "bias")]
-    out += [(q + "attention.output.dense.weight", (E, E), "w"), (q + "attention.output.dense.bias", (E,), "bias"),
-            (q + "attention.output.LayerNorm.weight", (E,), "norm"),
-            (q + "attention.output.LayerNorm.bias", (E,), "bias"),
-            (q + "intermediate.dense.weight", (I, E), "w"), (q + "intermediate.dense.bias", (I,), "bias"),
-            (q + "output.dense.weight", (E, I), "w"), (q + "output.dense.bias", (E,), "bias"),
-            (q + "output.LayerNorm.weight", (E,), "norm"), (q + "output.LayerNorm.bias", (E,), "bias")]
-  if pooler:
-    out += [(p + "pooler.dense.weight", (E, E), "w"), (p + "pooler.dense.bias", (E,), "bias")]
-  if mlm:
-    out += [("cls.predictions.transform.dense.weight", (E, E), "w"),
-            ("cls.predictions.transform.dense.bias", (E,), "bias"),
-            ("cls.predictions.transform.LayerNorm.weight", (E,), "norm"),
-            ("cls.predictions.transform.LayerNorm.bias", (E,), "bias"), ("cls.predictions.bias", (V,), "bias")]
-  return out
+  E, H = cfg["hidden_size"], cfg["num_attention_heads"]
+  return _from_table("bert", dict(embed=E, heads=H, kv_heads=H, head_dim=E // H, mlp=cfg["intermediate_size"],
+                                  vocab=cfg["vocab_size"], layers=cfg["num_hidden_layers"],
+                                  max_len=cfg["max_position_embeddings"], type_vocab=cfg["type_vocab_size"],
+                                  pooler=pooler, mlm=mlm))
 
 
 def write_tiny_bert(path: str | os.PathLike, *, mlm: bool = False, layers: int = 2, embed: int = 32, heads: int = 4,

@@ -16,7 +16,7 @@ import rcjax
 from rcjax import analyze
 from rcjax import diagnostics as diag
 from rcjax.checkpoint import Checkpointer
-from rcjax.hf_synthetic import write_synthetic
+from rcjax.hf.synthetic import write_synthetic
 from test_diagnostics import gpt_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

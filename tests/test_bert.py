@@ -1,4 +1,4 @@
-"""rcjax.nn.Bert, the bert family of rcjax.hf_model.load/save and `python -m rcjax.grow/shrink` on BERT
+"""rcjax.nn.Bert, the bert family of rcjax.hf.load/save and `python -m rcjax.grow/shrink` on BERT
 checkpoints, against transformers and the numpy forward pass of tests/hf_reference.py."""
 
 import json
@@ -11,7 +11,8 @@ import pytest
 
 import rcjax
 from hf_reference import BERT_WORDS, reference_bert, write_tiny_bert
-from rcjax import hf_grow, hf_model
+from rcjax import hf
+from rcjax.cli import hf as hf_cli
 from rcjax.nn.bert import mean_pool
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -30,7 +31,7 @@ def _src(tmp_path, name="src", **kw):
 
 
 def _ours(path):
-  model, params = hf_model.load(path, dtype=jnp.float32)
+  model, params = hf.load(path, dtype=jnp.float32)
   out = jax.jit(model.apply)({"params": params}, jnp.asarray(TOKENS), jnp.asarray(MASK), jnp.asarray(TYPES))
   return model, params, {k: np.asarray(v, np.float64) for k, v in out.items()}
 
@@ -44,7 +45,7 @@ def _close(a, b, tol=1e-5):
 
 
 def _grow(src, dst, *flags, capsys, direction="grow"):
-  code = hf_grow.main([src, dst, *flags], direction=direction)
+  code = hf_cli.main([src, dst, *flags], direction=direction)
   return code, capsys.readouterr()
 
 
@@ -69,9 +70,9 @@ def test_load_reproduces_transformers_and_the_reference(tmp_path, mlm):
   model, _, ours = _ours(src)
   assert (model.mlm, model.pooler) == (mlm, not mlm)
   ref = _ref(src)
-  hf = getattr(transformers, "BertForMaskedLM" if mlm else "BertModel").from_pretrained(src).eval()
+  torch_model = getattr(transformers, "BertForMaskedLM" if mlm else "BertModel").from_pretrained(src).eval()
   with torch.no_grad():
-    o = hf(torch.tensor(TOKENS), attention_mask=torch.tensor(MASK), token_type_ids=torch.tensor(TYPES),
+    o = torch_model(torch.tensor(TOKENS), attention_mask=torch.tensor(MASK), token_type_ids=torch.tensor(TYPES),
            output_hidden_states=True)
   theirs = {"last_hidden_state": o.hidden_states[-1].double().numpy()}
   theirs.update({"logits": o.logits.double().numpy()} if mlm else {"pooler_output": o.pooler_output.double().numpy()})
@@ -87,11 +88,11 @@ def test_round_trip_is_bit_identical_and_sharded(tmp_path):
   from safetensors.numpy import load_file
 
   src = _src(tmp_path, mlm=True, shards=3)
-  model, params = hf_model.load(src)
-  out = hf_model.save(model, params, tmp_path / "out", config=json.load(open(os.path.join(src, "config.json"))),
+  model, params = hf.load(src)
+  out = hf.save(model, params, tmp_path / "out", config=json.load(open(os.path.join(src, "config.json"))),
                       max_shard_size=20_000)
   assert len(out["files"]) > 1 and os.path.isfile(os.path.join(out["path"], "model.safetensors.index.json"))
-  model2, params2 = hf_model.load(out["path"])
+  model2, params2 = hf.load(out["path"])
   assert model2 == model
   same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8)),
                       rcjax.unbox(params), rcjax.unbox(params2))
@@ -103,15 +104,15 @@ def test_round_trip_is_bit_identical_and_sharded(tmp_path):
 
 
 def test_leaf_axes_follow_the_diagnostics_table(tmp_path):
-  """The blocks are converted through rcjax.hf's BERT table: its axes are the model's (kv_heads aside)."""
+  """The blocks are converted through rcjax.hf.layout's BERT table: its axes are the model's (kv_heads aside)."""
   from rcjax.hf import Checkpoint
+  from rcjax.hf.layout import TABLES
 
   src = _src(tmp_path)
-  _, params = hf_model.load(src)
-  from rcjax.hf_bert import _LEAVES
-
+  _, params = hf.load(src)
+  leaves = {t.name: t.leaf for t in TABLES["bert"].block}
   for suffix, leaf in Checkpoint(src).load_block(0).items():
-    axes = params["blocks"][_LEAVES[suffix]].axes[1:]
+    axes = params["blocks"][leaves[suffix]].axes[1:]
     assert tuple(a.replace("kv_heads", "heads") for a in axes) == leaf.axes, suffix
 
 
@@ -148,7 +149,7 @@ def test_non_integer_ratios(tmp_path, capsys):
   wide = _ref(str(tmp_path / "wide"))["logits"]
   assert wide.shape == (3, 9, len(BERT_WORDS)) and np.max(np.abs(wide - _ref(src)["logits"])) > 1e-3
 
-  model, params = hf_model.load(src, dtype=jnp.float32)  # sizes are read from the params: heads 6, head_dim 8
+  model, params = hf.load(src, dtype=jnp.float32)  # sizes are read from the params: heads 6, head_dim 8
   grown = rcjax.transfer_model(model, params, jax.random.key(2), {"heads": 6, "kv_heads": 6, "mlp": 96}, exact=True)
   run = jax.jit(lambda p: model.apply({"params": p}, jnp.asarray(TOKENS), jnp.asarray(MASK)))
   assert grown["blocks"]["q"].shape == (2, 32, 6, 8) and grown["blocks"]["up"].shape == (2, 32, 96)
@@ -215,7 +216,7 @@ def test_mup_bert_grows_exactly_and_saves_as_its_sp_equivalent(tmp_path):
   decoder's 1/m_in readout multiplier keeps the logits (no norm correction). Its tied embedding then has
   different input and readout multipliers, which an HF BERT cannot hold: save refuses it, as for GPT."""
   src = _src(tmp_path, mlm=True)
-  sp_model, params = hf_model.load(src, dtype=jnp.float32)
+  sp_model, params = hf.load(src, dtype=jnp.float32)
   model = sp_model.clone(param="mup")
   params = jax.tree.map(lambda b: b.replace(param="mup"), params, is_leaf=rcjax.is_rc)
   grown = rcjax.transfer_model(model, params, jax.random.key(0), {"embed": 64, "heads": 8, "kv_heads": 8, "mlp": 128})
@@ -223,6 +224,6 @@ def test_mup_bert_grows_exactly_and_saves_as_its_sp_equivalent(tmp_path):
   logits = jax.jit(lambda p: model.apply({"params": p}, jnp.asarray(TOKENS), jnp.asarray(MASK), jnp.asarray(TYPES)))
   ref = _ref(src)["logits"]
   _close(np.asarray(logits(grown)["logits"], np.float64), ref)
-  with pytest.raises(ValueError, match="no SP equivalent with tied embeddings"):  # as for GPT (rcjax.hf_model)
-    hf_model.save(model.clone(width=64, heads=8, mlp=128), grown, tmp_path / "out")
+  with pytest.raises(ValueError, match="no SP equivalent with tied embeddings"):  # as for GPT (rcjax.hf.model)
+    hf.save(model.clone(width=64, heads=8, mlp=128), grown, tmp_path / "out")
   assert not os.path.exists(tmp_path / "out")

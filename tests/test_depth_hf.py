@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from hf_reference import reference_logits, write_tiny
-from rcjax import hf_grow, hf_model
+from rcjax import hf
+from rcjax.cli import hf as hf_cli
 from rcjax.depth import depth_map
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -36,7 +37,7 @@ def test_exact_depth_growth_loads_in_transformers_with_the_same_logits(tmp_path,
   src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
   write_tiny(src, model_type, **CASES[model_type])
   check = [] if model_type == "gpt2" else ["--no-check"]  # (the CLI's own check of DST, once)
-  assert hf_grow.main([src, dst, *flags, "--exact", "--dtype", "float32", *check]) == 0
+  assert hf_cli.main([src, dst, *flags, "--exact", "--dtype", "float32", *check]) == 0
   out = capsys.readouterr().out
   assert "layers" in out and (check or "function-preserving by construction" in out)
   L2 = int(flags[1])
@@ -44,14 +45,14 @@ def test_exact_depth_growth_loads_in_transformers_with_the_same_logits(tmp_path,
   assert c.get("num_hidden_layers", c.get("n_layer")) == L2
   if model_type == "qwen2":
     assert c["layer_types"] == ["full_attention"] * L2 and c["max_window_layers"] == L2
-  hf = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()
-  assert hf.config.num_hidden_layers == L2
+  torch_model = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()
+  assert torch_model.config.num_hidden_layers == L2
   with torch.no_grad():
-    theirs = hf(torch.as_tensor(TOKENS)).logits.double().numpy()
+    theirs = torch_model(torch.as_tensor(TOKENS)).logits.double().numpy()
   ref = reference_logits(src, TOKENS)
   assert np.max(np.abs(theirs - ref)) < 1e-4 * max(1.0, np.max(np.abs(ref)))
   if model_type == "gpt2":  # without --exact: plain copies (G_stack), another function, said so
-    assert hf_grow.main([src, dst, *flags, "--overwrite", "--dtype", "float32"]) == 0
+    assert hf_cli.main([src, dst, *flags, "--overwrite", "--dtype", "float32"]) == 0
     assert "without --exact (new blocks are plain copies)" in capsys.readouterr().out
     assert np.max(np.abs(reference_logits(dst, TOKENS) - ref)) > 1e-3
 
@@ -59,9 +60,9 @@ def test_exact_depth_growth_loads_in_transformers_with_the_same_logits(tmp_path,
 def test_depth_shrink_keeps_the_chosen_blocks(tmp_path, capsys):
   src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
   write_tiny(src, "llama", kv_heads=2, layers=3)
-  assert hf_grow.main([src, dst, "--depth", "2", "--depth-mode", "last", "--no-check"], direction="shrink") == 0
+  assert hf_cli.main([src, dst, "--depth", "2", "--depth-mode", "last", "--no-check"], direction="shrink") == 0
   assert _config(dst)["num_hidden_layers"] == 2
-  (_, a), (_, b) = (hf_model.load(d, dtype=jnp.float32) for d in (src, dst))
+  (_, a), (_, b) = (hf.load(d, dtype=jnp.float32) for d in (src, dst))
   for name, box in b["blocks"].items():
     np.testing.assert_array_equal(box.value, a["blocks"][name].value[depth_map(3, 2, "last")], err_msg=name)
   np.testing.assert_array_equal(b["embed"].value, a["embed"].value)
@@ -78,22 +79,22 @@ def test_depth_shrink_keeps_the_chosen_blocks(tmp_path, capsys):
 def test_cli_bad_depth_is_one_error_line_and_writes_nothing(tmp_path, capsys, direction, flags, message):
   src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
   write_tiny(src, "llama", kv_heads=2)
-  assert hf_grow.main([src, dst, *flags], direction=direction) == 2
+  assert hf_cli.main([src, dst, *flags], direction=direction) == 2
   err = capsys.readouterr().err
   assert message in err and err.count("\n") == 1 and err.startswith(f"rcjax.{direction}: error: "), err
   assert not os.path.exists(dst)
   # argparse (exit status 2 through rcjax._cli): an unknown mode
-  assert hf_grow.main([src, dst, "--depth", "4", "--depth-mode", "zigzag"]) == 2 and not os.path.exists(dst)
+  assert hf_cli.main([src, dst, "--depth", "4", "--depth-mode", "zigzag"]) == 2 and not os.path.exists(dst)
 
 
 def test_config_at_depth_keeps_qwen2_sliding_layers_consistent():
   c = {"num_hidden_layers": 4, "max_window_layers": 2, "use_sliding_window": True, "sliding_window": 8}
   # layers 2, 3 slide; stacked to 8: 0 1 2 3 0 1 2 3 -> the pattern is no longer a prefix
-  out = hf_model.config_at_depth(c, depth_map(4, 8, "stack"))
+  out = hf.config_at_depth(c, depth_map(4, 8, "stack"))
   assert out["num_hidden_layers"] == 8 and out["max_window_layers"] == 2
   assert out["layer_types"] == ["full_attention"] * 2 + ["sliding_attention"] * 2 + ["full_attention"] * 2 + \
       ["sliding_attention"] * 2
-  out = hf_model.config_at_depth(c, depth_map(4, 8, "interleave"))  # still a prefix: max_window_layers alone
+  out = hf.config_at_depth(c, depth_map(4, 8, "interleave"))  # still a prefix: max_window_layers alone
   assert out["max_window_layers"] == 4 and "layer_types" not in out
   with pytest.raises(ValueError, match="layer_types has 3 entries for 4 layers"):
-    hf_model.config_at_depth({**c, "layer_types": ["full_attention"] * 3}, [0, 1, 2, 3, 0])
+    hf.config_at_depth({**c, "layer_types": ["full_attention"] * 3}, [0, 1, 2, 3, 0])

@@ -9,7 +9,7 @@ import pytest
 
 from rcjax import diagnostics as diag
 from rcjax import hf
-from rcjax.hf_synthetic import write_synthetic
+from rcjax.hf.synthetic import write_synthetic
 
 E, H, KV, D, M = 16, 4, 2, 4, 24  # embed, heads, kv heads (Llama family), head dim, mlp
 
@@ -107,7 +107,7 @@ def test_bf16_sharded_and_raw_fallback(tmp_path, monkeypatch):
   def no_bf16(fname):  # what older safetensors do with bf16 and framework='numpy'
     raise TypeError("data type 'bfloat16' not understood")
 
-  monkeypatch.setattr(hf, "_safe_open", no_bf16)
+  monkeypatch.setattr(hf.reader, "_safe_open", no_bf16)
   raw = hf.Checkpoint(tmp_path).load_block(2)["mlp.down_proj.weight"]
   np.testing.assert_array_equal(np.asarray(raw.value, np.float32), np.asarray(box.value, np.float32))
 
@@ -145,19 +145,17 @@ def test_reads_the_files_transformers_reads(tmp_path):
   from safetensors.numpy import save_file
 
   from hf_reference import write_tiny
-  from rcjax import hf_model
-
   d = tmp_path / "mistral"
   write_tiny(d, "mistral", kv_heads=2)
   save_file({"tok_embeddings.weight": np.zeros((64, 32), np.float32)}, str(d / "consolidated.safetensors"))
   assert hf.shard_files(str(d)) == ([str(d / "model.safetensors")], None)
-  hf_model.load(d)
+  hf.load(d)
   assert hf.Checkpoint(d).num_blocks == 2
   write_tiny(tmp_path / "shards", "llama", shards=2)
   files = hf.shard_files(str(tmp_path / "shards"))[0]
   os.remove(tmp_path / "shards" / "model.safetensors.index.json")
   assert hf.shard_files(str(tmp_path / "shards")) == (files, None) and len(files) == 2
-  hf_model.load(tmp_path / "shards")
+  hf.load(tmp_path / "shards")
 
 
 def test_llama_attention_and_mlp_biases(tmp_path):
@@ -254,3 +252,29 @@ def test_planted_value_output_structure_found(tmp_path, mt, kv):
   roles = {a: {diag.attention_role(diag.leaf_of(n), leaves[diag.leaf_of(n)]) for n in r["axes"][a]["names"]}
            for a in (diag.QK, diag.VO)}
   assert roles == {diag.QK: {"q", "k"}, diag.VO: {"v", "o"}}
+
+
+@pytest.mark.parametrize("fam", ["llama", "gpt2", "gpt_neox", "bert"])
+def test_every_tensor_of_the_layout_table_is_covered_once_by_views_of_its_parts(fam):
+  """rcjax.hf.layout: for every architecture flag, each HF tensor's parts are views (no copies) of the stored
+  array whose elements together are the array's, each exactly once, in leaves of the sizes the axes name."""
+  from rcjax.hf import layout
+
+  dims = dict(embed=12, heads=3, kv_heads=1 if fam == "llama" else 3, head_dim=4, mlp=20, vocab=7, layers=2,
+              max_len=5, type_vocab=2)
+  flags = ["qkv_bias", "o_bias", "mlp_bias", "tied", "pooler", "mlm"]
+  for bits in range(2 ** len(flags)):
+    a = dict(dims, **{f: bool(bits >> i & 1) for i, f in enumerate(flags)})
+    names, sizes = set(), layout.dims_of(a)
+    for (_, _, t), e in zip(layout.tensors(fam, a), layout.entries(fam, a), strict=True):
+      assert e.name not in names
+      names.add(e.name)
+      x = np.arange(int(np.prod(e.shape))).reshape(e.shape)
+      seen = []
+      for part in e.parts:
+        v = part.view(x)
+        assert np.may_share_memory(v, x) and v.shape == tuple(sizes[ax] for ax in t.rows + t.cols), e.name
+        seen.append(v.reshape(-1))
+      assert np.array_equal(np.sort(np.concatenate(seen)), x.reshape(-1)), e.name
+    if fam != "bert":
+      assert ("lm_head.weight" in names or "embed_out.weight" in names) == (not a["tied"])

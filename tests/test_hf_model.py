@@ -1,4 +1,4 @@
-"""rcjax.hf_model (HF checkpoints in and out) and `python -m rcjax.grow/shrink`, checked against the numpy
+"""rcjax.hf.model (HF checkpoints in and out) and `python -m rcjax.grow/shrink`, checked against the numpy
 reference forward pass of tests/hf_reference.py and, where installed, against transformers."""
 
 import glob
@@ -12,8 +12,10 @@ import pytest
 
 import rcjax
 from hf_reference import reference_logits, write_tiny
-from rcjax import hf_grow, hf_model, hf_write, sharding
-from rcjax.hf_synthetic import write_synthetic
+from rcjax import hf, sharding
+from rcjax.cli import hf as hf_cli
+from rcjax.hf import config as hf_config, write as hf_write
+from rcjax.hf.synthetic import write_synthetic
 from rcjax.rc import is_rc
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -44,7 +46,7 @@ def _tiny(tmp_path, case, name="src"):
 
 
 def _logits(path, tokens=TOKENS, **kw):
-  model, params = hf_model.load(path, dtype=jnp.float32, **kw)
+  model, params = hf.load(path, dtype=jnp.float32, **kw)
   return np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(tokens)), np.float64)
 
 
@@ -66,9 +68,9 @@ def test_round_trip_is_bit_identical(tmp_path, case):
   from safetensors.numpy import load_file
 
   src = _tiny(tmp_path, case)
-  model, params = hf_model.load(src)
-  out = hf_model.save(model, params, tmp_path / "out", config=json.load(open(os.path.join(src, "config.json"))))
-  model2, params2 = hf_model.load(out["path"])
+  model, params = hf.load(src)
+  out = hf.save(model, params, tmp_path / "out", config=json.load(open(os.path.join(src, "config.json"))))
+  model2, params2 = hf.load(out["path"])
   assert model2 == model
   same = jax.tree.map(lambda a, b: a.dtype == b.dtype and np.array_equal(np.asarray(a).view(np.uint8),
                                                                          np.asarray(b).view(np.uint8)),
@@ -81,7 +83,7 @@ def test_round_trip_is_bit_identical(tmp_path, case):
   for k in orig:
     assert saved[k].dtype == orig[k].dtype and np.array_equal(saved[k].view(np.uint8), orig[k].view(np.uint8)), k
   # consume=True (the CLI's): the same bytes, and every param array is freed once written
-  again = hf_model.save(model, params, tmp_path / "again", config=json.load(open(os.path.join(src, "config.json"))),
+  again = hf.save(model, params, tmp_path / "again", config=json.load(open(os.path.join(src, "config.json"))),
                         consume=True)
   assert all(x.is_deleted() for x in jax.tree.leaves(rcjax.unbox(params)))
   read = lambda d: open(os.path.join(d, "model.safetensors"), "rb").read()
@@ -90,8 +92,8 @@ def test_round_trip_is_bit_identical(tmp_path, case):
 
 def test_save_splits_into_indexed_shards(tmp_path):
   src = _tiny(tmp_path, "llama-gqa")
-  model, params = hf_model.load(src)
-  out = hf_model.save(model, params, tmp_path / "out", max_shard_size=20_000)
+  model, params = hf.load(src)
+  out = hf.save(model, params, tmp_path / "out", max_shard_size=20_000)
   assert len(out["files"]) > 2 and os.path.isfile(os.path.join(out["path"], "model.safetensors.index.json"))
   index = json.load(open(os.path.join(out["path"], "model.safetensors.index.json")))
   assert set(index["weight_map"].values()) == set(out["files"])
@@ -100,7 +102,7 @@ def test_save_splits_into_indexed_shards(tmp_path):
 
 
 def _grow(src, dst, *flags, direction="grow", capsys=None):
-  code = hf_grow.main([src, dst, *flags], direction=direction)
+  code = hf_cli.main([src, dst, *flags], direction=direction)
   out = capsys.readouterr() if capsys else None
   return code, out
 
@@ -132,9 +134,9 @@ def test_grown_checkpoint_computes_the_same_function(tmp_path, capsys, case, whi
 
 
 def test_tied_sp_growth_needs_the_final_norm_correction(tmp_path):
-  """Without the correction in rcjax.nn.gpt.transfer, a tied SP readout would double the logits."""
+  """Without the correction in rcjax.transfer_model, a tied SP readout would double the logits."""
   src = _tiny(tmp_path, "gpt2")
-  model, params = hf_model.load(src)
+  model, params = hf.load(src)
   sizes = {"embed": 64, "heads": 8, "kv_heads": 8, "mlp": 96}
   naive = rcjax.transfer(params, jax.random.key(0), sizes)
   fixed = rcjax.transfer_model(model, params, jax.random.key(0), sizes)
@@ -156,7 +158,7 @@ def test_non_integer_embed_under_layernorm_is_reported_inexact(tmp_path, capsys)
 def test_rmsnorm_non_integer_embed_needs_the_amplitude_correction(tmp_path):
   """Without the a_j = sqrt(N'/(N c_j)) residual amplitudes, --exact growth of embed 32 -> 48 is off."""
   src = _tiny(tmp_path, "llama-gqa")
-  model, params = hf_model.load(src)
+  model, params = hf.load(src)
   sizes = {"embed": 48}
   f = lambda p: np.asarray(model.apply({"params": p}, jnp.asarray(TOKENS)), np.float64)
   ref = reference_logits(src, TOKENS)
@@ -203,7 +205,7 @@ def test_grow_refuses_fewer_query_heads_per_kv_head(tmp_path, capsys, monkeypatc
   """4 heads on 2 kv heads -> 1 query head per kv head would drop half the query heads (integer factors of
   heads and kv_heads, yet not a growth): refused, before SRC's tensors are read."""
   src = _tiny(tmp_path, "llama-gqa")
-  monkeypatch.setattr(hf_model, "load", lambda *a, **k: pytest.fail("SRC's tensors were read"))
+  monkeypatch.setattr(hf, "load", lambda *a, **k: pytest.fail("SRC's tensors were read"))
   code, out = _grow(src, str(tmp_path / "dst"), *flags, capsys=capsys)
   assert code == 2 and "query heads per kv head from 2 to 1" in out.err, out.err
   assert not os.path.exists(tmp_path / "dst")
@@ -225,17 +227,17 @@ def test_llama_output_needs_embed_a_multiple_of_heads(tmp_path, capsys, monkeypa
   """transformers' LlamaConfig refuses hidden_size % num_attention_heads != 0 even with an explicit head_dim:
   the CLI refuses such sizes before reading SRC, save before writing; Mistral takes them."""
   src = _tiny(tmp_path, "llama-gqa")  # embed 32, heads 4, kv_heads 2
-  real = hf_model.load
-  monkeypatch.setattr(hf_model, "load", lambda *a, **k: pytest.fail("SRC's tensors were read"))
+  real = hf.load
+  monkeypatch.setattr(hf, "load", lambda *a, **k: pytest.fail("SRC's tensors were read"))
   for flags in (["--heads", "6", "--exact"], ["--embed", "34", "--exact"]):
     code, out = _grow(src, str(tmp_path / "dst"), *flags, capsys=capsys)
     assert code == 2 and "not a multiple of num_attention_heads" in out.err, out.err
     assert not os.path.exists(tmp_path / "dst")
-  monkeypatch.setattr(hf_model, "load", real)
-  model, params = hf_model.load(src)
+  monkeypatch.setattr(hf, "load", real)
+  model, params = hf.load(src)
   grown = rcjax.transfer_model(model, params, jax.random.key(0), {"heads": 6, "kv_heads": 3}, exact=True)
   with pytest.raises(ValueError, match="hidden_size 32 is not a multiple of num_attention_heads 6"):
-    hf_model.save(model.clone(heads=6, kv_heads=3), grown, tmp_path / "out")
+    hf.save(model.clone(heads=6, kv_heads=3), grown, tmp_path / "out")
   assert not os.path.exists(tmp_path / "out")
   mistral = _tiny(tmp_path, "mistral", "mistral")
   code, out = _grow(mistral, str(tmp_path / "m6"), "--heads", "6", "--kv-heads", "3", "--exact", capsys=capsys)
@@ -270,7 +272,7 @@ def test_truncated_source_and_rope_scaling_fail_cleanly(tmp_path, capsys):
   src2 = str(tmp_path / "src2")
   write_tiny(src2, "llama", rope_scaling={"rope_type": "yarn", "factor": 8.0})
   with pytest.raises(ValueError, match="not supported"):
-    hf_model.load(src2)
+    hf.load(src2)
 
 
 def test_grow_copies_tokenizer_and_chat_templates(tmp_path):
@@ -284,13 +286,13 @@ def test_grow_copies_tokenizer_and_chat_templates(tmp_path):
     os.makedirs(os.path.dirname(os.path.join(src, name)), exist_ok=True)
     open(os.path.join(src, name), "w").write(text)
   dst = str(tmp_path / "dst")
-  assert hf_grow.main([src, dst, "--factor", "2", "--no-check"]) == 0
+  assert hf_cli.main([src, dst, "--factor", "2", "--no-check"]) == 0
   assert {n: open(os.path.join(dst, n)).read() for n in files} == files
 
 
 def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
   src = _tiny(tmp_path, "llama-gqa")
-  model, params = hf_model.load(src)
+  model, params = hf.load(src)
   calls = []
 
   def boom(x):
@@ -300,9 +302,9 @@ def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
     return real(x)
 
   real = hf_write._chunks
-  monkeypatch.setattr(hf_write, "_chunks", boom)  # save's writer (rcjax.hf_write, re-exported by hf_model)
+  monkeypatch.setattr(hf_write, "_chunks", boom)  # save's writer (rcjax.hf.write)
   with pytest.raises(KeyboardInterrupt):
-    hf_model.save(model, params, tmp_path / "out")
+    hf.save(model, params, tmp_path / "out")
   assert os.listdir(tmp_path) == ["src"]
 
 
@@ -315,12 +317,12 @@ def test_sharded_grow_writes_shards_without_gathering(tmp_path):
   sizes = {"embed": 64, "mlp": 256, "heads": 8, "kv_heads": 4}
   outs = {}
   for name, m in (("single", None), ("sharded", mesh)):
-    model, params = hf_model.load(src, dtype=jnp.float32, mesh=m)
+    model, params = hf.load(src, dtype=jnp.float32, mesh=m)
     if m is not None:
       q = params["blocks"]["q"].value
       assert len({s.device for s in q.addressable_shards}) == 8 and not q.sharding.is_fully_replicated
     grown = rcjax.transfer_model(model, params, key, sizes)
-    outs[name] = hf_model.save(model, grown, tmp_path / name)
+    outs[name] = hf.save(model, grown, tmp_path / name)
   a, b = (open(os.path.join(outs[n]["path"], "model.safetensors"), "rb").read() for n in ("single", "sharded"))
   assert a == b
   largest = 64 * 256 * 4 * 2  # one (embed, mlp) float32 matrix per layer, 2 layers stacked
@@ -336,7 +338,7 @@ def test_save_folds_parametrization_into_sp(tmp_path, param):
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
   params = jax.tree.map(lambda b: b.replace(value=b.value * 3.0), params, is_leaf=is_rc)  # O(1) logits
   ours = np.asarray(model.apply({"params": params}, jnp.asarray(TOKENS)), np.float64)
-  out = hf_model.save(model, params, tmp_path / "out")
+  out = hf.save(model, params, tmp_path / "out")
   assert json.load(open(os.path.join(out["path"], "config.json")))["model_type"] == "llama"
   _assert_close(reference_logits(out["path"], TOKENS), ours)
 
@@ -344,7 +346,9 @@ def test_save_folds_parametrization_into_sp(tmp_path, param):
 def test_importing_the_cli_module_keeps_rcjax_grow_callable():
   import importlib
 
-  importlib.import_module("rcjax.grow")
+  importlib.import_module("rcjax.cli.grow")  # the command; `import rcjax.grow` is refused (tests/test_cli.py)
+  with pytest.raises(ImportError, match="rcjax.cli.grow"):
+    importlib.import_module("rcjax.grow")
   p = {"w": rcjax.RC(jnp.ones((2, 3)), axes=("i", "h"), fan_in=(0,), base=(None, 3), param="mf")}
   assert rcjax.grow(p, jax.random.key(0), factor=2)["w"].shape == (2, 6)
 
@@ -357,17 +361,17 @@ def test_transformers_loads_the_grown_checkpoint(tmp_path, case):
   os.environ["HF_HUB_OFFLINE"] = "1"
   src = _tiny(tmp_path, case)
   dst = str(tmp_path / "dst")
-  assert hf_grow.main([src, dst, "--factor", "2", "--dtype", "float32", "--no-check"]) == 0
-  hf = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()
+  assert hf_cli.main([src, dst, "--factor", "2", "--dtype", "float32", "--no-check"]) == 0
+  torch_model = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()
   with torch.no_grad():
-    theirs = hf(torch.as_tensor(TOKENS)).logits.double().numpy()
+    theirs = torch_model(torch.as_tensor(TOKENS)).logits.double().numpy()
   _assert_close(_logits(dst), theirs)
   _assert_close(theirs, reference_logits(src, TOKENS))
 
 
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
 def test_embed_multiple_of_heads_rule_matches_transformers(model_type):
-  """`hf_model.HEADS_DIVIDE_HIDDEN` lists exactly the model types whose transformers config refuses
+  """`hf_config.HEADS_DIVIDE_HIDDEN` lists exactly the model types whose transformers config refuses
   hidden_size 32 with 6 heads of head_dim 8."""
   transformers = pytest.importorskip("transformers")
   try:
@@ -377,7 +381,7 @@ def test_embed_multiple_of_heads_rule_matches_transformers(model_type):
   except Exception as e:  # noqa: BLE001 - transformers 5 raises huggingface_hub's StrictDataclassClassValidationError
     assert "attention heads" in str(e), e
     refused = True
-  assert refused == (model_type in hf_model.HEADS_DIVIDE_HIDDEN)
+  assert refused == (model_type in hf_config.HEADS_DIVIDE_HIDDEN)
 
 
 @pytest.mark.parametrize("case, width", [("llama-gqa", None), ("llama-gqa", 64), ("gpt2", 64)])
@@ -428,9 +432,9 @@ def test_loads_what_transformers_saves(tmp_path, case):
 def test_rope_scaling_is_written_without_a_base_config(tmp_path):
   """A model saved with no source config.json writes its RoPE scaling (classic and transformers 5 keys)."""
   src = _tiny(tmp_path, "llama3-rope")
-  model, params = hf_model.load(src)
+  model, params = hf.load(src)
   assert dict(model.rope_scaling)["rope_type"] == "llama3"
-  out = hf_model.save(model, params, tmp_path / "out")
+  out = hf.save(model, params, tmp_path / "out")
   cfg = json.load(open(os.path.join(out["path"], "config.json")))
   assert cfg["rope_parameters"]["rope_type"] == "llama3" and cfg["rope_parameters"]["rope_theta"] == 500000.0
   _assert_close(reference_logits(out["path"], TOKENS), reference_logits(src, TOKENS), 1e-9)
@@ -441,9 +445,9 @@ def test_rotary_pct_round_trips_through_int_head_dim_times_pct():
   (44 * (30 / 44) = 29.999...), so the written pct must give r back, for every head_dim and r."""
   for d in range(1, 257):
     for r in range(d + 1):
-      assert int(d * hf_model._rotary_pct(d, r)) == r, (d, r)
-      assert int(d * hf_model._rotary_pct(d, r, keep=0.7)) == r, (d, r)
-  assert hf_model._rotary_pct(44, 30, keep=0.7) == 0.7 and hf_model._rotary_pct(64, 16) == 0.25
+      assert int(d * hf_config._rotary_pct(d, r)) == r, (d, r)
+      assert int(d * hf_config._rotary_pct(d, r, keep=0.7)) == r, (d, r)
+  assert hf_config._rotary_pct(44, 30, keep=0.7) == 0.7 and hf_config._rotary_pct(64, 16) == 0.25
 
 
 def test_partial_rotary_with_an_inexact_pct_survives_save(tmp_path):
@@ -451,10 +455,10 @@ def test_partial_rotary_with_an_inexact_pct_survives_save(tmp_path):
   without the source's config, still gives 30 dims."""
   src = str(tmp_path / "src")
   write_tiny(src, "gpt_neox", embed=88, heads=2, mlp=64, rotary_pct=0.7)
-  model, params = hf_model.load(src)
+  model, params = hf.load(src)
   assert model.rotary_dim == 30
   for name, base in (("kept", json.load(open(os.path.join(src, "config.json")))), ("bare", None)):
-    out = hf_model.save(model, params, tmp_path / name, config=base)["path"]
+    out = hf.save(model, params, tmp_path / name, config=base)["path"]
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert int(44 * cfg["rotary_pct"]) == int(44 * cfg["rope_parameters"]["partial_rotary_factor"]) == 30
     _assert_close(reference_logits(out, TOKENS), reference_logits(src, TOKENS), 1e-9)
@@ -468,7 +472,7 @@ def test_neox_without_rotary_pct_rotates_a_quarter(tmp_path):
   cfg = json.load(open(os.path.join(src, "config.json")))
   assert cfg.pop("rotary_pct") == 0.25 and cfg["rope_parameters"].pop("partial_rotary_factor") == 0.25
   json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
-  model, _ = hf_model.load(src)
+  model, _ = hf.load(src)
   assert model.rotary_dim == 4  # head_dim 16
   _assert_close(_logits(src), reference_logits(src, TOKENS))
 
@@ -482,7 +486,7 @@ def test_default_output_dtype_is_the_stored_one(tmp_path):
   cfg.pop("torch_dtype", None), cfg.pop("dtype", None)
   json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
   dst = str(tmp_path / "dst")
-  assert hf_grow.main([src, dst, "--factor", "2", "--no-check"]) == 0
+  assert hf_cli.main([src, dst, "--factor", "2", "--no-check"]) == 0
   assert {t["dtype"] for t in read_header(os.path.join(dst, "model.safetensors")).values()} == {"BF16"}
   assert json.load(open(os.path.join(dst, "config.json")))["torch_dtype"] == "bfloat16"
 
@@ -491,16 +495,16 @@ def test_transfer_in_the_source_dtype_is_bit_identical(tmp_path, monkeypatch):
   """--transfer-dtype source holds bf16 params (half the memory); the rescaling is computed in float32 inside
   the transfer either way, so the written files equal those of the float32 transfer, at 2x and 1.5x."""
   src = _tiny(tmp_path, "qwen2-bf16")
-  loaded, real = [], hf_model.load
-  monkeypatch.setattr(hf_model, "load", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+  loaded, real = [], hf.load
+  monkeypatch.setattr(hf, "load", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
   for factor in ("2", "1.5"):
     monkeypatch.setenv("RCJAX_STREAM", "0")  # the whole-model path, whose loaded params can be looked at
     for name, flag in (("f32", "float32"), ("native", "source")):
       dst = str(tmp_path / f"{name}{factor}")
-      assert hf_grow.main([src, dst, "--factor", factor, "--transfer-dtype", flag, "--exact", "--no-check"]) == 0
+      assert hf_cli.main([src, dst, "--factor", factor, "--transfer-dtype", flag, "--exact", "--no-check"]) == 0
       assert loaded[-1][1]["blocks"]["q"].value.dtype == (jnp.float32 if flag == "float32" else jnp.bfloat16)
-    monkeypatch.setenv("RCJAX_STREAM", "1")  # and the streaming path (rcjax.hf_stream) in the source dtype
+    monkeypatch.setenv("RCJAX_STREAM", "1")  # and the streaming path (rcjax.hf.stream) in the source dtype
     dst = str(tmp_path / f"stream{factor}")
-    assert hf_grow.main([src, dst, "--factor", factor, "--transfer-dtype", "source", "--exact", "--no-check"]) == 0
+    assert hf_cli.main([src, dst, "--factor", factor, "--transfer-dtype", "source", "--exact", "--no-check"]) == 0
     a, b, c = (open(tmp_path / f"{n}{factor}" / "model.safetensors", "rb").read() for n in ("f32", "native", "stream"))
     assert a == b == c

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from rcjax import hf_grow
-from rcjax.hf_synthetic import write_synthetic
+from rcjax.cli import hf as hf_cli
+from rcjax.hf.synthetic import write_synthetic
 
 # name: (model_type, synthetic shape, direction, flags, sha256 of (file name, bytes) over the sorted files)
 PINNED = {
@@ -40,7 +40,7 @@ def grow_case(tmp_path, name: str) -> str:
   mt, shape, direction, flags, _ = PINNED[name]
   src, dst = str(tmp_path / name), str(tmp_path / (name + "-out"))
   write_synthetic(src, mt, **shape)
-  assert hf_grow.main([src, dst, "--no-check", "--seed", "3"] + flags, direction=direction) == 0
+  assert hf_cli.main([src, dst, "--no-check", "--seed", "3"] + flags, direction=direction) == 0
   return dst
 
 
@@ -53,7 +53,7 @@ def test_output_bytes_pinned(tmp_path, name):
 
 # --- CLI convention (rcjax._cli): bad input exit 2, runtime failures exit 1, one line ---------------------
 def _cli(argv, capsys, direction="grow"):
-  code = hf_grow.main(argv, direction=direction)
+  code = hf_cli.main(argv, direction=direction)
   err = capsys.readouterr().err.strip().splitlines()
   return code, [line for line in err if "param/s" not in line and line.strip()]
 
@@ -86,9 +86,9 @@ def test_cli_refusals_are_one_line_exit_2(tmp_path, tiny_src, capsys):
 
 def test_overwrite_replaces_a_checkpoint(tmp_path, tiny_src, capsys):
   dst = str(tmp_path / "out")
-  assert hf_grow.main([tiny_src, dst, "--factor", "2", "--no-check"]) == 0
+  assert hf_cli.main([tiny_src, dst, "--factor", "2", "--no-check"]) == 0
   first = digest(dst)
-  assert hf_grow.main([tiny_src, dst, "--factor", "4", "--no-check", "--overwrite"]) == 0
+  assert hf_cli.main([tiny_src, dst, "--factor", "4", "--no-check", "--overwrite"]) == 0
   assert digest(dst) != first and sorted(os.listdir(tmp_path)) == ["out"]
 
 
@@ -112,7 +112,7 @@ def test_full_disk_cli_and_library(tmp_path, small_disk, capsys):
   import subprocess
   import sys
 
-  from rcjax import hf_model
+  from rcjax import hf
 
   src = str(tmp_path / "src")  # grown 2x: ~3.3 MB of float32, more than the 2 MiB disk
   write_synthetic(src, "llama", num_blocks=2, embed=64, heads=4, kv_heads=2, mlp=128, vocab=2048)
@@ -134,9 +134,9 @@ def test_full_disk_cli_and_library(tmp_path, small_disk, capsys):
   os.remove(small_disk / "filler")
   with open(small_disk / "filler", "wb") as f:
     f.write(b"\0" * (1 << 20) + b"\0" * (3 << 18))
-  model, params = hf_model.load(src)
+  model, params = hf.load(src)
   with pytest.raises(OSError, match="No space left"):
-    hf_model.save(model, params, str(small_disk / "lib"))
+    hf.save(model, params, str(small_disk / "lib"))
   assert sorted(os.listdir(small_disk)) == ["filler"]
 
 

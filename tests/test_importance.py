@@ -15,7 +15,8 @@ import rcjax
 import rcjax.importance  # noqa: F401
 import rcjax.transfer  # noqa: F401  (the module; `rcjax.transfer` is also the function)
 from hf_reference import write_tiny
-from rcjax import hf_grow, sharding
+from rcjax import sharding
+from rcjax.cli import hf as hf_cli
 from rcjax.maps import _top
 from test_gpt import X, gpt
 from test_sharding import _collectives
@@ -155,7 +156,7 @@ def test_shrink_cli_by_importance(tmp_path, capsys):
   empty = tmp_path / "empty.txt"
   empty.write_text("  \n")
   dst = str(tmp_path / "small")
-  code = hf_grow.main([src, dst, "--factor", "0.5", "--sampler", "importance", "--no-check", "--calibration",
+  code = hf_cli.main([src, dst, "--factor", "0.5", "--sampler", "importance", "--no-check", "--calibration",
                        str(text), "--calibration-len", "32"], direction="shrink")
   out = capsys.readouterr()
   assert code == 0, out.err
@@ -165,12 +166,12 @@ def test_shrink_cli_by_importance(tmp_path, capsys):
                          (["--calibration", str(tmp_path / "nope.txt")], "no such file"),
                          (["--scores", "weights", "--calibration", str(text)], "reads no --calibration")):
     dst = tmp_path / "bad"
-    code = hf_grow.main([src, str(dst), "--factor", "0.5", "--sampler", "importance", *flags], direction="shrink")
+    code = hf_cli.main([src, str(dst), "--factor", "0.5", "--sampler", "importance", *flags], direction="shrink")
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not dst.exists()
   # argparse (through rcjax._cli: exit status 2): importance is not a growth sampler
-  code = hf_grow.main([src, str(tmp_path / "bad"), "--factor", "2", "--sampler", "importance"], direction="grow")
+  code = hf_cli.main([src, str(tmp_path / "bad"), "--factor", "2", "--sampler", "importance"], direction="grow")
   assert code == 2 and "invalid choice: 'importance'" in capsys.readouterr().err
 
 

@@ -57,12 +57,12 @@ def test_two_processes_grow_an_hf_checkpoint_shard_by_shard(tmp_path):
   writes only its own shards; the files equal a one-process run's byte for byte."""
   sys.path.insert(0, os.path.join(ROOT, "tests"))
   from hf_reference import write_tiny
-  from rcjax import hf_grow
+  from rcjax.cli import hf as hf_cli
 
   src = str(tmp_path / "src")
   write_tiny(src, "llama", kv_heads=2)
   flags = ["--factor", "2", "--mesh", "fsdp=4,tensor=2", "--seed", "5"]
-  assert hf_grow.main([src, str(tmp_path / "one"), *flags]) == 0  # this process: 8 devices
+  assert hf_cli.main([src, str(tmp_path / "one"), *flags]) == 0  # this process: 8 devices
   port = free_port()
   cmd = [sys.executable, "-m", "rcjax.grow", src, str(tmp_path / "two"), *flags,
          "--coordinator", f"localhost:{port}", "--num-processes", "2"]

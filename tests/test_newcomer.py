@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from rcjax import _progress, hf_synthetic, plots
+from rcjax import _progress, plots
+from rcjax.hf import synthetic as hf_synthetic
 from train import data as data_lib
 from train import mlp
 

@@ -183,7 +183,7 @@ def test_submodules_the_readme_names_are_attributes_of_the_package():
   import subprocess
   import sys
 
-  code = ("import sys, rcjax; lazy = ('analyze', 'checkpoint', 'diagnostics', 'hf', 'hf_model', 'plots'); "
+  code = ("import sys, rcjax; lazy = ('analyze', 'checkpoint', 'diagnostics', 'hf', 'plots'); "
           "assert not [m for m in lazy if 'rcjax.' + m in sys.modules]; "
           "assert rcjax.checkpoint.Checkpointer and rcjax.hf.load and rcjax.diagnostics and rcjax.plots; "
           "assert 'rcjax.checkpoint' in sys.modules and set(lazy) <= set(dir(rcjax)); "

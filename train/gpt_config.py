@@ -119,13 +119,13 @@ def hf_source(path: str) -> dict | None:
 
 def hf_arch(path: str, config: dict) -> dict:
   """Config fields fixed by an HF checkpoint's architecture (flags that `--transfer-from HF_DIR` sets)."""
-  from rcjax import hf_model
+  from rcjax import hf
 
-  m = hf_model.model_from_config(config, where=os.path.join(path, "config.json"))
-  if hf_model.family_of(m) == "bert":
+  m = hf.model_from_config(config, where=os.path.join(path, "config.json"))
+  if hf.family_of(m) == "bert":
     raise ValueError(f"{path} is a BERT encoder: train.gpt trains decoders (grow BERTs with python -m rcjax.grow)")
   a = m.arch()
-  style = {"llama": "llama", "gpt2": "gpt2", "gpt_neox": "neox"}[hf_model.family_of(m)]
+  style = {"llama": "llama", "gpt2": "gpt2", "gpt_neox": "neox"}[hf.family_of(m)]
   s = a["sizes"]
   return dict(style=style, vocab=m.vocab, width=s["embed"], depth=m.depth, heads=s["heads"],
               kv_heads=s["kv_heads"], head_dim=s["head_dim"], mlp=s["mlp"], tied="yes" if a["tied"] else "no")

@@ -40,9 +40,9 @@ def build_model(cfg: Config, base: bool = True) -> rcjax.nn.GPT:
   bases = scaled_sizes(cfg, cfg.base_width) if base and cfg.base_width else None
   tied = {"auto": None, "yes": True, "no": False}[cfg.tied]
   if (hf := hf_source(cfg.transfer_from)) is not None:  # the HF model's norms, RoPE, biases, ...
-    from rcjax import hf_model
+    from rcjax.hf import model_from_config
 
-    m = hf_model.model_from_config(hf)
+    m = model_from_config(hf)
     max_len = m.max_len if m.arch()["positions"] == "learned" else cfg.seq_len
     return m.clone(width=cfg.width, depth=cfg.depth, heads=cfg.heads, kv_heads=cfg.kv_heads or None,
                    head_dim=cfg.head_dim or None, mlp=cfg.mlp or None, max_len=max_len, tied=tied,

@@ -185,11 +185,11 @@ def _from_hf(cfg: Config, model, abstract, mesh, key) -> Any:
   """An HF checkpoint's params (standard parametrization, read sharded) in this run's parametrization
   and at this run's sizes: values divided by this model's multipliers (at the HF sizes, the muP base), so
   the function is unchanged, then `rcjax.transfer_model` to this run's width."""
-  from rcjax import hf_model
+  from rcjax import hf
 
-  _, sp = hf_model.load(cfg.transfer_from, dtype=jnp.float32, mesh=mesh)
+  _, sp = hf.load(cfg.transfer_from, dtype=jnp.float32, mesh=mesh)
   template = jax.tree.map(lambda t, v: t.replace(value=v.value), abstract, sp, is_leaf=is_rc)
-  _, factors = hf_model.as_sp(model, template)
+  _, factors = hf.as_sp(model, template)
   params = jax.tree_util.tree_map_with_path(
       lambda kp, b: b.replace(value=b.value / factors.get(tuple(k.key for k in kp), 1.0)), template, is_leaf=is_rc)
   target = _changed(rcjax.width_axes(abstract), params)

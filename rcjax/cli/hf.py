@@ -1,5 +1,6 @@
-"""`python -m rcjax.grow SRC DST`: a wider HuggingFace model that starts where SRC is (`rcjax.shrink`:
-narrower). The command lines live here, in `rcjax.hf_grow`.
+"""The body of `python -m rcjax.grow SRC DST` (a wider HuggingFace model that starts where SRC is) and
+`python -m rcjax.shrink` (narrower): flags, sizes, refusals, the transfer and the check. The entry points
+are `rcjax.cli.grow` and `rcjax.cli.shrink` (`python -m rcjax.grow` runs `rcjax.cli.grow.main`).
 
     python -m rcjax.grow gpt2 gpt2-x2 --factor 2                  # embed, mlp, heads x2; head_dim fixed
     python -m rcjax.grow llama-1b llama-wide --embed 3072 --mlp 12288 --heads 48 --kv-heads 12 --exact
@@ -22,7 +23,7 @@ The command prints what changed and, at the end, the max |logit difference| betw
 back from disk) on a fixed batch of random prompts.
 
 Without --mesh, in one process, for a decoder and without --random-rate/--norm-rate/--split-rate/
---cancel-rate, --depth or importance scores, SRC is streamed block by block (`rcjax.hf_stream`: bounded
+--cancel-rate, --depth or importance scores, SRC is streamed block by block (`rcjax.hf.stream`: bounded
 memory, the same bytes). Exit status (`rcjax._cli`): 2 for bad input, 1 for runtime failures (a full disk:
 one line, DST.rcjax-tmp removed), one line each; --debug for a traceback. See docs/hf-speed.md.
 """
@@ -33,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from typing import Sequence
@@ -179,9 +179,9 @@ def _check_fn(model):
 
 
 def _sentence_files(src: str, width: int, tmp: str) -> dict:
-  from rcjax import hf_bert
+  from rcjax.hf.bert import sentence_files
 
-  return hf_bert.sentence_files(src, width, tmp)
+  return sentence_files(src, width, tmp)
 
 
 def target_depth(old: int, args: argparse.Namespace, direction: str) -> tuple[int, list[str]]:
@@ -253,7 +253,7 @@ def _plan(args: argparse.Namespace, direction: str) -> argparse.Namespace:
   """Everything decided (and refused) before SRC's tensors are read: the source model and config, the new
   sizes and depth, the calibration data, the stored dtype."""
   import rcjax
-  from rcjax import hf_model, importance
+  from rcjax import hf, importance
 
   cfg_path = os.path.join(args.src, "config.json")
   if not os.path.isfile(cfg_path):
@@ -261,10 +261,10 @@ def _plan(args: argparse.Namespace, direction: str) -> argparse.Namespace:
                             f"{args.src} has no config.json: not a HuggingFace checkpoint")
   with open(cfg_path) as f:
     src_config = json.load(f)
-  model = hf_model.model_from_config(src_config, where=cfg_path,  # sizes and refusals before reading SRC
+  model = hf.model_from_config(src_config, where=cfg_path,  # sizes and refusals before reading SRC
                                      param_dtype=np.float32 if args.transfer_dtype == "float32" else None)
-  family = hf_model.family_of(model)
-  old = dict(rcjax.width_axes(hf_model.abstract_params(model)))
+  family = hf.family_of(model)
+  old = dict(rcjax.width_axes(hf.abstract_params(model)))
   new = target_sizes(old, family, args, direction)
   depth, depth_why = target_depth(model.depth, args, direction)
   if family == "bert" and depth > model.depth and args.exact:
@@ -274,12 +274,12 @@ def _plan(args: argparse.Namespace, direction: str) -> argparse.Namespace:
     raise ValueError(f"partial rotary embedding (rotary_dim {model.rotary_dim} of head_dim {old['head_dim']}): "
                      "head_dim cannot change")
   calibration = importance.cli_calibration(args, model)  # bad --calibration fails before SRC is read
-  src_dtype = hf_model.stored_dtype(args.src, src_config)  # the tensors' (config.json may not say)
+  src_dtype = hf.stored_dtype(args.src, src_config)  # the tensors' (config.json may not say)
   resized = _resized(model, new, depth)
   if depth != model.depth:  # per-layer config fields follow the blocks (Qwen2's layer_types, ...)
-    src_config = hf_model.config_at_depth(src_config, depth_map(model.depth, depth, args.depth_mode))
+    src_config = hf.config_at_depth(src_config, depth_map(model.depth, depth, args.depth_mode))
   # what save would refuse, before reading SRC
-  hf_model.config_for(resized, hf_model.abstract_params(resized), src_config, args.dtype or src_dtype)
+  hf.config_for(resized, hf.abstract_params(resized), src_config, args.dtype or src_dtype)
   if family == "bert":
     with tempfile.TemporaryDirectory() as tmp:
       _sentence_files(args.src, new["embed"], tmp)  # refuses sentence-transformers modules it cannot update
@@ -336,22 +336,24 @@ def _transfer(args, p, model, params, key, target, direction, say):
 
 
 def _write(args, p, model, new_model, grown, dst, key, target, stream, direction, say) -> dict:
-  """DST written: streamed block by block from SRC, or `hf_model.save` of the transferred params."""
-  from rcjax import hf_model, hf_stream
+  """DST written: streamed block by block from SRC, or `hf.save` of the transferred params."""
+  from rcjax import hf
+  from rcjax.hf import stream as hf_stream
+  from rcjax.hf.files import TORCH_DTYPES
 
   if stream:
     say(f"{direction}ing and writing {dst} block by block: sampler {args.sampler}, exact {args.exact}")
     return hf_stream.stream_transfer(
         args.src, dst, model, new_model, key, target, src_config=p.src_config,
-        out_dtype=np.dtype(hf_model._TORCH_DTYPE[args.dtype]) if args.dtype else p.src_dtype,
+        out_dtype=np.dtype(TORCH_DTYPES[args.dtype]) if args.dtype else p.src_dtype,
         transfer_dtype=args.transfer_dtype, sampler=args.sampler, exact=args.exact,
         max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
-        extra_files=hf_model.tokenizer_files(args.src), progress=True)
+        extra_files=hf.tokenizer_files(args.src), progress=True)
   say(f"writing {dst}")
   with tempfile.TemporaryDirectory() as tmp:  # BERT: the sentence-transformers files, 1_Pooling's width updated
-    extra = {**hf_model.tokenizer_files(args.src),
+    extra = {**hf.tokenizer_files(args.src),
              **(_sentence_files(args.src, p.new["embed"], tmp) if p.family == "bert" else {})}
-    return hf_model.save(new_model, grown, dst, config=p.src_config, dtype=args.dtype or p.src_dtype,
+    return hf.save(new_model, grown, dst, config=p.src_config, dtype=args.dtype or p.src_dtype,
                          max_shard_size=int(args.max_shard_size * 2**30), overwrite=args.overwrite,
                          extra_files=extra, progress=True, consume=True)
 
@@ -359,11 +361,11 @@ def _write(args, p, model, new_model, grown, dst, key, target, stream, direction
 def _report_check(args, p, dst, mesh, tokens, T, src_logits, why, out_, say) -> None:
   """DST read back from disk, its outputs on the check's prompts against SRC's, and whether the transfer
   is function-preserving by construction."""
-  from rcjax import hf_model
+  from rcjax import hf
 
   # DST's params in the dtype SRC's were checked in (float32, or SRC's with --transfer-dtype source), so
   # the two forward passes differ only by what the transfer and the output dtype did
-  dst_model, dst_params = hf_model.load(dst, dtype=jnp.float32 if args.transfer_dtype == "float32" else p.src_dtype,
+  dst_model, dst_params = hf.load(dst, dtype=jnp.float32 if args.transfer_dtype == "float32" else p.src_dtype,
                                         mesh=mesh)
   dst_logits = jax.jit(_check_fn(dst_model))({"params": dst_params}, tokens)
   diff = float(jnp.max(jnp.abs(src_logits - dst_logits)))
@@ -380,7 +382,8 @@ def _report_check(args, p, dst, mesh, tokens, T, src_logits, why, out_, say) -> 
 
 
 def _main(argv: Sequence[str] | None, direction: str) -> int:
-  from rcjax import hf_model, hf_stream, sharding
+  from rcjax import hf, sharding
+  from rcjax.hf import stream as hf_stream
 
   t0 = time.perf_counter()
   out_ = lambda msg: print(msg, flush=True) if jax.process_index() == 0 else None
@@ -397,13 +400,13 @@ def _main(argv: Sequence[str] | None, direction: str) -> int:
   stream = hf_stream.supported(args, mesh, family=p.family, same_depth=p.depth == p.model.depth)
   model, params = p.model, None
   if not (stream and args.no_check):
-    model, params = hf_model.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,
+    model, params = hf.load(args.src, dtype=jnp.float32 if args.transfer_dtype == "float32" else None,
                                   mesh=mesh, progress=jax.process_index() == 0 and not stream)
   elif args.transfer_dtype != "float32":  # the model as `load` makes it (its param dtype: the transfer dtype)
-    model = hf_model.model_from_config(p.src_config, param_dtype=p.src_dtype, where=p.cfg_path)
+    model = hf.model_from_config(p.src_config, param_dtype=p.src_dtype, where=p.cfg_path)
   a = model.arch()
   why = inexact(p.old, p.new, args, a["positions"] == "rope", a["norm"] == "rmsnorm") + p.depth_why
-  n_old = _count(hf_model.abstract_params(model) if params is None else params)
+  n_old = _count(hf.abstract_params(model) if params is None else params)
   say(f"{p.family} ({p.src_config.get('model_type')}), {model.depth} blocks, vocab {model.vocab}")
   target = _print_sizes(out_, p, args)
   key = jax.random.key(args.seed)
@@ -413,7 +416,7 @@ def _main(argv: Sequence[str] | None, direction: str) -> int:
   grown = None if stream else _transfer(args, p, model, params, key, target, direction, say)
   del params
   new_model = _resized(model, p.new, p.depth)
-  n_new = _count(hf_model.abstract_params(new_model) if stream else grown)
+  n_new = _count(hf.abstract_params(new_model) if stream else grown)
   out_(f"    params    {n_old / 1e6:.2f}M -> {n_new / 1e6:.2f}M  (x{n_new / n_old:.3f})")
   out = _write(args, p, model, new_model, grown, dst, key, target, stream, direction, say)
   del grown
@@ -424,22 +427,3 @@ def _main(argv: Sequence[str] | None, direction: str) -> int:
   if not args.no_check:
     _report_check(args, p, dst, mesh, tokens, T, src_logits, why, out_, say)
   return 0
-
-
-def callable_module(name: str, direction: str) -> None:
-  """Make module `name` (`rcjax.grow` / `rcjax.shrink`) callable as the function `rcjax.transfer.<direction>`:
-  importing a submodule binds it to its package's attribute, which here is also that function's name."""
-  import importlib
-  import types
-
-  fn = getattr(importlib.import_module("rcjax.transfer"), direction)  # the module (the attribute is a function)
-
-  class CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-      return fn(*args, **kwargs)
-
-  sys.modules[name].__class__ = CallableModule
-
-
-if __name__ == "__main__":
-  sys.exit(main())

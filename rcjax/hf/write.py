@@ -1,8 +1,7 @@
 """Writing HF checkpoints: `save(model, params, path)` writes config.json and safetensors in the family's own
-names and layouts, through writable memory maps of the output files and the views of `rcjax.hf_config`'s
-table (the views `rcjax.hf_model.load` reads through). Sharded arrays are written shard by shard by the
+names and layouts, through writable memory maps of the output files and the views of `rcjax.hf.layout`'s
+tables (the views `rcjax.hf.load` reads through). Sharded arrays are written shard by shard by the
 processes that hold them; output goes to a temporary directory renamed into place when complete.
-(`rcjax.hf_model` re-exports these names.)
 """
 
 from __future__ import annotations
@@ -20,12 +19,13 @@ import numpy as np
 
 from rcjax import parametrization as pz, sharding
 from rcjax._progress import bar
-from rcjax.hf_config import _arch, _by_leaf, _entries, config_for, family_of
-from rcjax.hf_layout import _DTYPES, Entry, _Files
+from rcjax.hf.config import _arch, config_for, family_of
+from rcjax.hf.files import DTYPES, Files
+from rcjax.hf.layout import Entry, by_leaf, entries as layout_entries
 from rcjax.nn.gpt import GPT, logit_scale
 from rcjax.rc import is_rc
 
-_ST_DTYPE = {np.dtype(v): k for k, v in _DTYPES.items()}
+_ST_DTYPE = {np.dtype(v): k for k, v in DTYPES.items()}
 DEFAULT_MAX_SHARD_SIZE = 5 * 2**30
 
 
@@ -156,9 +156,9 @@ def save(model: GPT, params: Any, path: str | os.PathLike, *, config: Mapping[st
       for fname, es in zip(names, plan):
         _create(os.path.join(tmp, fname), es, dtypes)
     sharding.sync("rcjax.hf.save:created")
-    files = _Files(tmp, mode="r+")
+    files = Files(tmp, mode="r+")
     max_chunk = 0
-    for leaf_path, parts in _progress(list(_by_leaf(entries).items()), progress and main,
+    for leaf_path, parts in _progress(list(by_leaf(entries).items()), progress and main,
                                       f"writing {os.path.basename(path)}"):
       box = leaves[leaf_path]
       max_chunk = max(max_chunk, _write_leaf(box, factors.get(leaf_path, 1.0), _leaf_views(files, parts)))
@@ -182,7 +182,7 @@ def _save_plan(sp_model: GPT, params: Any, dtype: Any) -> tuple[list[Entry], dic
   """The HF tensors of `sp_model`'s family, the leaves by path and each tensor's output dtype; ValueError
   for params with no place in the checkpoint."""
   fam = family_of(sp_model)
-  entries = _entries(fam, _arch(sp_model, params))
+  entries = layout_entries(fam, _arch(sp_model, params))
   leaves = {tuple(k.key for k in kp): box for kp, box in
             jax.tree_util.tree_flatten_with_path(params, is_leaf=is_rc)[0]}
   used = {p.leaf for e in entries for p in e.parts}
@@ -197,7 +197,7 @@ def _file_names(plan: list) -> list[str]:
           [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))])
 
 
-def _leaf_views(files: _Files, parts: list) -> list[tuple[int | None, np.ndarray]]:
+def _leaf_views(files: Files, parts: list) -> list[tuple[int | None, np.ndarray]]:
   """`(layer, view of the output file in the leaf's layout)` per part, checked once to be views."""
   views = []
   for name, part in parts:

@@ -1,9 +1,7 @@
-"""The HF side of an `rcjax.nn.GPT` / `rcjax.nn.Bert`: config.json <-> model, and the one table of where each
-HF tensor's parts live in the rcjax params (`_entries`: numpy views of an HF array in the rcjax layout).
-
-Reading (`rcjax.hf_model.load`), writing (`rcjax.hf_write.save`) and streaming (`rcjax.hf_stream`) all go
-through this table, so a round trip is the identity by construction. Above `rcjax.hf_layout` (file
-headers, dtypes, the layout parts), below the readers and writers.
+"""The HF side of an `rcjax.nn.GPT` / `rcjax.nn.Bert`: config.json <-> model (`model_from_config`,
+`config_for`, `config_at_depth`), the family of a model (`family_of`) and its resolved architecture
+(`_arch`: the sizes and flags `rcjax.hf.layout.entries` lists the tensors of). Above `rcjax.hf.layout`
+(the tensor tables) and `rcjax.hf.files`, below the readers and writers.
 """
 
 from __future__ import annotations
@@ -15,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rcjax import hf_bert
-from rcjax.hf_layout import _TORCH_DTYPE, Entry, Part, View, _same, _t, family as _family
+from rcjax.hf import bert as hf_bert
+from rcjax.hf.files import TORCH_DTYPES
+from rcjax.hf.layout import family as _family
 from rcjax.nn.bert import Bert
 from rcjax.nn.gpt import ROPE_SCALINGS, GPT
 from rcjax.rc import is_rc
@@ -30,106 +29,6 @@ _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", 
 # head_dim (LlamaConfig.validate_architecture in transformers 5; Mistral's and Qwen2's accept it; GPT-2 and
 # GPT-NeoX derive head_dim = hidden_size / heads, checked apart)
 HEADS_DIVIDE_HIDDEN = ("llama",)
-# --- views: HF layout -> rcjax layout -------------------------------------------------------------
-
-
-def _heads_out(h: int, d: int) -> View:   # nn.Linear (heads*head_dim, embed) -> (embed, heads, head_dim)
-  return lambda a: a.reshape(h, d, -1).transpose(2, 0, 1)
-
-
-def _heads_in(h: int, d: int) -> View:    # nn.Linear (embed, heads*head_dim) -> (heads, head_dim, embed)
-  return lambda a: a.reshape(-1, h, d).transpose(1, 2, 0)
-
-
-def _split(h: int, d: int) -> View:       # (heads*head_dim,) -> (heads, head_dim)
-  return lambda a: a.reshape(h, d)
-
-
-def _entries(family: str, a: Mapping[str, Any]) -> list[Entry]:
-  """The HF tensors of a model with resolved architecture `a` (see `_arch`), and where each part lives."""
-  E, H, K, D, F, V, L = (a[k] for k in ("embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers"))
-  out: list[Entry] = []
-  one = lambda name, shape, leaf, view=_same, layer=None: out.append(
-      Entry(name, tuple(shape), (Part(leaf, layer, view),)))
-  blk = lambda n: ("blocks", n)
-  if family == "llama":
-    one("model.embed_tokens.weight", (V, E), ("embed",))
-    for i in range(L):
-      p = f"model.layers.{i}."
-      for s, n, kind in (("q", H, "q"), ("k", K, "k"), ("v", K, "v")):
-        one(p + f"self_attn.{s}_proj.weight", (n * D, E), blk(kind), _heads_out(n, D), i)
-        if a["qkv_bias"]:
-          one(p + f"self_attn.{s}_proj.bias", (n * D,), blk(f"{kind}_bias"), _split(n, D), i)
-      one(p + "self_attn.o_proj.weight", (E, H * D), blk("o"), _heads_in(H, D), i)
-      if a["o_bias"]:
-        one(p + "self_attn.o_proj.bias", (E,), blk("o_bias"), _same, i)
-      one(p + "mlp.gate_proj.weight", (F, E), blk("gate"), _t, i)
-      one(p + "mlp.up_proj.weight", (F, E), blk("up"), _t, i)
-      one(p + "mlp.down_proj.weight", (E, F), blk("down"), _t, i)
-      if a["mlp_bias"]:
-        for s, n in (("gate", F), ("up", F), ("down", E)):
-          one(p + f"mlp.{s}_proj.bias", (n,), blk(f"{s}_bias"), _same, i)
-      one(p + "input_layernorm.weight", (E,), blk("attn_norm_scale"), _same, i)
-      one(p + "post_attention_layernorm.weight", (E,), blk("mlp_norm_scale"), _same, i)
-    one("model.norm.weight", (E,), ("final", "norm_scale"))
-    if not a["tied"]:
-      one("lm_head.weight", (V, E), ("readout",), _t)
-  elif family == "gpt2":
-    one("transformer.wte.weight", (V, E), ("embed",))
-    one("transformer.wpe.weight", (a["max_len"], E), ("positions",))
-    for i in range(L):
-      p = f"transformer.h.{i}."
-      one(p + "ln_1.weight", (E,), blk("attn_norm_scale"), _same, i)
-      one(p + "ln_1.bias", (E,), blk("attn_norm_bias"), _same, i)
-      qkv = lambda k: (lambda a_: a_.reshape(E, 3, H, D)[:, k])
-      qkv_b = lambda k: (lambda a_: a_.reshape(3, H, D)[k])
-      out.append(Entry(p + "attn.c_attn.weight", (E, 3 * E),
-                       tuple(Part(blk(s), i, qkv(k)) for k, s in enumerate("qkv"))))
-      out.append(Entry(p + "attn.c_attn.bias", (3 * E,),
-                       tuple(Part(blk(f"{s}_bias"), i, qkv_b(k)) for k, s in enumerate("qkv"))))
-      one(p + "attn.c_proj.weight", (E, E), blk("o"), lambda a_: a_.reshape(H, D, E), i)  # Conv1D: (in, out)
-      one(p + "attn.c_proj.bias", (E,), blk("o_bias"), _same, i)
-      one(p + "ln_2.weight", (E,), blk("mlp_norm_scale"), _same, i)
-      one(p + "ln_2.bias", (E,), blk("mlp_norm_bias"), _same, i)
-      one(p + "mlp.c_fc.weight", (E, F), blk("up"), _same, i)
-      one(p + "mlp.c_fc.bias", (F,), blk("up_bias"), _same, i)
-      one(p + "mlp.c_proj.weight", (F, E), blk("down"), _same, i)
-      one(p + "mlp.c_proj.bias", (E,), blk("down_bias"), _same, i)
-    one("transformer.ln_f.weight", (E,), ("final", "norm_scale"))
-    one("transformer.ln_f.bias", (E,), ("final", "norm_bias"))
-    if not a["tied"]:
-      one("lm_head.weight", (V, E), ("readout",), _t)
-  elif family == "gpt_neox":
-    one("gpt_neox.embed_in.weight", (V, E), ("embed",))
-    for i in range(L):
-      p = f"gpt_neox.layers.{i}."
-      for s, n in (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "mlp_norm")):
-        one(p + f"{s}.weight", (E,), blk(f"{n}_scale"), _same, i)
-        one(p + f"{s}.bias", (E,), blk(f"{n}_bias"), _same, i)
-      qkv = lambda k: (lambda a_: a_.reshape(H, 3, D, E)[:, k].transpose(2, 0, 1))
-      qkv_b = lambda k: (lambda a_: a_.reshape(H, 3, D)[:, k])
-      out.append(Entry(p + "attention.query_key_value.weight", (3 * H * D, E),
-                       tuple(Part(blk(s), i, qkv(k)) for k, s in enumerate("qkv"))))
-      if a["qkv_bias"]:
-        out.append(Entry(p + "attention.query_key_value.bias", (3 * H * D,),
-                         tuple(Part(blk(f"{s}_bias"), i, qkv_b(k)) for k, s in enumerate("qkv"))))
-      one(p + "attention.dense.weight", (E, H * D), blk("o"), _heads_in(H, D), i)
-      if a["o_bias"]:
-        one(p + "attention.dense.bias", (E,), blk("o_bias"), _same, i)
-      one(p + "mlp.dense_h_to_4h.weight", (F, E), blk("up"), _t, i)
-      one(p + "mlp.dense_h_to_4h.bias", (F,), blk("up_bias"), _same, i)
-      one(p + "mlp.dense_4h_to_h.weight", (E, F), blk("down"), _t, i)
-      one(p + "mlp.dense_4h_to_h.bias", (E,), blk("down_bias"), _same, i)
-    one("gpt_neox.final_layer_norm.weight", (E,), ("final", "norm_scale"))
-    one("gpt_neox.final_layer_norm.bias", (E,), ("final", "norm_bias"))
-    if not a["tied"]:
-      one("embed_out.weight", (V, E), ("readout",), _t)
-  elif family == "bert":
-
-    out = hf_bert.entries(a)
-  else:
-    raise ValueError(f"unsupported family {family!r}; supported: {sorted(set(FAMILIES.values()))}")
-  return out
 
 
 # --- config.json <-> GPT ----------------------------------------------------------------------------
@@ -160,7 +59,7 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
   """An `rcjax.nn.GPT` (param 'sp') that computes what the HF model of this config.json dict computes."""
 
   c = dict(config)
-  if hf_bert.is_bert_config(c):  # BERT encoders: rcjax.nn.Bert (rcjax.hf_bert)
+  if hf_bert.is_bert_config(c):  # BERT encoders: rcjax.nn.Bert (rcjax.hf.bert)
     return hf_bert.model_from_config(c, dtype=dtype, param_dtype=param_dtype, where=where)
   mt = c.get("model_type")
   fam = FAMILIES.get(mt) if mt else None
@@ -172,7 +71,7 @@ def model_from_config(config: Mapping[str, Any], *, dtype: Any = jnp.float32, pa
     if fam not in ("llama", "gpt2", "gpt_neox"):
       raise ValueError(f"{where}: unsupported model type {mt!r} (architectures {c.get('architectures')}); "
                        f"supported: {', '.join(sorted(FAMILIES) + ['bert'])}")
-  pd = param_dtype or _TORCH_DTYPE.get(str(c.get("torch_dtype") or c.get("dtype") or "float32"), np.float32)
+  pd = param_dtype or TORCH_DTYPES.get(str(c.get("torch_dtype") or c.get("dtype") or "float32"), np.float32)
   common = dict(vocab=int(c["vocab_size"]), param="sp", dtype=dtype, param_dtype=pd)
   build = {"llama": _llama_model, "gpt2": _gpt2_model, "gpt_neox": _neox_model}[fam]
   return build(c, mt, common, where)
@@ -284,15 +183,15 @@ def config_for(model: GPT, params: Any, base: Mapping[str, Any] | None = None, d
   if _is_bert(model):
 
     dt = np.dtype(dtype or _leaf_dtype(params))
-    if dt not in {np.dtype(v) for v in _TORCH_DTYPE.values()}:
+    if dt not in {np.dtype(v) for v in TORCH_DTYPES.values()}:
       raise ValueError(f"cannot save dtype {dt} (float32, float16 or bfloat16)")
-    return hf_bert.config_for(model, params, base, {np.dtype(v): k for k, v in _TORCH_DTYPE.items()}[dt])
+    return hf_bert.config_for(model, params, base, {np.dtype(v): k for k, v in TORCH_DTYPES.items()}[dt])
   fam = family_of(model)
   a = _arch(model, params)
   c = dict(base) if base and FAMILIES.get(base.get("model_type")) == fam else {}
   mt = _model_type(fam, a, c.get("model_type", fam))
   dt = np.dtype(dtype or _leaf_dtype(params))
-  torch_dtype = {np.dtype(v): k for k, v in _TORCH_DTYPE.items()}.get(dt)
+  torch_dtype = {np.dtype(v): k for k, v in TORCH_DTYPES.items()}.get(dt)
   if torch_dtype is None:
     raise ValueError(f"cannot save dtype {dt} (float32, float16 or bfloat16)")
   c.update(model_type=mt, architectures=[_ARCHITECTURES[mt]], vocab_size=a["vocab"], torch_dtype=torch_dtype,
@@ -421,12 +320,3 @@ def _write_rope(c: dict, model: GPT, pct: float | None = None) -> None:
 
 def _leaf_dtype(params: Any) -> np.dtype:
   return np.dtype(jax.tree.leaves(params, is_leaf=is_rc)[0].value.dtype)
-
-
-def _by_leaf(entries: list[Entry], names: Mapping[str, str] | None = None) -> dict[tuple, list[tuple[str, Part]]]:
-  """`{leaf path: [(tensor name in the files, part)]}` (names: canonical -> stored, where they differ)."""
-  out: dict[tuple, list[tuple[str, Part]]] = {}
-  for e in entries:
-    for part in e.parts:
-      out.setdefault(part.leaf, []).append(((names or {}).get(e.name, e.name), part))
-  return out

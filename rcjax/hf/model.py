@@ -1,16 +1,17 @@
-"""HuggingFace causal LMs in and out of rcjax: `load(path) -> (GPT, params)`, `save(model, params, path)`.
+"""HuggingFace causal LMs in and out of rcjax: `load(path) -> (GPT, params)` here, `save(model, params, path)`
+in `rcjax.hf.write` (both are `rcjax.hf.load` / `rcjax.hf.save`).
 
 Families: Llama (`llama`, `mistral`, `qwen2`; grouped-query attention, RoPE, SwiGLU, tied or untied,
 optional biases), GPT-2 (`gpt2`) and GPT-NeoX/Pythia (`gpt_neox`; partial rotary, parallel residual);
-BERT encoders (`bert`) load as `rcjax.nn.Bert` through the same functions (`rcjax.hf_bert`, docs/bert.md).
+BERT encoders (`bert`) load as `rcjax.nn.Bert` through the same functions (`rcjax.hf.bert`, docs/bert.md).
 `load` returns an `rcjax.nn.GPT` configured like the checkpoint (param 'sp': HF models are standard
 parametrization) and params of RC leaves in the checkpoint's dtype; `GPT.apply` gives the original
 model's logits. `save` writes `config.json` and safetensors in the family's own names and layouts
 (`model.safetensors`, or shards plus `model.safetensors.index.json` above `max_shard_size`), which
 `transformers.AutoModelForCausalLM.from_pretrained` loads unchanged.
 
-One table, two directions. For every HF tensor, `_entries` lists which rcjax leaf (and which layer of a
-scanned leaf) each part of it is, as a numpy *view* of the HF array in the rcjax layout: PyTorch
+One table, two directions. For every HF tensor, `rcjax.hf.layout.entries` lists which rcjax leaf (and
+which layer of a scanned leaf) each part of it is, as a numpy *view* of the HF array in the rcjax layout: PyTorch
 `nn.Linear` (out, in) -> (in, out) by a transpose, fused projections (GPT-2 `c_attn` = [q | k | v] along
 columns, GPT-NeoX `query_key_value` = per head [q | k | v]) by reshape + index, heads split out by a
 reshape. `load` reads through the views of read-only memory maps; `save` writes through the same views
@@ -29,6 +30,7 @@ raises).
 
 >>> import tempfile, jax, jax.numpy as jnp
 >>> from rcjax.nn import GPT
+>>> from rcjax.hf.write import save
 >>> model = GPT(vocab=32, width=16, depth=2, heads=4, kv_heads=2, style='llama', param='sp')
 >>> params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))['params']
 >>> d = tempfile.mkdtemp() + '/tiny'
@@ -50,15 +52,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rcjax import hf_bert, sharding
-# The table and the config (rcjax.hf_config) and the writer (rcjax.hf_write), re-exported: `hf_model.save`,
-# `hf_model._entries`, ... as before they moved there (#21).
-from rcjax.hf_config import (FAMILIES, HEADS_DIVIDE_HIDDEN, PER_LAYER_FIELDS, _arch, _by_leaf, _entries,  # noqa: F401
-                             _is_bert, _leaf_dtype, _rotary_pct, _write_rope, config_at_depth, config_for, family_of,
-                             model_from_config)
-from rcjax.hf_layout import _DTYPES, _IGNORED, _TORCH_DTYPE, Entry, Part, _Files  # noqa: F401
-from rcjax.hf_write import (DEFAULT_MAX_SHARD_SIZE, TOKENIZER_DIRS, TOKENIZER_FILES, _chunks, _create,  # noqa: F401
-                            _finish, _plan_files, _progress, _reserve, _write_dir, as_sp, save, tokenizer_files)
+from rcjax import sharding
+from rcjax.hf import bert as hf_bert
+from rcjax.hf.config import _arch, _is_bert, family_of, model_from_config
+from rcjax.hf.files import DTYPES, TORCH_DTYPES, Files
+from rcjax.hf.layout import _IGNORED, Entry, by_leaf, entries as layout_entries
+from rcjax.hf.write import _progress
 from rcjax.nn.gpt import GPT
 from rcjax.rc import RC, boxes, is_rc
 
@@ -79,24 +78,24 @@ def _abstract(model: GPT) -> Any:
 _abstract_cached = functools.lru_cache(maxsize=16)(_abstract)
 
 
-def _stored(files: _Files) -> Any:
+def _stored(files: Files) -> Any:
   """The one float dtype the tensors are stored in (None if they mix several)."""
   stored = {files.where[n][1]["dtype"] for n in files.names()} - {"I64", "I32", "BOOL", "U8"}
-  return _DTYPES[sorted(stored)[0]] if len(stored) == 1 else None
+  return DTYPES[sorted(stored)[0]] if len(stored) == 1 else None
 
 
 def stored_dtype(path: str | os.PathLike, config: Mapping[str, Any] | None = None) -> np.dtype:
   """The dtype an HF directory's weights are stored in, as `save` can write it: the tensors' one float dtype
   where it is float32, float16 or bfloat16 (config.json's torch_dtype may be missing or stale), else
   `config`'s torch_dtype / dtype, else float32. Reads only the safetensors headers."""
-  stored = _stored(_Files(os.fspath(path)))
-  if stored is not None and np.dtype(stored) in {np.dtype(v) for v in _TORCH_DTYPE.values()}:
+  stored = _stored(Files(os.fspath(path)))
+  if stored is not None and np.dtype(stored) in {np.dtype(v) for v in TORCH_DTYPES.values()}:
     return np.dtype(stored)
   config = config or {}
-  return np.dtype(_TORCH_DTYPE.get(str(config.get("torch_dtype") or config.get("dtype")), np.float32))
+  return np.dtype(TORCH_DTYPES.get(str(config.get("torch_dtype") or config.get("dtype")), np.float32))
 
 
-def _resolve_names(entries: list[Entry], files: _Files, path: str) -> dict[str, str]:
+def _resolve_names(entries: list[Entry], files: Files, path: str) -> dict[str, str]:
   """Our canonical HF names -> the names in the checkpoint (GPT-2 files often lack 'transformer.');
   ValueError for missing tensors or tensors that this model does not use."""
   have = files.names()
@@ -119,7 +118,7 @@ def _resolve_names(entries: list[Entry], files: _Files, path: str) -> dict[str, 
   return out
 
 
-def _read_values(abstract: Any, by_leaf: dict, files: _Files, path: str, mesh, progress: bool) -> tuple[list, Any]:
+def _read_values(abstract: Any, by_leaf: dict, files: Files, path: str, mesh, progress: bool) -> tuple[list, Any]:
   """The leaves of `abstract` read from `files` through the layout views (each device reads its shard of
   `mesh`), and the treedef."""
 
@@ -168,7 +167,7 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
     raise FileNotFoundError(f"{path} has no config.json: not a HuggingFace checkpoint")
   with open(cfg_path) as f:
     config = json.load(f)
-  files = _Files(path)
+  files = Files(path)
   model = model_from_config(config, dtype=compute_dtype, param_dtype=dtype or _stored(files), where=cfg_path)
   if _is_bert(model):  # the pooler and MLM head are in the tensors, not in config.json
 
@@ -176,12 +175,12 @@ def load(path: str | os.PathLike, *, dtype: Any = None, compute_dtype: Any = jnp
   abstract = abstract_params(model)
   fam = family_of(model)
   a = _arch(model, abstract)
-  entries = _entries(fam, a)
+  entries = layout_entries(fam, a)
   names = _resolve_names(entries, files, path)
   for e in entries:
     arr_shape = tuple(files.where[names[e.name]][1]["shape"])
     if arr_shape != e.shape:
       raise ValueError(f"{path}: tensor {names[e.name]} has shape {arr_shape}, config.json implies {e.shape}")
-  values, treedef = _read_values(abstract, _by_leaf(entries, names), files, path, mesh, progress)
+  values, treedef = _read_values(abstract, by_leaf(entries, names), files, path, mesh, progress)
   params = boxes(jax.tree_util.tree_unflatten(treedef, values), abstract)
   return model, params

@@ -1,21 +1,14 @@
-"""Read HuggingFace safetensors checkpoints as RC leaves, one transformer block at a time; `load`/`save`
-convert causal LMs to and from `rcjax.nn.GPT` and BERT encoders to and from `rcjax.nn.Bert` (implemented
-in `rcjax.hf_model`; BERT's blocks through this module's BERT table, `rcjax.hf_bert`).
-
-Supported families (read from config.json `model_type`, else `architectures`): Llama (`llama`, `mistral`,
-`qwen2`), GPT-2 (`gpt2`), GPT-NeoX/Pythia (`gpt_neox`), BERT (`bert`). Single-file (`model.safetensors`)
-and sharded (`model.safetensors.index.json`) checkpoints, the files picked as transformers does (`shard_files`);
-every shard is checked for presence and size when the checkpoint is opened, so a missing shard or a
-truncated file fails at once with a one-line error.
+"""`Checkpoint`: a HuggingFace safetensors checkpoint read as RC leaves, one transformer block at a time (what
+`python -m rcjax.analyze` and `rcjax.diagnostics` read HF checkpoints with; `rcjax.hf.load` converts whole models).
 
 Layouts. Every weight becomes an RC leaf in the (in, out) layout that `rcjax.diagnostics` reads (rows =
-fan-in): PyTorch `nn.Linear` weights (Llama, GPT-NeoX, BERT) are stored (out, in) and are transposed;
-GPT-2's `Conv1D` weights are stored (in, out) and are kept. Attention projections are split into heads:
-q/k/v `(embed, heads, head_dim)` (Llama k/v: `kv_heads`), the output projection `(heads, head_dim, embed)`;
-fused projections (GPT-2 `c_attn` = [q | k | v] along columns, GPT-NeoX `query_key_value` = per head
-[q | k | v] along rows) are split. MLP weights are `(embed, mlp)` (up/gate/fc, fan-in embed) and
-`(mlp, embed)` (down). Norm scales and biases are vectors. All are views of the tensor read from disk
-(transposes and splits copy nothing).
+fan-in), by the family's table in `rcjax.hf.layout`: PyTorch `nn.Linear` weights (Llama, GPT-NeoX, BERT)
+are stored (out, in) and are transposed; GPT-2's `Conv1D` weights are stored (in, out) and are kept.
+Attention projections are split into heads: q/k/v `(embed, heads, head_dim)` (Llama k/v: `kv_heads`), the
+output projection `(heads, head_dim, embed)`; fused projections (GPT-2 `c_attn`, GPT-NeoX
+`query_key_value`) are split into q, k, v (`attn.c_attn.q.weight`, ...). MLP weights are `(embed, mlp)`
+(up/gate/fc, fan-in embed) and `(mlp, embed)` (down). Norm scales and biases are vectors. All are views
+of the tensor read from disk (transposes and splits copy nothing).
 
 Memory. `block_leaves` reads one tensor at a time, with the shard files of one block open, so the memory
 an analysis needs is about one block's mapped pages plus a copy of its largest tensor, not the model:
@@ -37,11 +30,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from rcjax import hf_model
-from rcjax.hf_layout import (  # noqa: F401 - family, is_hf_checkpoint, read_header, shard_files, supported: rcjax.hf's API
-    _BLOCK_RE, _DTYPES, _IGNORED, _RULES, MODEL_TYPES, family, is_hf_checkpoint, read_header, shard_files,
-    supported,
-)
+from rcjax.hf.files import DTYPES, read_header, shard_files
+from rcjax.hf.layout import _BLOCK_RE, _RULES, family
 from rcjax.rc import RC
 
 
@@ -54,7 +44,7 @@ class Checkpoint:
     block 0 that are not mapped, e.g. buffers).
 
   >>> import tempfile
-  >>> from rcjax.hf_synthetic import write_synthetic
+  >>> from rcjax.hf.synthetic import write_synthetic
   >>> d = tempfile.mkdtemp(); _ = write_synthetic(d, 'llama', num_blocks=2, embed=8, heads=2, kv_heads=1)
   >>> ck = Checkpoint(d); ck.family, ck.num_blocks
   ('llama', 2)
@@ -126,7 +116,7 @@ class Checkpoint:
       with _safe_open(fname) as f:
         return f.get_tensor(name)
     except Exception as e:  # noqa: BLE001 - older safetensors cannot give bf16 to numpy: read raw bytes
-      if entry["dtype"] not in _DTYPES:
+      if entry["dtype"] not in DTYPES:
         raise ValueError(f"cannot read tensor {name} ({entry['dtype']}) from {fname}: {e}") from None
       return _read_raw(fname, entry)
 
@@ -160,25 +150,7 @@ def _read_raw(fname: str, entry: dict) -> np.ndarray:
   with open(fname, "rb") as f:
     header_len = struct.unpack("<Q", f.read(8))[0]
   start, end = entry["data_offsets"]
-  dtype = np.dtype(_DTYPES[entry["dtype"]])
+  dtype = np.dtype(DTYPES[entry["dtype"]])
   count = (end - start) // dtype.itemsize
   x = np.fromfile(fname, dtype=dtype, count=count, offset=8 + header_len + start)
   return x.reshape(entry["shape"])
-
-
-
-
-# --- models in and out (rcjax.hf_model) ------------------------------------------------------------
-def load(path: str | os.PathLike, **kwargs) -> tuple[Any, Any]:
-  """An HF causal LM (Llama/Mistral/Qwen2, GPT-2, GPT-NeoX) as `(rcjax.nn.GPT, params)`, or a BERT
-  (`BertModel`, `BertForMaskedLM`) as `(rcjax.nn.Bert, params)`; see
-  `rcjax.hf_model.load` for the keyword arguments (dtype, compute_dtype, mesh)."""
-
-  return hf_model.load(path, **kwargs)
-
-
-def save(model: Any, params: Any, path: str | os.PathLike, **kwargs) -> dict:
-  """Write `(model, params)` as an HF checkpoint directory `transformers` loads unchanged; see
-  `rcjax.hf_model.save` for the keyword arguments (config, dtype, max_shard_size, overwrite, extra_files)."""
-
-  return hf_model.save(model, params, path, **kwargs)

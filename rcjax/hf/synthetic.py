@@ -1,4 +1,5 @@
-"""Synthetic HuggingFace checkpoints in the exact tensor names and layouts of the families `rcjax.hf` reads,
+"""Synthetic HuggingFace checkpoints in the exact tensor names and layouts of the families `rcjax.hf` reads
+(the tables of `rcjax.hf.layout`),
 optionally with a planted RC structure: for tests (nothing is downloaded) and benchmarks (memory, speed).
 
 >>> import tempfile
@@ -16,76 +17,54 @@ import os
 
 import numpy as np
 
-from rcjax.hf import _DTYPES, MODEL_TYPES, supported
+from rcjax.hf import layout
+from rcjax.hf.files import DTYPES
+from rcjax.hf.layout import MODEL_TYPES, supported
 
 _ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
          "gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM", "bert": "BertForMaskedLM"}
+# A synthetic BERT holds its blocks and these two of the tensors outside them (what the diagnostics read).
+_BERT_OUTSIDE = ("bert.embeddings.word_embeddings.weight", "bert.embeddings.LayerNorm.weight")
 
 
 def _synthetic_spec(model_type: str, L: int, E: int, H: int, KV: int, I: int, V: int, th: dict) -> list:
-  """`[(name, theta_in, theta_out, layout)]` in HF naming; layout 'torch' (stored (out, in)), 'conv1d'
-  (stored (in, out)) or 'vec'; thetas are per-neuron types (None: a fixed axis such as the vocabulary)."""
-  D = E // H
-  e, m, q, kv = th["embed"], th["mlp"], th["heads"], th["kv_heads"]
-  zero = lambda n: np.zeros(n)
+  """`[(name, theta_in, theta_out, layout)]` from the family's table in `rcjax.hf.layout` (the tensors
+  outside the blocks first, then the blocks, with the buffers real files hold), in the hub's names (GPT-2
+  without 'transformer.'); layout 'torch' (stored (out, in)), 'conv1d' (stored (in, out)) or 'vec'; thetas
+  are per-neuron types of the stored rows and columns (zeros for the vocabulary, positions, buffers)."""
   fam = MODEL_TYPES[model_type]
-  out: list = []
-  if fam == "llama":
-    out += [("model.embed_tokens.weight", zero(V), e, "conv1d"), ("model.norm.weight", None, e, "vec"),
-            ("lm_head.weight", e, zero(V), "torch")]
-    for i in range(L):
-      p = f"model.layers.{i}."
-      out += [(p + "self_attn.q_proj.weight", e, q, "torch"), (p + "self_attn.k_proj.weight", e, kv, "torch"),
-              (p + "self_attn.v_proj.weight", e, kv, "torch"), (p + "self_attn.o_proj.weight", q, e, "torch"),
-              (p + "mlp.gate_proj.weight", e, m, "torch"), (p + "mlp.up_proj.weight", e, m, "torch"),
-              (p + "mlp.down_proj.weight", m, e, "torch"), (p + "input_layernorm.weight", None, e, "vec"),
-              (p + "post_attention_layernorm.weight", None, e, "vec"),
-              (p + "self_attn.rotary_emb.inv_freq", None, zero(D // 2), "vec")]
-      if model_type == "qwen2":
-        out += [(p + "self_attn.q_proj.bias", None, q, "vec"), (p + "self_attn.k_proj.bias", None, kv, "vec"),
-                (p + "self_attn.v_proj.bias", None, kv, "vec")]
-  elif fam == "gpt2":
-    out += [("wte.weight", zero(V), e, "conv1d"), ("wpe.weight", zero(8), e, "conv1d"),
-            ("ln_f.weight", None, e, "vec"), ("ln_f.bias", None, e, "vec")]
-    for i in range(L):
-      p = f"h.{i}."
-      out += [(p + "ln_1.weight", None, e, "vec"), (p + "ln_1.bias", None, e, "vec"),
-              (p + "attn.c_attn.weight", e, np.tile(q, 3), "conv1d"),
-              (p + "attn.c_attn.bias", None, np.tile(q, 3), "vec"),
-              (p + "attn.c_proj.weight", q, e, "conv1d"), (p + "attn.c_proj.bias", None, e, "vec"),
-              (p + "ln_2.weight", None, e, "vec"), (p + "ln_2.bias", None, e, "vec"),
-              (p + "mlp.c_fc.weight", e, m, "conv1d"), (p + "mlp.c_fc.bias", None, m, "vec"),
-              (p + "mlp.c_proj.weight", m, e, "conv1d"), (p + "mlp.c_proj.bias", None, e, "vec"),
-              (p + "attn.bias", zero(8), zero(8), "conv1d")]
-  elif fam == "gpt_neox":
-    qkv = np.repeat(q.reshape(H, 1, D), 3, axis=1).reshape(-1)  # rows ordered (head, [q|k|v], head_dim)
-    out += [("gpt_neox.embed_in.weight", zero(V), e, "conv1d"), ("gpt_neox.final_layer_norm.weight", None, e, "vec"),
-            ("gpt_neox.final_layer_norm.bias", None, e, "vec"), ("embed_out.weight", e, zero(V), "torch")]
-    for i in range(L):
-      p = f"gpt_neox.layers.{i}."
-      out += [(p + "input_layernorm.weight", None, e, "vec"), (p + "input_layernorm.bias", None, e, "vec"),
-              (p + "post_attention_layernorm.weight", None, e, "vec"),
-              (p + "post_attention_layernorm.bias", None, e, "vec"),
-              (p + "attention.query_key_value.weight", e, qkv, "torch"),
-              (p + "attention.query_key_value.bias", None, qkv, "vec"),
-              (p + "attention.dense.weight", q, e, "torch"), (p + "attention.dense.bias", None, e, "vec"),
-              (p + "attention.rotary_emb.inv_freq", None, zero(D // 2), "vec"),
-              (p + "mlp.dense_h_to_4h.weight", e, m, "torch"), (p + "mlp.dense_h_to_4h.bias", None, m, "vec"),
-              (p + "mlp.dense_4h_to_h.weight", m, e, "torch"), (p + "mlp.dense_4h_to_h.bias", None, e, "vec")]
-  else:  # bert
-    out += [("bert.embeddings.word_embeddings.weight", zero(V), e, "conv1d"),
-            ("bert.embeddings.LayerNorm.weight", None, e, "vec")]
-    for i in range(L):
-      p = f"bert.encoder.layer.{i}."
-      for s in ("query", "key", "value"):
-        out += [(p + f"attention.self.{s}.weight", e, q, "torch"), (p + f"attention.self.{s}.bias", None, q, "vec")]
-      out += [(p + "attention.output.dense.weight", q, e, "torch"), (p + "attention.output.dense.bias", None, e, "vec"),
-              (p + "attention.output.LayerNorm.weight", None, e, "vec"),
-              (p + "attention.output.LayerNorm.bias", None, e, "vec"),
-              (p + "intermediate.dense.weight", e, m, "torch"), (p + "intermediate.dense.bias", None, m, "vec"),
-              (p + "output.dense.weight", m, e, "torch"), (p + "output.dense.bias", None, e, "vec"),
-              (p + "output.LayerNorm.weight", None, e, "vec"), (p + "output.LayerNorm.bias", None, e, "vec")]
+  D = E // H
+  dims = {"embed": E, "heads": H, "kv_heads": KV, "head_dim": D, "mlp": I, "vocab": V, "positions": 8,
+          "token_types": 2, "rotary": D // 2}
+  a = dict(dims, layers=L, qkv_bias=fam == "gpt_neox" or model_type == "qwen2", o_bias=fam == "gpt_neox",
+           mlp_bias=False, tied=fam == "gpt2", pooler=False, mlm=True)
+  out, blocks = [], {}
+  for name, layer, t in layout.tensors(fam, a, buffers=True):
+    if fam == "bert" and layer is None and name not in _BERT_OUTSIDE:
+      continue
+    ti = _theta(t, t.rows, dims, th) if t.rows else None
+    to = _theta(t, t.cols, dims, th, fused=True)
+    kind = "vec" if not t.rows else "torch" if t.stored == "linear" else "conv1d"
+    row = (name.removeprefix("transformer."), ti, to, kind)
+    if layer is None:
+      out.append(row)
+    else:
+      blocks.setdefault(layer, []).append((fam == "llama" and t.when == "qkv_bias", row))
+  for rows in blocks.values():  # Qwen2's q/k/v biases last in each block, where these checkpoints always had them
+    out += [row for _, row in sorted(rows, key=lambda r: r[0])]
   return out
+
+
+def _theta(t, axes: tuple, dims: dict, th: dict, fused: bool = False) -> np.ndarray:
+  """The planted types of one side of `t`: one per neuron of the group `axes` (a fused tensor's parts share
+  them), zeros for the axes that are no width (vocabulary, positions) and for buffers."""
+  group = {("embed",): "embed", ("mlp",): "mlp", ("heads", "head_dim"): "heads", ("kv_heads", "head_dim"): "kv_heads"}
+  size = int(np.prod([dims[x] for x in axes]))
+  theta = th[group[axes]] if axes in group and t.when != "buffer" else np.zeros(size)
+  if fused and not isinstance(t.leaf, str):
+    shape = [dims[x] for x in axes]
+    theta = np.repeat(np.expand_dims(theta.reshape(shape), t.split), len(t.leaf), axis=t.split).reshape(-1)
+  return theta
 
 
 def write_synthetic(path: str | os.PathLike, model_type: str, *, num_blocks: int = 2, embed: int = 16,
@@ -112,18 +91,18 @@ def write_synthetic(path: str | os.PathLike, model_type: str, *, num_blocks: int
         "kv_heads": rng.normal(size=kv_heads * (embed // heads))}
   spec = _synthetic_spec(model_type, num_blocks, embed, heads, kv_heads, mlp, vocab, th)
   os.makedirs(path, exist_ok=True)
-  store = np.dtype(_DTYPES[{"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype]])
+  store = np.dtype(DTYPES[{"float32": "F32", "float16": "F16", "bfloat16": "BF16"}[dtype]])
   per = -(-len(spec) // shards)
   weight_map, kept = {}, {}
   for s in range(shards):
     fname = "model.safetensors" if shards == 1 else f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
     tensors = {}
-    for name, ti, to, layout in spec[s * per:(s + 1) * per]:
-      if layout == "vec":
+    for name, ti, to, kind in spec[s * per:(s + 1) * per]:
+      if kind == "vec":
         w = planted * to + rng.normal(size=to.shape)
       else:
         w = planted * (ti[:, None] + to[None, :]) + rng.normal(size=(ti.size, to.size))
-        w = w.T if layout == "torch" else w
+        w = w.T if kind == "torch" else w
       tensors[name] = np.ascontiguousarray(w.astype(np.float32).astype(store))
       weight_map[name] = fname
     save_file(tensors, os.path.join(path, fname))
@@ -145,7 +124,7 @@ def write_synthetic(path: str | os.PathLike, model_type: str, *, num_blocks: int
 
 
 def main(argv=None) -> int:
-  """`python -m rcjax.hf_synthetic DST --family llama`: a tiny random HF checkpoint, to try the CLIs on.
+  """`python -m rcjax.hf.synthetic DST --family llama`: a tiny random HF checkpoint, to try the CLIs on.
 
   >>> import os, tempfile
   >>> d = os.path.join(tempfile.mkdtemp(), 'tiny-llama')
@@ -161,7 +140,7 @@ def main(argv=None) -> int:
 
   def body(args) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m rcjax.hf_synthetic", description="Write a small random HuggingFace checkpoint "
+        prog="python -m rcjax.hf.synthetic", description="Write a small random HuggingFace checkpoint "
         "(config.json + model.safetensors) to try python -m rcjax.grow / rcjax.shrink / rcjax.analyze on.")
     p.add_argument("dst", help="output directory (must not exist, or be empty)")
     p.add_argument("--family", default="llama", choices=sorted(_ARCH), help="model type (default: llama)")
@@ -188,7 +167,7 @@ def main(argv=None) -> int:
           f"(random weights); try: python -m rcjax.grow {a.dst} {a.dst.rstrip('/')}-x2 --factor 2")
     return 0
 
-  return _cli.run("rcjax.hf_synthetic", body, argv)
+  return _cli.run("rcjax.hf.synthetic", body, argv)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,8 @@
 """BERT checkpoints (`BertModel`, `BertForMaskedLM`, sentence-transformers models on a BERT) in and out of
-rcjax: the `bert` family of `rcjax.hf_model.load/save` and `python -m rcjax.grow/shrink` (`rcjax.nn.Bert`).
-
-The block layout is the table `rcjax.hf` reads BERT's RC leaves with (`rcjax.hf._RULES['bert']`): each of
-its views (nn.Linear (out, in) transposed, q/k/v and the output projection split into heads) is used
-here as the `rcjax.hf_model.Part` view of the leaf named in `_LEAVES`, so the diagnostics and the
-conversion read one layout. The embeddings, pooler and MLM head are outside the blocks and listed below.
+rcjax: the `bert` family of `rcjax.hf.load/save` and `python -m rcjax.grow/shrink` (`rcjax.nn.Bert`):
+config.json <-> `rcjax.nn.Bert`, the pooler and MLM head a checkpoint has, the sentence-transformers files.
+The tensors (blocks, embeddings, pooler, MLM head) are the BERT table of `rcjax.hf.layout`, which the
+diagnostics (`rcjax.hf.Checkpoint`) and the conversion both read.
 
 Supported: absolute position embeddings (`position_embedding_type` 'absolute'; 'relative_key' and
 'relative_key_query' are refused), encoders only (`is_decoder` and cross-attention refused), hidden_act
@@ -28,21 +26,12 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from rcjax.hf_layout import _RULES, _TORCH_DTYPE, Entry, Part, _same, _t
+from rcjax.hf.files import TORCH_DTYPES
 from rcjax.nn.bert import Bert
 
 REFUSED = {"roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa", "camembert": "CamemBERT",
            "distilbert": "DistilBERT"}
 ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
-# block tensor suffix (rcjax.hf's BERT table) -> rcjax.nn.Bert leaf in params['blocks']
-_LEAVES = {"attention.self.query.weight": "q", "attention.self.query.bias": "q_bias",
-           "attention.self.key.weight": "k", "attention.self.key.bias": "k_bias",
-           "attention.self.value.weight": "v", "attention.self.value.bias": "v_bias",
-           "attention.output.dense.weight": "o", "attention.output.dense.bias": "o_bias",
-           "attention.output.LayerNorm.weight": "attn_norm_scale", "attention.output.LayerNorm.bias": "attn_norm_bias",
-           "intermediate.dense.weight": "up", "intermediate.dense.bias": "up_bias",
-           "output.dense.weight": "down", "output.dense.bias": "down_bias",
-           "output.LayerNorm.weight": "mlp_norm_scale", "output.LayerNorm.bias": "mlp_norm_bias"}
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
@@ -74,7 +63,7 @@ def model_from_config(c: Mapping[str, Any], *, dtype: Any = jnp.float32, param_d
   if E % H:
     raise ValueError(f"{where}: hidden_size {E} is not a multiple of num_attention_heads {H}")
   mlm = "BertForMaskedLM" in (c.get("architectures") or [])
-  pd = param_dtype or _TORCH_DTYPE.get(str(c.get("torch_dtype") or c.get("dtype") or "float32"), np.float32)
+  pd = param_dtype or TORCH_DTYPES.get(str(c.get("torch_dtype") or c.get("dtype") or "float32"), np.float32)
   return Bert(vocab=int(c["vocab_size"]), width=E, depth=int(c["num_hidden_layers"]), heads=H,
               mlp=int(c["intermediate_size"]), max_len=int(c.get("max_position_embeddings", 512)),
               type_vocab=int(c.get("type_vocab_size", 2)), activation=act,
@@ -90,7 +79,7 @@ def fit_to_tensors(model: Bert, names: set[str]) -> Bert:
 
 
 def arch(model: Bert, params: Any) -> dict:
-  """Resolved architecture of `model` at the sizes of `params` (the keys `rcjax.hf_model._arch` gives)."""
+  """Resolved architecture of `model` at the sizes of `params` (the keys `rcjax.hf.config._arch` gives)."""
   a = model.arch()
   L, E, H, D = params["blocks"]["q"].shape
   a.update(layers=L, embed=E, heads=H, head_dim=D, kv_heads=params["blocks"]["k"].shape[2],
@@ -98,39 +87,6 @@ def arch(model: Bert, params: Any) -> dict:
            max_len=params["positions"].shape[0], type_vocab=params["token_types"].shape[0],
            pooler="pooler" in params, mlm="mlm" in params)
   return a
-
-
-def entries(a: Mapping[str, Any]) -> list[Entry]:
-  """The HF tensors of a BERT with resolved architecture `a`, and where each lives (blocks: `rcjax.hf`'s table)."""
-  E, H, K, D, F, V, L = (a[k] for k in ("embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "layers"))
-  dims = {"embed": E, "heads": H, "kv_heads": K, "head_dim": D, "mlp": F}
-  rules = _RULES["bert"]
-  shapes = {"q": (H * D, E), "k": (K * D, E), "v": (K * D, E), "q_bias": (H * D,), "k_bias": (K * D,),
-            "v_bias": (K * D,), "o": (E, H * D), "up": (F, E), "up_bias": (F,), "down": (E, F)}
-  p = "bert." if a["mlm"] else ""
-  out: list[Entry] = []
-  one = lambda name, shape, leaf, view=_same, layer=None: out.append(
-      Entry(name, tuple(shape), (Part(leaf, layer, view),)))
-  one(p + "embeddings.word_embeddings.weight", (V, E), ("embed",))
-  one(p + "embeddings.position_embeddings.weight", (a["max_len"], E), ("positions",))
-  one(p + "embeddings.token_type_embeddings.weight", (a["type_vocab"], E), ("token_types",))
-  one(p + "embeddings.LayerNorm.weight", (E,), ("embed_norm", "norm_scale"))
-  one(p + "embeddings.LayerNorm.bias", (E,), ("embed_norm", "norm_bias"))
-  for i in range(L):
-    for suffix, leaf in _LEAVES.items():
-      rule = rules(suffix)
-      one(f"{p}encoder.layer.{i}.{suffix}", shapes.get(leaf, (E,)), ("blocks", leaf),
-          lambda x, r=rule: r(x, dims)[0][1], i)
-  if a["pooler"]:
-    one(p + "pooler.dense.weight", (E, E), ("pooler", "dense"), _t)
-    one(p + "pooler.dense.bias", (E,), ("pooler", "dense_bias"))
-  if a["mlm"]:
-    one("cls.predictions.transform.dense.weight", (E, E), ("mlm", "dense"), _t)
-    one("cls.predictions.transform.dense.bias", (E,), ("mlm", "dense_bias"))
-    one("cls.predictions.transform.LayerNorm.weight", (E,), ("mlm", "norm_scale"))
-    one("cls.predictions.transform.LayerNorm.bias", (E,), ("mlm", "norm_bias"))
-    one("cls.predictions.bias", (V,), ("mlm_bias",))
-  return out
 
 
 def config_for(model: Bert, params: Any, base: Mapping[str, Any] | None, torch_dtype: str) -> dict:

@@ -3,15 +3,15 @@
 `stream_transfer(src, dst, model, new_model, ...)` reads SRC's tensors of one block (plus, with the first
 block, the embedding, the final norm and the readout) straight from the safetensors files, and runs one
 jitted function per block that converts them to the transfer dtype, lays them out as rcjax leaves (the
-same `hf_config._entries` views `load` reads through), transfers them with `rcjax.transfer_model` (the
+same `rcjax.hf.layout.entries` views `load` reads through), transfers them with `rcjax.transfer_model` (the
 same maps, rescaling and corrections as the whole-model call: every leaf's result is elementwise in its
 layers, so a one-block slice gives the same bytes), and lays the result back out in the HF layout in
 the output dtype (the exact inverse of the views, by `jax.linear_transpose`: reshapes and transposes,
 no arithmetic). The HF tensors of that block are then written with `os.pwrite` at their offsets in the
-output files, whose space was reserved beforehand (`posix_fallocate`, in `hf_write._create`), so a full
+output files, whose space was reserved beforehand (`posix_fallocate`, in `rcjax.hf.write._create`), so a full
 disk is an `OSError` before anything is written, never a SIGBUS. Memory: one block of SRC and of DST
-(and the embedding and readout), not the model; the bytes are byte-identical to `hf_model.load` +
-`rcjax.transfer_model` + `hf_model.save` (pinned by tests/test_hf_speed.py).
+(and the embedding and readout), not the model; the bytes are byte-identical to `rcjax.hf.load` +
+`rcjax.transfer_model` + `rcjax.hf.save` (pinned by tests/test_hf_speed.py).
 
 Used only where that path is equivalent: one process, no mesh, no fresh neurons or noise
 (`random_rate = norm_rate = 0`, whose draws depend on whole leaves) and a model in the standard
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rcjax import hf_config, hf_layout, hf_model, hf_write
+from rcjax.hf import config as hf_config, files as hf_files, layout as hf_layout, model as hf_model, write as hf_write
 from rcjax.rc import RC, is_rc
 
 
@@ -157,91 +157,105 @@ def stream_transfer(src: str, dst: str, model, new_model, key, target: dict, *, 
                     extra_files: dict, progress: bool = False) -> dict:
   """Write DST = the transfer of SRC to `new_model`'s sizes, block by block (see the module docstring).
 
-  Returns `hf_model.save`'s summary dict plus 'bytes_read' and 'seconds' (compile, compute, write: the
+  Returns `rcjax.hf.save`'s summary dict plus 'bytes_read' and 'seconds' (compile, compute, write: the
   wall time of each; they overlap: the two functions compile in parallel, and a writer thread writes
   block i while block i + 1 is computed, so at most two blocks are in memory)."""
   files, src_entries, names, cfg, dst_entries = _tables(src, model, new_model, src_config, out_dtype)
-  dtypes = {e.name: np.dtype(out_dtype) for e in dst_entries}
-  src_pieces, dst_pieces = _pieces(src_entries, model.depth), _pieces(dst_entries, model.depth)
+  run = _Blocks(files, names, src_entries, dst_entries, model.depth, np.dtype(out_dtype))
   tdtype = jnp.float32 if transfer_dtype == "float32" else hf_model._stored(files) or jnp.float32
   kw = dict(sampler=sampler, random_rate=0.0, norm_rate=0.0, exact=exact, target=dict(target))
-  final_src = [e for e in src_entries if e.parts[0].leaf[0] == "final"]
-  embed_src = next(e for e in src_entries if e.parts[0].leaf == ("embed",))
-  layer = lambda es: [e for e in es if e.parts[0].layer is not None]
-  # block i > 0 runs block 1's function on block i's arrays, renamed to block 1's names
-  specs = {True: (src_pieces[0], dst_pieces[0])}
-  if model.depth > 1:
-    specs[False] = (layer(src_pieces[1]) + final_src, layer(dst_pieces[1]))
-  seconds = {"compile": 0.0, "read": 0.0, "compute": 0.0, "write": 0.0}
+  run.compile(model, new_model, key, kw, tdtype)
+  label = f"writing {os.path.basename(dst)}"
+  summary = hf_write._write_dir(dst, dst_entries, run.dtypes, max_shard_size, cfg, overwrite, extra_files,
+                                lambda tmp, plan, fnames: run.write_all(tmp, plan, fnames, key, progress, label))
+  summary.update(bytes_read=run.read, seconds=run.seconds)
+  return summary
 
-  def inputs(i: int) -> dict:
-    es = src_pieces[0] if i == 0 else layer(src_pieces[i]) + final_src
+
+class _Blocks:
+  """One streaming run's blocks: SRC's arrays of block i (`inputs`), the two compiled block functions (block 0,
+  which carries the embedding, and block 1's, run on every block i > 0 renamed to block 1's names), and the
+  writer that overlaps block i's write with block i + 1's compute."""
+
+  def __init__(self, files, names: dict, src_entries: list, dst_entries: list, depth: int, out_dtype):
+    self.files, self.names, self.depth, self.out_dtype = files, names, depth, out_dtype
+    self.dtypes = {e.name: out_dtype for e in dst_entries}
+    self.src_pieces, self.dst_pieces = _pieces(src_entries, depth), _pieces(dst_entries, depth)
+    self.final_src = [e for e in src_entries if e.parts[0].leaf[0] == "final"]
+    self.embed_src = next(e for e in src_entries if e.parts[0].leaf == ("embed",))
+    layer = lambda es: [e for e in es if e.parts[0].layer is not None]
+    self.specs = {True: (self.src_pieces[0], self.dst_pieces[0])}
+    if depth > 1:
+      self.specs[False] = (layer(self.src_pieces[1]) + self.final_src, layer(self.dst_pieces[1]))
+    self.seconds = {"compile": 0.0, "read": 0.0, "compute": 0.0, "write": 0.0}
+    self.read = 0
+    self.where: dict[str, tuple[str, int]] = {}
+
+  def inputs(self, i: int) -> dict:
+    files, names = self.files, self.names
+    es = self.src_pieces[0] if i == 0 else [e for e in self.src_pieces[i] if e.parts[0].layer is not None] + self.final_src
     arrays = {names[e.name]: _read(files, names[e.name]) for e in es}
     if i > 0:
-      arrays["__embed_row__"] = np.ascontiguousarray(embed_src.parts[0].view(_read(files, names[embed_src.name], 1)))
+      row = _read(files, names[self.embed_src.name], 1)
+      arrays["__embed_row__"] = np.ascontiguousarray(self.embed_src.parts[0].view(row))
     return arrays if i <= 1 else {_rename(n, i, 1): a for n, a in arrays.items()}
 
-  def compiled(first: bool):
-    t = time.perf_counter()
-    fn = _builder(model, new_model, *specs[first], names, dict(kw), out_dtype, first, tdtype)
-    shapes = {n: jax.ShapeDtypeStruct(a.shape, a.dtype) for n, a in inputs(0 if first else 1).items()}
-    out = fn.lower(shapes, key).compile()
-    seconds["compile"] = max(seconds["compile"], time.perf_counter() - t)
-    return out
+  def compile(self, model, new_model, key, kw: dict, tdtype) -> None:
+    def one(first: bool):
+      t = time.perf_counter()
+      fn = _builder(model, new_model, *self.specs[first], self.names, dict(kw), self.out_dtype, first, tdtype)
+      shapes = {n: jax.ShapeDtypeStruct(a.shape, a.dtype) for n, a in self.inputs(0 if first else 1).items()}
+      out = fn.lower(shapes, key).compile()
+      self.seconds["compile"] = max(self.seconds["compile"], time.perf_counter() - t)
+      return out
 
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    fns = {first: pool.submit(compiled, first) for first in specs}
-  fns = {first: f.result() for first, f in fns.items()}
-  where: dict[str, tuple[str, int]] = {}
-  read = 0
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      fns = {first: pool.submit(one, first) for first in self.specs}
+    self.fns = {first: f.result() for first, f in fns.items()}
 
-  def block(i: int) -> dict:
-    nonlocal read
+  def block(self, i: int, key) -> dict:
     t = time.perf_counter()
-    arrays = inputs(i)
-    read += sum(a.nbytes for a in arrays.values())
+    arrays = self.inputs(i)
+    self.read += sum(a.nbytes for a in arrays.values())
     t1 = time.perf_counter()
-    out = fns[i == 0](arrays, key)
+    out = self.fns[i == 0](arrays, key)
     out = {n if i <= 1 else _rename(n, 1, i): np.asarray(a) for n, a in out.items()}
-    seconds["read"] += t1 - t
-    seconds["compute"] += time.perf_counter() - t1
+    self.seconds["read"] += t1 - t
+    self.seconds["compute"] += time.perf_counter() - t1
     return out
 
-  def write(fds: dict, out: dict, entries: list) -> None:
+  def _write(self, fds: dict, out: dict, entries: list) -> None:
     t = time.perf_counter()
-    _write_block(fds, out, entries, where, dtypes)
-    seconds["write"] += time.perf_counter() - t
+    _write_block(fds, out, entries, self.where, self.dtypes)
+    self.seconds["write"] += time.perf_counter() - t
 
-  def body(tmp: str, plan: list, fnames: list) -> None:
-    where.update(_create_files(tmp, plan, fnames, dtypes))
+  def write_all(self, tmp: str, plan: list, fnames: list, key, progress: bool, label: str) -> None:
+    """Create DST's files in `tmp` and fill them block by block (`rcjax.hf.write._write_dir`'s body)."""
+    self.where.update(_create_files(tmp, plan, fnames, self.dtypes))
     fds = {f: os.open(os.path.join(tmp, f), os.O_WRONLY) for f in fnames}
     try:
       with concurrent.futures.ThreadPoolExecutor(1) as writer:
         pending = None
-        for i in hf_write._progress(list(range(model.depth)), progress, f"writing {os.path.basename(dst)}"):
-          out = block(i)
+        for i in hf_write._progress(list(range(self.depth)), progress, label):
+          out = self.block(i, key)
           if pending is not None:
             pending.result()  # raises the writer's error (a full disk) here
-          pending = writer.submit(write, fds, out, dst_pieces[i])
+          pending = writer.submit(self._write, fds, out, self.dst_pieces[i])
           del out
         pending.result()
     finally:
       for fd in fds.values():
         os.close(fd)
 
-  summary = hf_write._write_dir(dst, dst_entries, dtypes, max_shard_size, cfg, overwrite, extra_files, body)
-  summary.update(bytes_read=read, seconds=seconds)
-  return summary
-
 
 def _tables(src: str, model, new_model, src_config: dict, out_dtype) -> tuple:
   """SRC's files, its tensors' entries and stored names; DST's config.json and entries."""
-  files = hf_layout._Files(src)
-  src_entries = hf_config._entries(hf_config.family_of(model), hf_config._arch(model, hf_model.abstract_params(model)))
+  files = hf_files.Files(src)
+  src_entries = hf_layout.entries(hf_config.family_of(model), hf_config._arch(model, hf_model.abstract_params(model)))
   names = hf_model._resolve_names(src_entries, files, src)
   new_abstract = hf_model.abstract_params(new_model)
   cfg = hf_config.config_for(new_model, new_abstract, src_config, out_dtype)
-  dst_entries = hf_config._entries(hf_config.FAMILIES[cfg["model_type"]], hf_config._arch(new_model, new_abstract))
+  dst_entries = hf_layout.entries(hf_config.FAMILIES[cfg["model_type"]], hf_config._arch(new_model, new_abstract))
   return files, src_entries, names, cfg, dst_entries
 
 
@@ -282,7 +296,7 @@ def _read(files, name: str, rows: int | None = None) -> np.ndarray:
   """A tensor (or its first `rows` rows) read into fresh memory with `readinto`: not through a memory map,
   whose pages would stay resident (and count) until the map is closed, growing with the blocks read."""
   fname, entry, start = files.where[name]
-  dtype = np.dtype(hf_layout._DTYPES[entry["dtype"]])
+  dtype = np.dtype(hf_files.DTYPES[entry["dtype"]])
   shape = list(entry["shape"])
   if rows is not None:
     shape[0] = min(rows, shape[0])
