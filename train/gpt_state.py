@@ -3,10 +3,7 @@ the initial params (fresh, transferred from a run or an HF checkpoint), growth m
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import sys
 from typing import Any
 
 import jax
@@ -18,6 +15,7 @@ from rcjax import sharding
 from rcjax.checkpoint import Checkpointer
 from rcjax.maps import tree_blocks
 from rcjax.rc import is_rc, leaves_with_paths
+from train.common import check_run_dir, metrics_records, resume_step, truncate_metrics
 from train.gpt_config import RESUMABLE, Config, hf_arch, hf_source
 from train.gpt_model import Trainer, global_batch, scaled_sizes
 
@@ -25,33 +23,9 @@ from train.gpt_model import Trainer, global_batch, scaled_sizes
 # --- run directory ------------------------------------------------------------------------------
 
 def _check_run_dir(cfg: Config) -> None:
-  path = os.path.join(cfg.out, "config.json")
-  if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
-    raise ValueError(f"--out {cfg.out} exists and is not a directory")
-  if not os.path.exists(path):
-    # A run writes config.json first (after creating checkpoints/): anything else is not ours to write into.
-    other = [n for n in os.listdir(cfg.out) if n != "checkpoints" and not n.startswith(".config.json.")] \
-        if os.path.isdir(cfg.out) else []
-    if other:
-      raise ValueError(f"--out {cfg.out} exists and is not a train.gpt run directory (no config.json; it holds "
-                       f"{sorted(other)[:3]}); choose another --out")
-    return
-  try:
-    with open(path) as f:
-      old = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it") from None
-  if not isinstance(old, dict):
-    raise ValueError(f"{path} is not a JSON object (it holds a {type(old).__name__}); fix or remove it")
-  def same(k, a, b):  # paths spelled another way (relative, ./, a trailing /) name the same folder
-    return a == b or (k in ("out", "transfer_from", "data_dir") and bool(a and b) and isinstance(a, str)
-                      and os.path.realpath(a) == os.path.realpath(b))
-
-  diff = [k for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE and not same(k, old.get(k), v)]
-  if diff:
-    theirs = ", ".join(f"{k}={old.get(k)!r}" for k in diff[:4])
-    ours = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in diff[:4])
-    raise ValueError(f"{cfg.out} holds a run with another config ({theirs} vs {ours}); use a new --out")
+  """Refuse an --out that holds something else than a run of this config (`train.common.check_run_dir`;
+  `checkpoints/` may come before config.json)."""
+  check_run_dir(cfg.out, cfg, prog="train.gpt", resumable=RESUMABLE, before_config=("checkpoints",))
 
 
 def _check_arch(template: Any, abstract: Any, where: str, depths: tuple = ()) -> None:
@@ -111,17 +85,10 @@ def _resume_step(cfg: Config) -> int | None:
   """The newest checkpoint of --out that verifies (None: none saved). Every process verifies (one line
   per corrupt step, from process 0); then process 0 moves the corrupt steps after it to
   `checkpoints.corrupt/`. Raises `CorruptCheckpoint` if no step verifies."""
-  own = os.path.join(cfg.out, "checkpoints") if cfg.out else None
-  if not own or not os.path.isdir(own):
+  if not cfg.out:
     return None
-  main = jax.process_index() == 0
-  report = (lambda message: print(f"train.gpt: {message}", file=sys.stderr)) if main else None
-  ck = Checkpointer(own, read_only=True)
-  good = ck.latest_good_step(report)
-  sharding.sync("train.gpt:verified")
-  if main:
-    ck.set_aside_after(good, report)
-  return good
+  return resume_step(os.path.join(cfg.out, "checkpoints"), "train.gpt", main=jax.process_index() == 0,
+                     sync=lambda: sharding.sync("train.gpt:verified"))
 
 
 def _preflight(cfg: Config, model) -> int | None:
@@ -209,7 +176,7 @@ def _finished(cfg: Config, ckpt: Checkpointer) -> dict | None:
   ckpt.close()
   if latest > cfg.steps:
     raise ValueError(f"{cfg.out} holds step {latest}, past --steps {cfg.steps}; use a new --out (or more steps)")
-  ends = [rec for _, rec in _metrics_records(os.path.join(cfg.out, "metrics.jsonl"))
+  ends = [rec for _, rec in metrics_records(os.path.join(cfg.out, "metrics.jsonl"))
           if isinstance(rec, dict) and rec.get("event") == "end"]
   summary = {k: v for k, v in ends[-1].items() if k != "event"} if ends else {"steps": latest, "loss": None}
   return {**summary, "finished_before": True}
@@ -294,28 +261,9 @@ def _open_metrics(path: str, resume: int | None):
   """Open metrics.jsonl for appending, keeping only the records up to step `resume` (the checkpoint this
   run resumes from; None: a fresh start keeps none): a killed run's records after its last checkpoint,
   and a partial last line, are dropped, so no step is logged twice."""
-  if os.path.exists(path):
-    keep = []
-    for line, rec in _metrics_records(path):
-      at = rec.get("step", rec.get("steps")) if isinstance(rec, dict) else None
-      if resume is not None and isinstance(at, int) and at <= resume:
-        keep.append(line if line.endswith("\n") else line + "\n")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
+  def keep(rec):
+    at = rec.get("step", rec.get("steps")) if isinstance(rec, dict) else None
+    return resume is not None and isinstance(at, int) and at <= resume
+
+  truncate_metrics(path, keep)
   return open(path, "a")
-
-
-def _metrics_records(path: str) -> list[tuple[str, Any]]:
-  """(line, parsed record) for each line of a metrics.jsonl file (none if it does not exist); a partial
-  last line left by a killed run is skipped."""
-  out = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          out.append((line, json.loads(line)))
-        except ValueError:  # a partial last line of a killed run
-          continue
-  return out

@@ -24,9 +24,7 @@ import argparse
 import dataclasses
 import functools
 import json
-import logging
 import math
-import os
 import sys
 import time
 import typing
@@ -44,17 +42,16 @@ from rcjax.checkpoint import Checkpointer
 from rcjax.integrity import UnverifiedCheckpointWarning, check_writable, kill_point
 from train import data as data_lib
 from train import mlp_deep, mlp_transfer
-from train.mlp_files import read_metrics, restore_opt_state  # noqa: F401 - read_metrics: train.mlp's API
+from train.common import (HelpFormatter, add_flags, check_run_dir, quiet_logs, restore_opt_state, resume_step,
+                          truncate_metrics, write_config, write_metrics)
+from train.common import field as _f
+from train.common import read_metrics  # noqa: F401 - train.mlp's API
 
 PARAMS = ("sp", "ntk", "mup", "mf")
 BIASES = ("trainable", "constant", "none")
 SAMPLERS = rcjax.maps.SAMPLERS
 # Config fields that may change between a run and its resumption.
 RESUMABLE = ("epochs", "progress", "out", "data_dir")
-
-
-def _f(default, help_: str, choices=None):
-  return dataclasses.field(default=default, metadata={"help": help_, "choices": choices})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,60 +245,10 @@ def load_data(config: Config, *, default_lr: bool = False) -> tuple[Config, data
   return config, data
 
 
-def resume_step(ckpt_dir: Path) -> int | None:
-  """The newest checkpoint step that verifies (None: no checkpoint). Corrupt steps are reported in one
-  line each and moved to `checkpoints.corrupt/`; raises `CorruptCheckpoint` if none verifies."""
-  if not ckpt_dir.is_dir():
-    return None
-  ck = Checkpointer(ckpt_dir, read_only=True)
-  report = lambda message: print(f"train.mlp: {message}", file=sys.stderr)
-  good = ck.latest_good_step(report)
-  ck.set_aside_after(good, report)
-  return good
-
-
-def _write_metrics(path: Path, lines: list[dict]) -> None:
-  tmp = path.with_suffix(".jsonl.tmp")
-  try:
-    tmp.write_text("".join(_cli.json_line(m) + "\n" for m in lines))  # strict JSON: NaN/inf as null
-  except OSError as e:  # the old file stays whole; the error names it (a write's ENOSPC carries no file name)
-    tmp.unlink(missing_ok=True)
-    raise OSError(e.errno, e.strerror, str(path)) from e
-  os.replace(tmp, path)
-
-
 def check_out_dir(out: Path, config: Config) -> None:
-  """Refuse an --out that holds something else than a run of this config (nothing is overwritten)."""
-  if not out.exists():
-    return
-  if not out.is_dir():
-    raise ValueError(f"--out {out} exists and is not a directory")
-  cfg = out / "config.json"
-  if not cfg.exists():
-    if any(out.iterdir()):
-      raise ValueError(f"--out {out} exists and is not a train.mlp run directory (no config.json); "
-                       "choose another --out")
-    return
-  try:
-    old = json.loads(cfg.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{cfg} is not valid JSON ({e}); fix or remove it") from None
-  if not isinstance(old, dict):
-    raise ValueError(f"{cfg} is not a JSON object (it holds a {type(old).__name__}); fix or remove it")
-  new = dataclasses.asdict(config)
-  def same(k, a, b):  # a source at the same path, or at the same place relative to the run (a moved sweep)
-    return a == b or (k == "transfer_from" and bool(a and b) and (
-        os.path.realpath(a) == os.path.realpath(b)
-        or os.path.relpath(a, old.get("out") or ".") == os.path.relpath(b, config.out)))
-
-  defaults = {f.name: f.default for f in dataclasses.fields(Config)}  # fields newer than the run's config.json
-  diffs = [f"{k}: {old.get(k, defaults[k])!r} -> {v!r}" for k, v in new.items()
-           if k not in RESUMABLE and not same(k, old.get(k, defaults[k]), v)]
-  if isinstance(old.get("epochs"), int) and config.epochs < old["epochs"]:
-    diffs.append(f"epochs: {old['epochs']} -> {config.epochs} (--epochs may grow, not shrink)")
-  if diffs:
-    raise ValueError(f"--out {out} holds a run with a different config ({', '.join(diffs)}); rerun with "
-                     "the same flags to resume it, or choose another --out")
+  """Refuse an --out that holds something else than a run of this config (nothing is overwritten;
+  `train.common.check_run_dir`: --epochs may grow, not shrink)."""
+  check_run_dir(out, config, prog="train.mlp", resumable=RESUMABLE, counts_up="epochs")
 
 
 def _line(epoch, step, width, flops, train, test, **extra) -> dict:
@@ -327,8 +274,6 @@ def run(config: Config, *, default_lr: bool = False) -> list[dict]:
     data_lib.DataUnavailable: the dataset cannot be loaded.
     TrainingDiverged: NaN/inf loss (the last good checkpoint is kept).
   """
-  from rcjax._progress import bar as progress_bar
-
   validate(config)
   out = Path(config.out)
   config, data = load_data(config, default_lr=default_lr)
@@ -339,96 +284,118 @@ def run(config: Config, *, default_lr: bool = False) -> list[dict]:
   if steps == 0:
     raise ValueError(f"--batch-size {config.batch_size} is larger than the training set ({n} examples)")
   model, tx = build_model(config), optimizer(config)
-  ckpt_dir = out / "checkpoints"
-  resume = resume_step(ckpt_dir)
+  resume = resume_step(out / "checkpoints", "train.mlp")
   root = jax.random.key(config.seed)
   init_key, transfer_key, data_key = (jax.random.fold_in(root, i) for i in range(3))
   source = None
   if resume is None and config.transfer_from is not None:  # validates the source before writing anything
     source = mlp_transfer.load_source(config, data, optimizer, transfer_key)
 
-  out.mkdir(parents=True, exist_ok=True)
-  tmp = out / f".config.json.{os.getpid()}"  # atomic: a crash mid-write leaves the old file
-  tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-  os.replace(tmp, out / "config.json")
-  metrics_path = out / "metrics.jsonl"
-  ckpt = Checkpointer(ckpt_dir)
-  train_step, eval_batch = make_fns(model, config.lr, config.momentum)
-  x_tr, y_tr = _to_device(data.x_train), _to_device(data.y_train)
-  x_te, y_te = _to_device(data.x_test), _to_device(data.y_test)
-  on_device = isinstance(x_tr, jax.Array)
-  cfg = dataclasses.asdict(config)
-  t0 = time.time()
-
-  def save(epoch, params, opt_state, step, flops):
-    ckpt.wait()
-    ckpt.save(epoch, params=params, opt_state=opt_state if jax.tree.leaves(opt_state) else None, config=cfg,
-              extra={"epoch": epoch, "step": step, "flops": flops})
-
-  if resume is not None:  # drop lines of epochs that have no complete checkpoint
-    restored = ckpt.restore(resume)
-    params = restored["params"]
-    opt_state = restore_opt_state(ckpt, resume, params, tx)
-    epoch, step, flops = resume, restored["extra"]["step"], restored["extra"]["flops"]
-    lines = [m for m in read_metrics(metrics_path) if m["epoch"] <= resume]
-    _write_metrics(metrics_path, lines)
-    print(f"{out}: complete ({resume} epochs)" if resume >= config.epochs else
-          f"resuming {out} from epoch {resume}", file=sys.stderr)
+  write_config(out, config)
+  r = _Run(config, out, Checkpointer(out / "checkpoints"), *make_fns(model, config.lr, config.momentum),
+           *(_to_device(a) for a in (data.x_train, data.y_train, data.x_test, data.y_test)), time.time())
+  if resume is not None:
+    params, opt_state, epoch, step, flops, lines = r.resume(resume, tx)
   else:
+    params, opt_state, epoch, step, flops, lines = r.begin(model, tx, source, init_key, data.x_train[:1])
+  flops_per_step = train_flops_per_example(params) * config.batch_size
+  for epoch in range(epoch + 1, config.epochs + 1):
+    perm = np.asarray(_permutation(data_key, epoch, n))
+    idx = perm[:steps * config.batch_size].reshape(steps, config.batch_size)
+    params, opt_state, step, flops = r.train_epoch(epoch, idx, params, opt_state, step,
+                                                   flops + steps * flops_per_step, lines)
+  r.ckpt.wait()
+  r.ckpt.close()
+  _plot_run(out, lines)
+  return lines
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the epochs of one run share: its config and directory, the jitted steps and the data."""
+  config: Config
+  out: Path
+  ckpt: Checkpointer
+  train_step: typing.Any
+  eval_batch: typing.Any
+  x_tr: typing.Any
+  y_tr: typing.Any
+  x_te: typing.Any
+  y_te: typing.Any
+  t0: float
+
+  def save(self, epoch, params, opt_state, step, flops) -> None:
+    self.ckpt.wait()
+    self.ckpt.save(epoch, params=params, opt_state=opt_state if jax.tree.leaves(opt_state) else None,
+                   config=dataclasses.asdict(self.config), extra={"epoch": epoch, "step": step, "flops": flops})
+
+  def resume(self, resume: int, tx):
+    """The state of checkpoint `resume`; metrics.jsonl loses the lines of epochs with no complete checkpoint."""
+    restored = self.ckpt.restore(resume)
+    params = restored["params"]
+    opt_state = restore_opt_state(self.ckpt, resume, params, tx)
+    lines = truncate_metrics(self.out / "metrics.jsonl", lambda m: m["epoch"] <= resume)
+    print(f"{self.out}: complete ({resume} epochs)" if resume >= self.config.epochs else
+          f"resuming {self.out} from epoch {resume}", file=sys.stderr)
+    return params, opt_state, resume, restored["extra"]["step"], restored["extra"]["flops"], lines
+
+  def begin(self, model, tx, source, init_key, x1):
+    """The state at epoch 0 (or the transfer epoch), its metrics line written and checkpoint saved."""
+    c = self.config
     if source is None:
-      params = _init_fn(model)(init_key, jnp.asarray(data.x_train[:1]))["params"]
-      if rank := mlp_deep.parse(config.hidden_init):
+      params = _init_fn(model)(init_key, jnp.asarray(x1))["params"]
+      if rank := mlp_deep.parse(c.hidden_init):
         params = mlp_deep.lowrank_init(params, jax.random.fold_in(init_key, 1), rank)
       opt_state = tx.init(params)
       epoch, step, flops, lines, extra = 0, 0, 0, [], {}
     else:
       params, opt_state = source.params, source.opt_state
-      epoch, step, flops, lines = config.transfer_epoch, source.step, source.flops, source.lines
-      extra = source.event
-    m = _line(epoch, step, config.width, flops, evaluate(eval_batch, params, x_tr, y_tr),
-              evaluate(eval_batch, params, x_te, y_te), **extra)
+      epoch, step, flops, lines, extra = c.transfer_epoch, source.step, source.flops, source.lines, source.event
+    m = _line(epoch, step, c.width, flops, self.evaluate(params, train=True), self.evaluate(params, train=False),
+              **extra)
     lines = lines + [m]
-    _write_metrics(metrics_path, lines)
-    save(epoch, params, opt_state, step, flops)
-    print(_summary(m, config.epochs, time.time() - t0), file=sys.stderr)
+    write_metrics(self.out / "metrics.jsonl", lines)
+    self.save(epoch, params, opt_state, step, flops)
+    print(_summary(m, c.epochs, time.time() - self.t0), file=sys.stderr)
+    return params, opt_state, epoch, step, flops, lines
 
-  flops_per_step = train_flops_per_example(params) * config.batch_size
-  for epoch in range(epoch + 1, config.epochs + 1):
-    perm = np.asarray(_permutation(data_key, epoch, n))
-    idx = perm[:steps * config.batch_size].reshape(steps, config.batch_size)
+  def evaluate(self, params, *, train: bool):
+    return evaluate(self.eval_batch, params, *((self.x_tr, self.y_tr) if train else (self.x_te, self.y_te)))
+
+  def train_epoch(self, epoch: int, idx, params, opt_state, step: int, flops_after: int, lines: list):
+    """Train one epoch over the minibatches `idx` (steps x batch); appends its metrics line to `lines`,
+    writes them and saves the checkpoint. Returns (params, opt_state, step, flops) after it."""
+    from rcjax._progress import bar as progress_bar
+
+    c, steps, on_device = self.config, len(idx), isinstance(self.x_tr, jax.Array)
     losses = []
-    bar = progress_bar(range(steps), desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                       disable=not config.progress)
+    bar = progress_bar(range(steps), desc=f"epoch {epoch}/{c.epochs}", leave=False, disable=not c.progress)
     for i in bar:
       if on_device:
-        params, opt_state, loss, acc = train_step(params, opt_state, x_tr, y_tr, idx[i])
+        params, opt_state, loss, acc = self.train_step(params, opt_state, self.x_tr, self.y_tr, idx[i])
       else:  # dataset on the host: gather the batch there
-        b = np.arange(config.batch_size)
-        params, opt_state, loss, acc = train_step(params, opt_state, x_tr[idx[i]], y_tr[idx[i]], b)
+        b = np.arange(c.batch_size)
+        params, opt_state, loss, acc = self.train_step(params, opt_state, self.x_tr[idx[i]], self.y_tr[idx[i]], b)
       losses.append(loss)
       kill_point("train", epoch)
       if i % 25 == 0 or i == steps - 1:
         bar.set_postfix(loss=f"{float(loss):.4f}", acc=f"{float(acc):.3f}")
     running = float(np.mean(jax.device_get(losses)))
-    train = evaluate(eval_batch, params, x_tr, y_tr)
-    test = evaluate(eval_batch, params, x_te, y_te)
+    train, test = self.evaluate(params, train=True), self.evaluate(params, train=False)
     bad = [v for v in (running, train[0], test[0]) if not math.isfinite(v)]
     if bad:
-      ckpt.wait()
+      self.ckpt.wait()
       raise TrainingDiverged(
           f"loss became {bad[0]} in epoch {epoch} (SGD steps {step + 1}..{step + steps}); stopped. The last "
-          f"good checkpoint is epoch {epoch - 1} in {ckpt_dir}; try a smaller --lr with another --out (or "
-          f"--transfer-from {out} --transfer-epoch {epoch - 1} at the same width)")
-    step, flops = step + steps, flops + steps * flops_per_step
-    m = _line(epoch, step, config.width, flops, train, test, train_loss_running=running)
+          f"good checkpoint is epoch {epoch - 1} in {self.out / 'checkpoints'}; try a smaller --lr with another --out "
+          f"(or --transfer-from {self.out} --transfer-epoch {epoch - 1} at the same width)")
+    step += steps
+    m = _line(epoch, step, c.width, flops_after, train, test, train_loss_running=running)
     lines.append(m)
-    _write_metrics(metrics_path, lines)
-    save(epoch, params, opt_state, step, flops)
-    bar.write(_summary(m, config.epochs, time.time() - t0), file=sys.stderr)
-  ckpt.wait()
-  ckpt.close()
-  _plot_run(out, lines)
-  return lines
+    write_metrics(self.out / "metrics.jsonl", lines)
+    self.save(epoch, params, opt_state, step, flops_after)
+    bar.write(_summary(m, c.epochs, time.time() - self.t0), file=sys.stderr)
+    return params, opt_state, step, flops_after
 
 
 def _plot_run(out: Path, lines: list[dict]) -> None:
@@ -441,45 +408,11 @@ def _plot_run(out: Path, lines: list[dict]) -> None:
 
 # --- command line ----------------------------------------------------------------------------------
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-  """Adds '(default: X)' once: not to on/off flags or None defaults, nor to a help that names its default."""
-
-  def _get_help_string(self, action):
-    if action.default is None or isinstance(action.default, bool) or "default" in (action.help or ""):
-      return action.help
-    return super()._get_help_string(action)
-
-
 def parser() -> argparse.ArgumentParser:
   """Flags generated from the Config fields (bools: `--exact`, `--no-progress`)."""
   p = argparse.ArgumentParser(prog="python -m train.mlp", description=__doc__.split("\n")[0],
                               formatter_class=HelpFormatter)
-  hints = typing.get_type_hints(Config)
-  for f in dataclasses.fields(Config):
-    flag = "--" + f.name.replace("_", "-")
-    kind = hints[f.name]
-    if kind is bool:
-      if f.default:
-        p.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
-                       help=f"turn off: {f.metadata['help']} (on by default)")
-      else:
-        p.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
-      continue
-    if kind not in (int, float, str):
-      kind = str  # Optional[str]
-    p.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=f.metadata["choices"],
-                   help=f.metadata["help"])
-  return p
-
-
-def quiet_logs() -> None:
-  """Drop orbax's warnings on every read-only checkpoint folder we open (e.g. the transfer source), and
-  its traceback of a failed save (the error is reported in one line; with --debug, kept)."""
-  from rcjax.checkpoint import _no_read_only_warning
-  from rcjax.integrity import quiet_orbax_noise
-  logging.getLogger("absl").addFilter(_no_read_only_warning)  # a no-op if already added
-  if not _cli.debugging(None):
-    quiet_orbax_noise()
+  return add_flags(p, Config)
 
 
 def lr_given(argv) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 import rcjax
 from rcjax.checkpoint import Checkpointer
-from train.mlp_files import read_metrics, restore_opt_state
+from train.common import read_metrics, restore_opt_state
 
 
 @dataclasses.dataclass
