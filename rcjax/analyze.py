@@ -267,8 +267,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
   if cmd == "corr":
     p.add_argument("--block", type=int, default=0, help="which block (an MLP is one block)")
   if cmd == "compare":
-    p.add_argument("run_a")
-    p.add_argument("run_b")
+    p.add_argument("runs", nargs="+", metavar="RUN_A RUN_B", help="two runs, or pairs of runs (e.g. one pair per "
+                   "seed: mean and spread of the distances in compare_seeds.json; the figure shows the first pair)")
     p.add_argument("--steps", type=int, nargs="*", help="steps (default: up to 4 common steps)")
     p.add_argument("--leaf", help="glob over leaf paths within a block, e.g. 'mlp/up*' (default: the MLP weight)")
     p.add_argument("--stat", default="R", choices=("R", "C"), help="R: row means (per fan-in neuron), C: column means")
@@ -325,11 +325,17 @@ def _main(argv: list[str]) -> int:
         print(f"{r['label']}: max |corr| {r['max_abs_corr']} (null 99%: {r['max_abs_corr_null']})")
       print(f"-> {a.out}/max_abs_corr.png, max_abs_corr.pdf, bars.json")
     else:
-      result = figures.figure_compare(a.run_a, a.run_b, a.out, steps=a.steps, leaf=a.leaf, stat=a.stat,
-                              columns=a.columns, labels=a.labels, **common)
+      if len(a.runs) % 2:
+        raise ValueError(f"compare takes pairs of runs (RUN_A RUN_B ...), got {len(a.runs)} paths")
+      pairs = list(zip(a.runs[::2], a.runs[1::2]))
+      result = figures.figure_compare(*pairs[0], a.out, steps=a.steps, leaf=a.leaf, stat=a.stat, more=pairs[1:],
+                                      columns=a.columns, labels=a.labels, **common)
       for r in result["rows"]:
         print(f"step {r['step']} {r['unit']}: W1 {r['w1']} (null 95%: {r['w1_null_q95']}, reference {r['reference']})")
-      print(f"-> {a.out}/compare.png, compare.pdf, compare.json")
+      for r in result.get("seeds", {}).get("rows", []):
+        print(f"over {len(pairs)} pairs: step {r['step']} {r['unit']}: W1 {r['w1']['mean']:.4g} +- {r['w1']['std']:.2g} "
+              f"(null 95% {r['w1_null_q95']['mean']:.4g}; above it in {r['pairs_above_null']} of {len(pairs)})")
+      print(f"-> {a.out}/compare.png, compare.pdf, compare.json" + (", compare_seeds.json" if len(pairs) > 1 else ""))
   except IndexError as e:
     raise _cli.UsageError(str(e)) from e
   except OSError as e:

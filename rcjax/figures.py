@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -27,6 +28,18 @@ def seed_stats(values: Sequence) -> dict:
     return {"n": 0}
   return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
           "min": float(v.min()), "max": float(v.max())}
+
+
+def seed_summary(per_seed: Sequence[dict]) -> dict:
+  """`{run: {number: seed_stats}}` from one `{run: {number: value}}` per seed (the numbers of the first seed
+  that are numbers or None).
+
+  >>> seed_summary([{"a": {"acc": 0.5, "name": "x"}}, {"a": {"acc": 0.7, "name": "x"}}])["a"]["acc"]["mean"]
+  0.6
+  """
+  return {run: {k: seed_stats([s[run][k] for s in per_seed]) for k, v in numbers.items()
+                if v is None or isinstance(v, (int, float)) and not isinstance(v, bool)}
+          for run, numbers in per_seed[0].items()}
 
 
 def _write(out: str, figures: dict, jsons: dict) -> None:
@@ -132,18 +145,20 @@ def figure_bars(paths: Sequence[str], out: str, *, labels: Sequence[str] | None 
   keys = ("max_abs_corr", "max_abs_corr_null", "max_abs_corr_null_q95")
   by_label = {n: {"paths": [r["path"] for r in rows if r["label"] == n],
                   **{k: seed_stats([r[k] for r in rows if r["label"] == n]) for k in keys}} for n in names}
-  first = {n: next(r for r in rows if r["label"] == n) for n in names}
   seeds = len(names) < len(rows)
-  notes = [("" if first[n]["pair"] is None else f"{plots._short(first[n]['pair'][0], 18)}\n"
-            f"vs {plots._short(first[n]['pair'][1], 18)}" + (f" (block {first[n]['block']})" if not seeds else ""))
-           for n in names]
+  first = {n: next(r for r in rows if r["label"] == n) for n in names}
+  notes = None if seeds or len(names) > 3 else [
+      "" if first[n]["pair"] is None else f"{plots._short(first[n]['pair'][0], 18)}\nvs "
+      f"{plots._short(first[n]['pair'][1], 18)} (block {first[n]['block']})" for n in names]
+  count = {n: by_label[n][keys[0]]["n"] for n in names}
   mean = lambda k: [by_label[n][k]["mean"] for n in names]
+  ticks = [textwrap.fill(n, 11) + (f"\n({count[n]} seeds)" if count[n] > 1 else "") for n in names]
   fig = plots_column.bars(
-      [n + (f"\n({by_label[n]['max_abs_corr']['n']} seeds)" if seeds else "") for n in names], mean(keys[0]),
-      mean(keys[1]), null95=mean(keys[2]), annotations=None if seeds else notes,
-      spread=[(by_label[n][keys[0]]["min"], by_label[n][keys[0]]["max"]) for n in names] if seeds else None,
-      title=f"max |corr| between {_describe(kinds)} of different leaves, over blocks"
-            + ("\nmean and min..max over seeds" if seeds else ""))
+      ticks, mean(keys[0]), mean(keys[1]), null95=mean(keys[2]), annotations=notes,
+      spread=[(by_label[n][keys[0]]["min"], by_label[n][keys[0]]["max"]) if count[n] > 1 else (np.nan, np.nan)
+              for n in names] if seeds else None,
+      title=textwrap.fill(f"max |corr| between {_describe(kinds)} of different leaves, over blocks"
+                          + ("; mean and min..max over seeds" if seeds else ""), 60))
   _write(out, {"max_abs_corr.png": fig}, {"bars.json": rows, **({"bars_by_label.json": by_label} if seeds else {})})
   return _jsonable(rows)
 
@@ -183,21 +198,12 @@ def _steps(a0: Source, b0: Source, steps: Sequence[int] | None) -> list[int]:
   return list(steps)
 
 
-def figure_compare(run_a: str, run_b: str, out: str, *, steps: Sequence[int] | None = None, leaf: str | None = None,
-                   stat: str = "R", columns: int = 4, labels: Sequence[str] | None = None, seed: int = 0,
-                   permutations: int = 200) -> dict:
-  """The paper's Figure 4.5: distributions of a per-neuron statistic (default: row means `.R` of the MLP
-  weight) in two runs (e.g. two widths) at several steps, with 1-D Wasserstein distances, their permutation
-  null, and a reference distance (run A at its first saved step vs run A at the step)."""
-  from rcjax import plots_column
-
-  if stat not in ("R", "C"):
-    raise ValueError(f"--stat must be R or C, got {stat!r}")
+def _compare_pair(run_a, run_b, steps, leaf, stat, columns, names, seed, permutations):
+  """Rows of distances (every step x shared weight) of one pair of runs, and the cells drawn for it."""
   a0, b0 = Source(run_a), Source(run_b)
   if a0.kind != "rcjax" or b0.kind != "rcjax":
-    raise ValueError("compare needs two rcjax run directories (checkpoints at several steps)")
+    raise ValueError("compare needs rcjax run directories (checkpoints at several steps)")
   steps = _steps(a0, b0, steps)
-  names = list(labels or [os.path.basename(os.path.normpath(p)) for p in (run_a, run_b)])
   ref_step = min(a0.steps)
   ref = _units(Source(run_a, ref_step), leaf, stat)
   rows, cells, cols = [], [], None
@@ -212,16 +218,44 @@ def figure_compare(run_a: str, run_b: str, out: str, *, steps: Sequence[int] | N
       d = diag.distribution_distance(ua[u], ub[u], reference=(ref[u], ua[u]), key=seed, permutations=permutations)
       rows.append({"step": s, "unit": u, "n_a": ua[u].size, "n_b": ub[u].size, **d})
       if u in cols:
-        series = {f"{names[0]}": ua[u], f"{names[1]}": ub[u]}
-        if s != ref_step:
-          series[f"{names[0]} at step {ref_step}"] = ref[u]
+        series = {names[0]: ua[u], names[1]: ub[u], **({f"{names[0]} at step {ref_step}": ref[u]} if s != ref_step
+                                                       else {})}
         row.append({"series": series, "text": f"W1 {d['w1']:.2g}\nnull 95% {d['w1_null_q95']:.2g}\n"
-                                              f"vs step {ref_step} {d['reference']:.2g}"})
+                                              f"{names[0]}@{ref_step} vs @{s}: {d['reference']:.2g}"})
     cells.append(row)
-  fig = plots_column.distributions([f"step {s}" for s in steps], cols, cells,
+  return {"run_a": a0.path, "run_b": b0.path, "steps": steps, "reference_step": ref_step, "rows": rows,
+          "cells": cells, "cols": cols}
+
+
+def figure_compare(run_a: str, run_b: str, out: str, *, steps: Sequence[int] | None = None, leaf: str | None = None,
+                   stat: str = "R", columns: int = 4, labels: Sequence[str] | None = None, seed: int = 0,
+                   permutations: int = 200, more: Sequence[tuple[str, str]] = ()) -> dict:
+  """The paper's Figure 4.5: distributions of a per-neuron statistic (default: row means `.R` of the MLP
+  weight) in two runs (e.g. two widths) at several steps, with 1-D Wasserstein distances, their permutation
+  null, and a reference distance (run A at its first saved step vs run A at the step). `more`: further
+  (run A, run B) pairs, e.g. other seeds: `compare_seeds.json` gets mean, std, min and max (`seed_stats`)
+  of every distance over all pairs, and how many pairs are above their null; the figure shows the first."""
+  from rcjax import plots_column
+
+  if stat not in ("R", "C"):
+    raise ValueError(f"--stat must be R or C, got {stat!r}")
+  names = list(labels or [os.path.basename(os.path.normpath(p)) for p in (run_a, run_b)])
+  pairs = [_compare_pair(a, b, steps, leaf, stat, columns, names, seed, permutations)
+           for a, b in [(run_a, run_b), *more]]
+  first = pairs[0]
+  if any([(r["step"], r["unit"]) for r in p["rows"]] != [(r["step"], r["unit"]) for r in first["rows"]]
+         for p in pairs):
+    raise ValueError("the pairs of runs differ in their saved steps or weights; give --steps")
+  fig = plots_column.distributions([f"step {s}" for s in first["steps"]], first["cols"], first["cells"],
                                    title=f"{'row' if stat == 'R' else 'column'} means (.{stat}): {names[0]} vs "
                                          f"{names[1]}\nW1: 1-D Wasserstein distance between them")
-  result = {"run_a": a0.path, "run_b": b0.path, "stat": stat, "steps": steps, "reference_step": ref_step,
-            "rows": rows}
-  _write(out, {"compare.png": fig}, {"compare.json": result})
-  return _jsonable(result)
+  result = {"stat": stat, **{k: first[k] for k in ("run_a", "run_b", "steps", "reference_step", "rows")}}
+  jsons = {"compare.json": result}
+  if more:
+    keys = ("w1", "w1_null_q95", "reference")
+    jsons["compare_seeds.json"] = {"pairs": [[p["run_a"], p["run_b"]] for p in pairs], "stat": stat, "rows": [
+        {"step": r["step"], "unit": r["unit"], **{k: seed_stats([p["rows"][i][k] for p in pairs]) for k in keys},
+         "pairs_above_null": sum(p["rows"][i]["w1"] > p["rows"][i]["w1_null_q95"] for p in pairs)}
+        for i, r in enumerate(first["rows"])]}
+  _write(out, {"compare.png": fig}, jsons)
+  return _jsonable({**result, **({"seeds": jsons["compare_seeds.json"]} if more else {})})

@@ -187,7 +187,8 @@ def per_seed(args, one) -> list:
   out, results = Path(args.out), []
   for seed in args.seeds:
     args.out, args.seed = str(out / f"seed{seed}"), seed
-    args.base_config = dataclasses.replace(args.base_config, seed=seed)
+    if getattr(args, "base_config", None) is not None:
+      args.base_config = dataclasses.replace(args.base_config, seed=seed)
     results.append(one(args))
   args.out = str(out)
   return results
@@ -195,9 +196,9 @@ def per_seed(args, one) -> list:
 
 def over_seeds(args) -> None:
   """A figure once per seed of --seeds (each in --out/seed{S}), then mean and spread of its numbers
-  (`rcjax.figures.seed_stats`) in {name}_seeds.json; Figure 4.3 also draws mean and min..max bands."""
+  (`rcjax.figures.seed_summary`) in {name}_seeds.json; Figure 4.3 also draws mean and min..max bands."""
   from rcjax import plots_column
-  from rcjax.figures import seed_stats
+  from rcjax.figures import seed_summary
 
   out = Path(args.out)
   if args.figure == "fig41":
@@ -205,8 +206,7 @@ def over_seeds(args) -> None:
   else:
     results = per_seed(args, _figure43)
   name, styles = results[0][0], results[0][3]
-  summary = {run: {k: seed_stats([s[2][run][k] for s in results]) for k in numbers}
-             for run, numbers in results[0][2].items()}
+  summary = seed_summary([s[2] for s in results])
   (out / f"{name}_seeds.json").write_text(json.dumps({"seeds": args.seeds, "runs": summary}, indent=1) + "\n")
   for run, numbers in summary.items():
     print(run, " ".join(f"{k}={v['mean']:.4g}+-{v['std']:.2g}" for k, v in numbers.items() if v["n"]))
