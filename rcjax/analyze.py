@@ -5,6 +5,9 @@
     python -m rcjax.analyze bars PATH... --out DIR          # Figure 4.4: max |corr| per model
     python -m rcjax.analyze compare RUN_A RUN_B --out DIR   # Figure 4.5: row-mean distributions over steps
 
+The figures (corr, bars, compare) are drawn by `rcjax.figures` at one paper column; this module reads
+checkpoints (`Source`), computes the statistics of one checkpoint (`analyze`) and is the command line.
+
 PATH is an rcjax run directory (`config.json` + `checkpoints/`, read with `rcjax.checkpoint.Checkpointer`)
 or a HuggingFace safetensors checkpoint directory (`rcjax.hf`, streamed one block at a time). Bad input
 prints one line `rcjax.analyze: error: ...` and exits with status 2, before anything is written; a corrupt
@@ -15,7 +18,6 @@ rcjax wrote digests) is refused unless `--unverified` is given.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import logging
 import math
@@ -249,152 +251,11 @@ def analyze(path: str, out: str, *, step: int | None = None, seed: int = 0, perm
   return _jsonable(summary)
 
 
-def figure_corr(paths: Sequence[str], out: str, *, labels: Sequence[str] | None = None, step: int | None = None,
-                block: int = 0, seed: int = 0, permutations: int = 200,
-                kinds: Sequence[str] = ("mean", "vector")) -> dict:
-  """The paper's Figure 4.2: per model, one block-diagonal correlation matrix over its neuron axes."""
-  from rcjax import plots
-
-  srcs = [Source(p, step) for p in paths]
-  labels = list(labels or [os.path.basename(os.path.normpath(p)) for p in paths])
-  if len(labels) != len(srcs):
-    raise ValueError(f"{len(labels)} labels for {len(srcs)} paths")
-  panels, result = [], {}
-  for src, label in zip(srcs, labels):
-    if not -src.num_blocks <= block < src.num_blocks:
-      raise ValueError(f"--block {block}: {src.path} has {src.num_blocks} blocks (0..{src.num_blocks - 1}, or -1 "
-                       "for the last)")
-    b = block % src.num_blocks  # --block -1: the last block, seeded as such
-    leaves = dict(next(lv for i, lv in src.blocks() if i == b))
-    stats = _stats(iter(leaves.items()), kinds)
-    names, groups, parts = [], [], []
-    for a, st in stats.items():
-      r = diag.correlate(st, seed=[seed, b, path_hash(a)], permutations=permutations)
-      groups.append((len(names), a))
-      names += r["names"]
-      parts.append(r)
-    k = len(names)
-    corr, null = np.full((k, k), np.nan), np.full((k, k), np.nan)
-    for (start, _), r in zip(groups, parts):
-      m = len(r["names"])
-      corr[start:start + m, start:start + m], null[start:start + m, start:start + m] = r["corr"], r["null_q99"]
-    panels.append({"title": f"{label} (block {b})" if src.num_blocks > 1 else label,
-                   "names": names, "corr": corr, "null": null, "groups": groups})
-    result[label] = {"path": src.path, "step": src.step, "axes": [g[1] for g in groups], "names": names,
-                     "corr": corr, "null_q99": null}
-  for r in result.values():  # the key numbers: max |corr| off the diagonal, and how much is above the null
-    c, q = np.abs(r["corr"]), r["null_q99"]
-    off = ~np.eye(len(c), dtype=bool) & np.isfinite(c) & np.isfinite(q)
-    r["max_abs_corr"] = float(c[off].max()) if off.any() else None
-    r["frac_above_null_q99"] = float((c[off] > q[off]).mean()) if off.any() else None
-  fig = plots.correlation_matrices(panels, ncols=len(panels), annotate_max=8, title="Correlation of per-neuron "
-                                   "statistics sharing a neuron index (blocks = neuron axes)")
-  _write_all(out, {"corr.png": fig}, {"corr.json": result})
-  return _jsonable(result)
-
-
-def figure_bars(paths: Sequence[str], out: str, *, labels: Sequence[str] | None = None, step: int | None = None,
-                seed: int = 0, permutations: int = 200, kinds: Sequence[str] = ("mean",),
-                progress: bool = True) -> list[dict]:
-  """The paper's Figure 4.4: max |corr| over blocks of each checkpoint, with its permutation null."""
-  from rcjax import plots
-
-  srcs = [Source(p, step) for p in paths]
-  labels = list(labels or [os.path.basename(os.path.normpath(p)) for p in paths])
-  if len(labels) != len(srcs):
-    raise ValueError(f"{len(labels)} labels for {len(srcs)} paths")
-  rows = []
-  for src, label in zip(srcs, labels):
-    overall, _, _ = max_abs(src, seed=seed, permutations=permutations, kinds=kinds, progress=progress)
-    rows.append({"label": label, "path": src.path, "model_family": src.family, "num_blocks": src.num_blocks,
-                 **{k: overall[k] for k in ("max_abs_corr", "max_abs_corr_null", "max_abs_corr_null_q95",
-                                            "block", "pair")}})
-  notes = [("" if r["pair"] is None else f"{plots._short(r['pair'][0], 30)}\nvs {plots._short(r['pair'][1], 30)}\n"
-            f"(block {r['block']})") for r in rows]
-  fig = plots.max_abs_bars(labels, [r["max_abs_corr"] for r in rows], [r["max_abs_corr_null"] for r in rows],
-                           null95=[r["max_abs_corr_null_q95"] for r in rows], annotations=notes, xlabel="model",
-                           title=f"max |corr| between {_describe(kinds)} of different leaves, over blocks")
-  _write_all(out, {"max_abs_corr.png": fig}, {"bars.json": rows})
-  return _jsonable(rows)
-
-
-def _units(src: Source, leaf: str | None, stat: str) -> dict[str, np.ndarray]:
-  """`{label: statistic vector}` of the selected weights of every block (default: the MLP weights
-  (embed, mlp) of a GPT, or every hidden kernel of an MLP)."""
-  chosen: list[tuple[str, str, RC]] = []
-  for i, leaves in src.blocks():
-    chosen += [(f"block {i}: {p}" if src.num_blocks > 1 else p, p, b) for p, b in leaves]
-  if leaf is not None:
-    chosen = [c for c in chosen if fnmatch.fnmatch(c[1], leaf)]
-  elif any(b.axes[-2:] == ("embed", "mlp") for _, _, b in chosen):
-    chosen = [c for c in chosen if c[2].axes[-2:] == ("embed", "mlp")]
-  else:
-    chosen = [c for c in chosen if c[2].fan_in and len(c[2].width_dims) >= 2
-              and any(d in c[2].fan_in for d in c[2].width_dims) and any(d not in c[2].fan_in for d in c[2].width_dims)]
-  if not chosen:
-    raise ValueError(f"{src.path}: no weight matches {leaf!r}" if leaf else f"{src.path}: no MLP/hidden weight found")
-  out = {}
-  for label, path, b in chosen:
-    dims = b.fan_in if stat == "R" else tuple(d for d in range(len(b.axes)) if d not in b.fan_in)
-    out[label] = diag.leaf_stats(path, b, tuple(b.axes[d] for d in dims), ("mean",))[f"{path}.{stat}"]
-  return out
-
-
-def figure_compare(run_a: str, run_b: str, out: str, *, steps: Sequence[int] | None = None, leaf: str | None = None,
-                   stat: str = "R", columns: int = 4, labels: Sequence[str] | None = None, seed: int = 0,
-                   permutations: int = 200) -> dict:
-  """The paper's Figure 4.5: distributions of a per-neuron statistic (default: row means `.R` of the MLP
-  weight) in two runs (e.g. two widths) at several steps, with 1-D Wasserstein distances, their permutation
-  null, and a reference distance (run A at its first saved step vs run A at the step)."""
-  from rcjax import plots
-
-  if stat not in ("R", "C"):
-    raise ValueError(f"--stat must be R or C, got {stat!r}")
-  a0, b0 = Source(run_a), Source(run_b)
-  if a0.kind != "rcjax" or b0.kind != "rcjax":
-    raise ValueError("compare needs two rcjax run directories (checkpoints at several steps)")
-  common = sorted(set(a0.steps) & set(b0.steps))
-  if steps is None:
-    steps = [common[round(k)] for k in np.linspace(0, len(common) - 1, min(4, len(common)))] if common else []
-  for s in steps:
-    for src in (a0, b0):
-      if s not in src.steps:
-        raise ValueError(f"step {s} is not saved in {src.path}; saved steps: {src.steps}")
-  if not steps:
-    raise ValueError(f"the runs share no saved step ({a0.steps} vs {b0.steps}); pass --steps")
-  names = list(labels or [os.path.basename(os.path.normpath(p)) for p in (run_a, run_b)])
-  ref_step = min(a0.steps)
-  ref = _units(Source(run_a, ref_step), leaf, stat)
-  rows, cells, cols = [], [], None
-  for s in steps:
-    ua, ub = _units(Source(run_a, s), leaf, stat), _units(Source(run_b, s), leaf, stat)
-    shared = [u for u in ua if u in ub]
-    if not shared:
-      raise ValueError(f"step {s}: the runs have no weight in common ({list(ua)[:3]} vs {list(ub)[:3]})")
-    cols = cols or [shared[round(k)] for k in np.linspace(0, len(shared) - 1, min(columns, len(shared)))]
-    row = []
-    for u in shared:
-      d = diag.distribution_distance(ua[u], ub[u], reference=(ref[u], ua[u]), key=seed, permutations=permutations)
-      rows.append({"step": s, "unit": u, "n_a": ua[u].size, "n_b": ub[u].size, **d})
-      if u in cols:
-        series = {f"{names[0]} (N={ua[u].size})": ua[u], f"{names[1]} (N={ub[u].size})": ub[u]}
-        if s != ref_step:
-          series[f"{names[0]} at step {ref_step}"] = ref[u]
-        row.append({"series": series, "text": f"W1(A, B) = {d['w1']:.3g} (null 95%: {d['w1_null_q95']:.2g})\n"
-                                              f"reference W1(A@{ref_step}, A) = {d['reference']:.3g}"})
-    cells.append(row)
-  fig = plots.distribution_grid([f"step {s}" for s in steps], cols, cells,
-                                title=f"{'row' if stat == 'R' else 'column'} means (.{stat}), A = {names[0]}, "
-                                      f"B = {names[1]}; W1: 1-D Wasserstein distance")
-  result = {"run_a": a0.path, "run_b": b0.path, "stat": stat, "steps": list(steps), "reference_step": ref_step,
-            "rows": rows}
-  _write_all(out, {"compare.png": fig}, {"compare.json": result})
-  return _jsonable(result)
-
-
 def _parser(cmd: str) -> argparse.ArgumentParser:
-  what = {"analyze": __doc__, "corr": figure_corr.__doc__, "bars": figure_bars.__doc__,
-          "compare": figure_compare.__doc__}[cmd]
+  from rcjax import figures
+
+  what = {"analyze": __doc__, "corr": figures.figure_corr.__doc__, "bars": figures.figure_bars.__doc__,
+          "compare": figures.figure_compare.__doc__}[cmd]
   p = argparse.ArgumentParser(prog=f"python -m rcjax.analyze{'' if cmd == 'analyze' else ' ' + cmd}",
                               description=what, formatter_class=argparse.RawDescriptionHelpFormatter)
   if cmd == "analyze":
@@ -406,8 +267,8 @@ def _parser(cmd: str) -> argparse.ArgumentParser:
   if cmd == "corr":
     p.add_argument("--block", type=int, default=0, help="which block (an MLP is one block)")
   if cmd == "compare":
-    p.add_argument("run_a")
-    p.add_argument("run_b")
+    p.add_argument("runs", nargs="+", metavar="RUN_A RUN_B", help="two runs, or pairs of runs (e.g. one pair per "
+                   "seed: mean and spread of the distances in compare_seeds.json; the figure shows the first pair)")
     p.add_argument("--steps", type=int, nargs="*", help="steps (default: up to 4 common steps)")
     p.add_argument("--leaf", help="glob over leaf paths within a block, e.g. 'mlp/up*' (default: the MLP weight)")
     p.add_argument("--stat", default="R", choices=("R", "C"), help="R: row means (per fan-in neuron), C: column means")
@@ -433,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+  from rcjax import figures
+
   cmd = argv.pop(0) if argv and argv[0] in ("corr", "bars", "compare") else "analyze"
   a = _parser(cmd).parse_args(argv)
   common = {"seed": a.seed, "permutations": a.permutations}
@@ -451,22 +314,28 @@ def _main(argv: list[str]) -> int:
       print(f"{s['model_family']}: {s['num_blocks']} blocks, max |corr| {s['max_abs_corr']} "
             f"(null 99%: {s['max_abs_corr_null']}) -> {a.out}/summary.json")
     elif cmd == "corr":
-      result = figure_corr(a.paths, a.out, labels=a.labels, step=a.step, block=a.block, kinds=kinds, **common)
+      result = figures.figure_corr(a.paths, a.out, labels=a.labels, step=a.step, block=a.block, kinds=kinds, **common)
       for label, r in result.items():
         print(f"{label}: max |corr| {r['max_abs_corr']}, fraction of pairs above the 99% null "
               f"{r['frac_above_null_q99']}")
       print(f"-> {a.out}/corr.png, corr.pdf, corr.json")
     elif cmd == "bars":
-      rows = figure_bars(a.paths, a.out, labels=a.labels, step=a.step, kinds=kinds, progress=not a.quiet, **common)
+      rows = figures.figure_bars(a.paths, a.out, labels=a.labels, step=a.step, kinds=kinds, progress=not a.quiet, **common)
       for r in rows:
         print(f"{r['label']}: max |corr| {r['max_abs_corr']} (null 99%: {r['max_abs_corr_null']})")
       print(f"-> {a.out}/max_abs_corr.png, max_abs_corr.pdf, bars.json")
     else:
-      result = figure_compare(a.run_a, a.run_b, a.out, steps=a.steps, leaf=a.leaf, stat=a.stat,
-                              columns=a.columns, labels=a.labels, **common)
+      if len(a.runs) % 2:
+        raise ValueError(f"compare takes pairs of runs (RUN_A RUN_B ...), got {len(a.runs)} paths")
+      pairs = list(zip(a.runs[::2], a.runs[1::2]))
+      result = figures.figure_compare(*pairs[0], a.out, steps=a.steps, leaf=a.leaf, stat=a.stat, more=pairs[1:],
+                                      columns=a.columns, labels=a.labels, **common)
       for r in result["rows"]:
         print(f"step {r['step']} {r['unit']}: W1 {r['w1']} (null 95%: {r['w1_null_q95']}, reference {r['reference']})")
-      print(f"-> {a.out}/compare.png, compare.pdf, compare.json")
+      for r in result.get("seeds", {}).get("rows", []):
+        print(f"over {len(pairs)} pairs: step {r['step']} {r['unit']}: W1 {r['w1']['mean']:.4g} +- {r['w1']['std']:.2g} "
+              f"(null 95% {r['w1_null_q95']['mean']:.4g}; above it in {r['pairs_above_null']} of {len(pairs)})")
+      print(f"-> {a.out}/compare.png, compare.pdf, compare.json" + (", compare_seeds.json" if len(pairs) > 1 else ""))
   except IndexError as e:
     raise _cli.UsageError(str(e)) from e
   except OSError as e:

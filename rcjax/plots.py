@@ -14,16 +14,16 @@ def _plt():
   return plt
 
 
-def save(fig, path, *, pdf: bool = False) -> str:
-  """Write `fig` as a PNG at `path` (parent folders created), with `pdf` also as a PDF beside it
-  (same name, `.pdf`), and close it; returns the PNG's path."""
+def save(fig, path, *, pdf: bool = False, dpi: int = 120) -> str:
+  """Write `fig` as a PNG at `path` (parent folders created, `dpi` dots per inch), with `pdf` also as a
+  PDF beside it (same name, `.pdf`), and close it; returns the PNG's path."""
   import os
 
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if pdf:
     fig.savefig(os.path.splitext(path)[0] + ".pdf", bbox_inches="tight")
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+  fig.savefig(path, dpi=dpi, bbox_inches="tight")
   _plt().close(fig)
   return path
 

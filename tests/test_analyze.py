@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 from sklearn.datasets import load_digits
 
 import rcjax
-from rcjax import analyze
+from rcjax import analyze, figures, plots_column
 from rcjax import diagnostics as diag
 from rcjax.checkpoint import Checkpointer
 from rcjax.hf.synthetic import write_synthetic
@@ -219,8 +219,8 @@ def test_titles_follow_kinds(runs, tmp_path, monkeypatch):
 
   seen = {}
 
-  def spy(name):  # records the arguments of a plotting function
-    real = getattr(plots, name)
+  def spy_on(module, name):  # records the arguments of a plotting function
+    real = getattr(module, name)
 
     def wrapper(*args, **kwargs):
       seen.setdefault(name, []).append((args, kwargs))
@@ -228,7 +228,7 @@ def test_titles_follow_kinds(runs, tmp_path, monkeypatch):
     return wrapper
 
   for name in ("max_abs_bars", "stat_histograms"):
-    monkeypatch.setattr(plots, name, spy(name))
+    monkeypatch.setattr(plots, name, spy_on(plots, name))
   analyze.analyze(runs["w64"], str(tmp_path / "a"), kinds=("mean", "rms"), permutations=20, progress=False)
   (_, bars), = seen["max_abs_bars"]
   assert bars["title"].endswith("max |corr| between row/column means (.R/.C) and row/column RMS (.R_rms/.C_rms) "
@@ -236,6 +236,7 @@ def test_titles_follow_kinds(runs, tmp_path, monkeypatch):
   (panels,), hist = seen["stat_histograms"][0]
   assert hist["title"].endswith(": row/column means (.R/.C), row/column RMS (.R_rms/.C_rms) and biases and scales")
   assert any(n.endswith("_rms") for p in panels for n in p["series"])
-  analyze.figure_bars([runs["w64"]], str(tmp_path / "b"), kinds=("rms",), permutations=20, progress=False)
-  assert seen["max_abs_bars"][-1][1]["title"] == (
+  monkeypatch.setattr(plots_column, "bars", spy_on(plots_column, "bars"))
+  figures.figure_bars([runs["w64"]], str(tmp_path / "b"), kinds=("rms",), permutations=20, progress=False)
+  assert " ".join(seen["bars"][-1][1]["title"].split()) == (  # wrapped to the column
       "max |corr| between row/column RMS (.R_rms/.C_rms) of different leaves, over blocks")

@@ -87,7 +87,7 @@ def _save_summary(args, name: str, summary: dict) -> None:
 
 def fig43_transfer(args, source_width: int, target_width: int, tag: str) -> None:
   """Figure 4.3 (b)/(e) (grow) or (c)/(f) (shrink): transfer at --transfer-epoch over the r1 x r2 grid."""
-  from rcjax import plots
+  from rcjax import plots_column
 
   source = _run(args, _name(source_width), width=source_width)
   scratch = _run(args, _name(target_width), width=target_width)
@@ -103,26 +103,26 @@ def fig43_transfer(args, source_width: int, target_width: int, tag: str) -> None
                    transfer_epoch=args.transfer_epoch, random_rate=r1, norm_rate=r2)
       runs[f"r1={r1:g}, r2={r2:g}"] = lines
       summary[name] = _transfer_summary(lines, scratch)
-  title = (f"{args.base_config.dataset}: transfer N={source_width} -> N={target_width} at epoch "
+  title = (f"{args.base_config.dataset}: transfer N={source_width} -> N={target_width}\nat epoch "
            f"{args.transfer_epoch} ({args.base_config.param}, lr {args.base_config.lr:g})")
   for x in _xs(args):
-    fig = plots.training_curves(runs, x=x, title=title, styles=styles)
-    print("wrote", plots.save(fig, Path(args.out) / f"fig4_3_{tag}{'' if x == 'epoch' else '_' + x}.png", pdf=True))
+    fig = plots_column.curves(runs, x=x, title=title, styles=styles)
+    print("wrote", plots_column.save(fig, Path(args.out) / f"fig4_3_{tag}{'' if x == 'epoch' else '_' + x}.png"))
   _save_summary(args, f"fig4_3_{tag}", summary)
   return runs, summary, styles
 
 
 def fig43a(args) -> None:
   """Figure 4.3 (a)/(d): training loss and test accuracy for different init distributions."""
-  from rcjax import plots
+  from rcjax import plots_column
 
   default = mlp.Config().init  # that run is fig43b/c's n{large}: share it
   runs = {init: _run(args, _name(args.large) if init == default else f"{_name(args.large)}_init={init}",
                      width=args.large, init=init) for init in args.inits}
   title = f"{args.base_config.dataset}: N={args.large}, init distributions ({args.base_config.param})"
   for x in _xs(args):
-    print("wrote", plots.save(plots.training_curves(runs, x=x, title=title),
-                              Path(args.out) / f"fig4_3_ad{'' if x == 'epoch' else '_' + x}.png", pdf=True))
+    print("wrote", plots_column.save(plots_column.curves(runs, x=x, title=title),
+                                     Path(args.out) / f"fig4_3_ad{'' if x == 'epoch' else '_' + x}.png"))
   summary = {k: {"final_train_loss": v[-1]["train_loss"], "final_test_acc": v[-1]["test_acc"]} for k, v in runs.items()}
   _save_summary(args, "fig4_3_ad", summary)
   return runs, summary, {}
@@ -138,7 +138,7 @@ def ordered_normalised(w: np.ndarray) -> np.ndarray:
 def fig41(args) -> None:
   """Figure 4.1: the middle-layer weight matrix (Dense_1, N x N) of sp, mf and mup at N=--width, at init
   and after --epochs epochs, normalised and ordered."""
-  from rcjax import plots
+  from rcjax import plots_column
   from rcjax.checkpoint import Checkpointer
 
   grid, numbers = [[], []], {}
@@ -154,13 +154,14 @@ def fig41(args) -> None:
     w0, w1 = (np.asarray(ckpt.restore(step)["params"]["Dense_1"]["kernel"].value) for step in (0, last))
     live, numbers[param] = unchanged_columns(w0, w1)
     lr = args.lr or DEFAULT_LR[args.base_config.dataset, param]
-    what = f"{param}" + (f" base {base}" if base else "") + f", {FIG41_INIT[param]}, lr {lr:g}"
+    what = f"{param}" + (f" (base {base})" if base else "") + f"\n{FIG41_INIT[param]}, lr {lr:g}"
     grid[0].append((f"{what}\ninit", ordered_normalised(w0)))
-    grid[1].append((f"{what}\nepoch {last}: {live.sum()} of {live.size} live", ordered_normalised(w1[:, live])))
-  title = (f"{args.base_config.dataset}: middle layer (N={args.width}), (W - mean) / std, rows/cols sorted by "
-           "mean;\ntrained: columns (hidden_1 neurons) that never changed from init are excluded")
-  print("wrote", plots.save(plots.weight_heatmaps(grid, title=title), Path(args.out) / "fig4_1.png", pdf=True))
+    grid[1].append((f"epoch {last}\n{live.sum()} of {live.size} live", ordered_normalised(w1[:, live])))
+  title = (f"{args.base_config.dataset}: middle layer, N={args.width}, (W - mean) / std,\nrows and columns sorted "
+           "by mean; trained: never-changed\ncolumns (hidden_1 neurons) excluded")
+  print("wrote", plots_column.save(plots_column.heatmaps(grid, title=title), Path(args.out) / "fig4_1.png"))
   _save_summary(args, "fig4_1", numbers)
+  return numbers
 
 
 def unchanged_columns(w0: np.ndarray, w1: np.ndarray, tol: float = 1e-6) -> tuple[np.ndarray, dict]:
@@ -181,35 +182,40 @@ def _figure43(args):
   return "fig4_3_cf", *fig43_transfer(args, args.large, args.small, "cf")
 
 
-def seed_stats(values: list) -> dict:
-  """Mean, sample std, min and max of one number over seeds (None entries left out)."""
-  v = np.array([x for x in values if x is not None], float)
-  if not v.size:
-    return {"n": 0}
-  return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-          "min": float(v.min()), "max": float(v.max())}
+def per_seed(args, one) -> list:
+  """`one(args)` once per seed of --seeds, each with its own --out/seed{S} and config seed; the results."""
+  out, results = Path(args.out), []
+  for seed in args.seeds:
+    args.out, args.seed = str(out / f"seed{seed}"), seed
+    if getattr(args, "base_config", None) is not None:
+      args.base_config = dataclasses.replace(args.base_config, seed=seed)
+    results.append(one(args))
+  args.out = str(out)
+  return results
 
 
 def over_seeds(args) -> None:
-  """A Figure 4.3 panel once per seed of --seeds (each in --out/seed{S}), then mean and spread."""
-  from rcjax import plots
+  """A figure once per seed of --seeds (each in --out/seed{S}), then mean and spread of its numbers
+  (`rcjax.figures.seed_summary`) in {name}_seeds.json; Figure 4.3 also draws mean and min..max bands."""
+  from rcjax import plots_column
+  from rcjax.figures import seed_summary
 
-  out, per_seed = Path(args.out), []
-  for seed in args.seeds:
-    args.out, args.seed = str(out / f"seed{seed}"), seed
-    args.base_config = dataclasses.replace(args.base_config, seed=seed)
-    per_seed.append(_figure43(args))
-  args.out = str(out)
-  name, styles = per_seed[0][0], per_seed[0][3]
-  summary = {run: {k: seed_stats([s[2][run][k] for s in per_seed]) for k in numbers}
-             for run, numbers in per_seed[0][2].items()}
+  out = Path(args.out)
+  if args.figure == "fig41":
+    results = [("fig4_1", None, numbers, {}) for numbers in per_seed(args, fig41)]
+  else:
+    results = per_seed(args, _figure43)
+  name, styles = results[0][0], results[0][3]
+  summary = seed_summary([s[2] for s in results])
   (out / f"{name}_seeds.json").write_text(json.dumps({"seeds": args.seeds, "runs": summary}, indent=1) + "\n")
   for run, numbers in summary.items():
     print(run, " ".join(f"{k}={v['mean']:.4g}+-{v['std']:.2g}" for k, v in numbers.items() if v["n"]))
-  title = f"{args.base_config.dataset}: {name}, mean and min..max over seeds {args.seeds}"
+  if args.figure == "fig41":
+    return
+  title = f"{args.base_config.dataset}: {name}\nmean and min..max over seeds {args.seeds}"
   for x in _xs(args):
-    fig = plots.seed_band_curves([s[1] for s in per_seed], x=x, title=title, styles=styles)
-    print("wrote", plots.save(fig, out / f"{name}_seeds{'' if x == 'epoch' else '_' + x}.png", pdf=True))
+    fig = plots_column.curves([s[1] for s in results], x=x, title=title, styles=styles, bands=True)
+    print("wrote", plots_column.save(fig, out / f"{name}_seeds{'' if x == 'epoch' else '_' + x}.png"))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -225,8 +231,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--epochs", type=int, default=10)
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--seeds", type=int, nargs="+", default=None, help="fig43*: run the figure once per seed "
-                 "(in --out/seed{S}/) and draw mean and spread (min..max band) over them (_seeds.png/.json)")
+  p.add_argument("--seeds", type=int, nargs="+", default=None, help="run the figure once per seed "
+                 "(in --out/seed{S}/): mean and spread of its numbers in _seeds.json (fig43*: and min..max bands)")
   p.add_argument("--base", type=int, default=0, help="muP base width of every run (0: --small, so all widths "
                  "share one base; muP at its base width is SP)")
   p.add_argument("--width", type=int, default=300, help="fig41: hidden width")
@@ -267,10 +273,10 @@ def main(argv=None) -> int:
             c = config if seed is None else dataclasses.replace(config, seed=seed, transfer_from=str(root / _name(source)))
             if not args.plot_only:
               mlp.check_out_dir(out, dataclasses.replace(c, out=str(out)))
-    if args.figure == "fig41":
-      fig41(args)
-    elif args.seeds:
+    if args.seeds:
       over_seeds(args)
+    elif args.figure == "fig41":
+      fig41(args)
     else:
       _figure43(args)
   except (ValueError, FileNotFoundError, mlp.data_lib.DataUnavailable, mlp.TrainingDiverged) as e:
