@@ -7,7 +7,7 @@ the core's transfer (`rcjax.transfer.transfer_with_maps`, one jitted call) and c
 the copy counts of the maps it returns: the maps the leaves were gathered with, not a second draw.
 
 Layers: this module sits above the core and above the models (`rcjax.nn`), which import nothing of the
-transfer; `rcjax.hf_grow`, `rcjax.hf_stream` and train.gpt call it.
+transfer; `rcjax.cli.hf`, `rcjax.hf.stream` and train.gpt call it.
 
 >>> import jax, jax.numpy as jnp, rcjax
 >>> model = rcjax.nn.GPT(style='gpt2', param='sp', vocab=16, width=8, depth=1, heads=2, max_len=8)

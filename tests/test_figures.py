@@ -34,7 +34,7 @@ def test_fig42_smoke_writes_png_pdf_json(tmp_path, capsys):
 
 def test_bars_with_repeated_labels_give_mean_and_spread_over_seeds(tmp_path):
   from rcjax import analyze
-  from rcjax.hf_synthetic import write_synthetic
+  from rcjax.hf.synthetic import write_synthetic
 
   paths = [str(tmp_path / f"m{s}") for s in range(3)]
   for s, p in enumerate(paths):
