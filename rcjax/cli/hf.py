@@ -42,7 +42,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rcjax import hf, importance, sharding
+from rcjax._cli import run
 from rcjax.depth import DEPTH_MODES, depth_map
+from rcjax.hf import stream as hf_stream
+from rcjax.hf.bert import sentence_files
+from rcjax.hf.files import TORCH_DTYPES
+from rcjax.model_transfer import transfer_model  # the tied readouts' corrections
+from rcjax.nn.bert import Bert
+from rcjax.rc import is_rc
 
 AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim")
 
@@ -171,7 +179,6 @@ def inexact(old: dict, new: dict, args, rope: bool, rmsnorm: bool) -> list[str]:
 def _check_fn(model):
   """`fn(variables, tokens)` -> what the check compares: GPT's logits; a BERT's `Bert.comparable` (MLM
   logits, else the hidden states' Gram matrix over the width: both width-independent)."""
-  from rcjax.nn.bert import Bert
 
   if isinstance(model, Bert):
     return lambda variables, tokens: model.apply(variables, tokens, method="comparable")
@@ -179,7 +186,6 @@ def _check_fn(model):
 
 
 def _sentence_files(src: str, width: int, tmp: str) -> dict:
-  from rcjax.hf.bert import sentence_files
 
   return sentence_files(src, width, tmp)
 
@@ -208,14 +214,12 @@ def target_depth(old: int, args: argparse.Namespace, direction: str) -> tuple[in
 
 
 def _count(params) -> int:
-  from rcjax.rc import is_rc
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params, is_leaf=is_rc))
 
 
 def main(argv: Sequence[str] | None = None, direction: str = "grow") -> int:
   """`python -m rcjax.grow/shrink` (see the module docstring); returns the exit status (`rcjax._cli`:
   2 for bad input, 1 for runtime failures such as a full disk, one line; a traceback with --debug)."""
-  from rcjax._cli import run
 
   return run(f"rcjax.{direction}", lambda av: _main(av, direction), argv)
 
@@ -253,7 +257,6 @@ def _plan(args: argparse.Namespace, direction: str) -> argparse.Namespace:
   """Everything decided (and refused) before SRC's tensors are read: the source model and config, the new
   sizes and depth, the calibration data, the stored dtype."""
   import rcjax
-  from rcjax import hf, importance
 
   cfg_path = os.path.join(args.src, "config.json")
   if not os.path.isfile(cfg_path):
@@ -319,8 +322,6 @@ def _print_sizes(out_, p: argparse.Namespace, args) -> dict:
 
 def _transfer(args, p, model, params, key, target, direction, say):
   """The whole-model transfer (params in memory): `rcjax.transfer_model`, with the model's corrections."""
-  from rcjax import importance
-  from rcjax.model_transfer import transfer_model as transfer  # the tied readouts' corrections
 
   if not target:
     return params
@@ -328,7 +329,7 @@ def _transfer(args, p, model, params, key, target, direction, say):
   # donate: tensors no changed axis touches (all attention tensors when only mlp changes, ...) are
   # kept, not copied, and SRC's other tensors are freed once DST's exist (memory: DST, not SRC + DST).
   scores = importance.cli_scores(args, model, params, p.calibration, say)
-  return transfer(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
+  return transfer_model(model, params, key, target, sampler=args.sampler, random_rate=args.random_rate,
                   norm_rate=args.norm_rate, exact=args.exact, donate=True,
                   depth_mode=args.depth_mode if "layers" in target else None,
                   split_rate=args.split_rate, cancel_rate=args.cancel_rate,
@@ -337,9 +338,6 @@ def _transfer(args, p, model, params, key, target, direction, say):
 
 def _write(args, p, model, new_model, grown, dst, key, target, stream, direction, say) -> dict:
   """DST written: streamed block by block from SRC, or `hf.save` of the transferred params."""
-  from rcjax import hf
-  from rcjax.hf import stream as hf_stream
-  from rcjax.hf.files import TORCH_DTYPES
 
   if stream:
     say(f"{direction}ing and writing {dst} block by block: sampler {args.sampler}, exact {args.exact}")
@@ -361,7 +359,6 @@ def _write(args, p, model, new_model, grown, dst, key, target, stream, direction
 def _report_check(args, p, dst, mesh, tokens, T, src_logits, why, out_, say) -> None:
   """DST read back from disk, its outputs on the check's prompts against SRC's, and whether the transfer
   is function-preserving by construction."""
-  from rcjax import hf
 
   # DST's params in the dtype SRC's were checked in (float32, or SRC's with --transfer-dtype source), so
   # the two forward passes differ only by what the transfer and the output dtype did
@@ -382,8 +379,6 @@ def _report_check(args, p, dst, mesh, tokens, T, src_logits, why, out_, say) -> 
 
 
 def _main(argv: Sequence[str] | None, direction: str) -> int:
-  from rcjax import hf, sharding
-  from rcjax.hf import stream as hf_stream
 
   t0 = time.perf_counter()
   out_ = lambda msg: print(msg, flush=True) if jax.process_index() == 0 else None

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rcjax.hf import config as hf_config, files as hf_files, layout as hf_layout, model as hf_model, write as hf_write
+from rcjax.model_transfer import transfer_model
 from rcjax.rc import RC, is_rc
 
 
@@ -104,8 +105,6 @@ def _builder(model, new_model, src_entries, dst_entries, names, transfer_kw: dic
              tdtype) -> Callable:
   """The jitted function of one block: SRC's HF arrays of it -> DST's HF arrays (single-part entries) and
   DST's leaves in the output dtype (the parts of fused entries, which numpy assembles through the views)."""
-  from rcjax.model_transfer import transfer_model
-
   abstract = _flat(hf_model.abstract_params(model))
   src_parts, hf_order = {}, {}
   exact = transfer_kw["exact"]
