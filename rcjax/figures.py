@@ -1,6 +1,6 @@
 """The paper's Figures 4.2, 4.4 and 4.5 from checkpoints (`python -m rcjax.analyze corr|bars|compare`), drawn
 at one paper column (`rcjax.plots_column`), and `seed_stats`, the mean and spread over seeds every figure
-command quotes. Checkpoints are read through `rcjax.analyze.Source` (rcjax run directories, HF checkpoints)."""
+command quotes. Checkpoints are read through `rcjax.analysis.Source` (rcjax run directories, HF checkpoints)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from rcjax import diagnostics as diag
-from rcjax.analyze import Source, _describe, _jsonable, _stats, _write_json, max_abs
+from rcjax.analysis import Source, _describe, _jsonable, _stats, _write_json, max_abs
 from rcjax.rc import RC, path_hash
 
 
