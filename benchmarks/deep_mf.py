@@ -26,7 +26,7 @@ def main(grid, width=128, epochs=5, depth=7, bias="constant", **extra):
     with tempfile.TemporaryDirectory() as d:
       t0 = time.time()
       try:
-        lines = mlp.run(mlp.Config(dataset="digits", depth=depth, out=d, progress=False, **kw))
+        lines = mlp.run(mlp.Config(dataset="digits", depth=depth, out=d, progress=False, plot=False, **kw))
         res = {"train_loss": [round(m["train_loss"], 4) for m in lines],
                "test_acc": [round(m["test_acc"], 4) for m in lines]}
       except mlp.TrainingDiverged as e:

@@ -107,7 +107,7 @@ def train(cfg, name: str, out: str, log=print) -> dict:
 
   t0 = time.perf_counter()
   with tempfile.TemporaryDirectory() as tmp:
-    gpt.run(dataclasses.replace(cfg, out=os.path.join(tmp, "run"), progress=False))
+    gpt.run(dataclasses.replace(cfg, out=os.path.join(tmp, "run"), progress=False, plot=False))
     c = curve(os.path.join(tmp, "run"))
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     shutil.copy(os.path.join(tmp, "run", "metrics.jsonl"), os.path.join(out, "runs", name + ".jsonl"))

@@ -85,7 +85,7 @@ def train(cfg, name: str, out: str, log=print) -> dict:
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     try:
-      lines = mlp.run(dataclasses.replace(cfg, progress=False))
+      lines = mlp.run(dataclasses.replace(cfg, progress=False, plot=False))
     except mlp.TrainingDiverged as e:  # an lr of the sweep too large: it loses the sweep
       log(f"growth_mlp: {name}: diverged ({e})")
       return dict(epoch=[0], flops=[0], eval_loss=[float("inf")], test_acc=[0.0], grow=None, name=name,

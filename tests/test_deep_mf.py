@@ -15,7 +15,7 @@ LN10 = float(np.log(10))
 
 
 def test_seven_layer_mfnn_learns_with_the_lowrank_init(tmp_path):
-  kw = dict(dataset="digits", depth=7, width=64, bias="constant", epochs=2, lr=0.1, progress=False)
+  kw = dict(dataset="digits", depth=7, width=64, bias="constant", epochs=2, lr=0.1, progress=False, plot=False)
   lines = mlp.run(mlp.Config(hidden_init="lowrank:16", out=str(tmp_path / "lowrank"), **kw))
   assert abs(lines[0]["train_loss"] - LN10) < 0.05  # starts at chance
   assert min(m["train_loss"] for m in lines[1:]) < LN10 - 0.5, [m["train_loss"] for m in lines]

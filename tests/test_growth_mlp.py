@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks import growth_mlp
+from benchmarks.growth import format_table
 from train import data, teacher_data
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -14,9 +15,13 @@ pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 def test_growth_mlp_smoke(tmp_path):
   out = str(tmp_path / "study")
-  r = growth_mlp.study("smoke", variants="at=0.5,cancel=2.0", out=out, epochs=2, log=lambda *_: None)
+  logged = []
+  r = growth_mlp.study("smoke", variants="at=0.5,cancel=2.0", out=out, epochs=2, log=logged.append)
   assert sorted(os.listdir(out)) == ["growth.png", "results.json", "runs"]
-  assert json.load(open(os.path.join(out, "results.json")))["table"] == r["table"]
+  saved = json.load(open(os.path.join(out, "results.json")))
+  assert saved["table"] == r["table"] and logged[-1] == format_table(r["table"])  # the table it prints
+  for row in saved["table"].values():  # the baseline (scratch) and every run: finite numbers
+    assert all(np.isfinite(row[k]) for k in ("final_mean", "final_std", "total_flops_fraction")), row
   c, t = r["curves"], r["table"]
   for s in ("0", "1"):
     small, grown, scratch = c["small"][s], c["grown_at0.5_cancel2.0"][s], c["scratch"][s]

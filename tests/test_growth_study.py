@@ -15,9 +15,16 @@ pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 def test_growth_study_smoke(tmp_path):
   out = str(tmp_path / "study")
-  r = growth.study("smoke", seeds=[0, 1], variants="at=0.5", out=out, log=lambda *_: None)
+  logged = []
+  r = growth.study("smoke", seeds=[0, 1], variants="at=0.5", out=out, log=logged.append)
   assert sorted(os.listdir(out)) == ["growth.png", "results.json", "runs"]
-  assert json.load(open(os.path.join(out, "results.json")))["table"] == r["table"]
+  saved = json.load(open(os.path.join(out, "results.json")))
+  assert saved["table"] == r["table"] and logged[-1] == growth.format_table(r["table"])  # the table it prints
+  assert sorted(os.listdir(os.path.join(out, "runs"))) == [  # the sweep on seed 0, then the other runs
+      f"{n}.jsonl" for n in ("grown_at0.5_s0", "grown_at0.5_s1", "scratch_lr0.03_s0", "scratch_s1", "small_lr0.03_s0",
+                             "small_s1")]
+  for row in saved["table"].values():  # the baseline (scratch) and every run: finite numbers
+    assert all(np.isfinite(row[k]) for k in ("final_mean", "final_std", "total_flops_fraction")), row
   c, t = r["curves"], r["table"]
   for s in ("0", "1"):
     small, grown, scratch = c["small"][s], c["grown_at0.5"][s], c["scratch"][s]

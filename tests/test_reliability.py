@@ -155,7 +155,7 @@ def test_analyze_refuses_unverified_and_corrupt_runs(saved, tmp_path, capsys):
 
 # --- train.mlp ------------------------------------------------------------------------------------
 
-MLP_ARGS = ["--dataset", "digits", "--width", "8", "--lr", "0.5", "--momentum", "0.5", "--no-progress"]
+MLP_ARGS = ["--dataset", "digits", "--width", "8", "--lr", "0.5", "--momentum", "0.5", "--no-progress", "--no-plot"]
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +236,7 @@ def test_mlp_kill_9_at_points_then_resume_is_bitwise_the_same(mlp_ref, tmp_path)
 # --- train.gpt ------------------------------------------------------------------------------------
 
 GPT_ARGS = ["--width", "16", "--depth", "1", "--heads", "2", "--seq-len", "8", "--batch-size", "8", "--steps", "10",
-            "--ckpt-every", "2", "--log-every", "1", "--dtype", "float32", "--progress", "false"]
+            "--ckpt-every", "2", "--log-every", "1", "--dtype", "float32", "--progress", "false", "--plot", "false"]
 GPT_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}  # as the fast_compiles fixture, in subprocesses
 
 

@@ -23,7 +23,7 @@ from train.gpt import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(width=32, depth=2, heads=4, seq_len=16, batch_size=8, log_every=1, progress=False, dtype="float32",
-            dataset="markov")  # the synthetic language (exact floor), not the default real text
+            dataset="markov", plot=False)  # the synthetic language (exact floor), not the default real text
 
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")

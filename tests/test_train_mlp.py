@@ -17,7 +17,8 @@ from train import mlp
 
 
 def cfg(out, **kw):
-  base = dict(dataset="digits", width=16, epochs=3, lr=0.5, momentum=0.5, out=str(out), progress=False)
+  base = dict(dataset="digits", width=16, epochs=3, lr=0.5, momentum=0.5, out=str(out), progress=False,
+              plot=False)  # curves.png: drawn by the source run only (test_outputs_and_flops checks it)
   return mlp.Config(**{**base, **kw})
 
 
@@ -33,7 +34,7 @@ def source(tmp_path_factory):
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not (out / "done").exists():
       shutil.rmtree(out, ignore_errors=True)
-      mlp.run(cfg(out))
+      mlp.run(cfg(out, plot=True))
       (out / "done").write_text("")
     fcntl.flock(lock, fcntl.LOCK_UN)
   return out, mlp.read_metrics(out / "metrics.jsonl")
@@ -104,6 +105,7 @@ def test_shrink_with_fresh_neurons_and_noise(source, tmp_path):
   before, after = lines[2], lines[3]
   assert after["event"] == "transfer" and (after["from_width"], after["width"]) == (16, 8)
   assert after["test_loss"] != before["test_loss"]  # pruning with fresh neurons changes the function
+  assert not (tmp_path / "t8" / "curves.png").exists()  # plot=False (cfg's): no figure drawn
   assert lines[-1]["train_loss"] < after["train_loss"]
 
 

@@ -100,7 +100,8 @@ def run(cfg: Config) -> dict:
   if metrics_file:
     log({"event": "end", **summary})
     metrics_file.close()
-    _plot(cfg.out, data.loss_floor())
+    if cfg.plot:
+      _plot(cfg.out, data.loss_floor())
   return summary
 
 

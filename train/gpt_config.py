@@ -83,6 +83,7 @@ class Config:
                               "architecture; --width transfers it), at this width")
   peak_flops: float = _f(0.0, "peak FLOP/s per device for MFU (0: from the device kind table)")
   progress: bool = _f(True, "tqdm progress bar")
+  plot: bool = _f(True, "draw loss.png in the run directory at the end (false: metrics only, e.g. in studies)")
 
 
 PRESETS = {
@@ -98,7 +99,7 @@ PRESETS = {
                          batch_size=32, lr=3e-4, warmup=200, steps=10000, log_every=10),  # ~330M, GQA
 }
 RESUMABLE = ("steps", "unroll", "loss_chunks", "residual_dtype", "fuse_projections", "mesh", "log_every",
-             "eval_every", "ckpt_every", "save_steps", "keep", "progress", "peak_flops", "attention", "preset")
+             "eval_every", "ckpt_every", "save_steps", "keep", "progress", "plot", "peak_flops", "attention", "preset")
 # Dense bf16 peak FLOP/s per device (vendor data sheets); matched in order against jax device_kind.
 # The more specific names first: "L4" is also in "L40S", "H100" in "H100 NVL".
 PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),

@@ -51,7 +51,7 @@ PARAMS = ("sp", "ntk", "mup", "mf")
 BIASES = ("trainable", "constant", "none")
 SAMPLERS = rcjax.maps.SAMPLERS
 # Config fields that may change between a run and its resumption.
-RESUMABLE = ("epochs", "progress", "out", "data_dir")
+RESUMABLE = ("epochs", "progress", "plot", "out", "data_dir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +93,7 @@ class Config:
   sampler: str = _f("stratified", "how target neurons sample source neurons", SAMPLERS)
   exact: bool = _f(False, "count-corrected transfer, function-preserving for any growth ratio")
   progress: bool = _f(True, "show a progress bar per epoch (on a terminal only)")
+  plot: bool = _f(True, "draw RUN_DIR/curves.png at the end")
 
 
 class TrainingDiverged(_cli.RuntimeFailure):
@@ -306,7 +307,8 @@ def run(config: Config, *, default_lr: bool = False) -> list[dict]:
                                                    flops + steps * flops_per_step, lines)
   r.ckpt.wait()
   r.ckpt.close()
-  _plot_run(out, lines)
+  if config.plot:
+    _plot_run(out, lines)
   return lines
 
 
