@@ -320,7 +320,7 @@ def _print_sizes(out_, p: argparse.Namespace, args) -> dict:
 def _transfer(args, p, model, params, key, target, direction, say):
   """The whole-model transfer (params in memory): `rcjax.transfer_model`, with the model's corrections."""
   from rcjax import importance
-  from rcjax.model_transfer import transfer_model as transfer  # the tied readouts' corrections
+  from rcjax.model_rules import transfer_model as transfer  # the tied readouts' corrections
 
   if not target:
     return params

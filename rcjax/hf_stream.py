@@ -104,7 +104,7 @@ def _builder(model, new_model, src_entries, dst_entries, names, transfer_kw: dic
              tdtype) -> Callable:
   """The jitted function of one block: SRC's HF arrays of it -> DST's HF arrays (single-part entries) and
   DST's leaves in the output dtype (the parts of fused entries, which numpy assembles through the views)."""
-  from rcjax.model_transfer import transfer_model
+  from rcjax.model_rules import transfer_model
 
   abstract = _flat(hf_model.abstract_params(model))
   src_parts, hf_order = {}, {}

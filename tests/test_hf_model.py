@@ -132,7 +132,7 @@ def test_grown_checkpoint_computes_the_same_function(tmp_path, capsys, case, whi
 
 
 def test_tied_sp_growth_needs_the_final_norm_correction(tmp_path):
-  """Without the correction in rcjax.nn.gpt.transfer, a tied SP readout would double the logits."""
+  """Without the correction in rcjax.transfer_model, a tied SP readout would double the logits."""
   src = _tiny(tmp_path, "gpt2")
   model, params = hf_model.load(src)
   sizes = {"embed": 64, "heads": 8, "kv_heads": 8, "mlp": 96}
