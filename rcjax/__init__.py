@@ -23,7 +23,7 @@ from rcjax.parametrization import (
 from rcjax.rc import RC, boxes, is_rc, sizes, unbox, width_axes
 from rcjax.symmetry import copy_spread
 from rcjax.transfer import apply_maps, grow, index_maps, inverse_maps, shrink, transfer
-from rcjax.model_transfer import transfer_model
+from rcjax.model_rules import transfer_model
 
 # Submodules that `import rcjax` does not load (orbax, safetensors, matplotlib behind them), imported on
 # first use as attributes: `rcjax.checkpoint.Checkpointer(...)`, `rcjax.hf.load(...)`, as the README shows.

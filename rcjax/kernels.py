@@ -181,12 +181,6 @@ def repeat(x: jax.Array, reps: dict[int, int], *, scale: float | None = None, in
   from jax.experimental import pallas as pl
   default_block, default_warps = config(x.shape, reps, x.dtype)
   block, num_warps = block or default_block, num_warps or default_warps
-  try:  # Triton, not JAX's default on GPUs, Mosaic GPU (its copies take at most 256 entries per dim)
-    from jax.experimental.pallas import triton as pltriton
-    params = pltriton.CompilerParams(num_warps=num_warps)
-  except (ImportError, AttributeError):  # noqa: PERF203 - a JAX without Pallas's Triton backend
-    params = None
-
   if not supports(x.shape, reps, block):
     raise ValueError(f"rcjax.kernels.repeat does not take shape {x.shape} with repeats {reps}")
   out_shape = tuple(n * reps.get(d, 1) for d, n in enumerate(x.shape))
@@ -197,7 +191,34 @@ def repeat(x: jax.Array, reps: dict[int, int], *, scale: float | None = None, in
   in_block, blocks = _plan(shape, mreps, block)
   last = len(shape) - 1
   bcast = sorted(d for d in in_block if not (pack and d == last))  # dims broadcast inside the block
-  # Grid: per dim, its blocks, and after each repeated dim run over the grid its k slabs.
+  grid, in_map, view, out_block, out_map = _layout(shape, mreps, in_block, blocks, pack)
+  out = pl.pallas_call(_kernel(scale, dtype, pack, bcast),
+                       out_shape=jax.ShapeDtypeStruct(tuple(view), jnp.uint32 if pack else dtype),
+                       grid=tuple(grid), in_specs=[pl.BlockSpec(tuple(blocks), in_map)],
+                       out_specs=pl.BlockSpec(tuple(out_block), out_map), interpret=interpret,
+                       compiler_params=_compiler_params(num_warps), name="rcjax_repeat")(x)
+  if pack:
+    out = jax.lax.bitcast_convert_type(out, dtype)  # (..., n, 2)
+  return out.reshape(out_shape)
+
+
+def _compiler_params(num_warps: int):
+  """Triton's compiler parameters (not JAX's default on GPUs, Mosaic GPU: its copies take at most 256
+  entries per dim), or None in a JAX without Pallas's Triton backend."""
+  try:
+    from jax.experimental.pallas import triton as pltriton
+    return pltriton.CompilerParams(num_warps=num_warps)
+  except (ImportError, AttributeError):  # noqa: PERF203 - a JAX without Pallas's Triton backend
+    return None
+
+
+def _layout(shape: tuple, mreps: dict[int, int], in_block: dict[int, int], blocks: list, pack: bool):
+  """`(grid, in_map, view, out_block, out_map)` of `repeat`'s pallas_call for a merged `shape`: the grid
+  runs, per dim, over its blocks and, after each repeated dim not broadcast in the block, over its k slabs;
+  the output is viewed with a `(n, k)` pair per repeated dim (a packed last dim keeps its n: its pairs
+  are words)."""
+  from jax.experimental import pallas as pl
+  last = len(shape) - 1
   grid, in_pos, out_pos = [], [], []
   for d, n in enumerate(shape):
     in_pos.append(len(grid))
@@ -225,6 +246,13 @@ def repeat(x: jax.Array, reps: dict[int, int], *, scale: float | None = None, in
         idx.append(0 if a is None else g[a])
     return tuple(idx)
 
+  return grid, in_map, view, out_block, out_map
+
+
+def _kernel(scale: float | None, dtype, pack: bool, bcast: list):
+  """The kernel body: one input block read, rescaled (`scale`), packed into words (`pack`) and written
+  broadcast over the dims repeated inside the block (`bcast`)."""
+
   def kernel(x_ref, o_ref):
     v = x_ref[...]
     if scale is not None:
@@ -236,11 +264,4 @@ def repeat(x: jax.Array, reps: dict[int, int], *, scale: float | None = None, in
       v = jnp.expand_dims(v, d + 1 + i)
     o_ref[...] = jnp.broadcast_to(v, o_ref.shape) if bcast else v
 
-  out = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(tuple(view), jnp.uint32 if pack else dtype),
-                       grid=tuple(grid), in_specs=[pl.BlockSpec(tuple(blocks), in_map)],
-                       out_specs=pl.BlockSpec(tuple(out_block), out_map), interpret=interpret,
-                       compiler_params=params, name="rcjax_repeat")(x)
-  if pack:
-    out = jax.lax.bitcast_convert_type(out, dtype)  # (..., n, 2)
-  return out.reshape(out_shape)
-
+  return kernel

@@ -184,7 +184,7 @@ def test_bad_flags_fail_before_training(capsys):
 
 def test_grow_mid_training_keeps_a_tied_sp_gpt2(tmp_path):
   # GPT-2 in SP with tied embeddings: the leaf-wise rules alone double the readout's sum over a doubled
-  # embed; train.gpt grows through rcjax.nn.gpt.transfer, whose final-norm correction keeps the loss,
+  # embed; train.gpt grows through rcjax.transfer_model, whose final-norm correction keeps the loss,
   # also with the function-preserving symmetry breaking; copy_spread is logged from the growth on.
   out = str(tmp_path / "run")
   gpt.run(Config(**TINY, param="sp", steps=2, grow_at=1, grow_to=64, split_rate=0.5, cancel_rate=0.5, out=out))

@@ -48,7 +48,7 @@ from rcjax.depth import DEPTH_MODES, depth_map
 from rcjax.hf import stream as hf_stream
 from rcjax.hf.bert import sentence_files
 from rcjax.hf.files import TORCH_DTYPES
-from rcjax.model_transfer import transfer_model  # the tied readouts' corrections
+from rcjax.model_rules import transfer_model  # the tied readouts' corrections
 from rcjax.nn.bert import Bert
 from rcjax.rc import is_rc
 

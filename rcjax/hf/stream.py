@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rcjax.hf import config as hf_config, files as hf_files, layout as hf_layout, model as hf_model, write as hf_write
-from rcjax.model_transfer import transfer_model
+from rcjax.model_rules import transfer_model
 from rcjax.rc import RC, is_rc
 
 

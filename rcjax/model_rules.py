@@ -6,18 +6,38 @@ into the residual stream are the ones a function-preserving depth growth zeroes.
 the core's transfer (`rcjax.transfer.transfer_with_maps`, one jitted call) and corrects its output with
 the copy counts of the maps it returns: the maps the leaves were gathered with, not a second draw.
 
+GPT (`rcjax.nn.GPT`):
+- Tied embeddings. A tied table is the input embedding (fan-in vocab: its entries are not rescaled, so
+  the input use is preserved) and the readout (fan-in embed), whose sum over a grown embed axis counts
+  each source neuron c times. Under muP the readout multiplier 1/m_in undoes that; in SP (HuggingFace
+  models) nothing would. So the final norm's scale and bias, which feed only the readout, absorb
+  `mult_old / (mult_new * c_j)` per entry (c_j the copy count with `exact=True`, else N'/N).
+- RMSNorm at a non-integer embed ratio (`exact=True`). Copies of residual neuron j carry
+  `a_j = sqrt(N' / (N c_j))` times its value: every writer into the residual stream (the embedding, the
+  attention output, the MLP down projection and their biases) is scaled by a_j along embed and every
+  RMSNorm scale divided by a_j. Then sum_j' x'_j'^2 / N' = sum_j x_j^2 / N, so each norm sees the same
+  RMS and outputs exact copies, which the count-corrected readers sum back (a tied readout, whose rows
+  now carry a_j, gets another 1/a_j in the final norm). (LayerNorm's mean cannot be kept this way: a
+  non-integer embed ratio stays inexact there.)
+- Symmetry breaking (`split_rate`, `cancel_rate`, see `rcjax.symmetry`) is exact wherever the growth
+  is: every leaf it touches reads copies with identical activations (q, k, v, up, gate and an untied
+  readout read the normed residual stream along embed, o reads the attention output along heads and
+  head_dim, down the MLP activations). A tied table's leaf has fan-in vocab, so it is not split (the
+  readout use reads the final norm's copies with equal rows); the embed axis still splits through its
+  readers. The corrections above scale writers and norm scales, which no split touches.
+- Depth (`sizes['layers']`, scanned models only; `depth_mode=` as in `rcjax.transfer`): blocks are
+  copied along the `layers` axis; with `exact=True` the new blocks' `RESIDUAL_WRITERS` start at zero,
+  so the deeper model computes the same function in every style and parametrization. Apply the result
+  with `model.clone(depth=sizes['layers'])`.
+
+Bert (`rcjax.nn.Bert`): with `mlm`, the tied MLM decoder (the word embeddings, fan-in embed in that
+use) gets the tied readout's correction in the MLM transform's LayerNorm scale and bias, which feed
+only the decoder.
+
+The copy counts c_j are those of the embed map the core's transfer applied (`transfer_with_maps`).
+
 Layers: this module sits above the core and above the models (`rcjax.nn`), which import nothing of the
 transfer; `rcjax.cli.hf`, `rcjax.hf.stream` and train.gpt call it.
-
->>> import jax, jax.numpy as jnp, rcjax
->>> model = rcjax.nn.GPT(style='gpt2', param='sp', vocab=16, width=8, depth=1, heads=2, max_len=8)
->>> params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))['params']
->>> big = rcjax.transfer_model(model, params, jax.random.key(1), {'embed': 12}, exact=True)
->>> tokens = jnp.arange(4)[None]
->>> small_logits = model.apply({'params': params}, tokens)
->>> big_logits = model.apply({'params': big}, tokens)  # a tied SP readout, 1.5x: the same function
->>> bool(jnp.allclose(small_logits, big_logits, atol=1e-5))
-True
 """
 
 from __future__ import annotations
@@ -38,35 +58,9 @@ def transfer_model(model: GPT | Bert, params: Any, key: jax.Array, sizes: Mappin
   """`rcjax.transfer` of a GPT's or a Bert's params, function-preserving in more cases than the leaf-wise
   rules give.
 
-  GPT (`rcjax.nn.GPT`):
-  - Tied embeddings. A tied table is the input embedding (fan-in vocab: its entries are not rescaled, so
-    the input use is preserved) and the readout (fan-in embed), whose sum over a grown embed axis counts
-    each source neuron c times. Under muP the readout multiplier 1/m_in undoes that; in SP (HuggingFace
-    models) nothing would. So the final norm's scale and bias, which feed only the readout, absorb
-    `mult_old / (mult_new * c_j)` per entry (c_j the copy count with `exact=True`, else N'/N).
-  - RMSNorm at a non-integer embed ratio (`exact=True`). Copies of residual neuron j carry
-    `a_j = sqrt(N' / (N c_j))` times its value: every writer into the residual stream (the embedding, the
-    attention output, the MLP down projection and their biases) is scaled by a_j along embed and every
-    RMSNorm scale divided by a_j. Then sum_j' x'_j'^2 / N' = sum_j x_j^2 / N, so each norm sees the same
-    RMS and outputs exact copies, which the count-corrected readers sum back (a tied readout, whose rows
-    now carry a_j, gets another 1/a_j in the final norm). (LayerNorm's mean cannot be kept this way: a
-    non-integer embed ratio stays inexact there.)
-  - Symmetry breaking (`split_rate`, `cancel_rate`, see `rcjax.symmetry`) is exact wherever the growth
-    is: every leaf it touches reads copies with identical activations (q, k, v, up, gate and an untied
-    readout read the normed residual stream along embed, o reads the attention output along heads and
-    head_dim, down the MLP activations). A tied table's leaf has fan-in vocab, so it is not split (the
-    readout use reads the final norm's copies with equal rows); the embed axis still splits through its
-    readers. The corrections above scale writers and norm scales, which no split touches.
-  - Depth (`sizes['layers']`, scanned models only; `depth_mode=` as in `rcjax.transfer`): blocks are
-    copied along the `layers` axis; with `exact=True` the new blocks' `RESIDUAL_WRITERS` start at zero,
-    so the deeper model computes the same function in every style and parametrization. Apply the result
-    with `model.clone(depth=sizes['layers'])`.
-
-  Bert (`rcjax.nn.Bert`): with `mlm`, the tied MLM decoder (the word embeddings, fan-in embed in that
-  use) gets the tied readout's correction in the MLM transform's LayerNorm scale and bias, which feed
-  only the decoder.
-
-  The copy counts c_j are those of the embed map the core's transfer applied (`transfer_with_maps`).
+  The rules (module docstring): a tied readout's copy counts, RMSNorm amplitudes at a non-integer embed
+  ratio (`exact=True`), residual writers zeroed in new blocks, BERT's tied MLM decoder; symmetry
+  breaking (`split_rate`, `cancel_rate`) stays exact.
 
   Args:
     model: the `rcjax.nn.GPT` or `rcjax.nn.Bert` whose params these are.
@@ -83,10 +77,12 @@ def transfer_model(model: GPT | Bert, params: Any, key: jax.Array, sizes: Mappin
     The transferred params, or `(params, opt_state)` with `opt_state`.
 
   >>> import jax, jax.numpy as jnp, rcjax
-  >>> model = rcjax.nn.GPT(style='llama', vocab=16, width=8, depth=1, heads=2, max_len=8)
-  >>> params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))['params']
-  >>> rcjax.sizes(transfer_model(model, params, jax.random.key(1), {'embed': 12, 'mlp': 48}))['embed']
-  12
+  >>> model = rcjax.nn.GPT(style='gpt2', param='sp', vocab=16, width=8, depth=1, heads=2, max_len=8)
+  >>> tokens = jnp.arange(4)[None]
+  >>> params = model.init(jax.random.key(0), tokens)['params']
+  >>> big = transfer_model(model, params, jax.random.key(1), {'embed': 16})  # tied SP readout, 2x
+  >>> bool(jnp.allclose(model.apply({'params': params}, tokens), model.apply({'params': big}, tokens), atol=1e-5))
+  True
   """
   if isinstance(model, GPT):
     correct = _gpt_corrected
