@@ -63,43 +63,10 @@ def load_source(config, data, optimizer, key) -> Source:
   """
   src = Path(config.transfer_from)
   where = f"--transfer-from {src}"
-  if not src.is_dir():
-    raise FileNotFoundError(f"{where}: no such run directory")
-  if not (src / "checkpoints").is_dir():
-    raise FileNotFoundError(f"{where} holds no checkpoints/ folder (not a train.mlp run directory?)")
-  ckpt = Checkpointer(src / "checkpoints", read_only=True)
+  ckpt, meta, s = _checked_source(config, data, src, where)
   epoch = config.transfer_epoch
-  if epoch not in ckpt.all_steps():
-    raise FileNotFoundError(f"{where} has no checkpoint at epoch {epoch}; saved epochs: {ckpt.all_steps()}")
-  meta = ckpt.metadata(epoch)
-  try:
-    s = _structure(meta["leaves"])
-  except ValueError as e:
-    raise ValueError(f"{where}: incompatible checkpoint: {e}") from None
-  want = {"depth": config.depth, "input": data.input_dim, "classes": data.num_classes, "param": config.param,
-          "bias": config.bias != "none"}
-  names = {"depth": "depth (weight layers)", "input": "input size", "classes": "number of classes",
-           "param": "parametrization", "bias": "biases"}
-  for k, v in want.items():
-    if s[k] != v:
-      raise ValueError(f"{where}: incompatible checkpoint at epoch {epoch}: its {names[k]} is {s[k]!r}, "
-                       f"this run's is {v!r} (--dataset {config.dataset}, --depth {config.depth}, "
-                       f"--param {config.param}, --bias {config.bias})")
-
   src_cfg = meta.get("config") or {}
-  # Transfer keeps every leaf's RC metadata (init of fresh neurons, muP base): this run's flags must agree.
-  ours = {"init": config.init, "bias": config.bias}
-  if config.bias == "constant":
-    ours["bias_value"] = config.bias_value
-  if config.param == "mup" and config.base:
-    ours["base"] = config.base
-  theirs = dict(src_cfg, base=src_cfg.get("base") or src_cfg.get("width"))
-  for k, v in ours.items():
-    if k in src_cfg and theirs[k] != v:
-      flag = "--" + k.replace("_", "-")
-      raise ValueError(f"{where} was trained with {flag} {theirs[k]}, this run has {flag} {v}: a transfer "
-                       f"keeps the source's {'muP base' if k == 'base' else 'init and biases'}; pass "
-                       f"{flag} {theirs[k]}" + (" or leave it out" if k == "base" else ""))
+  _check_flags(config, src_cfg, where)
   src_config = dataclasses.replace(config, **{k: v for k, v in src_cfg.items()
                                               if k in {f.name for f in dataclasses.fields(config)}})
   params = ckpt.restore(epoch)["params"]
@@ -123,3 +90,47 @@ def load_source(config, data, optimizer, key) -> Source:
            "norm_rate": config.norm_rate, "sampler": config.sampler, "exact": config.exact,
            "split_rate": config.split_rate, "cancel_rate": config.cancel_rate}
   return Source(params, opt_state, int(extra.get("step", 0)), int(extra.get("flops", 0)), lines, event)
+
+
+def _checked_source(config, data, src: Path, where: str):
+  """The source run's checkpointer, metadata at `config.transfer_epoch` and structure, checked against
+  this run's depth, input size, classes, parametrization and biases."""
+  if not src.is_dir():
+    raise FileNotFoundError(f"{where}: no such run directory")
+  if not (src / "checkpoints").is_dir():
+    raise FileNotFoundError(f"{where} holds no checkpoints/ folder (not a train.mlp run directory?)")
+  ckpt = Checkpointer(src / "checkpoints", read_only=True)
+  epoch = config.transfer_epoch
+  if epoch not in ckpt.all_steps():
+    raise FileNotFoundError(f"{where} has no checkpoint at epoch {epoch}; saved epochs: {ckpt.all_steps()}")
+  meta = ckpt.metadata(epoch)
+  try:
+    s = _structure(meta["leaves"])
+  except ValueError as e:
+    raise ValueError(f"{where}: incompatible checkpoint: {e}") from None
+  want = {"depth": config.depth, "input": data.input_dim, "classes": data.num_classes, "param": config.param,
+          "bias": config.bias != "none"}
+  names = {"depth": "depth (weight layers)", "input": "input size", "classes": "number of classes",
+           "param": "parametrization", "bias": "biases"}
+  for k, v in want.items():
+    if s[k] != v:
+      raise ValueError(f"{where}: incompatible checkpoint at epoch {epoch}: its {names[k]} is {s[k]!r}, "
+                       f"this run's is {v!r} (--dataset {config.dataset}, --depth {config.depth}, "
+                       f"--param {config.param}, --bias {config.bias})")
+  return ckpt, meta, s
+
+
+def _check_flags(config, src_cfg: dict, where: str) -> None:
+  """This run's init, biases and muP base must be the source's (a transfer keeps every leaf's RC metadata)."""
+  ours = {"init": config.init, "bias": config.bias}
+  if config.bias == "constant":
+    ours["bias_value"] = config.bias_value
+  if config.param == "mup" and config.base:
+    ours["base"] = config.base
+  theirs = dict(src_cfg, base=src_cfg.get("base") or src_cfg.get("width"))
+  for k, v in ours.items():
+    if k in src_cfg and theirs[k] != v:
+      flag = "--" + k.replace("_", "-")
+      raise ValueError(f"{where} was trained with {flag} {theirs[k]}, this run has {flag} {v}: a transfer "
+                       f"keeps the source's {'muP base' if k == 'base' else 'init and biases'}; pass "
+                       f"{flag} {theirs[k]}" + (" or leave it out" if k == "base" else ""))
