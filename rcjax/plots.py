@@ -133,27 +133,34 @@ def seed_band_curves(runs_per_seed, *, panels=("train_loss", "test_acc"), x="epo
       transfer lines, which repeat an x, are dropped).
     panels, x, title, styles: as in `training_curves`.
   """
-  import numpy as np
 
   plt = _plt()
   fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
   styles = styles or {}
   for ax, key in zip(axes[0], panels):
     for label in runs_per_seed[0]:
-      curves = [{m[x]: m[key] for m in runs[label] if m.get("event") != "transfer" and _finite(m.get(key))}
-                for runs in runs_per_seed]
-      xs = sorted(set.intersection(*(set(c) for c in curves)))
-      if not xs:
-        continue
-      ys = np.array([[c[v] for v in xs] for c in curves])
-      (line,) = ax.plot(xs, ys.mean(0), label=label, **styles.get(label, {}))
-      ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, lw=0)
+      seed_band(ax, [runs[label] for runs in runs_per_seed], x, key, label, styles.get(label, {}))
     ax.set_xlabel(_LABELS.get(x, x))
     ax.set_ylabel(_LABELS.get(key, key))
     if x == "flops":
       ax.set_xscale("log")
     ax.grid(alpha=0.3)
   return _finish_panels(fig, axes, title)
+
+
+def seed_band(ax, lines_per_seed, x: str, key: str, label: str, style: dict) -> None:
+  """Draw one label's curve over seeds on `ax`: the mean as a line, min..max as a band, at the x values
+  every seed has (transfer lines, which repeat an x, and non-finite values dropped)."""
+  import numpy as np
+
+  curves = [{m[x]: m[key] for m in lines if m.get("event") != "transfer" and _finite(m.get(key))}
+            for lines in lines_per_seed]
+  xs = sorted(set.intersection(*(set(c) for c in curves)))
+  if not xs:
+    return
+  ys = np.array([[c[v] for v in xs] for c in curves])
+  (line,) = ax.plot(xs, ys.mean(0), label=label, **style)
+  ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, lw=0)
 
 
 def weight_heatmaps(grid, *, title=None, cmap="RdBu_r", vmax=3.0):

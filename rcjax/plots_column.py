@@ -47,14 +47,7 @@ def curves(runs, *, panels=("train_loss", "test_acc"), x="epoch", title=None, st
     for ax, key in zip(axes, panels):
       for label in labels:
         if bands:
-          cs = [{m[x]: m[key] for m in r[label] if m.get("event") != "transfer" and plots._finite(m.get(key))}
-                for r in runs]
-          xs = sorted(set.intersection(*(set(c) for c in cs)))
-          if not xs:
-            continue
-          ys = np.array([[c[v] for v in xs] for c in cs])
-          (line,) = ax.plot(xs, ys.mean(0), label=label, **styles.get(label, {}))
-          ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, lw=0)
+          plots.seed_band(ax, [r[label] for r in runs], x, key, label, styles.get(label, {}))
         else:
           lines = runs[label]
           pts = [(m[x], m[key]) for m in lines if key in m and x in m and plots._finite(m[key])]
